@@ -1,0 +1,2 @@
+DROP TABLE prediction_events;
+DROP TABLE pattern_feedback;

@@ -1,0 +1,3 @@
+DROP TRIGGER coordination_audit_immutable ON coordination_audit_records;
+DROP FUNCTION prevent_coordination_audit_mutation();
+DROP TABLE coordination_audit_records;

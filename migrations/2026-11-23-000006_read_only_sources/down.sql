@@ -1,0 +1,2 @@
+DROP TABLE aos_traces;
+DROP TABLE runs;
