@@ -1,0 +1,105 @@
+//! Shared test harness: one PostgreSQL server per test binary (the one in `DATABASE_URL`,
+//! else a throwaway embedded cluster) and one fresh, migrated database per test binary, so
+//! test files run in parallel without seeing each other.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use costdb::db::{self, PgPool, PooledConn};
+use costdb::embedded::EmbeddedPostgres;
+
+struct Server {
+    _embedded: Option<EmbeddedPostgres>,
+    admin_url: String,
+}
+
+static SERVER: OnceLock<Server> = OnceLock::new();
+static POOL: OnceLock<(String, PgPool)> = OnceLock::new();
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn server() -> &'static Server {
+    SERVER.get_or_init(|| match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Server {
+            _embedded: None,
+            admin_url: url,
+        },
+        _ => {
+            let pg = EmbeddedPostgres::start().unwrap_or_else(|e| panic!("{e}"));
+            Server {
+                admin_url: pg.url("postgres"),
+                _embedded: Some(pg),
+            }
+        }
+    })
+}
+
+/// URL of the server's administrative database.
+pub fn admin_url() -> &'static str {
+    &server().admin_url
+}
+
+/// Creates a new, empty database and returns its URL.
+pub fn fresh_database() -> String {
+    let exe = std::env::current_exe().expect("test binary path");
+    let stem: String = exe
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("t")
+        .split('-')
+        .next()
+        .unwrap_or("t")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(24)
+        .collect();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = format!(
+        "costdb_test_{stem}_{}_{nanos}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    costdb::embedded::create_database(admin_url(), &name).expect("create test database")
+}
+
+/// The migrated database of this test binary, and a pool on it.
+pub fn pool() -> &'static PgPool {
+    &POOL
+        .get_or_init(|| {
+            let url = fresh_database();
+            let mut conn = db::connect(&url).expect("connect");
+            db::run_migrations(&mut conn).expect("migrations");
+            let pool = db::pool(&url, 12).expect("pool");
+            (url, pool)
+        })
+        .1
+}
+
+/// URL of this binary's migrated database.
+pub fn database_url() -> &'static str {
+    pool();
+    &POOL.get().expect("initialised").0
+}
+
+/// A connection to this binary's migrated database.
+pub fn conn() -> PooledConn {
+    pool().get().expect("pooled connection")
+}
+
+/// A connection of its own, inside a transaction that is never committed.
+///
+/// Not from the pool: Diesel hands test-transaction connections back to a pool as
+/// healthy, and the next borrower would find itself inside the transaction.
+pub fn test_conn() -> diesel::PgConnection {
+    use diesel::Connection;
+    let mut c = db::connect(database_url()).expect("connect");
+    c.begin_test_transaction().expect("test transaction");
+    c
+}
+
+/// A tenant id no other test uses, so committed rows never collide.
+pub fn tenant() -> String {
+    format!("t-{}", uuid::Uuid::new_v4().simple())
+}

@@ -1,0 +1,309 @@
+//! The foundation: migrations, the schema's shape, the immutability trigger, the
+//! tenant-level budget key, and the write guard.
+
+mod common;
+
+use costdb::db;
+use costdb::models::{ids, BudgetType, NewCostBudget, NewWorkerRun, WorkerStatus};
+use costdb::schema::{cost_budgets, worker_runs};
+use diesel::dsl::count_star;
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{BigInt, Text};
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+fn count_public_tables(conn: &mut PgConnection) -> i64 {
+    diesel::sql_query(
+        "SELECT count(*) AS n FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_name <> '__diesel_schema_migrations'",
+    )
+    .get_result::<Count>(conn)
+    .unwrap()
+    .n
+}
+
+#[test]
+fn migrations_go_up_all_the_way_down_and_up_again() {
+    let url = common::fresh_database();
+    let mut conn = db::connect(&url).unwrap();
+    let before = db::migration_status(&mut conn).unwrap();
+    assert!(before.applied.is_empty());
+    let known = before.pending.len();
+    assert!(known >= 7, "{before:?}");
+
+    let applied = db::run_migrations(&mut conn).unwrap();
+    assert_eq!(applied, before.pending);
+    assert!(db::migration_status(&mut conn).unwrap().pending.is_empty());
+    assert_eq!(count_public_tables(&mut conn), 16);
+
+    let mut reverted = Vec::new();
+    while let Some(name) = db::revert_last_migration(&mut conn).unwrap() {
+        reverted.push(name);
+    }
+    reverted.reverse();
+    assert_eq!(reverted, applied, "every step reverts, newest first");
+    assert_eq!(count_public_tables(&mut conn), 0);
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = Text)]
+        proname: String,
+    }
+    let leftovers: Vec<Name> = diesel::sql_query(
+        "SELECT proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = 'public'",
+    )
+    .load(&mut conn)
+    .unwrap();
+    assert!(
+        leftovers.is_empty(),
+        "functions left behind: {:?}",
+        leftovers.iter().map(|n| &n.proname).collect::<Vec<_>>()
+    );
+
+    assert_eq!(db::run_migrations(&mut conn).unwrap().len(), known);
+    assert_eq!(count_public_tables(&mut conn), 16);
+}
+
+#[test]
+fn every_table_and_column_has_the_specified_type() {
+    #[derive(QueryableByName, Debug)]
+    struct Col {
+        #[diesel(sql_type = Text)]
+        line: String,
+    }
+    let mut conn = common::conn();
+    let actual: Vec<String> = diesel::sql_query(
+        "SELECT table_name || ' ' || column_name || ' ' || \
+           CASE WHEN data_type = 'character varying' \
+                  THEN coalesce('varchar(' || character_maximum_length || ')', 'varchar') \
+                WHEN data_type = 'timestamp with time zone' THEN 'timestamptz' \
+                WHEN data_type = 'double precision' THEN 'float8' \
+                ELSE data_type END || ' ' || \
+           CASE is_nullable WHEN 'YES' THEN 'null' ELSE 'not_null' END AS line \
+         FROM information_schema.columns \
+         WHERE table_schema = 'public' AND table_name <> '__diesel_schema_migrations' \
+         ORDER BY table_name, ordinal_position",
+    )
+    .load::<Col>(&mut conn)
+    .unwrap()
+    .into_iter()
+    .map(|c| c.line)
+    .collect();
+    let expected: Vec<String> = include_str!("expected_columns.txt")
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    for line in &expected {
+        assert!(actual.contains(line), "missing or different: {line}");
+    }
+    for line in &actual {
+        assert!(expected.contains(line), "unexpected column: {line}");
+    }
+    // No timestamp without time zone anywhere.
+    assert!(!actual.iter().any(|l| l.contains("without time zone")));
+}
+
+#[test]
+fn every_tenant_scoped_table_has_an_index_leading_with_tenant_id() {
+    #[derive(QueryableByName)]
+    struct T {
+        #[diesel(sql_type = Text)]
+        table_name: String,
+    }
+    let mut conn = common::conn();
+    let missing: Vec<String> = diesel::sql_query(
+        "SELECT c.table_name FROM information_schema.columns c \
+         WHERE c.table_schema = 'public' AND c.column_name = 'tenant_id' \
+           AND NOT EXISTS ( \
+             SELECT 1 FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+             WHERE i.indrelid = (quote_ident(c.table_name))::regclass AND a.attname = 'tenant_id')",
+    )
+    .load::<T>(&mut conn)
+    .unwrap()
+    .into_iter()
+    .map(|t| t.table_name)
+    .collect();
+    assert!(missing.is_empty(), "no tenant_id-led index on {missing:?}");
+}
+
+fn finished_run(conn: &mut PgConnection, tenant: &str) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    diesel::insert_into(worker_runs::table)
+        .values(NewWorkerRun {
+            id: id.clone(),
+            tenant_id: tenant.into(),
+            task: "summarise".into(),
+            status: Some(WorkerStatus::Completed),
+            success: Some(true),
+            total_tokens: Some(100),
+            cost_cents: Some(3),
+            ..Default::default()
+        })
+        .execute(conn)
+        .unwrap();
+    id
+}
+
+fn assert_restrict_violation(r: QueryResult<usize>) {
+    match r {
+        Err(DieselError::DatabaseError(DatabaseErrorKind::RestrictViolation, info)) => {
+            assert!(
+                info.message().starts_with("TRUTH_VIOLATION"),
+                "{}",
+                info.message()
+            )
+        }
+        other => panic!("expected the immutability trigger to refuse, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_finished_worker_run_refuses_changes_to_its_protected_columns() {
+    let mut conn = common::conn();
+    let tenant = common::tenant();
+    let id = finished_run(&mut conn, &tenant);
+    let row = worker_runs::table.find(&id);
+    assert_restrict_violation(
+        diesel::update(row)
+            .set(worker_runs::status.eq(WorkerStatus::Running))
+            .execute(&mut conn),
+    );
+    assert_restrict_violation(
+        diesel::update(row)
+            .set(worker_runs::success.eq(false))
+            .execute(&mut conn),
+    );
+    assert_restrict_violation(
+        diesel::update(row)
+            .set(worker_runs::error.eq("late"))
+            .execute(&mut conn),
+    );
+    assert_restrict_violation(
+        diesel::update(row)
+            .set(worker_runs::output_json.eq("{}"))
+            .execute(&mut conn),
+    );
+    assert_restrict_violation(
+        diesel::update(row)
+            .set(worker_runs::total_tokens.eq(1))
+            .execute(&mut conn),
+    );
+    assert_restrict_violation(
+        diesel::update(row)
+            .set(worker_runs::cost_cents.eq(1))
+            .execute(&mut conn),
+    );
+    assert_restrict_violation(
+        diesel::update(row)
+            .set(worker_runs::started_at.eq(chrono::Utc::now()))
+            .execute(&mut conn),
+    );
+    assert_restrict_violation(
+        diesel::update(row)
+            .set(worker_runs::completed_at.eq(chrono::Utc::now()))
+            .execute(&mut conn),
+    );
+    // Columns outside the guard may still change, and the guarded ones are as they were.
+    assert_eq!(
+        diesel::update(row)
+            .set(worker_runs::stages_completed.eq(4))
+            .execute(&mut conn)
+            .unwrap(),
+        1
+    );
+    let (status, tokens, cents, stages): (WorkerStatus, Option<i32>, Option<i32>, Option<i32>) =
+        row.select((
+            worker_runs::status,
+            worker_runs::total_tokens,
+            worker_runs::cost_cents,
+            worker_runs::stages_completed,
+        ))
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(
+        (status, tokens, cents, stages),
+        (WorkerStatus::Completed, Some(100), Some(3), Some(4))
+    );
+}
+
+#[test]
+fn a_second_tenant_level_budget_for_the_same_tenant_is_refused() {
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let budget = |id: String| NewCostBudget {
+        id,
+        tenant_id: tenant.clone(),
+        budget_type: BudgetType::Tenant,
+        entity_id: None,
+        daily_limit_cents: Some(1000),
+        monthly_limit_cents: None,
+        warn_threshold_pct: 80,
+        hard_limit_enabled: false,
+    };
+    diesel::insert_into(cost_budgets::table)
+        .values(budget(ids::cost_budget_id()))
+        .execute(&mut conn)
+        .unwrap();
+    let second = conn.transaction(|c| {
+        diesel::insert_into(cost_budgets::table)
+            .values(budget(ids::cost_budget_id()))
+            .execute(c)
+    });
+    assert!(matches!(
+        second,
+        Err(DieselError::DatabaseError(
+            DatabaseErrorKind::UniqueViolation,
+            _
+        ))
+    ));
+    let n: i64 = cost_budgets::table
+        .filter(cost_budgets::tenant_id.eq(&tenant))
+        .select(count_star())
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn the_write_guard_refuses_outside_a_transaction_and_allows_inside() {
+    let mut conn = common::conn();
+    assert!(matches!(
+        db::require_transaction(&mut conn),
+        Err(costdb::Error::NoTransaction)
+    ));
+    conn.transaction(|c| {
+        db::require_transaction(c)?;
+        // Nested: a savepoint is inside a transaction too.
+        c.transaction(|c| db::require_transaction(c))
+    })
+    .unwrap();
+    let mut test = common::test_conn();
+    db::require_transaction(&mut test).unwrap();
+}
+
+#[test]
+fn every_session_runs_in_utc() {
+    #[derive(QueryableByName)]
+    struct Tz {
+        #[diesel(sql_type = Text)]
+        tz: String,
+    }
+    let url = common::database_url();
+    for tz in [
+        diesel::sql_query("SELECT current_setting('TimeZone') AS tz")
+            .get_result::<Tz>(&mut common::conn())
+            .unwrap(),
+        diesel::sql_query("SELECT current_setting('TimeZone') AS tz")
+            .get_result::<Tz>(&mut db::connect(url).unwrap())
+            .unwrap(),
+    ] {
+        assert_eq!(tz.tz, "UTC");
+    }
+}
