@@ -62,7 +62,7 @@ fn find_binaries() -> Result<Binaries> {
             Some((v, e.path().join("bin")))
         })
         .collect();
-    versions.sort_by(|a, b| b.0.cmp(&a.0));
+    versions.sort_by_key(|v| std::cmp::Reverse(v.0));
     dirs.extend(versions.into_iter().map(|(_, p)| p));
     dirs.iter()
         .find_map(|d| in_dir(d))
