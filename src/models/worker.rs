@@ -8,7 +8,9 @@ use super::enums::WorkerStatus;
 use crate::schema::worker_runs;
 
 /// One execution of a worker for a tenant (`worker_runs`).
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]
+#[derive(
+    Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Identifiable, Serialize,
+)]
 #[diesel(table_name = worker_runs, check_for_backend(diesel::pg::Pg))]
 pub struct WorkerRun {
     /// Hyphenated UUID chosen by the caller.

@@ -1,0 +1,405 @@
+//! `CostWriteDriver`: feature tags, cost records (single, bulk, idempotent) and budgets.
+
+use chrono::{DateTime, Utc};
+use diesel::dsl::now;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, Bool, Float8, Int4, Nullable, Text, Timestamptz};
+use diesel::upsert::{excluded, on_constraint};
+use serde::{Deserialize, Serialize};
+
+use crate::db::require_transaction;
+use crate::error::{Error, Result};
+use crate::models::{
+    ids, BudgetType, CostBudget, CostRecord, FeatureTag, NewCostBudget, NewFeatureTag,
+};
+use crate::schema::{cost_budgets, cost_records, feature_tags};
+use crate::validate;
+
+/// One LLM call's cost, as recorded by [`CostWriteDriver::create_cost_record`] and
+/// [`CostWriteDriver::record_costs`].
+///
+/// A record with a `request_id` is recorded at most once per tenant: recording it again
+/// returns the first record's id and adds nothing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CostInput {
+    /// Owning tenant (at most 64 characters).
+    pub tenant_id: String,
+    /// End user (at most 64).
+    pub user_id: Option<String>,
+    /// Feature tag (at most 128).
+    pub feature_tag: Option<String>,
+    /// Idempotency key (at most 64): unique per tenant.
+    pub request_id: Option<String>,
+    /// Workflow (at most 64).
+    pub workflow_id: Option<String>,
+    /// Skill (at most 64).
+    pub skill_id: Option<String>,
+    /// Model name (required, at most 64).
+    pub model: String,
+    /// Prompt tokens, not negative.
+    pub input_tokens: i32,
+    /// Completion tokens, not negative.
+    pub output_tokens: i32,
+    /// Cost in cents: finite, not negative, fractions kept.
+    pub cost_cents: f64,
+    /// Whether the call was a retry.
+    pub is_retry: bool,
+    /// When the call happened; `None` for the transaction's `now()`.
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+impl CostInput {
+    fn validate(&self) -> Result<()> {
+        validate::required("tenant_id", &self.tenant_id, 64)?;
+        validate::optional("user_id", self.user_id.as_deref(), 64)?;
+        validate::optional("feature_tag", self.feature_tag.as_deref(), 128)?;
+        validate::optional("request_id", self.request_id.as_deref(), 64)?;
+        validate::optional("workflow_id", self.workflow_id.as_deref(), 64)?;
+        validate::optional("skill_id", self.skill_id.as_deref(), 64)?;
+        validate::required("model", &self.model, 64)?;
+        validate::non_negative("input_tokens", self.input_tokens.into())?;
+        validate::non_negative("output_tokens", self.output_tokens.into())?;
+        validate::amount("cost_cents", self.cost_cents)
+    }
+}
+
+/// The outcome of recording one cost in bulk: its id, and whether this call inserted it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordedCost {
+    /// The record's id: new, or the existing record's for a repeated `request_id`.
+    pub id: String,
+    /// False when the tenant already had a record with the same `request_id`.
+    pub inserted: bool,
+}
+
+/// Partial update of a feature tag: `None` leaves a field as it is; `Some(None)` clears a
+/// nullable one.
+#[derive(Debug, Clone, Default, PartialEq, AsChangeset)]
+#[diesel(table_name = feature_tags)]
+pub struct FeatureTagChanges {
+    /// New display name (at most 256).
+    pub display_name: Option<String>,
+    /// New description, or `Some(None)` to clear it.
+    pub description: Option<Option<String>>,
+    /// New budget in cents, or `Some(None)` to clear it.
+    pub budget_cents: Option<Option<i32>>,
+    /// Activate or deactivate.
+    pub is_active: Option<bool>,
+}
+
+/// Who a budget applies to; the feature tag or user id travels with its scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BudgetScope {
+    /// The whole tenant.
+    Tenant,
+    /// One feature tag.
+    Feature(String),
+    /// One end user.
+    User(String),
+}
+
+impl BudgetScope {
+    fn parts(&self) -> (BudgetType, Option<&str>) {
+        match self {
+            BudgetScope::Tenant => (BudgetType::Tenant, None),
+            BudgetScope::Feature(tag) => (BudgetType::Feature, Some(tag)),
+            BudgetScope::User(user) => (BudgetType::User, Some(user)),
+        }
+    }
+}
+
+/// The limits of a budget.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetLimits {
+    /// Daily limit in cents.
+    pub daily_limit_cents: Option<i32>,
+    /// Monthly limit in cents.
+    pub monthly_limit_cents: Option<i32>,
+    /// Warning threshold in percent of a limit (`0..=100`).
+    pub warn_threshold_pct: i32,
+    /// Whether spend above the limit is refused.
+    pub hard_limit_enabled: bool,
+}
+
+/// Writes of the cost-intelligence API: feature tags, cost records and budgets.
+///
+/// Borrows the caller's connection; every method refuses to run outside a transaction
+/// and never commits.
+pub struct CostWriteDriver<'c> {
+    conn: &'c mut PgConnection,
+}
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+}
+
+#[derive(QueryableByName)]
+struct ExistingRow {
+    #[diesel(sql_type = Text)]
+    tenant_id: String,
+    #[diesel(sql_type = Text)]
+    request_id: String,
+    #[diesel(sql_type = Text)]
+    id: String,
+}
+
+const BULK_INSERT: &str = "\
+INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, \
+                          model, input_tokens, output_tokens, cost_cents, is_retry, created_at) \
+SELECT id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, \
+       model, input_tokens, output_tokens, cost_cents, is_retry, coalesce(created_at, now()) \
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+            $8::text[], $9::int4[], $10::int4[], $11::float8[], $12::bool[], $13::timestamptz[]) \
+     WITH ORDINALITY AS t(id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, \
+                          model, input_tokens, output_tokens, cost_cents, is_retry, created_at, n) \
+ORDER BY n \
+ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING \
+RETURNING id";
+
+const EXISTING_BY_REQUEST: &str = "\
+SELECT c.tenant_id, c.request_id, c.id \
+FROM cost_records c \
+JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, request_id) \
+  ON c.tenant_id = k.tenant_id AND c.request_id = k.request_id";
+
+impl<'c> CostWriteDriver<'c> {
+    /// Wraps the caller's connection.
+    pub fn new(conn: &'c mut PgConnection) -> Self {
+        CostWriteDriver { conn }
+    }
+
+    /// Registers a feature tag for a tenant; a tag the tenant already has is
+    /// [`Error::Conflict`] and leaves the transaction usable.
+    pub fn create_feature_tag(
+        &mut self,
+        tenant_id: &str,
+        tag: &str,
+        display_name: &str,
+        description: Option<&str>,
+        budget_cents: Option<i32>,
+    ) -> Result<FeatureTag> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tag", tag, 128)?;
+        validate::required("display_name", display_name, 256)?;
+        if let Some(cents) = budget_cents {
+            validate::non_negative("budget_cents", cents.into())?;
+        }
+        require_transaction(self.conn)?;
+        diesel::insert_into(feature_tags::table)
+            .values(NewFeatureTag {
+                id: ids::feature_tag_id(),
+                tenant_id: tenant_id.into(),
+                tag: tag.into(),
+                display_name: display_name.into(),
+                description: description.map(Into::into),
+                budget_cents,
+            })
+            .on_conflict((feature_tags::tenant_id, feature_tags::tag))
+            .do_nothing()
+            .returning(FeatureTag::as_returning())
+            .get_result(self.conn)
+            .optional()?
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "feature tag {tag:?} already exists for this tenant"
+                ))
+            })
+    }
+
+    /// Changes only the given fields of the tenant's feature tag `id`, and `updated_at`.
+    pub fn update_feature_tag(
+        &mut self,
+        tenant_id: &str,
+        id: &str,
+        changes: &FeatureTagChanges,
+    ) -> Result<FeatureTag> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("id", id, 64)?;
+        if let Some(name) = &changes.display_name {
+            validate::required("display_name", name, 256)?;
+        }
+        if let Some(Some(cents)) = changes.budget_cents {
+            validate::non_negative("budget_cents", cents.into())?;
+        }
+        require_transaction(self.conn)?;
+        diesel::update(
+            feature_tags::table
+                .filter(feature_tags::tenant_id.eq(tenant_id))
+                .filter(feature_tags::id.eq(id)),
+        )
+        .set((changes, feature_tags::updated_at.eq(now)))
+        .returning(FeatureTag::as_returning())
+        .get_result(self.conn)
+        .optional()?
+        .ok_or_else(|| Error::NotFound {
+            entity: "feature tag",
+            id: id.into(),
+        })
+    }
+
+    /// Records one cost and returns its row; for a `request_id` the tenant already
+    /// recorded, returns the existing row and adds nothing.
+    pub fn create_cost_record(&mut self, cost: &CostInput) -> Result<CostRecord> {
+        cost.validate()?;
+        require_transaction(self.conn)?;
+        let inserted = diesel::insert_into(cost_records::table)
+            .values(new_record(cost))
+            .on_conflict((cost_records::tenant_id, cost_records::request_id))
+            .filter_target(cost_records::request_id.is_not_null())
+            .do_nothing()
+            .returning(CostRecord::as_returning())
+            .get_result(self.conn)
+            .optional()?;
+        match inserted {
+            Some(row) => Ok(row),
+            None => Ok(cost_records::table
+                .filter(cost_records::tenant_id.eq(&cost.tenant_id))
+                .filter(cost_records::request_id.eq(&cost.request_id))
+                .select(CostRecord::as_select())
+                .first(self.conn)?),
+        }
+    }
+
+    /// Records many costs in one statement (two when some `request_id`s repeat) and
+    /// returns their ids in input order.
+    ///
+    /// All inputs are validated before any SQL: one bad input refuses the whole batch.
+    /// A `request_id` repeated within the batch, or already recorded for the tenant,
+    /// yields the first record's id with `inserted: false`.
+    pub fn record_costs(&mut self, costs: &[CostInput]) -> Result<Vec<RecordedCost>> {
+        for cost in costs {
+            cost.validate()?;
+        }
+        require_transaction(self.conn)?;
+        if costs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = costs.iter().map(|_| ids::cost_record_id()).collect();
+        let col = |f: fn(&CostInput) -> Option<&str>| costs.iter().map(f).collect::<Vec<_>>();
+        let inserted: Vec<IdRow> = diesel::sql_query(BULK_INSERT)
+            .bind::<Array<Text>, _>(&ids)
+            .bind::<Array<Text>, _>(
+                costs
+                    .iter()
+                    .map(|c| c.tenant_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Array<Nullable<Text>>, _>(col(|c| c.user_id.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(col(|c| c.feature_tag.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(col(|c| c.request_id.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(col(|c| c.workflow_id.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(col(|c| c.skill_id.as_deref()))
+            .bind::<Array<Text>, _>(costs.iter().map(|c| c.model.as_str()).collect::<Vec<_>>())
+            .bind::<Array<Int4>, _>(costs.iter().map(|c| c.input_tokens).collect::<Vec<_>>())
+            .bind::<Array<Int4>, _>(costs.iter().map(|c| c.output_tokens).collect::<Vec<_>>())
+            .bind::<Array<Float8>, _>(costs.iter().map(|c| c.cost_cents).collect::<Vec<_>>())
+            .bind::<Array<Bool>, _>(costs.iter().map(|c| c.is_retry).collect::<Vec<_>>())
+            .bind::<Array<Nullable<Timestamptz>>, _>(
+                costs.iter().map(|c| c.created_at).collect::<Vec<_>>(),
+            )
+            .load(self.conn)?;
+        let inserted: std::collections::HashSet<String> =
+            inserted.into_iter().map(|r| r.id).collect();
+        let mut out: Vec<RecordedCost> = ids
+            .into_iter()
+            .map(|id| RecordedCost {
+                inserted: inserted.contains(&id),
+                id,
+            })
+            .collect();
+        let skipped: Vec<usize> = (0..out.len()).filter(|&i| !out[i].inserted).collect();
+        if skipped.is_empty() {
+            return Ok(out);
+        }
+        // Only rows with a request id can conflict: look up the ids they collided with.
+        let tenants: Vec<&str> = skipped
+            .iter()
+            .map(|&i| costs[i].tenant_id.as_str())
+            .collect();
+        let requests: Vec<&str> = skipped
+            .iter()
+            .map(|&i| costs[i].request_id.as_deref().unwrap_or_default())
+            .collect();
+        let existing: std::collections::HashMap<(String, String), String> =
+            diesel::sql_query(EXISTING_BY_REQUEST)
+                .bind::<Array<Text>, _>(&tenants)
+                .bind::<Array<Text>, _>(&requests)
+                .load::<ExistingRow>(self.conn)?
+                .into_iter()
+                .map(|r| ((r.tenant_id, r.request_id), r.id))
+                .collect();
+        for (&i, (tenant, request)) in skipped.iter().zip(tenants.iter().zip(&requests)) {
+            let key = ((*tenant).to_owned(), (*request).to_owned());
+            out[i].id = existing.get(&key).cloned().ok_or_else(|| {
+                Error::Conflict(format!("cost record for request {request:?} vanished"))
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Creates the tenant's budget for `scope`, or updates its limits if it exists (one
+    /// upsert on tenant, budget type and entity).
+    pub fn create_or_update_budget(
+        &mut self,
+        tenant_id: &str,
+        scope: &BudgetScope,
+        limits: &BudgetLimits,
+    ) -> Result<CostBudget> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        let (budget_type, entity_id) = scope.parts();
+        validate::optional("entity_id", entity_id, 128)?;
+        for (field, limit) in [
+            ("daily_limit_cents", limits.daily_limit_cents),
+            ("monthly_limit_cents", limits.monthly_limit_cents),
+        ] {
+            if let Some(cents) = limit {
+                validate::non_negative(field, cents.into())?;
+            }
+        }
+        validate::percent("warn_threshold_pct", limits.warn_threshold_pct)?;
+        require_transaction(self.conn)?;
+        use cost_budgets::dsl as b;
+        Ok(diesel::insert_into(b::cost_budgets)
+            .values(NewCostBudget {
+                id: ids::cost_budget_id(),
+                tenant_id: tenant_id.into(),
+                budget_type,
+                entity_id: entity_id.map(Into::into),
+                daily_limit_cents: limits.daily_limit_cents,
+                monthly_limit_cents: limits.monthly_limit_cents,
+                warn_threshold_pct: limits.warn_threshold_pct,
+                hard_limit_enabled: limits.hard_limit_enabled,
+            })
+            .on_conflict(on_constraint("uq_cost_budgets_tenant_type_entity"))
+            .do_update()
+            .set((
+                b::daily_limit_cents.eq(excluded(b::daily_limit_cents)),
+                b::monthly_limit_cents.eq(excluded(b::monthly_limit_cents)),
+                b::warn_threshold_pct.eq(excluded(b::warn_threshold_pct)),
+                b::hard_limit_enabled.eq(excluded(b::hard_limit_enabled)),
+                b::updated_at.eq(now),
+            ))
+            .returning(CostBudget::as_returning())
+            .get_result(self.conn)?)
+    }
+}
+
+fn new_record(cost: &CostInput) -> crate::models::NewCostRecord {
+    crate::models::NewCostRecord {
+        id: ids::cost_record_id(),
+        tenant_id: cost.tenant_id.clone(),
+        user_id: cost.user_id.clone(),
+        feature_tag: cost.feature_tag.clone(),
+        request_id: cost.request_id.clone(),
+        workflow_id: cost.workflow_id.clone(),
+        skill_id: cost.skill_id.clone(),
+        model: cost.model.clone(),
+        input_tokens: cost.input_tokens,
+        output_tokens: cost.output_tokens,
+        cost_cents: cost.cost_cents,
+        created_at: cost.created_at,
+        is_retry: cost.is_retry,
+    }
+}

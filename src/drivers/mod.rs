@@ -1,0 +1,12 @@
+//! One driver per data-access role. Each borrows the caller's connection, runs its SQL at
+//! once, and never begins, commits or rolls back: the caller owns the transaction.
+
+pub mod analytics_read;
+pub mod cost_write;
+pub mod worker_write;
+
+pub use analytics_read::AnalyticsReadDriver;
+pub use cost_write::{
+    BudgetLimits, BudgetScope, CostInput, CostWriteDriver, FeatureTagChanges, RecordedCost,
+};
+pub use worker_write::{BudgetSnapshot, WorkerRunData, WorkerWriteService};

@@ -1,0 +1,307 @@
+//! `WorkerWriteService`: worker runs, their cost records and budget advisories.
+
+use diesel::prelude::*;
+use diesel::sql_types::{Bool, Int4, Nullable, Text};
+use serde::{Deserialize, Serialize};
+
+use crate::db::require_transaction;
+use crate::drivers::cost_write::{CostInput, CostWriteDriver};
+use crate::error::{Error, Result};
+use crate::models::{
+    ids, AnomalyType, CostAnomaly, CostRecord, EntityType, NewCostAnomaly, Severity, WorkerRun,
+    WorkerStatus,
+};
+use crate::schema::{cost_anomalies, worker_runs};
+use crate::validate;
+
+/// What a worker reports about a run. `None` leaves a column as it is (on insert: its
+/// default); for nullable columns `Some(None)` clears it.
+///
+/// Unlike the original, nothing is wiped because a key is missing, and `0` stays `0`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRunData {
+    /// The task; used only when the run is created (default `""`).
+    pub task: Option<String>,
+    /// New state (insert default `queued`). `running` stamps `started_at` once; a terminal
+    /// state stamps `completed_at` once.
+    pub status: Option<WorkerStatus>,
+    /// Outcome.
+    pub success: Option<Option<bool>>,
+    /// Error text.
+    pub error: Option<Option<String>>,
+    /// Artifacts, stored as JSON text in `output_json`.
+    pub artifacts: Option<Option<serde_json::Value>>,
+    /// Replay token, stored as JSON text in `replay_token_json`.
+    pub replay_token: Option<Option<serde_json::Value>>,
+    /// Tokens used (`total_tokens`), not negative.
+    pub total_tokens_used: Option<Option<i32>>,
+    /// Wall time in milliseconds, not negative.
+    pub total_latency_ms: Option<Option<i32>>,
+    /// Number of policy violations (insert default 0).
+    pub policy_violations: Option<i32>,
+    /// Number of recoveries (insert default 0).
+    pub recoveries: Option<i32>,
+    /// Cost in whole cents, not negative.
+    pub cost_cents: Option<i32>,
+}
+
+/// The budget a cost advisory was raised against, kept in the anomaly's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetSnapshot {
+    /// Budget id.
+    pub budget_id: String,
+    /// Its daily limit in cents.
+    pub daily_limit_cents: Option<i32>,
+    /// Its warning threshold in percent.
+    pub warn_threshold_pct: i32,
+    /// Whether it is a hard limit.
+    pub hard_limit_enabled: bool,
+}
+
+/// Write-side persistence for the worker API: runs, their costs and budget advisories.
+///
+/// Borrows the caller's connection; writes refuse to run outside a transaction and never
+/// commit. Every method is scoped by tenant.
+pub struct WorkerWriteService<'c> {
+    conn: &'c mut PgConnection,
+}
+
+const TERMINAL: &str = "('completed', 'failed', 'crashed')";
+
+/// One statement: insert, or update a run of the same tenant that is not finished. The
+/// pairs ($6,$7), ($8,$9)… are "set this column?" and its value.
+fn upsert_sql() -> String {
+    format!(
+        "INSERT INTO worker_runs AS w (id, tenant_id, task, input_json, status, success, error, \
+             output_json, replay_token_json, total_tokens, total_latency_ms, policy_violations, \
+             recoveries, cost_cents, started_at, completed_at) \
+         VALUES ($1, $2, $3, $4, coalesce($5, 'queued'), $7, $9, $11, $13, $15, $17, \
+             coalesce($18, 0), coalesce($19, 0), $20, \
+             CASE WHEN $5 = 'running' THEN now() END, \
+             CASE WHEN $5 IN {TERMINAL} THEN now() END) \
+         ON CONFLICT (id) DO UPDATE SET \
+             status            = coalesce($5, w.status), \
+             success           = CASE WHEN $6 THEN $7 ELSE w.success END, \
+             error             = CASE WHEN $8 THEN $9 ELSE w.error END, \
+             output_json       = CASE WHEN $10 THEN $11 ELSE w.output_json END, \
+             replay_token_json = CASE WHEN $12 THEN $13 ELSE w.replay_token_json END, \
+             total_tokens      = CASE WHEN $14 THEN $15 ELSE w.total_tokens END, \
+             total_latency_ms  = CASE WHEN $16 THEN $17 ELSE w.total_latency_ms END, \
+             policy_violations = coalesce($18, w.policy_violations), \
+             recoveries        = coalesce($19, w.recoveries), \
+             cost_cents        = coalesce($20, w.cost_cents), \
+             started_at        = CASE WHEN $5 = 'running' \
+                                      THEN coalesce(w.started_at, now()) ELSE w.started_at END, \
+             completed_at      = CASE WHEN $5 IN {TERMINAL} \
+                                      THEN coalesce(w.completed_at, now()) ELSE w.completed_at END \
+         WHERE w.tenant_id = EXCLUDED.tenant_id AND w.status NOT IN {TERMINAL} \
+         RETURNING w.*"
+    )
+}
+
+fn json_text(field: &'static str, v: &Option<Option<serde_json::Value>>) -> Result<Option<String>> {
+    match v {
+        Some(Some(value)) => serde_json::to_string(value)
+            .map(Some)
+            .map_err(|e| Error::invalid(field, e.to_string())),
+        _ => Ok(None),
+    }
+}
+
+impl WorkerRunData {
+    fn validate(&self) -> Result<()> {
+        let counts = [
+            ("total_tokens_used", self.total_tokens_used.flatten()),
+            ("total_latency_ms", self.total_latency_ms.flatten()),
+            ("policy_violations", self.policy_violations),
+            ("recoveries", self.recoveries),
+            ("cost_cents", self.cost_cents),
+        ];
+        for (field, value) in counts {
+            if let Some(v) = value {
+                validate::non_negative(field, v.into())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<'c> WorkerWriteService<'c> {
+    /// Wraps the caller's connection.
+    pub fn new(conn: &'c mut PgConnection) -> Self {
+        WorkerWriteService { conn }
+    }
+
+    /// Creates the run, or applies `data` to it, in one statement.
+    ///
+    /// A run id that exists under another tenant is [`Error::Conflict`]; a finished run
+    /// (completed, failed, crashed) is [`Error::FinishedRun`]. Either way nothing changes.
+    pub fn upsert_worker_run(
+        &mut self,
+        run_id: &str,
+        tenant_id: &str,
+        data: &WorkerRunData,
+    ) -> Result<WorkerRun> {
+        validate::required("run_id", run_id, 36)?;
+        validate::required("tenant_id", tenant_id, 36)?;
+        data.validate()?;
+        let output = json_text("artifacts", &data.artifacts)?;
+        let replay = json_text("replay_token", &data.replay_token)?;
+        require_transaction(self.conn)?;
+        let task = data.task.clone().unwrap_or_default();
+        let input_json = serde_json::json!({ "task": task }).to_string();
+        let row = diesel::sql_query(upsert_sql())
+            .bind::<Text, _>(run_id)
+            .bind::<Text, _>(tenant_id)
+            .bind::<Text, _>(&task)
+            .bind::<Text, _>(&input_json)
+            .bind::<Nullable<Text>, _>(data.status)
+            .bind::<Bool, _>(data.success.is_some())
+            .bind::<Nullable<Bool>, _>(data.success.flatten())
+            .bind::<Bool, _>(data.error.is_some())
+            .bind::<Nullable<Text>, _>(data.error.clone().flatten())
+            .bind::<Bool, _>(data.artifacts.is_some())
+            .bind::<Nullable<Text>, _>(output)
+            .bind::<Bool, _>(data.replay_token.is_some())
+            .bind::<Nullable<Text>, _>(replay)
+            .bind::<Bool, _>(data.total_tokens_used.is_some())
+            .bind::<Nullable<Int4>, _>(data.total_tokens_used.flatten())
+            .bind::<Bool, _>(data.total_latency_ms.is_some())
+            .bind::<Nullable<Int4>, _>(data.total_latency_ms.flatten())
+            .bind::<Nullable<Int4>, _>(data.policy_violations)
+            .bind::<Nullable<Int4>, _>(data.recoveries)
+            .bind::<Nullable<Int4>, _>(data.cost_cents)
+            .get_result::<WorkerRun>(self.conn)
+            .optional()?;
+        if let Some(run) = row {
+            return Ok(run);
+        }
+        // The conflict row was left alone: say why.
+        let (owner, status): (String, WorkerStatus) = worker_runs::table
+            .find(run_id)
+            .select((worker_runs::tenant_id, worker_runs::status))
+            .first(self.conn)?;
+        if owner != tenant_id {
+            Err(Error::Conflict(format!(
+                "worker run {run_id} belongs to another tenant"
+            )))
+        } else {
+            Err(Error::FinishedRun {
+                run_id: run_id.into(),
+                status: status.to_string(),
+            })
+        }
+    }
+
+    /// Records the LLM cost of a run: `request_id` is the run id, so a run is billed once;
+    /// recording it again returns the first record.
+    pub fn insert_cost_record(
+        &mut self,
+        run_id: &str,
+        tenant_id: &str,
+        model: &str,
+        input_tokens: i32,
+        output_tokens: i32,
+        cost_cents: f64,
+    ) -> Result<CostRecord> {
+        validate::required("run_id", run_id, 64)?;
+        CostWriteDriver::new(self.conn).create_cost_record(&CostInput {
+            tenant_id: tenant_id.into(),
+            request_id: Some(run_id.into()),
+            workflow_id: Some("business-builder".into()),
+            skill_id: Some("llm_invoke".into()),
+            model: model.into(),
+            input_tokens,
+            output_tokens,
+            cost_cents,
+            ..CostInput::default()
+        })
+    }
+
+    /// Records a `BUDGET_WARNING` (MEDIUM, entity = the tenant) for a run whose tenant's
+    /// daily spend crossed the warning threshold; the snapshot goes into the metadata.
+    pub fn insert_cost_advisory(
+        &mut self,
+        tenant_id: &str,
+        run_id: &str,
+        daily_spend_cents: i64,
+        warn_threshold_cents: f64,
+        budget_snapshot: &BudgetSnapshot,
+    ) -> Result<CostAnomaly> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("run_id", run_id, 64)?;
+        validate::non_negative("daily_spend_cents", daily_spend_cents)?;
+        validate::amount("warn_threshold_cents", warn_threshold_cents)?;
+        validate::required("budget_snapshot.budget_id", &budget_snapshot.budget_id, 64)?;
+        validate::percent(
+            "budget_snapshot.warn_threshold_pct",
+            budget_snapshot.warn_threshold_pct,
+        )?;
+        require_transaction(self.conn)?;
+        let spend = daily_spend_cents as f64;
+        let deviation_pct = if warn_threshold_cents > 0.0 {
+            (spend - warn_threshold_cents) / warn_threshold_cents * 100.0
+        } else {
+            0.0
+        };
+        let message = format!(
+            "Daily spend ({daily_spend_cents}¢) exceeds {}% warning threshold ({}¢)",
+            budget_snapshot.warn_threshold_pct, warn_threshold_cents as i64
+        );
+        Ok(diesel::insert_into(cost_anomalies::table)
+            .values(NewCostAnomaly {
+                id: ids::cost_anomaly_id(),
+                tenant_id: tenant_id.into(),
+                anomaly_type: AnomalyType::BudgetWarning,
+                severity: Severity::Medium,
+                entity_type: EntityType::Tenant,
+                entity_id: Some(tenant_id.into()),
+                current_value_cents: spend,
+                expected_value_cents: warn_threshold_cents,
+                deviation_pct,
+                threshold_pct: budget_snapshot.warn_threshold_pct.into(),
+                message,
+                metadata: Some(serde_json::json!({
+                    "run_id": run_id,
+                    "budget_snapshot": budget_snapshot,
+                })),
+                detected_at: None,
+                derived_cause: None,
+                breach_count: Some(1),
+            })
+            .returning(CostAnomaly::as_returning())
+            .get_result(self.conn)?)
+    }
+
+    /// Deletes the tenant's run; [`Error::NotFound`] if the tenant has no such run.
+    pub fn delete_worker_run(&mut self, run_id: &str, tenant_id: &str) -> Result<()> {
+        validate::required("run_id", run_id, 36)?;
+        validate::required("tenant_id", tenant_id, 36)?;
+        require_transaction(self.conn)?;
+        let deleted = diesel::delete(
+            worker_runs::table
+                .filter(worker_runs::id.eq(run_id))
+                .filter(worker_runs::tenant_id.eq(tenant_id)),
+        )
+        .execute(self.conn)?;
+        if deleted == 0 {
+            return Err(Error::NotFound {
+                entity: "worker run",
+                id: run_id.into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The tenant's run, or `None` (also when the id belongs to another tenant).
+    pub fn get_worker_run(&mut self, run_id: &str, tenant_id: &str) -> Result<Option<WorkerRun>> {
+        validate::required("run_id", run_id, 36)?;
+        validate::required("tenant_id", tenant_id, 36)?;
+        Ok(worker_runs::table
+            .filter(worker_runs::id.eq(run_id))
+            .filter(worker_runs::tenant_id.eq(tenant_id))
+            .select(WorkerRun::as_select())
+            .first(self.conn)
+            .optional()?)
+    }
+}
