@@ -103,3 +103,26 @@ pub fn test_conn() -> diesel::PgConnection {
 pub fn tenant() -> String {
     format!("t-{}", uuid::Uuid::new_v4().simple())
 }
+
+/// The current transaction's `now()`: what server-side stamps in it are set to.
+pub fn tx_now(conn: &mut diesel::PgConnection) -> chrono::DateTime<chrono::Utc> {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Now {
+        #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+        t: chrono::DateTime<chrono::Utc>,
+    }
+    diesel::sql_query("SELECT now() AS t")
+        .get_result::<Now>(conn)
+        .expect("now()")
+        .t
+}
+
+/// Asserts `r` is `Error::InvalidInput` naming `field`.
+#[track_caller]
+pub fn assert_invalid<T: std::fmt::Debug>(r: costdb::Result<T>, field: &str) {
+    match r {
+        Err(costdb::Error::InvalidInput { field: f, .. }) if f == field => {}
+        other => panic!("expected InvalidInput for {field}, got {other:?}"),
+    }
+}

@@ -1,0 +1,511 @@
+//! WorkerWriteService against a real PostgreSQL.
+
+mod common;
+
+use common::{assert_invalid, tx_now};
+use costdb::drivers::{BudgetSnapshot, WorkerRunData};
+use costdb::models::{AnomalyType, EntityType, Severity, WorkerStatus};
+use costdb::schema::{cost_anomalies, cost_records, worker_runs};
+use costdb::{Error, WorkerWriteService};
+use diesel::dsl::count_star;
+use diesel::prelude::*;
+use serde_json::json;
+
+fn run_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn runs_of(conn: &mut PgConnection, tenant: &str) -> i64 {
+    worker_runs::table
+        .filter(worker_runs::tenant_id.eq(tenant))
+        .select(count_star())
+        .first(conn)
+        .unwrap()
+}
+
+fn queued(task: &str) -> WorkerRunData {
+    WorkerRunData {
+        task: Some(task.into()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_new_run_gets_the_insert_defaults() {
+    let mut conn = common::test_conn();
+    let (tenant, id) = (common::tenant()[..30].to_string(), run_id());
+    let now = tx_now(&mut conn);
+    let run = WorkerWriteService::new(&mut conn)
+        .upsert_worker_run(&id, &tenant, &queued("write a plan"))
+        .unwrap();
+    assert_eq!(run.id, id);
+    assert_eq!(run.tenant_id, tenant);
+    assert_eq!(run.worker_id, "business-builder");
+    assert_eq!(run.task, "write a plan");
+    assert_eq!(
+        run.input_json.as_deref(),
+        Some(r#"{"task":"write a plan"}"#)
+    );
+    assert_eq!(run.status, WorkerStatus::Queued);
+    assert_eq!((run.success, run.error.as_deref()), (None, None));
+    assert_eq!((run.output_json.as_deref(), run.total_tokens), (None, None));
+    assert_eq!((run.recoveries, run.policy_violations), (0, 0));
+    assert_eq!((run.cost_cents, run.total_latency_ms), (None, None));
+    assert_eq!(run.created_at, Some(now));
+    assert_eq!((run.started_at, run.completed_at), (None, None));
+    assert_eq!(
+        (run.attempt, run.is_retry, run.is_synthetic),
+        (1, false, false)
+    );
+    // What the call returned is what the table holds.
+    let stored = WorkerWriteService::new(&mut conn)
+        .get_worker_run(&id, &tenant)
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, run);
+}
+
+#[test]
+fn a_run_created_running_or_finished_is_stamped() {
+    let mut conn = common::test_conn();
+    let tenant = &common::tenant()[..30];
+    let now = tx_now(&mut conn);
+    let mut svc = WorkerWriteService::new(&mut conn);
+    let running = svc
+        .upsert_worker_run(
+            &run_id(),
+            tenant,
+            &WorkerRunData {
+                status: Some(WorkerStatus::Running),
+                ..queued("x")
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (running.started_at, running.completed_at),
+        (Some(now), None)
+    );
+    let failed = svc
+        .upsert_worker_run(
+            &run_id(),
+            tenant,
+            &WorkerRunData {
+                status: Some(WorkerStatus::Failed),
+                success: Some(Some(false)),
+                error: Some(Some("boom".into())),
+                ..queued("x")
+            },
+        )
+        .unwrap();
+    assert_eq!((failed.started_at, failed.completed_at), (None, Some(now)));
+    assert_eq!(failed.error.as_deref(), Some("boom"));
+}
+
+#[test]
+fn updates_change_exactly_the_fields_given() {
+    let mut conn = common::test_conn();
+    let (tenant, id) = (common::tenant()[..30].to_string(), run_id());
+    let now = tx_now(&mut conn);
+    let mut svc = WorkerWriteService::new(&mut conn);
+    let created = svc.upsert_worker_run(&id, &tenant, &queued("t")).unwrap();
+
+    // running: status changes, started_at is stamped; nothing else moves.
+    let running = svc
+        .upsert_worker_run(
+            &id,
+            &tenant,
+            &WorkerRunData {
+                status: Some(WorkerStatus::Running),
+                task: Some("ignored on update".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(running.status, WorkerStatus::Running);
+    assert_eq!(running.started_at, Some(now));
+    assert_eq!(running.task, "t", "task never changes on update");
+    assert_eq!(running.input_json, created.input_json);
+    assert_eq!(running.created_at, created.created_at);
+
+    // Each field, one by one.
+    let progress = svc
+        .upsert_worker_run(
+            &id,
+            &tenant,
+            &WorkerRunData {
+                success: Some(Some(true)),
+                error: Some(Some("transient".into())),
+                artifacts: Some(Some(json!({"report": "ok"}))),
+                replay_token: Some(Some(json!({"seed": 42}))),
+                total_tokens_used: Some(Some(1200)),
+                total_latency_ms: Some(Some(0)),
+                policy_violations: Some(2),
+                recoveries: Some(1),
+                cost_cents: Some(7),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        progress.status,
+        WorkerStatus::Running,
+        "absent status is kept"
+    );
+    assert_eq!(progress.success, Some(true));
+    assert_eq!(progress.error.as_deref(), Some("transient"));
+    assert_eq!(progress.output_json.as_deref(), Some(r#"{"report":"ok"}"#));
+    assert_eq!(
+        progress.replay_token_json.as_deref(),
+        Some(r#"{"seed":42}"#)
+    );
+    assert_eq!(progress.total_tokens, Some(1200));
+    assert_eq!(progress.total_latency_ms, Some(0), "0 stays 0");
+    assert_eq!((progress.policy_violations, progress.recoveries), (2, 1));
+    assert_eq!(progress.cost_cents, Some(7));
+    assert_eq!(
+        progress.started_at,
+        Some(now),
+        "started_at is not re-stamped"
+    );
+
+    // An empty report keeps everything (the original wiped artifacts and counters).
+    let kept = svc
+        .upsert_worker_run(&id, &tenant, &WorkerRunData::default())
+        .unwrap();
+    assert_eq!(kept, progress);
+
+    // Some(None) clears a nullable column.
+    let cleared = svc
+        .upsert_worker_run(
+            &id,
+            &tenant,
+            &WorkerRunData {
+                error: Some(None),
+                artifacts: Some(None),
+                total_latency_ms: Some(None),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!((cleared.error, cleared.output_json), (None, None));
+    assert_eq!(cleared.total_latency_ms, None);
+    assert_eq!(cleared.replay_token_json, progress.replay_token_json);
+    assert_eq!(cleared.cost_cents, Some(7));
+
+    // Finishing stamps completed_at once.
+    let done = svc
+        .upsert_worker_run(
+            &id,
+            &tenant,
+            &WorkerRunData {
+                status: Some(WorkerStatus::Completed),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(done.status, WorkerStatus::Completed);
+    assert_eq!(done.completed_at, Some(now));
+    assert_eq!(done.started_at, Some(now));
+}
+
+#[test]
+fn a_finished_run_is_refused_with_a_typed_error_and_left_unchanged() {
+    let mut conn = common::test_conn();
+    let (tenant, id) = (common::tenant()[..30].to_string(), run_id());
+    let mut svc = WorkerWriteService::new(&mut conn);
+    let done = svc
+        .upsert_worker_run(
+            &id,
+            &tenant,
+            &WorkerRunData {
+                status: Some(WorkerStatus::Completed),
+                total_tokens_used: Some(Some(10)),
+                ..queued("t")
+            },
+        )
+        .unwrap();
+    for data in [
+        WorkerRunData {
+            status: Some(WorkerStatus::Completed),
+            ..Default::default()
+        },
+        WorkerRunData {
+            status: Some(WorkerStatus::Running),
+            ..Default::default()
+        },
+        WorkerRunData {
+            recoveries: Some(3),
+            ..Default::default()
+        },
+    ] {
+        match svc.upsert_worker_run(&id, &tenant, &data) {
+            Err(Error::FinishedRun { run_id, status }) => {
+                assert_eq!(
+                    (run_id.as_str(), status.as_str()),
+                    (id.as_str(), "completed")
+                )
+            }
+            other => panic!("expected FinishedRun, got {other:?}"),
+        }
+    }
+    // The transaction is still usable and the row is as it was.
+    assert_eq!(svc.get_worker_run(&id, &tenant).unwrap(), Some(done));
+}
+
+#[test]
+fn one_tenant_can_neither_read_update_nor_delete_another_tenants_run() {
+    let mut conn = common::test_conn();
+    let (owner, other, id) = (
+        common::tenant()[..30].to_string(),
+        common::tenant()[..30].to_string(),
+        run_id(),
+    );
+    let mut svc = WorkerWriteService::new(&mut conn);
+    let original = svc.upsert_worker_run(&id, &owner, &queued("mine")).unwrap();
+
+    assert_eq!(svc.get_worker_run(&id, &other).unwrap(), None);
+    let hijack = WorkerRunData {
+        status: Some(WorkerStatus::Failed),
+        error: Some(Some("x".into())),
+        ..queued("theirs")
+    };
+    assert!(matches!(
+        svc.upsert_worker_run(&id, &other, &hijack),
+        Err(Error::Conflict(_))
+    ));
+    assert!(matches!(
+        svc.delete_worker_run(&id, &other),
+        Err(Error::NotFound { .. })
+    ));
+    assert_eq!(svc.get_worker_run(&id, &owner).unwrap(), Some(original));
+    assert_eq!(runs_of(&mut conn, &other), 0);
+
+    let mut svc = WorkerWriteService::new(&mut conn);
+    svc.delete_worker_run(&id, &owner).unwrap();
+    assert_eq!(svc.get_worker_run(&id, &owner).unwrap(), None);
+    assert!(matches!(
+        svc.delete_worker_run(&id, &owner),
+        Err(Error::NotFound { .. })
+    ));
+}
+
+#[test]
+fn cost_records_and_advisories_of_a_run() {
+    let mut conn = common::test_conn();
+    let (tenant, id) = (common::tenant()[..30].to_string(), run_id());
+    let now = tx_now(&mut conn);
+    let mut svc = WorkerWriteService::new(&mut conn);
+    let rec = svc
+        .insert_cost_record(&id, &tenant, "claude-sonnet-4-20250514", 300, 700, 12.5)
+        .unwrap();
+    assert!(rec.id.starts_with("cr_") && rec.id.len() == 19);
+    assert_eq!(rec.request_id.as_deref(), Some(id.as_str()));
+    assert_eq!(rec.workflow_id.as_deref(), Some("business-builder"));
+    assert_eq!(rec.skill_id.as_deref(), Some("llm_invoke"));
+    assert_eq!(
+        (rec.input_tokens, rec.output_tokens, rec.cost_cents),
+        (300, 700, 12.5)
+    );
+    assert_eq!((rec.user_id, rec.feature_tag), (None, None));
+    assert_eq!(rec.created_at, now);
+    // A retried call for the same run is not billed twice.
+    let again = svc
+        .insert_cost_record(&id, &tenant, "claude-sonnet-4-20250514", 300, 700, 12.5)
+        .unwrap();
+    assert_eq!(again.id, rec.id);
+
+    let snapshot = BudgetSnapshot {
+        budget_id: "cb_0123456789abcdef".into(),
+        daily_limit_cents: Some(1000),
+        warn_threshold_pct: 80,
+        hard_limit_enabled: false,
+    };
+    let adv = svc
+        .insert_cost_advisory(&tenant, &id, 900, 800.0, &snapshot)
+        .unwrap();
+    assert!(adv.id.starts_with("ca_"));
+    assert_eq!(adv.anomaly_type, AnomalyType::BudgetWarning);
+    assert_eq!(adv.severity, Severity::Medium);
+    assert_eq!(adv.entity_type, EntityType::Tenant);
+    assert_eq!(adv.entity_id.as_deref(), Some(tenant.as_str()));
+    assert_eq!(
+        (adv.current_value_cents, adv.expected_value_cents),
+        (900.0, 800.0)
+    );
+    assert_eq!(adv.deviation_pct, (900.0 - 800.0) / 800.0 * 100.0);
+    assert_eq!(adv.threshold_pct, 80.0);
+    assert_eq!(
+        adv.message,
+        "Daily spend (900¢) exceeds 80% warning threshold (800¢)"
+    );
+    assert_eq!(
+        adv.metadata,
+        Some(json!({"run_id": id, "budget_snapshot": {
+            "budget_id": "cb_0123456789abcdef", "daily_limit_cents": 1000,
+            "warn_threshold_pct": 80, "hard_limit_enabled": false}}))
+    );
+    assert_eq!(
+        (adv.resolved, adv.breach_count, adv.detected_at),
+        (false, Some(1), now)
+    );
+    let zero = svc
+        .insert_cost_advisory(&tenant, &id, 5, 0.0, &snapshot)
+        .unwrap();
+    assert_eq!(zero.deviation_pct, 0.0);
+
+    let n: i64 = cost_records::table
+        .filter(cost_records::tenant_id.eq(&tenant))
+        .select(count_star())
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn a_callers_rollback_leaves_nothing_and_no_driver_commits() {
+    let (tenant, id) = (common::tenant()[..30].to_string(), run_id());
+    let mut conn = common::conn();
+    let outcome: Result<(), Error> = conn.transaction(|c| {
+        let mut svc = WorkerWriteService::new(c);
+        svc.upsert_worker_run(&id, &tenant, &queued("t"))?;
+        svc.insert_cost_record(&id, &tenant, "m", 1, 1, 1.0)?;
+        let snapshot = BudgetSnapshot {
+            budget_id: "b".into(),
+            daily_limit_cents: None,
+            warn_threshold_pct: 50,
+            hard_limit_enabled: true,
+        };
+        svc.insert_cost_advisory(&tenant, &id, 1, 1.0, &snapshot)?;
+        Err(Error::Conflict("caller decides to roll back".into()))
+    });
+    assert!(outcome.is_err());
+    let mut other = costdb::db::connect(common::database_url()).unwrap();
+    assert_eq!(runs_of(&mut other, &tenant), 0);
+    let costs: i64 = cost_records::table
+        .filter(cost_records::tenant_id.eq(&tenant))
+        .select(count_star())
+        .first(&mut other)
+        .unwrap();
+    let anomalies: i64 = cost_anomalies::table
+        .filter(cost_anomalies::tenant_id.eq(&tenant))
+        .select(count_star())
+        .first(&mut other)
+        .unwrap();
+    assert_eq!((costs, anomalies), (0, 0));
+}
+
+#[test]
+fn writes_outside_a_transaction_are_refused_and_write_nothing() {
+    let (tenant, id) = (common::tenant()[..30].to_string(), run_id());
+    let mut conn = common::conn();
+    let mut svc = WorkerWriteService::new(&mut conn);
+    assert!(matches!(
+        svc.upsert_worker_run(&id, &tenant, &queued("t")),
+        Err(Error::NoTransaction)
+    ));
+    assert!(matches!(
+        svc.insert_cost_record(&id, &tenant, "m", 1, 1, 1.0),
+        Err(Error::NoTransaction)
+    ));
+    assert!(matches!(
+        svc.delete_worker_run(&id, &tenant),
+        Err(Error::NoTransaction)
+    ));
+    // Reads need no transaction.
+    assert_eq!(svc.get_worker_run(&id, &tenant).unwrap(), None);
+    assert_eq!(runs_of(&mut conn, &tenant), 0);
+}
+
+#[test]
+fn bad_input_is_refused_before_any_sql() {
+    let mut conn = common::test_conn();
+    let tenant = common::tenant()[..30].to_string();
+    let mut svc = WorkerWriteService::new(&mut conn);
+    let ok = queued("t");
+    assert_invalid(svc.upsert_worker_run("", &tenant, &ok), "run_id");
+    assert_invalid(
+        svc.upsert_worker_run(&"r".repeat(37), &tenant, &ok),
+        "run_id",
+    );
+    assert_invalid(svc.upsert_worker_run(&run_id(), " ", &ok), "tenant_id");
+    assert_invalid(
+        svc.upsert_worker_run(&run_id(), &"t".repeat(37), &ok),
+        "tenant_id",
+    );
+    for (data, field) in [
+        (
+            WorkerRunData {
+                total_tokens_used: Some(Some(-1)),
+                ..queued("t")
+            },
+            "total_tokens_used",
+        ),
+        (
+            WorkerRunData {
+                total_latency_ms: Some(Some(-5)),
+                ..queued("t")
+            },
+            "total_latency_ms",
+        ),
+        (
+            WorkerRunData {
+                recoveries: Some(-1),
+                ..queued("t")
+            },
+            "recoveries",
+        ),
+        (
+            WorkerRunData {
+                cost_cents: Some(-3),
+                ..queued("t")
+            },
+            "cost_cents",
+        ),
+    ] {
+        assert_invalid(svc.upsert_worker_run(&run_id(), &tenant, &data), field);
+    }
+    let id = run_id();
+    assert_invalid(svc.insert_cost_record(&id, &tenant, "", 1, 1, 1.0), "model");
+    assert_invalid(
+        svc.insert_cost_record(&id, &tenant, "m", -1, 1, 1.0),
+        "input_tokens",
+    );
+    assert_invalid(
+        svc.insert_cost_record(&id, &tenant, "m", 1, -1, 1.0),
+        "output_tokens",
+    );
+    assert_invalid(
+        svc.insert_cost_record(&id, &tenant, "m", 1, 1, f64::NAN),
+        "cost_cents",
+    );
+    assert_invalid(
+        svc.insert_cost_record(&id, &tenant, "m", 1, 1, -0.5),
+        "cost_cents",
+    );
+    assert_invalid(
+        svc.insert_cost_record("", &tenant, "m", 1, 1, 1.0),
+        "run_id",
+    );
+    let snapshot = BudgetSnapshot {
+        budget_id: "b".into(),
+        daily_limit_cents: None,
+        warn_threshold_pct: 150,
+        hard_limit_enabled: false,
+    };
+    assert_invalid(
+        svc.insert_cost_advisory(&tenant, &id, 1, 1.0, &snapshot),
+        "budget_snapshot.warn_threshold_pct",
+    );
+    assert_invalid(
+        svc.insert_cost_advisory(&tenant, &id, 1, f64::INFINITY, &snapshot),
+        "warn_threshold_cents",
+    );
+    assert_invalid(svc.get_worker_run("", &tenant), "run_id");
+    assert_eq!(runs_of(&mut conn, &tenant), 0);
+    let costs: i64 = cost_records::table
+        .filter(cost_records::tenant_id.eq(&tenant))
+        .select(count_star())
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(costs, 0);
+}
