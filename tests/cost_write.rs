@@ -1,0 +1,605 @@
+//! CostWriteDriver against a real PostgreSQL: tags, records (single, bulk, idempotent,
+//! concurrent) and budgets.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+
+use chrono::{TimeZone, Utc};
+use common::{assert_invalid, tx_now};
+use costdb::drivers::{BudgetLimits, BudgetScope, CostInput, FeatureTagChanges};
+use costdb::models::{BudgetType, CostRecord};
+use costdb::schema::{cost_budgets, cost_records, feature_tags};
+use costdb::{CostWriteDriver, Error};
+use diesel::dsl::count_star;
+use diesel::prelude::*;
+
+fn cost(tenant: &str, request: Option<&str>, cents: f64) -> CostInput {
+    CostInput {
+        tenant_id: tenant.into(),
+        request_id: request.map(Into::into),
+        model: "gpt-4o".into(),
+        input_tokens: 100,
+        output_tokens: 50,
+        cost_cents: cents,
+        ..CostInput::default()
+    }
+}
+
+fn records_of(conn: &mut PgConnection, tenant: &str) -> Vec<CostRecord> {
+    cost_records::table
+        .filter(cost_records::tenant_id.eq(tenant))
+        .select(CostRecord::as_select())
+        .load(conn)
+        .unwrap()
+}
+
+#[test]
+fn feature_tags_are_created_once_per_tenant() {
+    let mut conn = common::test_conn();
+    let (tenant, other) = (common::tenant(), common::tenant());
+    let now = tx_now(&mut conn);
+    let mut w = CostWriteDriver::new(&mut conn);
+    let tag = w
+        .create_feature_tag(
+            &tenant,
+            "support.chat",
+            "Support chat",
+            Some("bot"),
+            Some(5000),
+        )
+        .unwrap();
+    assert!(tag.id.starts_with("ft_") && tag.id.len() == 19);
+    assert_eq!(
+        (
+            tag.tenant_id.as_str(),
+            tag.tag.as_str(),
+            tag.display_name.as_str()
+        ),
+        (tenant.as_str(), "support.chat", "Support chat")
+    );
+    assert_eq!(
+        (tag.description.as_deref(), tag.budget_cents),
+        (Some("bot"), Some(5000))
+    );
+    assert!(tag.is_active);
+    assert_eq!((tag.created_at, tag.updated_at), (now, now));
+
+    match w.create_feature_tag(&tenant, "support.chat", "Again", None, None) {
+        Err(Error::Conflict(msg)) => assert!(msg.contains("support.chat")),
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+    // Another tenant may use the same tag, and the transaction is still usable.
+    w.create_feature_tag(&other, "support.chat", "Theirs", None, None)
+        .unwrap();
+    let n: i64 = feature_tags::table
+        .filter(feature_tags::tenant_id.eq(&tenant))
+        .select(count_star())
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn feature_tag_updates_change_only_the_given_fields() {
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let mut w = CostWriteDriver::new(&mut conn);
+    let tag = w
+        .create_feature_tag(&tenant, "search.rank", "Ranking", Some("desc"), Some(100))
+        .unwrap();
+    let renamed = w
+        .update_feature_tag(
+            &tenant,
+            &tag.id,
+            &FeatureTagChanges {
+                display_name: Some("Search ranking".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(renamed.display_name, "Search ranking");
+    assert_eq!(
+        (
+            renamed.description.as_deref(),
+            renamed.budget_cents,
+            renamed.is_active
+        ),
+        (Some("desc"), Some(100), true)
+    );
+    let cleared = w
+        .update_feature_tag(
+            &tenant,
+            &tag.id,
+            &FeatureTagChanges {
+                description: Some(None),
+                budget_cents: Some(Some(250)),
+                is_active: Some(false),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (cleared.description, cleared.budget_cents, cleared.is_active),
+        (None, Some(250), false)
+    );
+    assert_eq!(cleared.display_name, "Search ranking");
+    assert_eq!((cleared.tag, cleared.created_at), (tag.tag, tag.created_at));
+
+    // Another tenant cannot touch it.
+    let intruder = common::tenant();
+    assert!(matches!(
+        w.update_feature_tag(
+            &intruder,
+            &tag.id,
+            &FeatureTagChanges {
+                is_active: Some(true),
+                ..Default::default()
+            }
+        ),
+        Err(Error::NotFound { .. })
+    ));
+    let active: bool = feature_tags::table
+        .find(&tag.id)
+        .select(feature_tags::is_active)
+        .first(&mut conn)
+        .unwrap();
+    assert!(!active);
+}
+
+#[test]
+fn a_cost_record_keeps_every_field() {
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let at = Utc.with_ymd_and_hms(2026, 3, 10, 14, 30, 0).unwrap();
+    let input = CostInput {
+        tenant_id: tenant.clone(),
+        user_id: Some("u-1".into()),
+        feature_tag: Some("support.chat".into()),
+        request_id: Some("req-1".into()),
+        workflow_id: Some("wf".into()),
+        skill_id: Some("sk".into()),
+        model: "claude".into(),
+        input_tokens: 1234,
+        output_tokens: 567,
+        cost_cents: 0.375,
+        is_retry: true,
+        created_at: Some(at),
+    };
+    let rec = CostWriteDriver::new(&mut conn)
+        .create_cost_record(&input)
+        .unwrap();
+    assert!(rec.id.starts_with("cr_"));
+    assert_eq!(records_of(&mut conn, &tenant), vec![rec.clone()]);
+    assert_eq!(rec.user_id.as_deref(), Some("u-1"));
+    assert_eq!(rec.feature_tag.as_deref(), Some("support.chat"));
+    assert_eq!(rec.request_id.as_deref(), Some("req-1"));
+    assert_eq!(
+        (rec.workflow_id.as_deref(), rec.skill_id.as_deref()),
+        (Some("wf"), Some("sk"))
+    );
+    assert_eq!(
+        (rec.model.as_str(), rec.input_tokens, rec.output_tokens),
+        ("claude", 1234, 567)
+    );
+    assert_eq!(rec.cost_cents, 0.375, "fractional cents are kept");
+    assert_eq!((rec.is_retry, rec.created_at), (true, at));
+
+    // Recording the same request again returns the first record and adds nothing.
+    let again = CostWriteDriver::new(&mut conn)
+        .create_cost_record(&CostInput {
+            cost_cents: 99.0,
+            ..input
+        })
+        .unwrap();
+    assert_eq!(again, rec);
+    assert_eq!(records_of(&mut conn, &tenant).len(), 1);
+    // Without a request id, every call records.
+    let mut w = CostWriteDriver::new(&mut conn);
+    w.create_cost_record(&cost(&tenant, None, 1.0)).unwrap();
+    w.create_cost_record(&cost(&tenant, None, 1.0)).unwrap();
+    assert_eq!(records_of(&mut conn, &tenant).len(), 3);
+}
+
+#[test]
+fn bulk_ingestion_returns_ids_in_input_order_and_skips_repeats() {
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let now = tx_now(&mut conn);
+    let mut w = CostWriteDriver::new(&mut conn);
+    let earlier = w
+        .create_cost_record(&cost(&tenant, Some("req-7"), 1.0))
+        .unwrap();
+
+    let mut batch: Vec<CostInput> = (0..3000)
+        .map(|i| CostInput {
+            user_id: Some(format!("u-{}", i % 7)),
+            input_tokens: i,
+            cost_cents: f64::from(i) / 4.0,
+            ..cost(&tenant, Some(&format!("req-{i}")), 0.0)
+        })
+        .collect();
+    batch.push(cost(&tenant, Some("req-10"), 5.0)); // repeated within the batch
+    batch.push(cost(&tenant, None, 2.0)); // no request id: always recorded
+    let out = w.record_costs(&batch).unwrap();
+    assert_eq!(out.len(), batch.len());
+
+    let stored = records_of(&mut conn, &tenant);
+    assert_eq!(
+        stored.len(),
+        3000 + 1,
+        "3000 requests (one already there) + 1 untagged"
+    );
+    let by_id: std::collections::HashMap<&str, &CostRecord> =
+        stored.iter().map(|r| (r.id.as_str(), r)).collect();
+    for (input, got) in batch.iter().zip(&out) {
+        let row = by_id[got.id.as_str()];
+        assert_eq!(
+            row.request_id, input.request_id,
+            "ids come back in input order"
+        );
+        if got.inserted {
+            assert_eq!(row.cost_cents, input.cost_cents);
+            assert_eq!(row.input_tokens, input.input_tokens);
+            assert_eq!(row.user_id, input.user_id);
+            assert_eq!(row.created_at, now);
+        }
+    }
+    assert!(!out[7].inserted);
+    assert_eq!(
+        out[7].id, earlier.id,
+        "an existing request keeps its record"
+    );
+    assert!(!out[3000].inserted);
+    assert_eq!(
+        out[3000].id, out[10].id,
+        "a repeat within the batch maps to the first"
+    );
+    assert!(out[10].inserted && out[3001].inserted);
+    assert_eq!(out.iter().filter(|r| r.inserted).count(), 3000);
+    assert!(CostWriteDriver::new(&mut conn)
+        .record_costs(&[])
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn the_same_request_recorded_concurrently_yields_exactly_one_row() {
+    let tenant = common::tenant();
+    let threads = 6;
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let (tenant, barrier) = (tenant.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut conn = costdb::db::connect(common::database_url()).unwrap();
+                barrier.wait();
+                conn.transaction(|c| {
+                    let mut w = CostWriteDriver::new(c);
+                    let single = w.create_cost_record(&cost(&tenant, Some("dup"), 1.0))?;
+                    let bulk = w.record_costs(&[
+                        cost(&tenant, Some("dup-bulk"), 1.0),
+                        cost(&tenant, Some(&format!("own-{i}")), 1.0),
+                    ])?;
+                    Ok::<_, Error>((single.id, bulk))
+                })
+                .unwrap()
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let mut conn = common::conn();
+    let rows = records_of(&mut conn, &tenant);
+    let count = |req: &str| {
+        rows.iter()
+            .filter(|r| r.request_id.as_deref() == Some(req))
+            .count()
+    };
+    assert_eq!((count("dup"), count("dup-bulk")), (1, 1));
+    assert_eq!(rows.len(), 2 + threads);
+    let dup_id = &rows
+        .iter()
+        .find(|r| r.request_id.as_deref() == Some("dup"))
+        .unwrap()
+        .id;
+    let bulk_id = &rows
+        .iter()
+        .find(|r| r.request_id.as_deref() == Some("dup-bulk"))
+        .unwrap()
+        .id;
+    for (single, bulk) in &results {
+        assert_eq!(single, dup_id);
+        assert_eq!(&bulk[0].id, bulk_id);
+        assert!(bulk[1].inserted);
+    }
+    assert_eq!(results.iter().filter(|(_, b)| b[0].inserted).count(), 1);
+}
+
+#[test]
+fn budgets_are_one_upsert_per_tenant_type_and_entity() {
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let now = tx_now(&mut conn);
+    let limits = |daily, warn| BudgetLimits {
+        daily_limit_cents: daily,
+        monthly_limit_cents: Some(30_000),
+        warn_threshold_pct: warn,
+        hard_limit_enabled: false,
+    };
+    let mut w = CostWriteDriver::new(&mut conn);
+    let first = w
+        .create_or_update_budget(&tenant, &BudgetScope::Tenant, &limits(Some(1000), 80))
+        .unwrap();
+    assert!(first.id.starts_with("cb_"));
+    assert_eq!(
+        (first.budget_type, first.entity_id.as_deref()),
+        (BudgetType::Tenant, None)
+    );
+    assert_eq!(
+        (first.daily_limit_cents, first.monthly_limit_cents),
+        (Some(1000), Some(30_000))
+    );
+    assert_eq!(
+        (
+            first.warn_threshold_pct,
+            first.hard_limit_enabled,
+            first.is_active
+        ),
+        (80, false, true)
+    );
+
+    let updated = w
+        .create_or_update_budget(
+            &tenant,
+            &BudgetScope::Tenant,
+            &BudgetLimits {
+                hard_limit_enabled: true,
+                monthly_limit_cents: None,
+                ..limits(None, 90)
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        updated.id, first.id,
+        "the tenant-level budget is updated, not duplicated"
+    );
+    assert_eq!(
+        (updated.daily_limit_cents, updated.monthly_limit_cents),
+        (None, None)
+    );
+    assert_eq!(
+        (updated.warn_threshold_pct, updated.hard_limit_enabled),
+        (90, true)
+    );
+    assert_eq!(
+        (updated.created_at, updated.updated_at),
+        (first.created_at, now)
+    );
+
+    let feature = w
+        .create_or_update_budget(
+            &tenant,
+            &BudgetScope::Feature("a.b".into()),
+            &limits(Some(5), 50),
+        )
+        .unwrap();
+    let user = w
+        .create_or_update_budget(
+            &tenant,
+            &BudgetScope::User("a.b".into()),
+            &limits(Some(6), 50),
+        )
+        .unwrap();
+    assert_eq!(
+        (feature.budget_type, feature.entity_id.as_deref()),
+        (BudgetType::Feature, Some("a.b"))
+    );
+    assert_eq!(user.budget_type, BudgetType::User);
+    let n: i64 = cost_budgets::table
+        .filter(cost_budgets::tenant_id.eq(&tenant))
+        .select(count_star())
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(n, 3);
+}
+
+#[test]
+fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let mut w = CostWriteDriver::new(&mut conn);
+    let ok = cost(&tenant, Some("r"), 1.0);
+    for (bad, field) in [
+        (
+            CostInput {
+                tenant_id: String::new(),
+                ..ok.clone()
+            },
+            "tenant_id",
+        ),
+        (
+            CostInput {
+                tenant_id: "t".repeat(65),
+                ..ok.clone()
+            },
+            "tenant_id",
+        ),
+        (
+            CostInput {
+                model: String::new(),
+                ..ok.clone()
+            },
+            "model",
+        ),
+        (
+            CostInput {
+                model: "m".repeat(65),
+                ..ok.clone()
+            },
+            "model",
+        ),
+        (
+            CostInput {
+                request_id: Some(String::new()),
+                ..ok.clone()
+            },
+            "request_id",
+        ),
+        (
+            CostInput {
+                feature_tag: Some("f".repeat(129)),
+                ..ok.clone()
+            },
+            "feature_tag",
+        ),
+        (
+            CostInput {
+                user_id: Some("u".repeat(65)),
+                ..ok.clone()
+            },
+            "user_id",
+        ),
+        (
+            CostInput {
+                input_tokens: -1,
+                ..ok.clone()
+            },
+            "input_tokens",
+        ),
+        (
+            CostInput {
+                output_tokens: -1,
+                ..ok.clone()
+            },
+            "output_tokens",
+        ),
+        (
+            CostInput {
+                cost_cents: -0.01,
+                ..ok.clone()
+            },
+            "cost_cents",
+        ),
+        (
+            CostInput {
+                cost_cents: f64::NAN,
+                ..ok.clone()
+            },
+            "cost_cents",
+        ),
+        (
+            CostInput {
+                cost_cents: f64::INFINITY,
+                ..ok.clone()
+            },
+            "cost_cents",
+        ),
+    ] {
+        assert_invalid(w.create_cost_record(&bad), field);
+        // One bad record refuses the whole batch.
+        assert_invalid(w.record_costs(&[ok.clone(), bad]), field);
+    }
+    assert_invalid(w.create_feature_tag(&tenant, "", "x", None, None), "tag");
+    assert_invalid(
+        w.create_feature_tag(&tenant, "a.b", "", None, None),
+        "display_name",
+    );
+    assert_invalid(
+        w.create_feature_tag(&tenant, "a.b", "x", None, Some(-1)),
+        "budget_cents",
+    );
+    assert_invalid(
+        w.update_feature_tag(
+            &tenant,
+            "ft_x",
+            &FeatureTagChanges {
+                display_name: Some(String::new()),
+                ..Default::default()
+            },
+        ),
+        "display_name",
+    );
+    let limits = BudgetLimits {
+        daily_limit_cents: Some(-5),
+        monthly_limit_cents: None,
+        warn_threshold_pct: 80,
+        hard_limit_enabled: false,
+    };
+    assert_invalid(
+        w.create_or_update_budget(&tenant, &BudgetScope::Tenant, &limits),
+        "daily_limit_cents",
+    );
+    let limits = BudgetLimits {
+        daily_limit_cents: None,
+        warn_threshold_pct: 101,
+        ..limits
+    };
+    assert_invalid(
+        w.create_or_update_budget(&tenant, &BudgetScope::Tenant, &limits),
+        "warn_threshold_pct",
+    );
+    let limits = BudgetLimits {
+        warn_threshold_pct: 80,
+        ..limits
+    };
+    assert_invalid(
+        w.create_or_update_budget(&tenant, &BudgetScope::User(String::new()), &limits),
+        "entity_id",
+    );
+    assert!(records_of(&mut conn, &tenant).is_empty());
+    let tags: i64 = feature_tags::table
+        .filter(feature_tags::tenant_id.eq(&tenant))
+        .select(count_star())
+        .first(&mut conn)
+        .unwrap();
+    let budgets: i64 = cost_budgets::table
+        .filter(cost_budgets::tenant_id.eq(&tenant))
+        .select(count_star())
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!((tags, budgets), (0, 0));
+}
+
+#[test]
+fn outside_a_transaction_nothing_is_written_and_a_rollback_leaves_nothing() {
+    let tenant = common::tenant();
+    let mut conn = common::conn();
+    let mut w = CostWriteDriver::new(&mut conn);
+    assert!(matches!(
+        w.create_cost_record(&cost(&tenant, None, 1.0)),
+        Err(Error::NoTransaction)
+    ));
+    assert!(matches!(
+        w.record_costs(&[cost(&tenant, None, 1.0)]),
+        Err(Error::NoTransaction)
+    ));
+    assert!(matches!(
+        w.create_feature_tag(&tenant, "a.b", "x", None, None),
+        Err(Error::NoTransaction)
+    ));
+    let limits = BudgetLimits {
+        daily_limit_cents: None,
+        monthly_limit_cents: None,
+        warn_threshold_pct: 80,
+        hard_limit_enabled: false,
+    };
+    assert!(matches!(
+        w.create_or_update_budget(&tenant, &BudgetScope::Tenant, &limits),
+        Err(Error::NoTransaction)
+    ));
+    let rolled_back: Result<(), Error> = conn.transaction(|c| {
+        let mut w = CostWriteDriver::new(c);
+        w.record_costs(&[cost(&tenant, Some("x"), 1.0), cost(&tenant, None, 2.0)])?;
+        w.create_feature_tag(&tenant, "a.b", "x", None, None)?;
+        w.create_or_update_budget(&tenant, &BudgetScope::Tenant, &limits)?;
+        Err(Error::Conflict("roll back".into()))
+    });
+    assert!(rolled_back.is_err());
+    assert!(records_of(&mut conn, &tenant).is_empty());
+    let tags: i64 = feature_tags::table
+        .filter(feature_tags::tenant_id.eq(&tenant))
+        .select(count_star())
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(tags, 0);
+}
