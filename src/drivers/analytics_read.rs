@@ -1,9 +1,345 @@
-//! `AnalyticsReadDriver`: tenant-scoped, UTC-bucketed usage and cost aggregates.
+//! `AnalyticsReadDriver`: tenant-scoped usage and cost aggregates in UTC time buckets.
 
-use diesel::PgConnection;
+use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz};
+use serde::Serialize;
 
-/// Read-only analytics over cost records, runs and traces.
+use crate::error::{Error, Result};
+use crate::models::TimeBucket;
+use crate::validate;
+
+/// A half-open window `[from, to)` of instants; `from` must be before `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TimeWindow {
+    /// First instant included.
+    pub from: DateTime<Utc>,
+    /// First instant excluded.
+    pub to: DateTime<Utc>,
+}
+
+impl TimeWindow {
+    /// `[from, to)`; an empty or reversed window is [`Error::InvalidInput`].
+    pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Self> {
+        if from >= to {
+            return Err(Error::invalid(
+                "window",
+                format!("`from` ({from}) must be before `to` ({to})"),
+            ));
+        }
+        Ok(TimeWindow { from, to })
+    }
+}
+
+/// Requests and tokens in one bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, QueryableByName)]
+pub struct UsageBucket {
+    /// Start of the bucket (UTC hour or UTC midnight).
+    #[diesel(sql_type = Timestamptz)]
+    pub bucket: DateTime<Utc>,
+    /// Rows in the bucket.
+    #[diesel(sql_type = BigInt)]
+    pub requests: i64,
+    /// Input plus output tokens.
+    #[diesel(sql_type = BigInt)]
+    pub tokens: i64,
+}
+
+/// Executions in one bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, QueryableByName)]
+pub struct CountBucket {
+    /// Start of the bucket.
+    #[diesel(sql_type = Timestamptz)]
+    pub bucket: DateTime<Utc>,
+    /// Rows in the bucket.
+    #[diesel(sql_type = BigInt)]
+    pub requests: i64,
+}
+
+/// Spend and usage in one bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, QueryableByName)]
+pub struct SpendBucket {
+    /// Start of the bucket.
+    #[diesel(sql_type = Timestamptz)]
+    pub bucket: DateTime<Utc>,
+    /// Sum of `cost_cents`.
+    #[diesel(sql_type = Double)]
+    pub spend_cents: f64,
+    /// Records in the bucket.
+    #[diesel(sql_type = BigInt)]
+    pub requests: i64,
+    /// Sum of input tokens.
+    #[diesel(sql_type = BigInt)]
+    pub input_tokens: i64,
+    /// Sum of output tokens.
+    #[diesel(sql_type = BigInt)]
+    pub output_tokens: i64,
+}
+
+/// Spend of one model over the window.
+#[derive(Debug, Clone, PartialEq, Serialize, QueryableByName)]
+pub struct ModelSpend {
+    /// Model name (one row per model).
+    #[diesel(sql_type = Text)]
+    pub model: String,
+    /// Sum of `cost_cents`.
+    #[diesel(sql_type = Double)]
+    pub spend_cents: f64,
+    /// Records.
+    #[diesel(sql_type = BigInt)]
+    pub requests: i64,
+    /// Sum of input tokens.
+    #[diesel(sql_type = BigInt)]
+    pub input_tokens: i64,
+    /// Sum of output tokens.
+    #[diesel(sql_type = BigInt)]
+    pub output_tokens: i64,
+}
+
+/// Spend of one feature tag over the window.
+#[derive(Debug, Clone, PartialEq, Serialize, QueryableByName)]
+pub struct FeatureSpend {
+    /// The tag; `None` is the one group of records without a tag, which can never be
+    /// confused with a real tag (the original labelled it `untagged`).
+    #[diesel(sql_type = Nullable<Text>)]
+    pub feature_tag: Option<String>,
+    /// Sum of `cost_cents`.
+    #[diesel(sql_type = Double)]
+    pub spend_cents: f64,
+    /// Records.
+    #[diesel(sql_type = BigInt)]
+    pub requests: i64,
+}
+
+/// The six analytics queries, for [`AnalyticsReadDriver::explain`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AnalyticsQuery {
+    /// [`AnalyticsReadDriver::fetch_cost_metrics`].
+    CostMetrics,
+    /// [`AnalyticsReadDriver::fetch_llm_usage`].
+    LlmUsage,
+    /// [`AnalyticsReadDriver::fetch_worker_execution`].
+    WorkerExecution,
+    /// [`AnalyticsReadDriver::fetch_cost_spend`].
+    CostSpend,
+    /// [`AnalyticsReadDriver::fetch_cost_by_model`].
+    CostByModel,
+    /// [`AnalyticsReadDriver::fetch_cost_by_feature`].
+    CostByFeature,
+}
+
+impl AnalyticsQuery {
+    /// Every query.
+    pub const ALL: [AnalyticsQuery; 6] = [
+        AnalyticsQuery::CostMetrics,
+        AnalyticsQuery::LlmUsage,
+        AnalyticsQuery::WorkerExecution,
+        AnalyticsQuery::CostSpend,
+        AnalyticsQuery::CostByModel,
+        AnalyticsQuery::CostByFeature,
+    ];
+
+    /// The table the query reads.
+    pub const fn table(self) -> &'static str {
+        match self {
+            AnalyticsQuery::LlmUsage => "runs",
+            AnalyticsQuery::WorkerExecution => "aos_traces",
+            _ => "cost_records",
+        }
+    }
+
+    const fn bucketed(self) -> bool {
+        !matches!(
+            self,
+            AnalyticsQuery::CostByModel | AnalyticsQuery::CostByFeature
+        )
+    }
+
+    // $1 tenant, $2 from, $3 to, $4 bucket unit. Buckets are truncated in UTC whatever
+    // the session's TimeZone; GROUP BY 1 keeps the bound unit in one place.
+    const fn sql(self) -> &'static str {
+        match self {
+            AnalyticsQuery::CostMetrics => {
+                "SELECT date_trunc($4, created_at, 'UTC') AS bucket, count(*) AS requests, \
+                        coalesce(sum(input_tokens::bigint + output_tokens), 0)::bigint AS tokens \
+                 FROM cost_records \
+                 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
+                 GROUP BY 1 ORDER BY 1"
+            }
+            AnalyticsQuery::LlmUsage => {
+                "SELECT date_trunc($4, created_at, 'UTC') AS bucket, count(*) AS requests, \
+                        coalesce(sum(coalesce(input_tokens, 0)::bigint \
+                                     + coalesce(output_tokens, 0)), 0)::bigint AS tokens \
+                 FROM runs \
+                 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
+                 GROUP BY 1 ORDER BY 1"
+            }
+            AnalyticsQuery::WorkerExecution => {
+                "SELECT date_trunc($4, created_at, 'UTC') AS bucket, count(*) AS requests \
+                 FROM aos_traces \
+                 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
+                 GROUP BY 1 ORDER BY 1"
+            }
+            AnalyticsQuery::CostSpend => {
+                "SELECT date_trunc($4, created_at, 'UTC') AS bucket, \
+                        coalesce(sum(cost_cents), 0)::float8 AS spend_cents, \
+                        count(*) AS requests, \
+                        coalesce(sum(input_tokens), 0)::bigint AS input_tokens, \
+                        coalesce(sum(output_tokens), 0)::bigint AS output_tokens \
+                 FROM cost_records \
+                 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
+                 GROUP BY 1 ORDER BY 1"
+            }
+            AnalyticsQuery::CostByModel => {
+                "SELECT model, coalesce(sum(cost_cents), 0)::float8 AS spend_cents, \
+                        count(*) AS requests, \
+                        coalesce(sum(input_tokens), 0)::bigint AS input_tokens, \
+                        coalesce(sum(output_tokens), 0)::bigint AS output_tokens \
+                 FROM cost_records \
+                 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
+                 GROUP BY model ORDER BY spend_cents DESC, model"
+            }
+            AnalyticsQuery::CostByFeature => {
+                "SELECT feature_tag, coalesce(sum(cost_cents), 0)::float8 AS spend_cents, \
+                        count(*) AS requests \
+                 FROM cost_records \
+                 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
+                 GROUP BY feature_tag ORDER BY spend_cents DESC, feature_tag NULLS LAST"
+            }
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+    line: String,
+}
+
+/// Read-only analytics over cost records, runs and traces: only buckets that hold rows,
+/// oldest first. Needs no transaction; inside one it sees the caller's uncommitted rows.
 pub struct AnalyticsReadDriver<'c> {
-    #[allow(dead_code)]
     conn: &'c mut PgConnection,
+}
+
+impl<'c> AnalyticsReadDriver<'c> {
+    /// Wraps the caller's connection.
+    pub fn new(conn: &'c mut PgConnection) -> Self {
+        AnalyticsReadDriver { conn }
+    }
+
+    fn load<T>(
+        &mut self,
+        query: AnalyticsQuery,
+        prefix: &str,
+        tenant_id: &str,
+        window: TimeWindow,
+        bucket: TimeBucket,
+    ) -> Result<Vec<T>>
+    where
+        T: QueryableByName<Pg> + 'static,
+    {
+        validate::required("tenant_id", tenant_id, 64)?;
+        TimeWindow::new(window.from, window.to)?;
+        let sql = format!("{prefix}{}", query.sql());
+        let base = diesel::sql_query(sql)
+            .bind::<Text, _>(tenant_id)
+            .bind::<Timestamptz, _>(window.from)
+            .bind::<Timestamptz, _>(window.to);
+        Ok(if query.bucketed() {
+            base.bind::<Text, _>(bucket).load(self.conn)?
+        } else {
+            base.load(self.conn)?
+        })
+    }
+
+    /// Requests and tokens per bucket from `cost_records`.
+    pub fn fetch_cost_metrics(
+        &mut self,
+        tenant_id: &str,
+        window: TimeWindow,
+        bucket: TimeBucket,
+    ) -> Result<Vec<UsageBucket>> {
+        self.load(AnalyticsQuery::CostMetrics, "", tenant_id, window, bucket)
+    }
+
+    /// Runs and their LLM tokens (input + output) per bucket from `runs`.
+    pub fn fetch_llm_usage(
+        &mut self,
+        tenant_id: &str,
+        window: TimeWindow,
+        bucket: TimeBucket,
+    ) -> Result<Vec<UsageBucket>> {
+        self.load(AnalyticsQuery::LlmUsage, "", tenant_id, window, bucket)
+    }
+
+    /// Worker executions per bucket from `aos_traces`.
+    pub fn fetch_worker_execution(
+        &mut self,
+        tenant_id: &str,
+        window: TimeWindow,
+        bucket: TimeBucket,
+    ) -> Result<Vec<CountBucket>> {
+        self.load(
+            AnalyticsQuery::WorkerExecution,
+            "",
+            tenant_id,
+            window,
+            bucket,
+        )
+    }
+
+    /// Spend, requests and tokens per bucket from `cost_records`.
+    pub fn fetch_cost_spend(
+        &mut self,
+        tenant_id: &str,
+        window: TimeWindow,
+        bucket: TimeBucket,
+    ) -> Result<Vec<SpendBucket>> {
+        self.load(AnalyticsQuery::CostSpend, "", tenant_id, window, bucket)
+    }
+
+    /// Spend per model over the window, largest first (ties by model name).
+    pub fn fetch_cost_by_model(
+        &mut self,
+        tenant_id: &str,
+        window: TimeWindow,
+    ) -> Result<Vec<ModelSpend>> {
+        self.load(
+            AnalyticsQuery::CostByModel,
+            "",
+            tenant_id,
+            window,
+            TimeBucket::Day,
+        )
+    }
+
+    /// Spend per feature tag over the window, largest first (ties by tag, untagged last).
+    pub fn fetch_cost_by_feature(
+        &mut self,
+        tenant_id: &str,
+        window: TimeWindow,
+    ) -> Result<Vec<FeatureSpend>> {
+        self.load(
+            AnalyticsQuery::CostByFeature,
+            "",
+            tenant_id,
+            window,
+            TimeBucket::Day,
+        )
+    }
+
+    /// The plan PostgreSQL chooses for `query` with these arguments, one line per node:
+    /// for operators checking that an index serves it.
+    pub fn explain(
+        &mut self,
+        query: AnalyticsQuery,
+        tenant_id: &str,
+        window: TimeWindow,
+        bucket: TimeBucket,
+    ) -> Result<Vec<String>> {
+        let lines: Vec<PlanLine> = self.load(query, "EXPLAIN ", tenant_id, window, bucket)?;
+        Ok(lines.into_iter().map(|l| l.line).collect())
+    }
 }

@@ -5,7 +5,10 @@ pub mod analytics_read;
 pub mod cost_write;
 pub mod worker_write;
 
-pub use analytics_read::AnalyticsReadDriver;
+pub use analytics_read::{
+    AnalyticsQuery, AnalyticsReadDriver, CountBucket, FeatureSpend, ModelSpend, SpendBucket,
+    TimeWindow, UsageBucket,
+};
 pub use cost_write::{
     BudgetLimits, BudgetScope, CostInput, CostWriteDriver, FeatureTagChanges, RecordedCost,
 };
