@@ -56,7 +56,7 @@ fn window() -> TimeWindow {
     TimeWindow::new(at(10, 0, 0), at(11, 12, 0)).unwrap()
 }
 
-fn in_window<'a>(rows: &'a [CostInput], w: TimeWindow) -> impl Iterator<Item = &'a CostInput> {
+fn in_window(rows: &[CostInput], w: TimeWindow) -> impl Iterator<Item = &CostInput> {
     rows.iter()
         .filter(move |r| r.created_at.unwrap() >= w.from && r.created_at.unwrap() < w.to)
 }
