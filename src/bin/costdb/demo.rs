@@ -1,7 +1,26 @@
-//! `costdb demo`: the main job on a real database, embedded by default.
+//! `costdb demo`: the main job on a real database, embedded by default. Records a day of
+//! worker runs and LLM calls for two tenants, then prints the analytics over them.
 
-use costdb::db;
+use chrono::{DateTime, Duration, Utc};
+use costdb::drivers::{
+    BudgetLimits, BudgetScope, BudgetSnapshot, CostInput, TimeWindow, WorkerRunData,
+};
 use costdb::embedded::EmbeddedPostgres;
+use costdb::models::{TimeBucket, WorkerStatus};
+use costdb::{db, AnalyticsReadDriver, CostWriteDriver, WorkerWriteService};
+use diesel::{Connection, PgConnection};
+
+const MODELS: [(&str, f64); 3] = [
+    ("claude-sonnet-4", 0.0012),
+    ("gpt-4o", 0.0010),
+    ("gpt-4o-mini", 0.0002),
+];
+const FEATURES: [Option<&str>; 4] = [
+    Some("support.chat"),
+    Some("search.rank"),
+    Some("billing.summary"),
+    None,
+];
 
 /// Runs the demo on `url`, or on a throwaway cluster when `None`.
 pub fn run(url: Option<String>) -> costdb::Result<()> {
@@ -16,6 +35,141 @@ pub fn run(url: Option<String>) -> costdb::Result<()> {
     };
     let mut conn = db::connect(&url)?;
     let applied = db::run_migrations(&mut conn)?;
-    println!("schema: {} step(s) applied", applied.len());
+    println!("schema: {} migration(s) applied", applied.len());
+
+    let day_start = Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let tenant = format!("demo-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    conn.transaction(|c| record_day(c, &tenant, day_start))?;
+    report(
+        &mut conn,
+        &tenant,
+        TimeWindow::new(day_start, day_start + Duration::days(1))?,
+    )
+}
+
+fn record_day(conn: &mut PgConnection, tenant: &str, day: DateTime<Utc>) -> costdb::Result<()> {
+    let mut costs = CostWriteDriver::new(conn);
+    for tag in FEATURES.iter().flatten() {
+        costs.create_feature_tag(tenant, tag, &tag.replace('.', " "), None, None)?;
+    }
+    let budget = costs.create_or_update_budget(
+        tenant,
+        &BudgetScope::Tenant,
+        &BudgetLimits {
+            daily_limit_cents: Some(2_000),
+            monthly_limit_cents: Some(40_000),
+            warn_threshold_pct: 80,
+            hard_limit_enabled: false,
+        },
+    )?;
+
+    // 24 hours of LLM calls, in one bulk statement; every tenth call is retried.
+    let calls: Vec<CostInput> = (0..2_400u32)
+        .map(|i| {
+            let (model, cents_per_token) = MODELS[(i % 3) as usize];
+            let (input, output) = (200 + (i * 37) % 1800, 50 + (i * 53) % 600);
+            CostInput {
+                tenant_id: tenant.into(),
+                user_id: Some(format!("user-{}", i % 17)),
+                feature_tag: FEATURES[(i % 4) as usize].map(Into::into),
+                request_id: Some(format!("req-{}", if i % 10 == 9 { i - 1 } else { i })),
+                model: model.into(),
+                input_tokens: input as i32,
+                output_tokens: output as i32,
+                cost_cents: f64::from(input + 3 * output) * cents_per_token,
+                created_at: Some(day + Duration::seconds(i64::from(i) * 36)),
+                ..CostInput::default()
+            }
+        })
+        .collect();
+    let recorded = costs.record_costs(&calls)?;
+    let billed = recorded.iter().filter(|r| r.inserted).count();
+    println!(
+        "recorded {billed} LLM calls; {} retried calls were not billed twice",
+        recorded.len() - billed
+    );
+
+    let mut workers = WorkerWriteService::new(conn);
+    let mut spend = 0i64;
+    for i in 0..12 {
+        let run_id = uuid::Uuid::new_v4().to_string();
+        workers.upsert_worker_run(
+            &run_id,
+            tenant,
+            &WorkerRunData {
+                task: Some(format!("market research #{i}")),
+                status: Some(WorkerStatus::Running),
+                ..Default::default()
+            },
+        )?;
+        let cents = 40 + i * 25;
+        workers.insert_cost_record(&run_id, tenant, MODELS[0].0, 3_000, 7_000, cents as f64)?;
+        spend += cents;
+        workers.upsert_worker_run(
+            &run_id,
+            tenant,
+            &WorkerRunData {
+                status: Some(WorkerStatus::Completed),
+                success: Some(Some(true)),
+                total_tokens_used: Some(Some(10_000)),
+                cost_cents: Some(cents as i32),
+                ..Default::default()
+            },
+        )?;
+        if spend >= 1_600 {
+            workers.insert_cost_advisory(
+                tenant,
+                &run_id,
+                spend,
+                1_600.0,
+                &BudgetSnapshot {
+                    budget_id: budget.id.clone(),
+                    daily_limit_cents: budget.daily_limit_cents,
+                    warn_threshold_pct: budget.warn_threshold_pct,
+                    hard_limit_enabled: budget.hard_limit_enabled,
+                },
+            )?;
+            println!("budget warning raised by run {run_id} at {spend}¢ of worker spend");
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn report(conn: &mut PgConnection, tenant: &str, day: TimeWindow) -> costdb::Result<()> {
+    let mut analytics = AnalyticsReadDriver::new(conn);
+    println!("\ncost by hour for {tenant} (UTC):");
+    println!(
+        "  {:<6} {:>8} {:>11} {:>12}",
+        "hour", "calls", "tokens", "spend ¢"
+    );
+    for b in analytics.fetch_cost_spend(tenant, day, TimeBucket::Hour)? {
+        println!(
+            "  {:<6} {:>8} {:>11} {:>12.2}",
+            b.bucket.format("%H:00"),
+            b.requests,
+            b.input_tokens + b.output_tokens,
+            b.spend_cents
+        );
+    }
+    println!("\nby model:");
+    for m in analytics.fetch_cost_by_model(tenant, day)? {
+        println!(
+            "  {:<18} {:>8} calls {:>12.2} ¢",
+            m.model, m.requests, m.spend_cents
+        );
+    }
+    println!("\nby feature:");
+    for f in analytics.fetch_cost_by_feature(tenant, day)? {
+        let label = f.feature_tag.as_deref().unwrap_or("(no feature tag)");
+        println!(
+            "  {label:<18} {:>8} calls {:>12.2} ¢",
+            f.requests, f.spend_cents
+        );
+    }
     Ok(())
 }
