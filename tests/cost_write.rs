@@ -9,9 +9,8 @@ use chrono::{TimeZone, Utc};
 use common::{assert_invalid, tx_now};
 use costdb::drivers::{BudgetLimits, BudgetScope, CostInput, FeatureTagChanges};
 use costdb::models::{BudgetType, CostRecord};
-use costdb::schema::{cost_budgets, cost_records, feature_tags};
+use costdb::schema::{cost_records, feature_tags};
 use costdb::{CostWriteDriver, Error};
-use diesel::dsl::count_star;
 use diesel::prelude::*;
 
 fn cost(tenant: &str, request: Option<&str>, cents: f64) -> CostInput {
@@ -72,11 +71,7 @@ fn feature_tags_are_created_once_per_tenant() {
     // Another tenant may use the same tag, and the transaction is still usable.
     w.create_feature_tag(&other, "support.chat", "Theirs", None, None)
         .unwrap();
-    let n: i64 = feature_tags::table
-        .filter(feature_tags::tenant_id.eq(&tenant))
-        .select(count_star())
-        .first(&mut conn)
-        .unwrap();
+    let n: i64 = common::count_for_tenant(&mut conn, "feature_tags", &tenant);
     assert_eq!(n, 1);
 }
 
@@ -395,11 +390,7 @@ fn budgets_are_one_upsert_per_tenant_type_and_entity() {
         (BudgetType::Feature, Some("a.b"))
     );
     assert_eq!(user.budget_type, BudgetType::User);
-    let n: i64 = cost_budgets::table
-        .filter(cost_budgets::tenant_id.eq(&tenant))
-        .select(count_star())
-        .first(&mut conn)
-        .unwrap();
+    let n: i64 = common::count_for_tenant(&mut conn, "cost_budgets", &tenant);
     assert_eq!(n, 3);
 }
 
@@ -547,16 +538,8 @@ fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
         "entity_id",
     );
     assert!(records_of(&mut conn, &tenant).is_empty());
-    let tags: i64 = feature_tags::table
-        .filter(feature_tags::tenant_id.eq(&tenant))
-        .select(count_star())
-        .first(&mut conn)
-        .unwrap();
-    let budgets: i64 = cost_budgets::table
-        .filter(cost_budgets::tenant_id.eq(&tenant))
-        .select(count_star())
-        .first(&mut conn)
-        .unwrap();
+    let tags: i64 = common::count_for_tenant(&mut conn, "feature_tags", &tenant);
+    let budgets: i64 = common::count_for_tenant(&mut conn, "cost_budgets", &tenant);
     assert_eq!((tags, budgets), (0, 0));
 }
 
@@ -596,10 +579,6 @@ fn outside_a_transaction_nothing_is_written_and_a_rollback_leaves_nothing() {
     });
     assert!(rolled_back.is_err());
     assert!(records_of(&mut conn, &tenant).is_empty());
-    let tags: i64 = feature_tags::table
-        .filter(feature_tags::tenant_id.eq(&tenant))
-        .select(count_star())
-        .first(&mut conn)
-        .unwrap();
+    let tags: i64 = common::count_for_tenant(&mut conn, "feature_tags", &tenant);
     assert_eq!(tags, 0);
 }

@@ -5,7 +5,7 @@ mod common;
 use common::{assert_invalid, tx_now};
 use costdb::drivers::{BudgetSnapshot, WorkerRunData};
 use costdb::models::{AnomalyType, EntityType, Severity, WorkerStatus};
-use costdb::schema::{cost_anomalies, cost_records, worker_runs};
+use costdb::schema::worker_runs;
 use costdb::{Error, WorkerWriteService};
 use diesel::dsl::count_star;
 use diesel::prelude::*;
@@ -353,11 +353,7 @@ fn cost_records_and_advisories_of_a_run() {
         .unwrap();
     assert_eq!(zero.deviation_pct, 0.0);
 
-    let n: i64 = cost_records::table
-        .filter(cost_records::tenant_id.eq(&tenant))
-        .select(count_star())
-        .first(&mut conn)
-        .unwrap();
+    let n: i64 = common::count_for_tenant(&mut conn, "cost_records", &tenant);
     assert_eq!(n, 1);
 }
 
@@ -381,16 +377,8 @@ fn a_callers_rollback_leaves_nothing_and_no_driver_commits() {
     assert!(outcome.is_err());
     let mut other = costdb::db::connect(common::database_url()).unwrap();
     assert_eq!(runs_of(&mut other, &tenant), 0);
-    let costs: i64 = cost_records::table
-        .filter(cost_records::tenant_id.eq(&tenant))
-        .select(count_star())
-        .first(&mut other)
-        .unwrap();
-    let anomalies: i64 = cost_anomalies::table
-        .filter(cost_anomalies::tenant_id.eq(&tenant))
-        .select(count_star())
-        .first(&mut other)
-        .unwrap();
+    let costs: i64 = common::count_for_tenant(&mut other, "cost_records", &tenant);
+    let anomalies: i64 = common::count_for_tenant(&mut other, "cost_anomalies", &tenant);
     assert_eq!((costs, anomalies), (0, 0));
 }
 
@@ -502,10 +490,6 @@ fn bad_input_is_refused_before_any_sql() {
     );
     assert_invalid(svc.get_worker_run("", &tenant), "run_id");
     assert_eq!(runs_of(&mut conn, &tenant), 0);
-    let costs: i64 = cost_records::table
-        .filter(cost_records::tenant_id.eq(&tenant))
-        .select(count_star())
-        .first(&mut conn)
-        .unwrap();
+    let costs: i64 = common::count_for_tenant(&mut conn, "cost_records", &tenant);
     assert_eq!(costs, 0);
 }

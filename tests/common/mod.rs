@@ -126,3 +126,21 @@ pub fn assert_invalid<T: std::fmt::Debug>(r: costdb::Result<T>, field: &str) {
         other => panic!("expected InvalidInput for {field}, got {other:?}"),
     }
 }
+
+/// Rows of `table` that belong to `tenant`.
+pub fn count_for_tenant(conn: &mut diesel::PgConnection, table: &str, tenant: &str) -> i64 {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    // `table` is a test constant, never input.
+    diesel::sql_query(format!(
+        "SELECT count(*) AS n FROM {table} WHERE tenant_id = $1"
+    ))
+    .bind::<diesel::sql_types::Text, _>(tenant)
+    .get_result::<Count>(conn)
+    .expect("count")
+    .n
+}
