@@ -38,7 +38,7 @@ pub enum Error {
     )]
     NoTransaction,
     /// PostgreSQL or Diesel reported an error (including rows it could not decode).
-    #[error("database error: {0}")]
+    #[error("database error: {}", with_causes(.0))]
     Database(#[from] DieselError),
     /// A connection could not be opened.
     #[error("cannot connect to PostgreSQL: {0}")]
@@ -52,6 +52,18 @@ pub enum Error {
     /// The throwaway local PostgreSQL could not be started.
     #[error("embedded PostgreSQL: {0}")]
     Embedded(String),
+}
+
+/// The error and its causes, e.g. "Error deserializing field 'status': unknown … value".
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// `Result` with [`Error`].

@@ -307,3 +307,25 @@ fn every_session_runs_in_utc() {
         assert_eq!(tz.tz, "UTC");
     }
 }
+
+#[test]
+fn an_unknown_stored_value_is_a_clear_error_when_read() {
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let id = uuid::Uuid::new_v4().to_string();
+    diesel::sql_query(
+        "INSERT INTO worker_runs (id, tenant_id, task, status) VALUES ($1, $2, 't', 'paused')",
+    )
+    .bind::<Text, _>(&id)
+    .bind::<Text, _>(&tenant)
+    .execute(&mut conn)
+    .unwrap();
+    let err = costdb::WorkerWriteService::new(&mut conn)
+        .get_worker_run(&id, &tenant)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unknown worker run status value \"paused\""),
+        "{err}"
+    );
+}
