@@ -7,7 +7,6 @@
 //! closes and the guardian stops the server and deletes the directory. So even a cluster kept
 //! in a `static` (as the test harness does) is cleaned up.
 
-use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -242,9 +241,7 @@ impl EmbeddedPostgres {
 
 impl Drop for EmbeddedPostgres {
     fn drop(&mut self) {
-        if let Some(mut pipe) = self.lifeline.take() {
-            let _ = pipe.flush();
-        }
+        drop(self.lifeline.take()); // EOF tells the guardian to clean up
         let _ = self.guardian.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -1,6 +1,6 @@
 //! The crate's one error type.
 
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::result::Error as DieselError;
 
 /// Every failure a costdb call can report.
 #[derive(Debug, thiserror::Error)]
@@ -82,16 +82,5 @@ impl Error {
             field,
             reason: reason.into(),
         }
-    }
-
-    /// True when PostgreSQL refused a write for a unique constraint.
-    pub fn is_unique_violation(&self) -> bool {
-        matches!(
-            self,
-            Error::Database(DieselError::DatabaseError(
-                DatabaseErrorKind::UniqueViolation,
-                _
-            ))
-        )
     }
 }

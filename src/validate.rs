@@ -7,11 +7,6 @@ pub(crate) fn required(field: &'static str, value: &str, max: usize) -> Result<(
     if value.trim().is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
-    bounded(field, value, max)
-}
-
-/// A string of at most `max` characters.
-pub(crate) fn bounded(field: &'static str, value: &str, max: usize) -> Result<()> {
     let len = value.chars().count();
     if len > max {
         return Err(Error::invalid(

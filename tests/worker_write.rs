@@ -33,7 +33,7 @@ fn queued(task: &str) -> WorkerRunData {
 #[test]
 fn a_new_run_gets_the_insert_defaults() {
     let mut conn = common::test_conn();
-    let (tenant, id) = (common::tenant()[..30].to_string(), run_id());
+    let (tenant, id) = (common::tenant(), run_id());
     let now = tx_now(&mut conn);
     let run = WorkerWriteService::new(&mut conn)
         .upsert_worker_run(&id, &tenant, &queued("write a plan"))
@@ -68,7 +68,7 @@ fn a_new_run_gets_the_insert_defaults() {
 #[test]
 fn a_run_created_running_or_finished_is_stamped() {
     let mut conn = common::test_conn();
-    let tenant = &common::tenant()[..30];
+    let tenant = &common::tenant();
     let now = tx_now(&mut conn);
     let mut svc = WorkerWriteService::new(&mut conn);
     let running = svc
@@ -104,7 +104,7 @@ fn a_run_created_running_or_finished_is_stamped() {
 #[test]
 fn updates_change_exactly_the_fields_given() {
     let mut conn = common::test_conn();
-    let (tenant, id) = (common::tenant()[..30].to_string(), run_id());
+    let (tenant, id) = (common::tenant(), run_id());
     let now = tx_now(&mut conn);
     let mut svc = WorkerWriteService::new(&mut conn);
     let created = svc.upsert_worker_run(&id, &tenant, &queued("t")).unwrap();
@@ -211,7 +211,7 @@ fn updates_change_exactly_the_fields_given() {
 #[test]
 fn a_finished_run_is_refused_with_a_typed_error_and_left_unchanged() {
     let mut conn = common::test_conn();
-    let (tenant, id) = (common::tenant()[..30].to_string(), run_id());
+    let (tenant, id) = (common::tenant(), run_id());
     let mut svc = WorkerWriteService::new(&mut conn);
     let done = svc
         .upsert_worker_run(
@@ -255,11 +255,7 @@ fn a_finished_run_is_refused_with_a_typed_error_and_left_unchanged() {
 #[test]
 fn one_tenant_can_neither_read_update_nor_delete_another_tenants_run() {
     let mut conn = common::test_conn();
-    let (owner, other, id) = (
-        common::tenant()[..30].to_string(),
-        common::tenant()[..30].to_string(),
-        run_id(),
-    );
+    let (owner, other, id) = (common::tenant(), common::tenant(), run_id());
     let mut svc = WorkerWriteService::new(&mut conn);
     let original = svc.upsert_worker_run(&id, &owner, &queued("mine")).unwrap();
 
@@ -292,7 +288,7 @@ fn one_tenant_can_neither_read_update_nor_delete_another_tenants_run() {
 #[test]
 fn cost_records_and_advisories_of_a_run() {
     let mut conn = common::test_conn();
-    let (tenant, id) = (common::tenant()[..30].to_string(), run_id());
+    let (tenant, id) = (common::tenant(), run_id());
     let now = tx_now(&mut conn);
     let mut svc = WorkerWriteService::new(&mut conn);
     let rec = svc
@@ -359,7 +355,7 @@ fn cost_records_and_advisories_of_a_run() {
 
 #[test]
 fn a_callers_rollback_leaves_nothing_and_no_driver_commits() {
-    let (tenant, id) = (common::tenant()[..30].to_string(), run_id());
+    let (tenant, id) = (common::tenant(), run_id());
     let mut conn = common::conn();
     let outcome: Result<(), Error> = conn.transaction(|c| {
         let mut svc = WorkerWriteService::new(c);
@@ -384,7 +380,7 @@ fn a_callers_rollback_leaves_nothing_and_no_driver_commits() {
 
 #[test]
 fn writes_outside_a_transaction_are_refused_and_write_nothing() {
-    let (tenant, id) = (common::tenant()[..30].to_string(), run_id());
+    let (tenant, id) = (common::tenant(), run_id());
     let mut conn = common::conn();
     let mut svc = WorkerWriteService::new(&mut conn);
     assert!(matches!(
@@ -407,7 +403,7 @@ fn writes_outside_a_transaction_are_refused_and_write_nothing() {
 #[test]
 fn bad_input_is_refused_before_any_sql() {
     let mut conn = common::test_conn();
-    let tenant = common::tenant()[..30].to_string();
+    let tenant = common::tenant();
     let mut svc = WorkerWriteService::new(&mut conn);
     let ok = queued("t");
     assert_invalid(svc.upsert_worker_run("", &tenant, &ok), "run_id");

@@ -99,7 +99,8 @@ pub fn test_conn() -> diesel::PgConnection {
     c
 }
 
-/// A tenant id no other test uses, so committed rows never collide.
+/// A tenant id no other test uses, so committed rows never collide (34 characters: fits
+/// every tenant column, the narrowest being `worker_runs.tenant_id`, varchar(36)).
 pub fn tenant() -> String {
     format!("t-{}", uuid::Uuid::new_v4().simple())
 }
