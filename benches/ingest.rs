@@ -89,7 +89,7 @@ fn ingest(c: &mut Criterion) {
         Ok(url) if !url.is_empty() => url,
         _ => {
             cluster = EmbeddedPostgres::start().expect("embedded PostgreSQL");
-            costdb::embedded::create_database(&cluster.url("postgres"), "bench").unwrap()
+            db::create_database(&cluster.url("postgres"), "bench").unwrap()
         }
     };
     let mut conn = db::connect(&url).unwrap();

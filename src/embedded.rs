@@ -1,17 +1,19 @@
 //! A throwaway PostgreSQL cluster started from the machine's own binaries.
 //!
-//! [`EmbeddedPostgres::start`] runs `initdb` into a fresh temporary directory and starts a
-//! server on a free loopback port. When running as root it runs the server as the `postgres`
-//! OS user, since PostgreSQL refuses to run as root. A small guardian process watches a pipe
-//! from this process: when the value is dropped, or the process ends in any way, the pipe
-//! closes and the guardian stops the server and deletes the directory. So even a cluster kept
-//! in a `static` (as the test harness does) is cleaned up.
+//! [`EmbeddedPostgres::start`] starts a small guardian process first, which makes a
+//! temporary directory with an unpredictable name, runs `initdb` into it and starts a
+//! server on a free loopback port. When running as root, the guardian and the server run as
+//! the `postgres` OS user, since PostgreSQL refuses to run as root. The guardian watches a
+//! pipe from this process: when the value is dropped, or the process ends in any way (also
+//! killed while the cluster is still starting), the pipe closes and the guardian stops the
+//! server and deletes the directory. So even a cluster kept in a `static` (as the test
+//! harness does) is cleaned up.
 
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 
@@ -19,16 +21,10 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub struct EmbeddedPostgres {
     dir: PathBuf,
+    bin_dir: PathBuf,
     port: u16,
     guardian: Child,
     lifeline: Option<ChildStdin>,
-}
-
-/// Where `initdb` and `pg_ctl` were found.
-#[derive(Debug, Clone)]
-struct Binaries {
-    initdb: PathBuf,
-    pg_ctl: PathBuf,
 }
 
 const MISSING_BINARIES: &str =
@@ -36,14 +32,13 @@ const MISSING_BINARIES: &str =
 in $COSTDB_PG_BIN or under /usr/lib/postgresql/*/bin: install PostgreSQL 15 or newer \
 (Debian/Ubuntu: apt-get install -y postgresql) or set DATABASE_URL to a running server";
 
-fn find_binaries() -> Result<Binaries> {
-    let in_dir = |dir: &Path| {
-        let b = Binaries {
-            initdb: dir.join("initdb"),
-            pg_ctl: dir.join("pg_ctl"),
-        };
-        (b.initdb.is_file() && b.pg_ctl.is_file()).then_some(b)
-    };
+/// The folder holding `initdb` and `pg_ctl`: `$COSTDB_PG_BIN`, `PATH`, then Debian's
+/// `/usr/lib/postgresql/<major>/bin`, newest first.
+///
+/// # Errors
+/// [`Error::Embedded`] saying what to install when no folder has both.
+pub fn find_bin_dir() -> Result<PathBuf> {
+    let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Some(d) = std::env::var_os("COSTDB_PG_BIN") {
         dirs.push(d.into());
@@ -63,9 +58,9 @@ fn find_binaries() -> Result<Binaries> {
         .collect();
     versions.sort_by_key(|v| std::cmp::Reverse(v.0));
     dirs.extend(versions.into_iter().map(|(_, p)| p));
-    dirs.iter()
-        .find_map(|d| in_dir(d))
-        .ok_or_else(|| Error::Embedded(MISSING_BINARIES.into()))
+    dirs.into_iter()
+        .find(|d| has_both(d))
+        .ok_or_else(|| Error::embedded(MISSING_BINARIES, None))
 }
 
 /// The uid and gid to run the server as: `None` when not root.
@@ -87,20 +82,20 @@ fn server_user() -> Result<Option<(u32, u32)>> {
         .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
         .map(Some)
         .ok_or_else(|| {
-            Error::Embedded(
+            Error::embedded(
                 "running as root, and PostgreSQL refuses to run as root: create a `postgres` OS \
-                 user (installing the postgresql package does) or run as another user"
-                    .into(),
+                 user (installing the postgresql package does) or run as another user",
+                None,
             )
         })
 }
 
 fn free_port() -> Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| Error::Embedded(format!("no free loopback port: {e}")))?;
+        .map_err(|e| Error::embedded("no free loopback port", Some(e)))?;
     Ok(listener
         .local_addr()
-        .map_err(|e| Error::Embedded(e.to_string()))?
+        .map_err(|e| Error::embedded("no free loopback port", Some(e)))?
         .port())
 }
 
@@ -113,114 +108,122 @@ fn command(program: &Path, user: Option<(u32, u32)>) -> Command {
     cmd
 }
 
-fn run(mut cmd: Command, what: &str, log: Option<&Path>) -> Result<()> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| Error::Embedded(format!("cannot run {what}: {e}")))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let mut detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    if let Some(log) = log {
-        detail.push_str(&std::fs::read_to_string(log).unwrap_or_default());
-    }
-    Err(Error::Embedded(format!("{what} failed: {detail}")))
+/// How the guardian sets up, reports and tears down a cluster. It ignores SIGPIPE, SIGHUP
+/// and SIGINT, so neither a dead parent nor a Ctrl-C in the terminal stops it halfway.
+/// Arguments: bin dir, port, fsync on/off. It prints the directory it made, then the exit
+/// status of initdb + pg_ctl start, then waits for its stdin to close (the parent's drop or
+/// death). A line `keep` on stdin leaves the cluster running; anything else stops the server
+/// and deletes the directory.
+const GUARDIAN: &str = r#"
+trap '' PIPE HUP INT
+bin=$1 port=$2 fsync=$3
+dir=$(mktemp -d "${TMPDIR:-/tmp}/costdb-pg-XXXXXXXXXX") || exit 1
+echo "$dir"
+"$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --no-locale --no-sync \
+    >"$dir/setup.log" 2>&1 &&
+"$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o "-p $port -k $dir \
+    -c listen_addresses=127.0.0.1 -c fsync=$fsync -c synchronous_commit=$fsync \
+    -c full_page_writes=$fsync -c max_connections=200" >>"$dir/setup.log" 2>&1
+echo "$?"
+read -r order
+[ "$order" = keep ] && exit 0
+"$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1
+rm -rf "$dir"
+"#;
+
+/// Whether the cluster flushes to disk as a production server does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `fsync`, `synchronous_commit` and `full_page_writes` off: fast, for tests.
+    Throwaway,
+    /// PostgreSQL's defaults (all on): for benchmarks that a user's server must match.
+    Default,
 }
 
 impl EmbeddedPostgres {
-    /// Creates and starts a new cluster; the user `postgres` is its superuser (trust auth).
+    /// Creates and starts a new cluster without durability (for tests); the user
+    /// `postgres` is its superuser (trust auth).
     pub fn start() -> Result<Self> {
-        let bins = find_binaries()?;
-        let user = server_user()?;
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!("costdb-pg-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::Embedded(format!("cannot create {}: {e}", dir.display())))?;
-        if let Some((uid, gid)) = user {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
-                .map_err(|e| Error::Embedded(format!("cannot chown {}: {e}", dir.display())))?;
-        }
-        let data = dir.join("data");
-        let log = dir.join("server.log");
-        let started = Self::init_and_start(&bins, user, &dir, &data, &log);
-        let port = match started {
-            Ok(port) => port,
-            Err(e) => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return Err(e);
-            }
-        };
-        // The guardian: blocks on its stdin until this process closes the pipe (drop or
-        // exit), then stops the server and deletes the directory.
-        let script =
-            r#"cat >/dev/null; "$0" -D "$1" -m immediate -w stop >/dev/null 2>&1; rm -rf "$2""#;
-        let mut guardian = command(Path::new("/bin/sh"), user)
-            .arg("-c")
-            .arg(script)
-            .arg(&bins.pg_ctl)
-            .arg(&data)
-            .arg(&dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| Error::Embedded(format!("cannot start the cleanup guardian: {e}")))?;
-        let lifeline = guardian.stdin.take();
-        Ok(EmbeddedPostgres {
-            dir,
-            port,
-            guardian,
-            lifeline,
-        })
+        Self::start_with(Durability::Throwaway)
     }
 
-    fn init_and_start(
-        bins: &Binaries,
-        user: Option<(u32, u32)>,
-        dir: &Path,
-        data: &Path,
-        log: &Path,
-    ) -> Result<u16> {
-        let mut initdb = command(&bins.initdb, user);
-        initdb.arg("-D").arg(data).args([
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "-E",
-            "UTF8",
-            "--no-locale",
-            "--no-sync",
-        ]);
-        run(initdb, "initdb", None)?;
+    /// Creates and starts a new cluster with the given durability.
+    ///
+    /// # Errors
+    /// [`Error::Embedded`] when the server binaries are missing, or `initdb` or the server
+    /// fails (the message carries their output). Nothing is left behind then.
+    pub fn start_with(durability: Durability) -> Result<Self> {
+        let bin_dir = find_bin_dir()?;
+        let user = server_user()?;
+        let fsync = match durability {
+            Durability::Throwaway => "off",
+            Durability::Default => "on",
+        };
         let mut last_error = None;
         // A free port can be taken between the probe and the bind: try a few.
         for _ in 0..3 {
             let port = free_port()?;
-            let options = format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
-                dir.display()
-            );
-            let mut pg_ctl = command(&bins.pg_ctl, user);
-            pg_ctl
-                .arg("-D")
-                .arg(data)
-                .arg("-l")
-                .arg(log)
-                .args(["-o", &options, "-w", "-t", "60", "start"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            match run(pg_ctl, "pg_ctl start", Some(log)) {
-                Ok(()) => return Ok(port),
+            match Self::spawn(&bin_dir, user, port, fsync) {
+                Ok(pg) => return Ok(pg),
                 Err(e) => last_error = Some(e),
             }
         }
-        Err(last_error.unwrap_or_else(|| Error::Embedded("pg_ctl start failed".into())))
+        Err(last_error.unwrap_or_else(|| Error::embedded("the server did not start", None)))
+    }
+
+    /// Starts the guardian, which makes the directory, runs initdb and starts the server:
+    /// cleanup is armed before anything exists on disk.
+    fn spawn(bin_dir: &Path, user: Option<(u32, u32)>, port: u16, fsync: &str) -> Result<Self> {
+        let mut guardian = command(Path::new("/bin/sh"), user)
+            .arg("-c")
+            .arg(GUARDIAN)
+            .arg("costdb-pg-guardian")
+            .arg(bin_dir)
+            .arg(port.to_string())
+            .arg(fsync)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| Error::embedded("cannot start the cluster's guardian", Some(e)))?;
+        let lifeline = guardian.stdin.take();
+        let mut report = BufReader::new(guardian.stdout.take().expect("piped stdout")).lines();
+        let mut pg = EmbeddedPostgres {
+            dir: PathBuf::new(),
+            bin_dir: bin_dir.to_path_buf(),
+            port,
+            guardian,
+            lifeline,
+        };
+        let mut next_line = || report.next().and_then(|l| l.ok()).unwrap_or_default();
+        let dir = next_line();
+        if dir.is_empty() {
+            return Err(Error::embedded(
+                "cannot create a temporary directory for the cluster",
+                None,
+            ));
+        }
+        pg.dir = PathBuf::from(dir);
+        if next_line() != "0" {
+            let log = std::fs::read_to_string(pg.dir.join("setup.log")).unwrap_or_default();
+            let server = std::fs::read_to_string(pg.dir.join("server.log")).unwrap_or_default();
+            return Err(Error::embedded(
+                format!("initdb or pg_ctl start failed: {log}{server}"),
+                None,
+            ));
+        }
+        Ok(pg)
+    }
+
+    /// Leaves the server running and its directory in place, and returns the directory;
+    /// stop it with `pg_ctl -D <dir>/data stop` and delete the directory when done.
+    pub fn keep(mut self) -> PathBuf {
+        if let Some(mut pipe) = self.lifeline.take() {
+            let _ = pipe.write_all(b"keep\n");
+        }
+        let _ = self.guardian.wait();
+        std::mem::take(&mut self.dir)
     }
 
     /// The port the server listens on (127.0.0.1).
@@ -233,6 +236,11 @@ impl EmbeddedPostgres {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
+    /// The folder of the server binaries this cluster runs (`pgbench` is there too).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
     /// The directory holding the cluster; gone after drop.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -243,20 +251,5 @@ impl Drop for EmbeddedPostgres {
     fn drop(&mut self) {
         drop(self.lifeline.take()); // EOF tells the guardian to clean up
         let _ = self.guardian.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Creates a database named `name` on the server at `admin_url` and returns its URL.
-pub fn create_database(admin_url: &str, name: &str) -> Result<String> {
-    use diesel::connection::SimpleConnection;
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(Error::invalid(
-            "name",
-            "a database name here is ASCII letters, digits and underscores",
-        ));
-    }
-    let mut admin = crate::db::connect(admin_url)?;
-    admin.batch_execute(&format!("CREATE DATABASE \"{name}\""))?;
-    Ok(crate::db::url_with_database(admin_url, name))
 }

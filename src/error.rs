@@ -1,9 +1,17 @@
 //! The crate's one error type.
+//!
+//! Each variant's `Display` says what went wrong at its own level only; the underlying
+//! error, when there is one, is returned by [`std::error::Error::source`]. [`report`] prints
+//! the whole chain on one line, each cause once.
 
 use diesel::result::Error as DieselError;
 
+/// A boxed error from a lower layer (migrations report theirs this way).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Every failure a costdb call can report.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The input was refused before any SQL ran; `field` names the offending argument.
     #[error("invalid input for `{field}`: {reason}")]
@@ -38,42 +46,37 @@ pub enum Error {
     )]
     NoTransaction,
     /// PostgreSQL or Diesel reported an error (including rows it could not decode).
-    #[error("database error: {}", with_causes(.0))]
+    #[error("database error")]
     Database(#[from] DieselError),
     /// A connection could not be opened.
-    #[error("cannot connect to PostgreSQL: {0}")]
+    #[error("cannot connect to PostgreSQL")]
     Connection(#[from] diesel::ConnectionError),
-    /// The connection pool could not be built or lend a connection.
-    #[error("connection pool error: {0}")]
-    Pool(String),
-    /// A schema migration failed or could not be read.
-    #[error("migration failed: {0}")]
-    Migration(String),
+    /// The connection pool could not be built or lend a connection in time.
+    #[error("connection pool error")]
+    Pool(#[from] diesel::r2d2::PoolError),
+    /// A schema migration failed, could not be read, or the database has applied
+    /// migrations this build does not know.
+    #[error("migration failed: {what}")]
+    Migration {
+        /// What the runner was doing or found.
+        what: String,
+        /// The migration harness's own error, when it gave one.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The throwaway local PostgreSQL could not be started.
-    #[error("embedded PostgreSQL: {0}")]
-    Embedded(String),
-}
-
-/// The error and its causes, e.g. "Error deserializing field 'status': unknown … value".
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
+    #[error("embedded PostgreSQL: {what}")]
+    Embedded {
+        /// What failed, with the server's own output where there was some.
+        what: String,
+        /// The operating-system error, when there was one.
+        #[source]
+        source: Option<std::io::Error>,
+    },
 }
 
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl From<diesel::r2d2::PoolError> for Error {
-    fn from(e: diesel::r2d2::PoolError) -> Self {
-        Error::Pool(e.to_string())
-    }
-}
 
 impl Error {
     /// Shorthand for [`Error::InvalidInput`].
@@ -82,5 +85,56 @@ impl Error {
             field,
             reason: reason.into(),
         }
+    }
+
+    pub(crate) fn embedded(what: impl Into<String>, source: Option<std::io::Error>) -> Self {
+        Error::Embedded {
+            what: what.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn migration(what: impl Into<String>, source: Option<BoxError>) -> Self {
+        Error::Migration {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// The error and each of its causes, joined by `": "` on one line, e.g.
+/// `database error: Error deserializing field 'status': unknown worker run status value`.
+pub fn report(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let line = c.to_string();
+        // Some libraries repeat their cause in their own message: print it once.
+        if !text.ends_with(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        cause = c.source();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no initdb");
+        let e = Error::embedded("cannot run initdb", Some(io));
+        assert_eq!(e.to_string(), "embedded PostgreSQL: cannot run initdb");
+        assert_eq!(e.source().unwrap().to_string(), "no initdb");
+        assert_eq!(
+            report(&e),
+            "embedded PostgreSQL: cannot run initdb: no initdb"
+        );
+        let db = Error::from(DieselError::NotFound);
+        assert_eq!(report(&db), "database error: Record not found");
     }
 }

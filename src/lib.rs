@@ -1,4 +1,44 @@
-#![doc = include_str!("../README.md")]
+//! `costdb`: the PostgreSQL data layer of an AI-agent platform's cost analytics, on Diesel.
+//!
+//! It records worker runs and every LLM call's cost, keeps budgets and feature tags, and
+//! serves the analytics queries over them. Blocking services embed it; everything is
+//! synchronous.
+//!
+//! - [`db`]: connections and pools whose sessions run in UTC, the embedded migrations,
+//!   and [`db::require_transaction`].
+//! - [`drivers`]: one struct per data-access role. A driver borrows the caller's
+//!   connection, runs its SQL at once and never begins, commits or rolls back: the caller
+//!   owns the transaction, and a write outside one is [`Error::NoTransaction`].
+//! - [`models`]: rows, new rows, closed-set enums and id formats.
+//! - [`embedded`]: a throwaway local PostgreSQL for tests and demos.
+//!
+//! Bad input is refused with [`Error::InvalidInput`] naming the field before any SQL runs:
+//! empty ids, text longer than its column or holding NUL, negative counts, amounts that are
+//! not finite, negative or above [`MAX_AMOUNT_CENTS`], instants PostgreSQL cannot store,
+//! empty or reversed time windows.
+//!
+//! ```no_run
+//! use costdb::drivers::CostInput;
+//! use diesel::Connection;
+//!
+//! # fn main() -> costdb::Result<()> {
+//! let mut conn = costdb::db::connect("postgres://postgres@127.0.0.1/costdb")?;
+//! costdb::db::run_migrations(&mut conn)?;
+//! let recorded = conn.transaction(|conn| {
+//!     costdb::CostWriteDriver::new(conn).record_costs(&[CostInput {
+//!         tenant_id: "acme".into(),
+//!         request_id: Some("req-1".into()),
+//!         model: "gpt-4o-mini".into(),
+//!         input_tokens: 800,
+//!         output_tokens: 120,
+//!         cost_cents: 0.21,
+//!         ..Default::default()
+//!     }])
+//! })?;
+//! assert!(recorded[0].id.starts_with("cr_"));
+//! # Ok(())
+//! # }
+//! ```
 #![warn(missing_docs)]
 
 pub mod db;
@@ -12,3 +52,9 @@ mod validate;
 
 pub use drivers::{AnalyticsReadDriver, CostWriteDriver, WorkerWriteService};
 pub use error::{Error, Result};
+pub use validate::MAX_AMOUNT_CENTS;
+
+/// The README's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,6 +1,27 @@
 //! Input checks that run before any SQL: each failure names its field.
 
+use chrono::{DateTime, NaiveDate, Utc};
+
 use crate::error::{Error, Result};
+
+/// The largest amount in cents one value may carry: 10^12 cents, ten billion dollars.
+///
+/// Every sum and average the analytics compute stays finite under it: even 10^290 such
+/// amounts add up to less than `f64::MAX`.
+pub const MAX_AMOUNT_CENTS: f64 = 1e12;
+
+/// Text without NUL characters, which PostgreSQL cannot store.
+pub(crate) fn text(field: &'static str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(Error::invalid(field, "contains a NUL character"));
+    }
+    Ok(())
+}
+
+/// Optional text without NUL characters (may be empty).
+pub(crate) fn optional_text(field: &'static str, value: Option<&str>) -> Result<()> {
+    value.map_or(Ok(()), |v| text(field, v))
+}
 
 /// A required string of at most `max` characters (the column's varchar length).
 pub(crate) fn required(field: &'static str, value: &str, max: usize) -> Result<()> {
@@ -14,7 +35,7 @@ pub(crate) fn required(field: &'static str, value: &str, max: usize) -> Result<(
             format!("is {len} characters long, the column holds {max}"),
         ));
     }
-    Ok(())
+    text(field, value)
 }
 
 /// An optional string: when present, non-empty and at most `max` characters.
@@ -30,7 +51,7 @@ pub(crate) fn non_negative(field: &'static str, value: i64) -> Result<()> {
     Ok(())
 }
 
-/// A finite, non-negative amount.
+/// A finite, non-negative amount of at most [`MAX_AMOUNT_CENTS`].
 pub(crate) fn amount(field: &'static str, value: f64) -> Result<()> {
     if !value.is_finite() {
         return Err(Error::invalid(
@@ -41,6 +62,23 @@ pub(crate) fn amount(field: &'static str, value: f64) -> Result<()> {
     if value < 0.0 {
         return Err(Error::invalid(field, format!("{value} is negative")));
     }
+    if value > MAX_AMOUNT_CENTS {
+        return Err(Error::invalid(
+            field,
+            format!("{value} is above the largest amount, {MAX_AMOUNT_CENTS:e} cents"),
+        ));
+    }
+    Ok(())
+}
+
+/// A derived number about to be stored: it must be finite.
+pub(crate) fn finite(field: &'static str, value: f64) -> Result<()> {
+    if !value.is_finite() {
+        return Err(Error::invalid(
+            field,
+            format!("would make a stored value {value}, which is not a finite number"),
+        ));
+    }
     Ok(())
 }
 
@@ -50,4 +88,52 @@ pub(crate) fn percent(field: &'static str, value: i32) -> Result<()> {
         return Err(Error::invalid(field, format!("{value} is outside 0..=100")));
     }
     Ok(())
+}
+
+/// The first instant PostgreSQL's `timestamptz` holds: 4714-11-24 BC, 00:00 UTC.
+fn pg_min() -> DateTime<Utc> {
+    NaiveDate::from_ymd_opt(-4713, 11, 24)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .expect("a valid date")
+        .and_utc()
+}
+
+/// An instant PostgreSQL can store: from 4714-11-24 BC on (its upper end, 294276 AD, is
+/// beyond every `DateTime<Utc>`).
+pub(crate) fn instant(field: &'static str, value: DateTime<Utc>) -> Result<()> {
+    if value < pg_min() {
+        return Err(Error::invalid(
+            field,
+            format!("{value} is outside what PostgreSQL stores (4714 BC to 294276 AD)"),
+        ));
+    }
+    Ok(())
+}
+
+/// An optional instant PostgreSQL can store.
+pub(crate) fn optional_instant(field: &'static str, value: Option<DateTime<Utc>>) -> Result<()> {
+    value.map_or(Ok(()), |v| instant(field, v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_postgres_range_is_exact_to_the_microsecond() {
+        let micro = chrono::Duration::microseconds(1);
+        assert!(instant("t", pg_min()).is_ok());
+        assert!(instant("t", pg_min() - micro).is_err());
+        assert!(instant("t", DateTime::<Utc>::MAX_UTC).is_ok());
+        assert!(instant("t", DateTime::<Utc>::MIN_UTC).is_err());
+    }
+
+    #[test]
+    fn amounts_are_bounded() {
+        assert!(amount("c", MAX_AMOUNT_CENTS).is_ok());
+        assert!(amount("c", f64::MAX).is_err());
+        assert!(amount("c", -0.0).is_ok());
+        // The bound keeps a sum of very many amounts finite.
+        assert!((MAX_AMOUNT_CENTS * 1e290).is_finite());
+    }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Barrier};
 
 use chrono::{TimeZone, Utc};
 use common::{assert_invalid, tx_now};
-use costdb::drivers::{BudgetLimits, BudgetScope, CostInput, FeatureTagChanges};
+use costdb::drivers::{BudgetLimits, BudgetScope, CostInput, FeatureTagChanges, FeatureTagInput};
 use costdb::models::{BudgetType, CostRecord};
 use costdb::schema::{cost_records, feature_tags};
 use costdb::{CostWriteDriver, Error};
@@ -22,6 +22,20 @@ fn cost(tenant: &str, request: Option<&str>, cents: f64) -> CostInput {
         output_tokens: 50,
         cost_cents: cents,
         ..CostInput::default()
+    }
+}
+
+fn tag_input(
+    tag: &str,
+    display_name: &str,
+    description: Option<&str>,
+    budget_cents: Option<i32>,
+) -> FeatureTagInput {
+    FeatureTagInput {
+        tag: tag.into(),
+        display_name: display_name.into(),
+        description: description.map(Into::into),
+        budget_cents,
     }
 }
 
@@ -40,13 +54,7 @@ fn feature_tags_are_created_once_per_tenant() {
     let now = tx_now(&mut conn);
     let mut w = CostWriteDriver::new(&mut conn);
     let tag = w
-        .create_feature_tag(
-            &tenant,
-            "support.chat",
-            "Support chat",
-            Some("bot"),
-            Some(5000),
-        )
+        .create_feature_tag(&tenant, &tag_input("support.chat", "Support chat", Some("bot"), Some(5000)))
         .unwrap();
     assert!(tag.id.starts_with("ft_") && tag.id.len() == 19);
     assert_eq!(
@@ -64,12 +72,12 @@ fn feature_tags_are_created_once_per_tenant() {
     assert!(tag.is_active);
     assert_eq!((tag.created_at, tag.updated_at), (now, now));
 
-    match w.create_feature_tag(&tenant, "support.chat", "Again", None, None) {
+    match w.create_feature_tag(&tenant, &tag_input("support.chat", "Again", None, None)) {
         Err(Error::Conflict(msg)) => assert!(msg.contains("support.chat")),
         other => panic!("expected Conflict, got {other:?}"),
     }
     // Another tenant may use the same tag, and the transaction is still usable.
-    w.create_feature_tag(&other, "support.chat", "Theirs", None, None)
+    w.create_feature_tag(&other, &tag_input("support.chat", "Theirs", None, None))
         .unwrap();
     let n: i64 = common::count_for_tenant(&mut conn, "feature_tags", &tenant);
     assert_eq!(n, 1);
@@ -81,7 +89,7 @@ fn feature_tag_updates_change_only_the_given_fields() {
     let tenant = common::tenant();
     let mut w = CostWriteDriver::new(&mut conn);
     let tag = w
-        .create_feature_tag(&tenant, "search.rank", "Ranking", Some("desc"), Some(100))
+        .create_feature_tag(&tenant, &tag_input("search.rank", "Ranking", Some("desc"), Some(100)))
         .unwrap();
     let renamed = w
         .update_feature_tag(
@@ -490,13 +498,13 @@ fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
         // One bad record refuses the whole batch.
         assert_invalid(w.record_costs(&[ok.clone(), bad]), field);
     }
-    assert_invalid(w.create_feature_tag(&tenant, "", "x", None, None), "tag");
+    assert_invalid(w.create_feature_tag(&tenant, &tag_input("", "x", None, None)), "tag");
     assert_invalid(
-        w.create_feature_tag(&tenant, "a.b", "", None, None),
+        w.create_feature_tag(&tenant, &tag_input("a.b", "", None, None)),
         "display_name",
     );
     assert_invalid(
-        w.create_feature_tag(&tenant, "a.b", "x", None, Some(-1)),
+        w.create_feature_tag(&tenant, &tag_input("a.b", "x", None, Some(-1))),
         "budget_cents",
     );
     assert_invalid(
@@ -557,7 +565,7 @@ fn outside_a_transaction_nothing_is_written_and_a_rollback_leaves_nothing() {
         Err(Error::NoTransaction)
     ));
     assert!(matches!(
-        w.create_feature_tag(&tenant, "a.b", "x", None, None),
+        w.create_feature_tag(&tenant, &tag_input("a.b", "x", None, None)),
         Err(Error::NoTransaction)
     ));
     let limits = BudgetLimits {
@@ -573,7 +581,7 @@ fn outside_a_transaction_nothing_is_written_and_a_rollback_leaves_nothing() {
     let rolled_back: Result<(), Error> = conn.transaction(|c| {
         let mut w = CostWriteDriver::new(c);
         w.record_costs(&[cost(&tenant, Some("x"), 1.0), cost(&tenant, None, 2.0)])?;
-        w.create_feature_tag(&tenant, "a.b", "x", None, None)?;
+        w.create_feature_tag(&tenant, &tag_input("a.b", "x", None, None))?;
         w.create_or_update_budget(&tenant, &BudgetScope::Tenant, &limits)?;
         Err(Error::Conflict("roll back".into()))
     });

@@ -24,7 +24,7 @@ fn a_cluster_serves_and_is_removed_when_dropped() {
             .unwrap();
         assert_eq!(row.one, 1);
     }
-    let url2 = costdb::embedded::create_database(&url, "second_db").unwrap();
+    let url2 = db::create_database(&url, "second_db").unwrap();
     assert!(url2.ends_with("/second_db"));
     db::connect(&url2).unwrap();
 
@@ -38,9 +38,29 @@ fn a_cluster_serves_and_is_removed_when_dropped() {
 
 #[test]
 fn database_names_are_checked_before_any_sql() {
-    let err = costdb::embedded::create_database("postgres://nowhere.invalid/x", "a;b").unwrap_err();
+    let err = db::create_database("postgres://nowhere.invalid/x", "a;b").unwrap_err();
     assert!(
         matches!(err, costdb::Error::InvalidInput { field: "name", .. }),
         "{err}"
     );
+}
+
+#[test]
+fn a_kept_cluster_keeps_running_until_stopped_by_hand() {
+    let pg = EmbeddedPostgres::start().unwrap();
+    let url = pg.url("postgres");
+    let bin = pg.bin_dir().to_path_buf();
+    let dir = pg.keep();
+    db::connect(&url).expect("still serving after keep");
+    assert!(dir.join("data").is_dir());
+    let stopped = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(r#"cd / && if [ "$(id -u)" = 0 ]; then exec su postgres -s /bin/sh -c "$0 -D $1 -m fast -w stop"; else exec "$0" -D "$1" -m fast -w stop; fi"#)
+        .arg(bin.join("pg_ctl"))
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    assert!(stopped.status.success(), "{stopped:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(db::connect(&url).is_err());
 }

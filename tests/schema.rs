@@ -321,11 +321,15 @@ fn an_unknown_stored_value_is_a_clear_error_when_read() {
     .execute(&mut conn)
     .unwrap();
     let err = costdb::WorkerWriteService::new(&mut conn)
-        .get_worker_run(&id, &tenant)
+        .get_worker_run(&tenant, &id)
         .unwrap_err();
+    // The cause is kept typed and printed once in the report.
+    let report = costdb::error::report(&err);
+    assert!(matches!(err, costdb::Error::Database(_)), "{err:?}");
     assert!(
-        err.to_string()
-            .contains("unknown worker run status value \"paused\""),
-        "{err}"
+        report.starts_with("database error: ")
+            && report.contains("unknown worker run status value \"paused\""),
+        "{report}"
     );
+    assert_eq!(report.matches("paused").count(), 1, "{report}");
 }

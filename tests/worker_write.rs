@@ -3,7 +3,7 @@
 mod common;
 
 use common::{assert_invalid, tx_now};
-use costdb::drivers::{BudgetSnapshot, WorkerRunData};
+use costdb::drivers::{BudgetSnapshot, CostAdvisory, RunCost, WorkerRunData};
 use costdb::models::{AnomalyType, EntityType, Severity, WorkerStatus};
 use costdb::schema::worker_runs;
 use costdb::{Error, WorkerWriteService};
@@ -23,6 +23,23 @@ fn runs_of(conn: &mut PgConnection, tenant: &str) -> i64 {
         .unwrap()
 }
 
+fn run_cost(model: &str, input_tokens: i32, output_tokens: i32, cost_cents: f64) -> RunCost {
+    RunCost {
+        model: model.into(),
+        input_tokens,
+        output_tokens,
+        cost_cents,
+    }
+}
+
+fn advisory(daily_spend_cents: i64, warn_threshold_cents: f64, budget: &BudgetSnapshot) -> CostAdvisory {
+    CostAdvisory {
+        daily_spend_cents,
+        warn_threshold_cents,
+        budget: budget.clone(),
+    }
+}
+
 fn queued(task: &str) -> WorkerRunData {
     WorkerRunData {
         task: Some(task.into()),
@@ -36,7 +53,7 @@ fn a_new_run_gets_the_insert_defaults() {
     let (tenant, id) = (common::tenant(), run_id());
     let now = tx_now(&mut conn);
     let run = WorkerWriteService::new(&mut conn)
-        .upsert_worker_run(&id, &tenant, &queued("write a plan"))
+        .upsert_worker_run(&tenant, &id, &queued("write a plan"))
         .unwrap();
     assert_eq!(run.id, id);
     assert_eq!(run.tenant_id, tenant);
@@ -59,7 +76,7 @@ fn a_new_run_gets_the_insert_defaults() {
     );
     // What the call returned is what the table holds.
     let stored = WorkerWriteService::new(&mut conn)
-        .get_worker_run(&id, &tenant)
+        .get_worker_run(&tenant, &id)
         .unwrap()
         .unwrap();
     assert_eq!(stored, run);
@@ -73,8 +90,8 @@ fn a_run_created_running_or_finished_is_stamped() {
     let mut svc = WorkerWriteService::new(&mut conn);
     let running = svc
         .upsert_worker_run(
-            &run_id(),
             tenant,
+            &run_id(),
             &WorkerRunData {
                 status: Some(WorkerStatus::Running),
                 ..queued("x")
@@ -87,8 +104,8 @@ fn a_run_created_running_or_finished_is_stamped() {
     );
     let failed = svc
         .upsert_worker_run(
-            &run_id(),
             tenant,
+            &run_id(),
             &WorkerRunData {
                 status: Some(WorkerStatus::Failed),
                 success: Some(Some(false)),
@@ -107,13 +124,13 @@ fn updates_change_exactly_the_fields_given() {
     let (tenant, id) = (common::tenant(), run_id());
     let now = tx_now(&mut conn);
     let mut svc = WorkerWriteService::new(&mut conn);
-    let created = svc.upsert_worker_run(&id, &tenant, &queued("t")).unwrap();
+    let created = svc.upsert_worker_run(&tenant, &id, &queued("t")).unwrap();
 
     // running: status changes, started_at is stamped; nothing else moves.
     let running = svc
         .upsert_worker_run(
-            &id,
             &tenant,
+            &id,
             &WorkerRunData {
                 status: Some(WorkerStatus::Running),
                 task: Some("ignored on update".into()),
@@ -130,8 +147,8 @@ fn updates_change_exactly_the_fields_given() {
     // Each field, one by one.
     let progress = svc
         .upsert_worker_run(
-            &id,
             &tenant,
+            &id,
             &WorkerRunData {
                 success: Some(Some(true)),
                 error: Some(Some("transient".into())),
@@ -170,15 +187,15 @@ fn updates_change_exactly_the_fields_given() {
 
     // An empty report keeps everything (the original wiped artifacts and counters).
     let kept = svc
-        .upsert_worker_run(&id, &tenant, &WorkerRunData::default())
+        .upsert_worker_run(&tenant, &id, &WorkerRunData::default())
         .unwrap();
     assert_eq!(kept, progress);
 
     // Some(None) clears a nullable column.
     let cleared = svc
         .upsert_worker_run(
-            &id,
             &tenant,
+            &id,
             &WorkerRunData {
                 error: Some(None),
                 artifacts: Some(None),
@@ -195,8 +212,8 @@ fn updates_change_exactly_the_fields_given() {
     // Finishing stamps completed_at once.
     let done = svc
         .upsert_worker_run(
-            &id,
             &tenant,
+            &id,
             &WorkerRunData {
                 status: Some(WorkerStatus::Completed),
                 ..Default::default()
@@ -215,8 +232,8 @@ fn a_finished_run_is_refused_with_a_typed_error_and_left_unchanged() {
     let mut svc = WorkerWriteService::new(&mut conn);
     let done = svc
         .upsert_worker_run(
-            &id,
             &tenant,
+            &id,
             &WorkerRunData {
                 status: Some(WorkerStatus::Completed),
                 total_tokens_used: Some(Some(10)),
@@ -238,7 +255,7 @@ fn a_finished_run_is_refused_with_a_typed_error_and_left_unchanged() {
             ..Default::default()
         },
     ] {
-        match svc.upsert_worker_run(&id, &tenant, &data) {
+        match svc.upsert_worker_run(&tenant, &id, &data) {
             Err(Error::FinishedRun { run_id, status }) => {
                 assert_eq!(
                     (run_id.as_str(), status.as_str()),
@@ -249,7 +266,7 @@ fn a_finished_run_is_refused_with_a_typed_error_and_left_unchanged() {
         }
     }
     // The transaction is still usable and the row is as it was.
-    assert_eq!(svc.get_worker_run(&id, &tenant).unwrap(), Some(done));
+    assert_eq!(svc.get_worker_run(&tenant, &id).unwrap(), Some(done));
 }
 
 #[test]
@@ -257,30 +274,30 @@ fn one_tenant_can_neither_read_update_nor_delete_another_tenants_run() {
     let mut conn = common::test_conn();
     let (owner, other, id) = (common::tenant(), common::tenant(), run_id());
     let mut svc = WorkerWriteService::new(&mut conn);
-    let original = svc.upsert_worker_run(&id, &owner, &queued("mine")).unwrap();
+    let original = svc.upsert_worker_run(&owner, &id, &queued("mine")).unwrap();
 
-    assert_eq!(svc.get_worker_run(&id, &other).unwrap(), None);
+    assert_eq!(svc.get_worker_run(&other, &id).unwrap(), None);
     let hijack = WorkerRunData {
         status: Some(WorkerStatus::Failed),
         error: Some(Some("x".into())),
         ..queued("theirs")
     };
     assert!(matches!(
-        svc.upsert_worker_run(&id, &other, &hijack),
+        svc.upsert_worker_run(&other, &id, &hijack),
         Err(Error::Conflict(_))
     ));
     assert!(matches!(
-        svc.delete_worker_run(&id, &other),
+        svc.delete_worker_run(&other, &id),
         Err(Error::NotFound { .. })
     ));
-    assert_eq!(svc.get_worker_run(&id, &owner).unwrap(), Some(original));
+    assert_eq!(svc.get_worker_run(&owner, &id).unwrap(), Some(original));
     assert_eq!(runs_of(&mut conn, &other), 0);
 
     let mut svc = WorkerWriteService::new(&mut conn);
-    svc.delete_worker_run(&id, &owner).unwrap();
-    assert_eq!(svc.get_worker_run(&id, &owner).unwrap(), None);
+    svc.delete_worker_run(&owner, &id).unwrap();
+    assert_eq!(svc.get_worker_run(&owner, &id).unwrap(), None);
     assert!(matches!(
-        svc.delete_worker_run(&id, &owner),
+        svc.delete_worker_run(&owner, &id),
         Err(Error::NotFound { .. })
     ));
 }
@@ -292,7 +309,7 @@ fn cost_records_and_advisories_of_a_run() {
     let now = tx_now(&mut conn);
     let mut svc = WorkerWriteService::new(&mut conn);
     let rec = svc
-        .insert_cost_record(&id, &tenant, "claude-sonnet-4-20250514", 300, 700, 12.5)
+        .insert_cost_record(&tenant, &id, &run_cost("claude-sonnet-4-20250514", 300, 700, 12.5))
         .unwrap();
     assert!(rec.id.starts_with("cr_") && rec.id.len() == 19);
     assert_eq!(rec.request_id.as_deref(), Some(id.as_str()));
@@ -306,7 +323,7 @@ fn cost_records_and_advisories_of_a_run() {
     assert_eq!(rec.created_at, now);
     // A retried call for the same run is not billed twice.
     let again = svc
-        .insert_cost_record(&id, &tenant, "claude-sonnet-4-20250514", 300, 700, 12.5)
+        .insert_cost_record(&tenant, &id, &run_cost("claude-sonnet-4-20250514", 300, 700, 12.5))
         .unwrap();
     assert_eq!(again.id, rec.id);
 
@@ -317,7 +334,7 @@ fn cost_records_and_advisories_of_a_run() {
         hard_limit_enabled: false,
     };
     let adv = svc
-        .insert_cost_advisory(&tenant, &id, 900, 800.0, &snapshot)
+        .insert_cost_advisory(&tenant, &id, &advisory(900, 800.0, &snapshot))
         .unwrap();
     assert!(adv.id.starts_with("ca_"));
     assert_eq!(adv.anomaly_type, AnomalyType::BudgetWarning);
@@ -345,7 +362,7 @@ fn cost_records_and_advisories_of_a_run() {
         (false, Some(1), now)
     );
     let zero = svc
-        .insert_cost_advisory(&tenant, &id, 5, 0.0, &snapshot)
+        .insert_cost_advisory(&tenant, &id, &advisory(5, 0.0, &snapshot))
         .unwrap();
     assert_eq!(zero.deviation_pct, 0.0);
 
@@ -359,15 +376,15 @@ fn a_callers_rollback_leaves_nothing_and_no_driver_commits() {
     let mut conn = common::conn();
     let outcome: Result<(), Error> = conn.transaction(|c| {
         let mut svc = WorkerWriteService::new(c);
-        svc.upsert_worker_run(&id, &tenant, &queued("t"))?;
-        svc.insert_cost_record(&id, &tenant, "m", 1, 1, 1.0)?;
+        svc.upsert_worker_run(&tenant, &id, &queued("t"))?;
+        svc.insert_cost_record(&tenant, &id, &run_cost("m", 1, 1, 1.0))?;
         let snapshot = BudgetSnapshot {
             budget_id: "b".into(),
             daily_limit_cents: None,
             warn_threshold_pct: 50,
             hard_limit_enabled: true,
         };
-        svc.insert_cost_advisory(&tenant, &id, 1, 1.0, &snapshot)?;
+        svc.insert_cost_advisory(&tenant, &id, &advisory(1, 1.0, &snapshot))?;
         Err(Error::Conflict("caller decides to roll back".into()))
     });
     assert!(outcome.is_err());
@@ -384,19 +401,19 @@ fn writes_outside_a_transaction_are_refused_and_write_nothing() {
     let mut conn = common::conn();
     let mut svc = WorkerWriteService::new(&mut conn);
     assert!(matches!(
-        svc.upsert_worker_run(&id, &tenant, &queued("t")),
+        svc.upsert_worker_run(&tenant, &id, &queued("t")),
         Err(Error::NoTransaction)
     ));
     assert!(matches!(
-        svc.insert_cost_record(&id, &tenant, "m", 1, 1, 1.0),
+        svc.insert_cost_record(&tenant, &id, &run_cost("m", 1, 1, 1.0)),
         Err(Error::NoTransaction)
     ));
     assert!(matches!(
-        svc.delete_worker_run(&id, &tenant),
+        svc.delete_worker_run(&tenant, &id),
         Err(Error::NoTransaction)
     ));
     // Reads need no transaction.
-    assert_eq!(svc.get_worker_run(&id, &tenant).unwrap(), None);
+    assert_eq!(svc.get_worker_run(&tenant, &id).unwrap(), None);
     assert_eq!(runs_of(&mut conn, &tenant), 0);
 }
 
@@ -406,12 +423,12 @@ fn bad_input_is_refused_before_any_sql() {
     let tenant = common::tenant();
     let mut svc = WorkerWriteService::new(&mut conn);
     let ok = queued("t");
-    assert_invalid(svc.upsert_worker_run("", &tenant, &ok), "run_id");
+    assert_invalid(svc.upsert_worker_run(&tenant, "", &ok), "run_id");
     assert_invalid(
         svc.upsert_worker_run(&"r".repeat(37), &tenant, &ok),
         "run_id",
     );
-    assert_invalid(svc.upsert_worker_run(&run_id(), " ", &ok), "tenant_id");
+    assert_invalid(svc.upsert_worker_run(" ", &run_id(), &ok), "tenant_id");
     assert_invalid(
         svc.upsert_worker_run(&run_id(), &"t".repeat(37), &ok),
         "tenant_id",
@@ -446,28 +463,28 @@ fn bad_input_is_refused_before_any_sql() {
             "cost_cents",
         ),
     ] {
-        assert_invalid(svc.upsert_worker_run(&run_id(), &tenant, &data), field);
+        assert_invalid(svc.upsert_worker_run(&tenant, &run_id(), &data), field);
     }
     let id = run_id();
-    assert_invalid(svc.insert_cost_record(&id, &tenant, "", 1, 1, 1.0), "model");
+    assert_invalid(svc.insert_cost_record(&tenant, &id, &run_cost("", 1, 1, 1.0)), "model");
     assert_invalid(
-        svc.insert_cost_record(&id, &tenant, "m", -1, 1, 1.0),
+        svc.insert_cost_record(&tenant, &id, &run_cost("m", -1, 1, 1.0)),
         "input_tokens",
     );
     assert_invalid(
-        svc.insert_cost_record(&id, &tenant, "m", 1, -1, 1.0),
+        svc.insert_cost_record(&tenant, &id, &run_cost("m", 1, -1, 1.0)),
         "output_tokens",
     );
     assert_invalid(
-        svc.insert_cost_record(&id, &tenant, "m", 1, 1, f64::NAN),
+        svc.insert_cost_record(&tenant, &id, &run_cost("m", 1, 1, f64::NAN)),
         "cost_cents",
     );
     assert_invalid(
-        svc.insert_cost_record(&id, &tenant, "m", 1, 1, -0.5),
+        svc.insert_cost_record(&tenant, &id, &run_cost("m", 1, 1, -0.5)),
         "cost_cents",
     );
     assert_invalid(
-        svc.insert_cost_record("", &tenant, "m", 1, 1, 1.0),
+        svc.insert_cost_record(&tenant, "", &run_cost("m", 1, 1, 1.0)),
         "run_id",
     );
     let snapshot = BudgetSnapshot {
@@ -477,14 +494,14 @@ fn bad_input_is_refused_before_any_sql() {
         hard_limit_enabled: false,
     };
     assert_invalid(
-        svc.insert_cost_advisory(&tenant, &id, 1, 1.0, &snapshot),
+        svc.insert_cost_advisory(&tenant, &id, &advisory(1, 1.0, &snapshot)),
         "budget_snapshot.warn_threshold_pct",
     );
     assert_invalid(
-        svc.insert_cost_advisory(&tenant, &id, 1, f64::INFINITY, &snapshot),
+        svc.insert_cost_advisory(&tenant, &id, &advisory(1, f64::INFINITY, &snapshot)),
         "warn_threshold_cents",
     );
-    assert_invalid(svc.get_worker_run("", &tenant), "run_id");
+    assert_invalid(svc.get_worker_run(&tenant, ""), "run_id");
     assert_eq!(runs_of(&mut conn, &tenant), 0);
     let costs: i64 = common::count_for_tenant(&mut conn, "cost_records", &tenant);
     assert_eq!(costs, 0);

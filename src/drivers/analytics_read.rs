@@ -20,8 +20,11 @@ pub struct TimeWindow {
 }
 
 impl TimeWindow {
-    /// `[from, to)`; an empty or reversed window is [`Error::InvalidInput`].
+    /// `[from, to)`; an empty or reversed window, or one PostgreSQL cannot store, is
+    /// [`Error::InvalidInput`].
     pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Self> {
+        validate::instant("window.from", from)?;
+        validate::instant("window.to", to)?;
         if from >= to {
             return Err(Error::invalid(
                 "window",

@@ -1,5 +1,7 @@
 //! `CostWriteDriver`: feature tags, cost records (single, bulk, idempotent) and budgets.
 
+use std::collections::{HashMap, HashSet};
+
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
 use diesel::prelude::*;
@@ -40,7 +42,8 @@ pub struct CostInput {
     pub input_tokens: i32,
     /// Completion tokens, not negative.
     pub output_tokens: i32,
-    /// Cost in cents: finite, not negative, fractions kept.
+    /// Cost in cents: finite, not negative, at most [`MAX_AMOUNT_CENTS`](crate::MAX_AMOUNT_CENTS),
+    /// fractions kept (`-0.0` is stored as `0`).
     pub cost_cents: f64,
     /// Whether the call was a retry.
     pub is_retry: bool,
@@ -59,7 +62,8 @@ impl CostInput {
         validate::required("model", &self.model, 64)?;
         validate::non_negative("input_tokens", self.input_tokens.into())?;
         validate::non_negative("output_tokens", self.output_tokens.into())?;
-        validate::amount("cost_cents", self.cost_cents)
+        validate::amount("cost_cents", self.cost_cents)?;
+        validate::optional_instant("created_at", self.created_at)
     }
 }
 
@@ -70,6 +74,19 @@ pub struct RecordedCost {
     pub id: String,
     /// False when the tenant already had a record with the same `request_id`.
     pub inserted: bool,
+}
+
+/// A new feature tag, for [`CostWriteDriver::create_feature_tag`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureTagInput {
+    /// The tag as records carry it, e.g. `support.chat` (at most 128 characters).
+    pub tag: String,
+    /// Display name (at most 256).
+    pub display_name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Budget in cents, not negative.
+    pub budget_cents: Option<i32>,
 }
 
 /// Partial update of a feature tag: `None` leaves a field as it is; `Some(None)` clears a
@@ -145,6 +162,11 @@ struct ExistingRow {
     id: String,
 }
 
+/// How many rows [`CostWriteDriver::record_costs`] sends in one statement: a larger call is
+/// split, so its memory stays bounded and its speed per row stays the same.
+pub const BULK_CHUNK: usize = 5_000;
+
+/// Inserts the rows of the arrays in array order, skipping a request id the tenant has.
 const BULK_INSERT: &str = "\
 INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, \
                           model, input_tokens, output_tokens, cost_cents, is_retry, created_at) \
@@ -175,15 +197,13 @@ impl<'c> CostWriteDriver<'c> {
     pub fn create_feature_tag(
         &mut self,
         tenant_id: &str,
-        tag: &str,
-        display_name: &str,
-        description: Option<&str>,
-        budget_cents: Option<i32>,
+        input: &FeatureTagInput,
     ) -> Result<FeatureTag> {
         validate::required("tenant_id", tenant_id, 64)?;
-        validate::required("tag", tag, 128)?;
-        validate::required("display_name", display_name, 256)?;
-        if let Some(cents) = budget_cents {
+        validate::required("tag", &input.tag, 128)?;
+        validate::required("display_name", &input.display_name, 256)?;
+        validate::optional_text("description", input.description.as_deref())?;
+        if let Some(cents) = input.budget_cents {
             validate::non_negative("budget_cents", cents.into())?;
         }
         require_transaction(self.conn)?;
@@ -191,10 +211,10 @@ impl<'c> CostWriteDriver<'c> {
             .values(NewFeatureTag {
                 id: ids::feature_tag_id(),
                 tenant_id: tenant_id.into(),
-                tag: tag.into(),
-                display_name: display_name.into(),
-                description: description.map(Into::into),
-                budget_cents,
+                tag: input.tag.clone(),
+                display_name: input.display_name.clone(),
+                description: input.description.clone(),
+                budget_cents: input.budget_cents,
             })
             .on_conflict((feature_tags::tenant_id, feature_tags::tag))
             .do_nothing()
@@ -203,7 +223,8 @@ impl<'c> CostWriteDriver<'c> {
             .optional()?
             .ok_or_else(|| {
                 Error::Conflict(format!(
-                    "feature tag {tag:?} already exists for this tenant"
+                    "feature tag {:?} already exists for this tenant",
+                    input.tag
                 ))
             })
     }
@@ -219,6 +240,9 @@ impl<'c> CostWriteDriver<'c> {
         validate::required("id", id, 64)?;
         if let Some(name) = &changes.display_name {
             validate::required("display_name", name, 256)?;
+        }
+        if let Some(Some(description)) = &changes.description {
+            validate::text("description", description)?;
         }
         if let Some(Some(cents)) = changes.budget_cents {
             validate::non_negative("budget_cents", cents.into())?;
@@ -262,81 +286,103 @@ impl<'c> CostWriteDriver<'c> {
         }
     }
 
-    /// Records many costs in one statement (two when some `request_id`s repeat) and
-    /// returns their ids in input order.
+    /// Records many costs and returns their ids in input order, in one statement per
+    /// [`BULK_CHUNK`] rows (and one more per chunk where `request_id`s repeat).
     ///
     /// All inputs are validated before any SQL: one bad input refuses the whole batch.
     /// A `request_id` repeated within the batch, or already recorded for the tenant,
     /// yields the first record's id with `inserted: false`.
+    ///
+    /// Rows are written in one global order (tenant, request id), whatever the input order,
+    /// so concurrent calls that share request ids wait for each other instead of
+    /// deadlocking.
     pub fn record_costs(&mut self, costs: &[CostInput]) -> Result<Vec<RecordedCost>> {
         for cost in costs {
             cost.validate()?;
         }
         require_transaction(self.conn)?;
-        if costs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<String> = costs.iter().map(|_| ids::cost_record_id()).collect();
-        let col = |f: fn(&CostInput) -> Option<&str>| costs.iter().map(f).collect::<Vec<_>>();
-        let inserted: Vec<IdRow> = diesel::sql_query(BULK_INSERT)
-            .bind::<Array<Text>, _>(&ids)
-            .bind::<Array<Text>, _>(
-                costs
-                    .iter()
-                    .map(|c| c.tenant_id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind::<Array<Nullable<Text>>, _>(col(|c| c.user_id.as_deref()))
-            .bind::<Array<Nullable<Text>>, _>(col(|c| c.feature_tag.as_deref()))
-            .bind::<Array<Nullable<Text>>, _>(col(|c| c.request_id.as_deref()))
-            .bind::<Array<Nullable<Text>>, _>(col(|c| c.workflow_id.as_deref()))
-            .bind::<Array<Nullable<Text>>, _>(col(|c| c.skill_id.as_deref()))
-            .bind::<Array<Text>, _>(costs.iter().map(|c| c.model.as_str()).collect::<Vec<_>>())
-            .bind::<Array<Int4>, _>(costs.iter().map(|c| c.input_tokens).collect::<Vec<_>>())
-            .bind::<Array<Int4>, _>(costs.iter().map(|c| c.output_tokens).collect::<Vec<_>>())
-            .bind::<Array<Float8>, _>(costs.iter().map(|c| c.cost_cents).collect::<Vec<_>>())
-            .bind::<Array<Bool>, _>(costs.iter().map(|c| c.is_retry).collect::<Vec<_>>())
-            .bind::<Array<Nullable<Timestamptz>>, _>(
-                costs.iter().map(|c| c.created_at).collect::<Vec<_>>(),
-            )
-            .load(self.conn)?;
-        let inserted: std::collections::HashSet<String> =
-            inserted.into_iter().map(|r| r.id).collect();
-        let mut out: Vec<RecordedCost> = ids
-            .into_iter()
-            .map(|id| RecordedCost {
-                inserted: inserted.contains(&id),
-                id,
+        let mut out: Vec<RecordedCost> = costs
+            .iter()
+            .map(|_| RecordedCost {
+                id: ids::cost_record_id(),
+                inserted: false,
             })
             .collect();
-        let skipped: Vec<usize> = (0..out.len()).filter(|&i| !out[i].inserted).collect();
-        if skipped.is_empty() {
-            return Ok(out);
-        }
-        // Only rows with a request id can conflict: look up the ids they collided with.
-        let tenants: Vec<&str> = skipped
-            .iter()
-            .map(|&i| costs[i].tenant_id.as_str())
-            .collect();
-        let requests: Vec<&str> = skipped
-            .iter()
-            .map(|&i| costs[i].request_id.as_deref().unwrap_or_default())
-            .collect();
-        let existing: std::collections::HashMap<(String, String), String> =
-            diesel::sql_query(EXISTING_BY_REQUEST)
-                .bind::<Array<Text>, _>(&tenants)
-                .bind::<Array<Text>, _>(&requests)
-                .load::<ExistingRow>(self.conn)?
-                .into_iter()
-                .map(|r| ((r.tenant_id, r.request_id), r.id))
-                .collect();
-        for (&i, (tenant, request)) in skipped.iter().zip(tenants.iter().zip(&requests)) {
-            let key = ((*tenant).to_owned(), (*request).to_owned());
-            out[i].id = existing.get(&key).cloned().ok_or_else(|| {
-                Error::Conflict(format!("cost record for request {request:?} vanished"))
-            })?;
+        let mut order: Vec<usize> = (0..costs.len()).collect();
+        order.sort_unstable_by(|&a, &b| {
+            let key = |i: usize| {
+                let c = &costs[i];
+                (c.request_id.is_none(), c.tenant_id.as_str(), c.request_id.as_deref(), i)
+            };
+            key(a).cmp(&key(b))
+        });
+        for chunk in order.chunks(BULK_CHUNK) {
+            self.insert_chunk(costs, chunk, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Inserts `costs[i]` for each `i` of `chunk`, in that order, and fills in `out[i]`.
+    fn insert_chunk(
+        &mut self,
+        costs: &[CostInput],
+        chunk: &[usize],
+        out: &mut [RecordedCost],
+    ) -> Result<()> {
+        let rows = || chunk.iter().map(|&i| &costs[i]);
+        let text = |f: fn(&CostInput) -> &str| rows().map(f).collect::<Vec<_>>();
+        let opt = |f: fn(&CostInput) -> Option<&str>| rows().map(f).collect::<Vec<_>>();
+        let inserted: Vec<IdRow> = diesel::sql_query(BULK_INSERT)
+            .bind::<Array<Text>, _>(chunk.iter().map(|&i| out[i].id.as_str()).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(text(|c| &c.tenant_id))
+            .bind::<Array<Nullable<Text>>, _>(opt(|c| c.user_id.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(opt(|c| c.feature_tag.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(opt(|c| c.request_id.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(opt(|c| c.workflow_id.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(opt(|c| c.skill_id.as_deref()))
+            .bind::<Array<Text>, _>(text(|c| &c.model))
+            .bind::<Array<Int4>, _>(rows().map(|c| c.input_tokens).collect::<Vec<_>>())
+            .bind::<Array<Int4>, _>(rows().map(|c| c.output_tokens).collect::<Vec<_>>())
+            .bind::<Array<Float8>, _>(rows().map(|c| c.cost_cents + 0.0).collect::<Vec<_>>())
+            .bind::<Array<Bool>, _>(rows().map(|c| c.is_retry).collect::<Vec<_>>())
+            .bind::<Array<Nullable<Timestamptz>>, _>(
+                rows().map(|c| c.created_at).collect::<Vec<_>>(),
+            )
+            .load(self.conn)?;
+        let inserted: HashSet<String> = inserted.into_iter().map(|r| r.id).collect();
+        let mut skipped = Vec::new();
+        for &i in chunk {
+            out[i].inserted = inserted.contains(&out[i].id);
+            if !out[i].inserted {
+                skipped.push(i);
+            }
+        }
+        if skipped.is_empty() {
+            return Ok(());
+        }
+        // Only rows with a request id can conflict: look up the ids they collided with.
+        let key = |i: usize| {
+            let c = &costs[i];
+            (c.tenant_id.as_str(), c.request_id.as_deref().unwrap_or_default())
+        };
+        let (tenants, requests): (Vec<&str>, Vec<&str>) = skipped.iter().map(|&i| key(i)).unzip();
+        let existing: HashMap<(String, String), String> = diesel::sql_query(EXISTING_BY_REQUEST)
+            .bind::<Array<Text>, _>(&tenants)
+            .bind::<Array<Text>, _>(&requests)
+            .load::<ExistingRow>(self.conn)?
+            .into_iter()
+            .map(|r| ((r.tenant_id, r.request_id), r.id))
+            .collect();
+        for i in skipped {
+            let (tenant, request) = key(i);
+            out[i].id = existing
+                .get(&(tenant.to_owned(), request.to_owned()))
+                .cloned()
+                .ok_or_else(|| {
+                    Error::Conflict(format!("cost record for request {request:?} vanished"))
+                })?;
+        }
+        Ok(())
     }
 
     /// Creates the tenant's budget for `scope`, or updates its limits if it exists (one
@@ -398,7 +444,7 @@ fn new_record(cost: &CostInput) -> crate::models::NewCostRecord {
         model: cost.model.clone(),
         input_tokens: cost.input_tokens,
         output_tokens: cost.output_tokens,
-        cost_cents: cost.cost_cents,
+        cost_cents: cost.cost_cents + 0.0, // -0.0 becomes 0
         created_at: cost.created_at,
         is_retry: cost.is_retry,
     }

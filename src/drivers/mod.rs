@@ -10,6 +10,7 @@ pub use analytics_read::{
     TimeWindow, UsageBucket,
 };
 pub use cost_write::{
-    BudgetLimits, BudgetScope, CostInput, CostWriteDriver, FeatureTagChanges, RecordedCost,
+    BudgetLimits, BudgetScope, CostInput, CostWriteDriver, FeatureTagChanges, FeatureTagInput,
+    RecordedCost, BULK_CHUNK,
 };
-pub use worker_write::{BudgetSnapshot, WorkerRunData, WorkerWriteService};
+pub use worker_write::{BudgetSnapshot, CostAdvisory, RunCost, WorkerRunData, WorkerWriteService};

@@ -58,6 +58,31 @@ pub struct BudgetSnapshot {
     pub hard_limit_enabled: bool,
 }
 
+/// The LLM cost of one worker run, for [`WorkerWriteService::insert_cost_record`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunCost {
+    /// Model name (at most 64 characters).
+    pub model: String,
+    /// Prompt tokens, not negative.
+    pub input_tokens: i32,
+    /// Completion tokens, not negative.
+    pub output_tokens: i32,
+    /// Cost in cents, as [`CostInput::cost_cents`].
+    pub cost_cents: f64,
+}
+
+/// A tenant's daily spend that crossed its warning threshold, for
+/// [`WorkerWriteService::insert_cost_advisory`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostAdvisory {
+    /// The tenant's spend today, in cents, not negative.
+    pub daily_spend_cents: i64,
+    /// The threshold it crossed, in cents, as an amount (finite, `0..=MAX_AMOUNT_CENTS`).
+    pub warn_threshold_cents: f64,
+    /// The budget the threshold belongs to.
+    pub budget: BudgetSnapshot,
+}
+
 /// Write-side persistence for the worker API: runs, their costs and budget advisories.
 ///
 /// Borrows the caller's connection; writes refuse to run outside a transaction and never
@@ -105,6 +130,8 @@ fn json_text(field: &'static str, v: &Option<Option<serde_json::Value>>) -> Resu
 
 impl WorkerRunData {
     fn validate(&self) -> Result<()> {
+        validate::optional_text("task", self.task.as_deref())?;
+        validate::optional_text("error", self.error.as_ref().and_then(|e| e.as_deref()))?;
         let counts = [
             ("total_tokens_used", self.total_tokens_used.flatten()),
             ("total_latency_ms", self.total_latency_ms.flatten()),
@@ -133,12 +160,12 @@ impl<'c> WorkerWriteService<'c> {
     /// (completed, failed, crashed) is [`Error::FinishedRun`]. Either way nothing changes.
     pub fn upsert_worker_run(
         &mut self,
-        run_id: &str,
         tenant_id: &str,
+        run_id: &str,
         data: &WorkerRunData,
     ) -> Result<WorkerRun> {
-        validate::required("run_id", run_id, 36)?;
         validate::required("tenant_id", tenant_id, 36)?;
+        validate::required("run_id", run_id, 36)?;
         data.validate()?;
         let output = json_text("artifacts", &data.artifacts)?;
         let replay = json_text("replay_token", &data.replay_token)?;
@@ -192,12 +219,9 @@ impl<'c> WorkerWriteService<'c> {
     /// recording it again returns the first record.
     pub fn insert_cost_record(
         &mut self,
-        run_id: &str,
         tenant_id: &str,
-        model: &str,
-        input_tokens: i32,
-        output_tokens: i32,
-        cost_cents: f64,
+        run_id: &str,
+        cost: &RunCost,
     ) -> Result<CostRecord> {
         validate::required("run_id", run_id, 64)?;
         CostWriteDriver::new(self.conn).create_cost_record(&CostInput {
@@ -205,45 +229,51 @@ impl<'c> WorkerWriteService<'c> {
             request_id: Some(run_id.into()),
             workflow_id: Some("business-builder".into()),
             skill_id: Some("llm_invoke".into()),
-            model: model.into(),
-            input_tokens,
-            output_tokens,
-            cost_cents,
+            model: cost.model.clone(),
+            input_tokens: cost.input_tokens,
+            output_tokens: cost.output_tokens,
+            cost_cents: cost.cost_cents,
             ..CostInput::default()
         })
     }
 
     /// Records a `BUDGET_WARNING` (MEDIUM, entity = the tenant) for a run whose tenant's
-    /// daily spend crossed the warning threshold; the snapshot goes into the metadata.
+    /// daily spend crossed the warning threshold; the budget snapshot goes into the
+    /// metadata.
+    ///
+    /// A run gets one advisory: calling this again for the run, also concurrently, returns
+    /// the first one and adds nothing (a unique index decides).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] also when the deviation from the threshold would not be a
+    /// finite number (a threshold so close to zero that the percentage overflows).
     pub fn insert_cost_advisory(
         &mut self,
         tenant_id: &str,
         run_id: &str,
-        daily_spend_cents: i64,
-        warn_threshold_cents: f64,
-        budget_snapshot: &BudgetSnapshot,
+        advisory: &CostAdvisory,
     ) -> Result<CostAnomaly> {
+        let budget = &advisory.budget;
         validate::required("tenant_id", tenant_id, 64)?;
         validate::required("run_id", run_id, 64)?;
-        validate::non_negative("daily_spend_cents", daily_spend_cents)?;
-        validate::amount("warn_threshold_cents", warn_threshold_cents)?;
-        validate::required("budget_snapshot.budget_id", &budget_snapshot.budget_id, 64)?;
-        validate::percent(
-            "budget_snapshot.warn_threshold_pct",
-            budget_snapshot.warn_threshold_pct,
-        )?;
-        require_transaction(self.conn)?;
-        let spend = daily_spend_cents as f64;
-        let deviation_pct = if warn_threshold_cents > 0.0 {
-            (spend - warn_threshold_cents) / warn_threshold_cents * 100.0
+        validate::non_negative("daily_spend_cents", advisory.daily_spend_cents)?;
+        validate::amount("warn_threshold_cents", advisory.warn_threshold_cents)?;
+        validate::required("budget.budget_id", &budget.budget_id, 64)?;
+        validate::percent("budget.warn_threshold_pct", budget.warn_threshold_pct)?;
+        let spend = advisory.daily_spend_cents as f64;
+        let threshold = advisory.warn_threshold_cents + 0.0;
+        let deviation_pct = if threshold > 0.0 {
+            (spend - threshold) / threshold * 100.0
         } else {
             0.0
         };
+        validate::finite("warn_threshold_cents", deviation_pct)?;
+        require_transaction(self.conn)?;
         let message = format!(
-            "Daily spend ({daily_spend_cents}¢) exceeds {}% warning threshold ({}¢)",
-            budget_snapshot.warn_threshold_pct, warn_threshold_cents as i64
+            "Daily spend ({}¢) exceeds {}% warning threshold ({}¢)",
+            advisory.daily_spend_cents, budget.warn_threshold_pct, threshold as i64
         );
-        Ok(diesel::insert_into(cost_anomalies::table)
+        let inserted = diesel::insert_into(cost_anomalies::table)
             .values(NewCostAnomaly {
                 id: ids::cost_anomaly_id(),
                 tenant_id: tenant_id.into(),
@@ -252,26 +282,37 @@ impl<'c> WorkerWriteService<'c> {
                 entity_type: EntityType::Tenant,
                 entity_id: Some(tenant_id.into()),
                 current_value_cents: spend,
-                expected_value_cents: warn_threshold_cents,
+                expected_value_cents: threshold,
                 deviation_pct,
-                threshold_pct: budget_snapshot.warn_threshold_pct.into(),
+                threshold_pct: budget.warn_threshold_pct.into(),
                 message,
                 metadata: Some(serde_json::json!({
                     "run_id": run_id,
-                    "budget_snapshot": budget_snapshot,
+                    "budget_snapshot": budget,
                 })),
                 detected_at: None,
                 derived_cause: None,
                 breach_count: Some(1),
             })
+            .on_conflict_do_nothing()
             .returning(CostAnomaly::as_returning())
-            .get_result(self.conn)?)
+            .get_result(self.conn)
+            .optional()?;
+        match inserted {
+            Some(row) => Ok(row),
+            None => Ok(cost_anomalies::table
+                .filter(cost_anomalies::tenant_id.eq(tenant_id))
+                .filter(cost_anomalies::anomaly_type.eq(AnomalyType::BudgetWarning))
+                .filter(cost_anomalies::metadata.retrieve_as_text("run_id").eq(run_id))
+                .select(CostAnomaly::as_select())
+                .first(self.conn)?),
+        }
     }
 
     /// Deletes the tenant's run; [`Error::NotFound`] if the tenant has no such run.
-    pub fn delete_worker_run(&mut self, run_id: &str, tenant_id: &str) -> Result<()> {
-        validate::required("run_id", run_id, 36)?;
+    pub fn delete_worker_run(&mut self, tenant_id: &str, run_id: &str) -> Result<()> {
         validate::required("tenant_id", tenant_id, 36)?;
+        validate::required("run_id", run_id, 36)?;
         require_transaction(self.conn)?;
         let deleted = diesel::delete(
             worker_runs::table
@@ -289,9 +330,9 @@ impl<'c> WorkerWriteService<'c> {
     }
 
     /// The tenant's run, or `None` (also when the id belongs to another tenant).
-    pub fn get_worker_run(&mut self, run_id: &str, tenant_id: &str) -> Result<Option<WorkerRun>> {
-        validate::required("run_id", run_id, 36)?;
+    pub fn get_worker_run(&mut self, tenant_id: &str, run_id: &str) -> Result<Option<WorkerRun>> {
         validate::required("tenant_id", tenant_id, 36)?;
+        validate::required("run_id", run_id, 36)?;
         Ok(worker_runs::table
             .filter(worker_runs::id.eq(run_id))
             .filter(worker_runs::tenant_id.eq(tenant_id))

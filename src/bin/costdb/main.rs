@@ -2,9 +2,10 @@
 
 mod demo;
 
+use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use costdb::db;
 
 /// The costdb command.
@@ -15,65 +16,128 @@ use costdb::db;
     about = "Cost analytics data layer on PostgreSQL"
 )]
 struct Cli {
-    /// PostgreSQL URL, e.g. postgres://user@host:5432/db.
-    #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
+/// The database a command works on.
+#[derive(Debug, Args)]
+struct Target {
+    /// PostgreSQL URL of the database, e.g. postgres://user@host:5432/db.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Apply pending schema migrations (or list them, or undo the last one).
+    /// Apply pending schema migrations (or list them, check them, or undo the last one).
     Migrate {
-        /// List applied and pending steps; change nothing.
-        #[arg(long, conflicts_with = "revert")]
+        #[command(flatten)]
+        target: Target,
+        /// List applied, pending and unknown steps; change nothing. Exits non-zero when
+        /// the database has applied steps this build does not know.
+        #[arg(long, conflicts_with_all = ["revert", "check"])]
         status: bool,
+        /// Like --status, and also exit non-zero when any step is pending.
+        #[arg(long, conflicts_with = "revert")]
+        check: bool,
         /// Undo the newest applied step.
         #[arg(long)]
         revert: bool,
     },
     /// Record a day of worker runs and LLM calls and print the analytics over them.
     ///
-    /// Without a database URL it runs on a throwaway local PostgreSQL.
-    Demo,
+    /// Runs on a throwaway local PostgreSQL, or, with --server-url, in a new database of
+    /// its own on that server, dropped at the end. It never writes into an existing
+    /// database and does not read DATABASE_URL.
+    Demo(demo::Options),
 }
 
-fn one_line(e: impl std::fmt::Display) -> String {
-    e.to_string()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
+/// What ends the command early.
+#[derive(Debug)]
+enum Failure {
+    /// A costdb call failed.
+    Costdb(costdb::Error),
+    /// The command was used wrongly, or found something it must report as a failure.
+    Usage(String),
+    /// Writing to stdout failed: the reader went away (`costdb demo | head`) or worse.
+    Output(std::io::Error),
 }
 
-fn require_url(url: Option<String>) -> costdb::Result<String> {
-    url.filter(|u| !u.is_empty()).ok_or_else(|| {
-        costdb::Error::invalid("database_url", "set DATABASE_URL or pass --database-url")
+impl From<costdb::Error> for Failure {
+    fn from(e: costdb::Error) -> Self {
+        Failure::Costdb(e)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Output(e)
+    }
+}
+
+type Outcome = Result<(), Failure>;
+
+/// `println!` that returns write errors (a closed pipe) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    };
+}
+pub(crate) use say;
+
+fn require_url(target: Target) -> Result<String, Failure> {
+    target.database_url.filter(|u| !u.is_empty()).ok_or_else(|| {
+        Failure::Usage(
+            "no database given: pass --database-url postgres://user@host:port/db or set \
+             DATABASE_URL"
+                .into(),
+        )
     })
 }
 
-fn migrate(url: Option<String>, status: bool, revert: bool) -> costdb::Result<()> {
-    let mut conn = db::connect(&require_url(url)?)?;
-    if status {
+fn migrate(target: Target, status: bool, check: bool, revert: bool) -> Outcome {
+    let mut conn = db::connect(&require_url(target)?)?;
+    if status || check {
         let s = db::migration_status(&mut conn)?;
         for name in &s.applied {
-            println!("applied  {name}");
+            say!("applied  {name}")?;
         }
         for name in &s.pending {
-            println!("pending  {name}");
+            say!("pending  {name}")?;
         }
-        println!("{} applied, {} pending", s.applied.len(), s.pending.len());
+        for version in &s.unknown {
+            say!("unknown  {version}")?;
+        }
+        say!(
+            "{} applied, {} pending, {} unknown",
+            s.applied.len(),
+            s.pending.len(),
+            s.unknown.len()
+        )?;
+        if !s.unknown.is_empty() {
+            return Err(Failure::Usage(format!(
+                "the database has applied migrations this build does not know: {}",
+                s.unknown.join(", ")
+            )));
+        }
+        if check && !s.pending.is_empty() {
+            return Err(Failure::Usage(format!(
+                "{} migration(s) pending: run `costdb migrate`",
+                s.pending.len()
+            )));
+        }
     } else if revert {
         match db::revert_last_migration(&mut conn)? {
-            Some(name) => println!("reverted {name}"),
-            None => println!("nothing to revert"),
+            Some(name) => say!("reverted {name}")?,
+            None => say!("nothing to revert")?,
         }
     } else {
         let applied = db::run_migrations(&mut conn)?;
         for name in &applied {
-            println!("applied  {name}");
+            say!("applied  {name}")?;
         }
-        println!("{} applied, schema is up to date", applied.len());
+        say!("{} applied, schema is up to date", applied.len())?;
     }
     Ok(())
 }
@@ -81,14 +145,24 @@ fn migrate(url: Option<String>, status: bool, revert: bool) -> costdb::Result<()
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Migrate { status, revert } => migrate(cli.database_url, status, revert),
-        Command::Demo => demo::run(cli.database_url),
+        Command::Migrate {
+            target,
+            status,
+            check,
+            revert,
+        } => migrate(target, status, check, revert),
+        Command::Demo(options) => demo::run(options),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("costdb: error: {}", one_line(e));
-            ExitCode::FAILURE
+    let message = match result {
+        Ok(()) => return ExitCode::SUCCESS,
+        // Whoever read our output has gone: end quietly.
+        Err(Failure::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            return ExitCode::SUCCESS
         }
-    }
+        Err(Failure::Output(e)) => format!("cannot write the output: {e}"),
+        Err(Failure::Usage(message)) => message,
+        Err(Failure::Costdb(e)) => costdb::error::report(&e),
+    };
+    eprintln!("costdb: error: {message}");
+    ExitCode::FAILURE
 }
