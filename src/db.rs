@@ -307,8 +307,16 @@ mod tests {
                 "x",
                 "postgres://u@h/x?sslmode=disable",
             ),
-            ("postgresql://u:p%2Fw@h?a=b/c", "x", "postgresql://u:p%2Fw@h/x?a=b/c"),
-            ("postgres://[::1]:5/db#frag", "a b", "postgres://[::1]:5/a%20b#frag"),
+            (
+                "postgresql://u:p%2Fw@h?a=b/c",
+                "x",
+                "postgresql://u:p%2Fw@h/x?a=b/c",
+            ),
+            (
+                "postgres://[::1]:5/db#frag",
+                "a b",
+                "postgres://[::1]:5/a%20b#frag",
+            ),
             ("POSTGRES://h/db", "x", "POSTGRES://h/x"),
         ];
         for (url, db, want) in cases {
@@ -318,7 +326,12 @@ mod tests {
 
     #[test]
     fn a_key_value_string_is_refused() {
-        for url in ["host=h dbname=postgres", "mysql://h/db", "", "postgres://h h/x"] {
+        for url in [
+            "host=h dbname=postgres",
+            "mysql://h/db",
+            "",
+            "postgres://h h/x",
+        ] {
             assert!(url_with_database(url, "x").is_err(), "{url}");
         }
     }

@@ -54,7 +54,10 @@ fn feature_tags_are_created_once_per_tenant() {
     let now = tx_now(&mut conn);
     let mut w = CostWriteDriver::new(&mut conn);
     let tag = w
-        .create_feature_tag(&tenant, &tag_input("support.chat", "Support chat", Some("bot"), Some(5000)))
+        .create_feature_tag(
+            &tenant,
+            &tag_input("support.chat", "Support chat", Some("bot"), Some(5000)),
+        )
         .unwrap();
     assert!(tag.id.starts_with("ft_") && tag.id.len() == 19);
     assert_eq!(
@@ -89,7 +92,10 @@ fn feature_tag_updates_change_only_the_given_fields() {
     let tenant = common::tenant();
     let mut w = CostWriteDriver::new(&mut conn);
     let tag = w
-        .create_feature_tag(&tenant, &tag_input("search.rank", "Ranking", Some("desc"), Some(100)))
+        .create_feature_tag(
+            &tenant,
+            &tag_input("search.rank", "Ranking", Some("desc"), Some(100)),
+        )
         .unwrap();
     let renamed = w
         .update_feature_tag(
@@ -498,7 +504,10 @@ fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
         // One bad record refuses the whole batch.
         assert_invalid(w.record_costs(&[ok.clone(), bad]), field);
     }
-    assert_invalid(w.create_feature_tag(&tenant, &tag_input("", "x", None, None)), "tag");
+    assert_invalid(
+        w.create_feature_tag(&tenant, &tag_input("", "x", None, None)),
+        "tag",
+    );
     assert_invalid(
         w.create_feature_tag(&tenant, &tag_input("a.b", "", None, None)),
         "display_name",
@@ -589,4 +598,181 @@ fn outside_a_transaction_nothing_is_written_and_a_rollback_leaves_nothing() {
     assert!(records_of(&mut conn, &tenant).is_empty());
     let tags: i64 = common::count_for_tenant(&mut conn, "feature_tags", &tenant);
     assert_eq!(tags, 0);
+}
+
+#[test]
+fn amounts_above_the_bound_are_refused_and_the_largest_ones_still_sum() {
+    use costdb::drivers::TimeWindow;
+    use costdb::models::TimeBucket;
+    use costdb::MAX_AMOUNT_CENTS;
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let at = Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap();
+    let mut w = CostWriteDriver::new(&mut conn);
+    for cents in [f64::MAX, MAX_AMOUNT_CENTS * 1.000_000_1, f64::INFINITY] {
+        let bad = CostInput {
+            created_at: Some(at),
+            ..cost(&tenant, None, cents)
+        };
+        assert_invalid(w.record_costs(&[bad.clone()]), "cost_cents");
+        assert_invalid(w.create_cost_record(&bad), "cost_cents");
+    }
+    assert!(records_of(&mut conn, &tenant).is_empty());
+
+    // Many records at the bound: every analytics sum over them stays finite and exact.
+    let n = 50;
+    let biggest: Vec<CostInput> = (0..n)
+        .map(|_| CostInput {
+            created_at: Some(at),
+            ..cost(&tenant, None, MAX_AMOUNT_CENTS)
+        })
+        .collect();
+    CostWriteDriver::new(&mut conn)
+        .record_costs(&biggest)
+        .unwrap();
+    let window = TimeWindow::new(at, at + chrono::Duration::hours(1)).unwrap();
+    let spend = costdb::AnalyticsReadDriver::new(&mut conn)
+        .fetch_cost_spend(&tenant, window, TimeBucket::Day)
+        .unwrap();
+    assert_eq!(spend.len(), 1);
+    assert_eq!(spend[0].spend_cents, MAX_AMOUNT_CENTS * n as f64);
+    let by_model = costdb::AnalyticsReadDriver::new(&mut conn)
+        .fetch_cost_by_model(&tenant, window)
+        .unwrap();
+    assert_eq!(by_model[0].spend_cents, MAX_AMOUNT_CENTS * n as f64);
+}
+
+#[test]
+fn negative_zero_is_stored_as_zero() {
+    #[derive(QueryableByName)]
+    struct Shown {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        cents: String,
+    }
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let mut w = CostWriteDriver::new(&mut conn);
+    w.create_cost_record(&cost(&tenant, Some("single"), -0.0))
+        .unwrap();
+    w.record_costs(&[cost(&tenant, Some("bulk"), -0.0)])
+        .unwrap();
+    let shown: Vec<Shown> = diesel::sql_query(
+        "SELECT cost_cents::text AS cents FROM cost_records WHERE tenant_id = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(&tenant)
+    .load(&mut conn)
+    .unwrap();
+    let shown: Vec<&str> = shown.iter().map(|s| s.cents.as_str()).collect();
+    assert_eq!(shown, ["0", "0"]); // PostgreSQL prints a stored -0 as "-0"
+}
+
+#[test]
+fn nul_characters_and_instants_postgres_cannot_store_are_refused_before_sql() {
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let mut w = CostWriteDriver::new(&mut conn);
+    let ok = cost(&tenant, Some("r"), 1.0);
+    let nul = |s: &str| format!("{s}\0x");
+    let cases = [
+        (
+            CostInput {
+                tenant_id: nul("t"),
+                ..ok.clone()
+            },
+            "tenant_id",
+        ),
+        (
+            CostInput {
+                model: nul("m"),
+                ..ok.clone()
+            },
+            "model",
+        ),
+        (
+            CostInput {
+                user_id: Some(nul("u")),
+                ..ok.clone()
+            },
+            "user_id",
+        ),
+        (
+            CostInput {
+                request_id: Some(nul("r")),
+                ..ok.clone()
+            },
+            "request_id",
+        ),
+        (
+            CostInput {
+                created_at: Some(chrono::DateTime::<Utc>::MIN_UTC),
+                ..ok.clone()
+            },
+            "created_at",
+        ),
+    ];
+    for (bad, field) in cases {
+        assert_invalid(w.create_cost_record(&bad), field);
+        assert_invalid(w.record_costs(&[ok.clone(), bad]), field);
+    }
+    assert_invalid(
+        w.create_feature_tag(&tenant, &tag_input("a.b", "x", Some("d\0"), None)),
+        "description",
+    );
+    assert_invalid(
+        w.create_feature_tag(&tenant, &tag_input("a\0b", "x", None, None)),
+        "tag",
+    );
+    // The transaction is still usable: nothing reached PostgreSQL.
+    let first = w.create_cost_record(&ok).unwrap();
+    assert_eq!(records_of(&mut conn, &tenant), vec![first]);
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "feature_tags", &tenant),
+        0
+    );
+}
+
+#[test]
+fn bulk_calls_sharing_request_ids_in_opposite_orders_do_not_deadlock() {
+    let tenant = common::tenant();
+    let n = 3_000;
+    let forward: Vec<CostInput> = (0..n)
+        .map(|i| cost(&tenant, Some(&format!("req-{i}")), 1.0))
+        .collect();
+    let backward: Vec<CostInput> = forward.iter().rev().cloned().collect();
+    let barrier = Arc::new(Barrier::new(2));
+    let handles: Vec<_> = [forward.clone(), backward]
+        .into_iter()
+        .map(|batch| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut conn = costdb::db::connect(common::database_url()).unwrap();
+                conn.transaction(|c| {
+                    barrier.wait();
+                    let all = CostWriteDriver::new(c).record_costs(&batch)?;
+                    let ids: Vec<(String, String)> = batch
+                        .iter()
+                        .zip(all)
+                        .map(|(c, r)| (c.request_id.clone().unwrap(), r.id))
+                        .collect();
+                    Ok::<_, Error>(ids)
+                })
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let mut conn = common::conn();
+    let stored = records_of(&mut conn, &tenant);
+    assert_eq!(stored.len(), n);
+    let by_request: std::collections::HashMap<String, String> = stored
+        .into_iter()
+        .map(|r| (r.request_id.unwrap(), r.id))
+        .collect();
+    for result in results {
+        // Each call got every id back, in its own input order, equal to what is stored.
+        let ids = result.expect("no deadlock, no error");
+        assert_eq!(ids.len(), n);
+        for (request, id) in ids {
+            assert_eq!(by_request[&request], id, "{request}");
+        }
+    }
 }

@@ -32,7 +32,11 @@ fn run_cost(model: &str, input_tokens: i32, output_tokens: i32, cost_cents: f64)
     }
 }
 
-fn advisory(daily_spend_cents: i64, warn_threshold_cents: f64, budget: &BudgetSnapshot) -> CostAdvisory {
+fn advisory(
+    daily_spend_cents: i64,
+    warn_threshold_cents: f64,
+    budget: &BudgetSnapshot,
+) -> CostAdvisory {
     CostAdvisory {
         daily_spend_cents,
         warn_threshold_cents,
@@ -309,7 +313,11 @@ fn cost_records_and_advisories_of_a_run() {
     let now = tx_now(&mut conn);
     let mut svc = WorkerWriteService::new(&mut conn);
     let rec = svc
-        .insert_cost_record(&tenant, &id, &run_cost("claude-sonnet-4-20250514", 300, 700, 12.5))
+        .insert_cost_record(
+            &tenant,
+            &id,
+            &run_cost("claude-sonnet-4-20250514", 300, 700, 12.5),
+        )
         .unwrap();
     assert!(rec.id.starts_with("cr_") && rec.id.len() == 19);
     assert_eq!(rec.request_id.as_deref(), Some(id.as_str()));
@@ -323,7 +331,11 @@ fn cost_records_and_advisories_of_a_run() {
     assert_eq!(rec.created_at, now);
     // A retried call for the same run is not billed twice.
     let again = svc
-        .insert_cost_record(&tenant, &id, &run_cost("claude-sonnet-4-20250514", 300, 700, 12.5))
+        .insert_cost_record(
+            &tenant,
+            &id,
+            &run_cost("claude-sonnet-4-20250514", 300, 700, 12.5),
+        )
         .unwrap();
     assert_eq!(again.id, rec.id);
 
@@ -361,10 +373,19 @@ fn cost_records_and_advisories_of_a_run() {
         (adv.resolved, adv.breach_count, adv.detected_at),
         (false, Some(1), now)
     );
-    let zero = svc
+    // A second advisory for the same run returns the first and adds nothing.
+    let again = svc
         .insert_cost_advisory(&tenant, &id, &advisory(5, 0.0, &snapshot))
         .unwrap();
+    assert_eq!(again, adv);
+    let zero = svc
+        .insert_cost_advisory(&tenant, &run_id(), &advisory(5, 0.0, &snapshot))
+        .unwrap();
     assert_eq!(zero.deviation_pct, 0.0);
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "cost_anomalies", &tenant),
+        2
+    );
 
     let n: i64 = common::count_for_tenant(&mut conn, "cost_records", &tenant);
     assert_eq!(n, 1);
@@ -425,12 +446,12 @@ fn bad_input_is_refused_before_any_sql() {
     let ok = queued("t");
     assert_invalid(svc.upsert_worker_run(&tenant, "", &ok), "run_id");
     assert_invalid(
-        svc.upsert_worker_run(&"r".repeat(37), &tenant, &ok),
+        svc.upsert_worker_run(&tenant, &"r".repeat(37), &ok),
         "run_id",
     );
     assert_invalid(svc.upsert_worker_run(" ", &run_id(), &ok), "tenant_id");
     assert_invalid(
-        svc.upsert_worker_run(&run_id(), &"t".repeat(37), &ok),
+        svc.upsert_worker_run(&"t".repeat(37), &run_id(), &ok),
         "tenant_id",
     );
     for (data, field) in [
@@ -466,7 +487,10 @@ fn bad_input_is_refused_before_any_sql() {
         assert_invalid(svc.upsert_worker_run(&tenant, &run_id(), &data), field);
     }
     let id = run_id();
-    assert_invalid(svc.insert_cost_record(&tenant, &id, &run_cost("", 1, 1, 1.0)), "model");
+    assert_invalid(
+        svc.insert_cost_record(&tenant, &id, &run_cost("", 1, 1, 1.0)),
+        "model",
+    );
     assert_invalid(
         svc.insert_cost_record(&tenant, &id, &run_cost("m", -1, 1, 1.0)),
         "input_tokens",
@@ -495,7 +519,7 @@ fn bad_input_is_refused_before_any_sql() {
     };
     assert_invalid(
         svc.insert_cost_advisory(&tenant, &id, &advisory(1, 1.0, &snapshot)),
-        "budget_snapshot.warn_threshold_pct",
+        "budget.warn_threshold_pct",
     );
     assert_invalid(
         svc.insert_cost_advisory(&tenant, &id, &advisory(1, f64::INFINITY, &snapshot)),
@@ -505,4 +529,102 @@ fn bad_input_is_refused_before_any_sql() {
     assert_eq!(runs_of(&mut conn, &tenant), 0);
     let costs: i64 = common::count_for_tenant(&mut conn, "cost_records", &tenant);
     assert_eq!(costs, 0);
+}
+
+#[test]
+fn concurrent_advisories_for_one_run_leave_one_row() {
+    use std::sync::{Arc, Barrier};
+    let (tenant, id) = (common::tenant(), run_id());
+    let snapshot = BudgetSnapshot {
+        budget_id: "cb_1".into(),
+        daily_limit_cents: Some(100),
+        warn_threshold_pct: 80,
+        hard_limit_enabled: false,
+    };
+    let threads = 4;
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads as i64)
+        .map(|i| {
+            let (tenant, id, snapshot, barrier) = (
+                tenant.clone(),
+                id.clone(),
+                snapshot.clone(),
+                barrier.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut conn = costdb::db::connect(common::database_url()).unwrap();
+                conn.transaction(|c| {
+                    barrier.wait();
+                    WorkerWriteService::new(c).insert_cost_advisory(
+                        &tenant,
+                        &id,
+                        &advisory(90 + i, 80.0, &snapshot),
+                    )
+                })
+            })
+        })
+        .collect();
+    let returned: Vec<_> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
+    let mut conn = common::conn();
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "cost_anomalies", &tenant),
+        1
+    );
+    // Every caller was told about the one advisory that is stored.
+    assert!(returned.iter().all(|a| a == &returned[0]), "{returned:?}");
+}
+
+#[test]
+fn an_advisory_whose_deviation_would_not_be_finite_is_refused() {
+    let mut conn = common::test_conn();
+    let (tenant, id) = (common::tenant(), run_id());
+    let snapshot = BudgetSnapshot {
+        budget_id: "cb_1".into(),
+        daily_limit_cents: None,
+        warn_threshold_pct: 80,
+        hard_limit_enabled: false,
+    };
+    let mut svc = WorkerWriteService::new(&mut conn);
+    for threshold in [5e-324, f64::MIN_POSITIVE] {
+        assert_invalid(
+            svc.insert_cost_advisory(&tenant, &id, &advisory(1_000, threshold, &snapshot)),
+            "warn_threshold_cents",
+        );
+    }
+    assert_invalid(
+        svc.insert_cost_advisory(&tenant, &id, &advisory(1, 1e13, &snapshot)),
+        "warn_threshold_cents",
+    );
+    assert_invalid(
+        svc.insert_cost_advisory(&tenant, "r\0", &advisory(1, 1.0, &snapshot)),
+        "run_id",
+    );
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "cost_anomalies", &tenant),
+        0
+    );
+}
+
+#[test]
+fn nul_characters_in_run_reports_are_refused() {
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let mut svc = WorkerWriteService::new(&mut conn);
+    assert_invalid(
+        svc.upsert_worker_run(&tenant, &run_id(), &queued("a\0b")),
+        "task",
+    );
+    let data = WorkerRunData {
+        error: Some(Some("boom\0".into())),
+        ..Default::default()
+    };
+    assert_invalid(svc.upsert_worker_run(&tenant, &run_id(), &data), "error");
+    assert_invalid(
+        svc.upsert_worker_run("t\0", &run_id(), &queued("t")),
+        "tenant_id",
+    );
+    assert_eq!(runs_of(&mut conn, &tenant), 0);
 }

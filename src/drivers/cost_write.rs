@@ -312,7 +312,12 @@ impl<'c> CostWriteDriver<'c> {
         order.sort_unstable_by(|&a, &b| {
             let key = |i: usize| {
                 let c = &costs[i];
-                (c.request_id.is_none(), c.tenant_id.as_str(), c.request_id.as_deref(), i)
+                (
+                    c.request_id.is_none(),
+                    c.tenant_id.as_str(),
+                    c.request_id.as_deref(),
+                    i,
+                )
             };
             key(a).cmp(&key(b))
         });
@@ -333,7 +338,12 @@ impl<'c> CostWriteDriver<'c> {
         let text = |f: fn(&CostInput) -> &str| rows().map(f).collect::<Vec<_>>();
         let opt = |f: fn(&CostInput) -> Option<&str>| rows().map(f).collect::<Vec<_>>();
         let inserted: Vec<IdRow> = diesel::sql_query(BULK_INSERT)
-            .bind::<Array<Text>, _>(chunk.iter().map(|&i| out[i].id.as_str()).collect::<Vec<_>>())
+            .bind::<Array<Text>, _>(
+                chunk
+                    .iter()
+                    .map(|&i| out[i].id.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .bind::<Array<Text>, _>(text(|c| &c.tenant_id))
             .bind::<Array<Nullable<Text>>, _>(opt(|c| c.user_id.as_deref()))
             .bind::<Array<Nullable<Text>>, _>(opt(|c| c.feature_tag.as_deref()))
@@ -363,7 +373,10 @@ impl<'c> CostWriteDriver<'c> {
         // Only rows with a request id can conflict: look up the ids they collided with.
         let key = |i: usize| {
             let c = &costs[i];
-            (c.tenant_id.as_str(), c.request_id.as_deref().unwrap_or_default())
+            (
+                c.tenant_id.as_str(),
+                c.request_id.as_deref().unwrap_or_default(),
+            )
         };
         let (tenants, requests): (Vec<&str>, Vec<&str>) = skipped.iter().map(|&i| key(i)).unzip();
         let existing: HashMap<(String, String), String> = diesel::sql_query(EXISTING_BY_REQUEST)

@@ -303,7 +303,11 @@ impl<'c> WorkerWriteService<'c> {
             None => Ok(cost_anomalies::table
                 .filter(cost_anomalies::tenant_id.eq(tenant_id))
                 .filter(cost_anomalies::anomaly_type.eq(AnomalyType::BudgetWarning))
-                .filter(cost_anomalies::metadata.retrieve_as_text("run_id").eq(run_id))
+                .filter(
+                    cost_anomalies::metadata
+                        .retrieve_as_text("run_id")
+                        .eq(run_id),
+                )
                 .select(CostAnomaly::as_select())
                 .first(self.conn)?),
         }

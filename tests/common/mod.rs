@@ -81,10 +81,11 @@ fn sweep_stale_databases(admin_url: &str) {
     let Ok(mut conn) = db::connect(admin_url) else {
         return;
     };
-    let names: Vec<Name> =
-        diesel::sql_query("SELECT datname::text FROM pg_database WHERE datname LIKE 'costdb_test_%'")
-            .load(&mut conn)
-            .unwrap_or_default();
+    let names: Vec<Name> = diesel::sql_query(
+        "SELECT datname::text FROM pg_database WHERE datname LIKE 'costdb_test_%'",
+    )
+    .load(&mut conn)
+    .unwrap_or_default();
     let cutoff = now_secs().saturating_sub(STALE_AFTER_SECS);
     for Name { datname } in names {
         let created = datname

@@ -208,7 +208,10 @@ fn report(conn: &mut PgConnection, tenant: &str, day: TimeWindow) -> Outcome {
     say!("\ncost by hour for {tenant} (UTC):")?;
     say!(
         "  {:<6} {:>8} {:>11} {:>12}",
-        "hour", "calls", "tokens", "spend ¢"
+        "hour",
+        "calls",
+        "tokens",
+        "spend ¢"
     )?;
     for b in analytics.fetch_cost_spend(tenant, day, TimeBucket::Hour)? {
         say!(
@@ -223,7 +226,9 @@ fn report(conn: &mut PgConnection, tenant: &str, day: TimeWindow) -> Outcome {
     for m in analytics.fetch_cost_by_model(tenant, day)? {
         say!(
             "  {:<18} {:>8} calls {:>12.2} ¢",
-            m.model, m.requests, m.spend_cents
+            m.model,
+            m.requests,
+            m.spend_cents
         )?;
     }
     say!("\nby feature:")?;
@@ -231,7 +236,8 @@ fn report(conn: &mut PgConnection, tenant: &str, day: TimeWindow) -> Outcome {
         let label = f.feature_tag.as_deref().unwrap_or("(no feature tag)");
         say!(
             "  {label:<18} {:>8} calls {:>12.2} ¢",
-            f.requests, f.spend_cents
+            f.requests,
+            f.spend_cents
         )?;
     }
     Ok(())

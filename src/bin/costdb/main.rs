@@ -87,13 +87,16 @@ macro_rules! say {
 pub(crate) use say;
 
 fn require_url(target: Target) -> Result<String, Failure> {
-    target.database_url.filter(|u| !u.is_empty()).ok_or_else(|| {
-        Failure::Usage(
-            "no database given: pass --database-url postgres://user@host:port/db or set \
+    target
+        .database_url
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            Failure::Usage(
+                "no database given: pass --database-url postgres://user@host:port/db or set \
              DATABASE_URL"
-                .into(),
-        )
-    })
+                    .into(),
+            )
+        })
 }
 
 fn migrate(target: Target, status: bool, check: bool, revert: bool) -> Outcome {
