@@ -396,4 +396,17 @@ fn bad_input_is_a_typed_error() {
         "window",
     );
     assert_invalid(d.fetch_llm_usage("t", reversed, TimeBucket::Hour), "window");
+    // Instants PostgreSQL cannot store, and NUL in text, never reach it.
+    let ancient = TimeWindow {
+        from: DateTime::<Utc>::MIN_UTC,
+        to: t,
+    };
+    assert_invalid(TimeWindow::new(ancient.from, t), "window.from");
+    assert_invalid(
+        d.fetch_cost_spend("t", ancient, TimeBucket::Day),
+        "window.from",
+    );
+    assert_invalid(d.fetch_cost_by_model("t\0", window()), "tenant_id");
+    // The connection is still usable.
+    assert!(d.fetch_cost_by_model("t", window()).unwrap().is_empty());
 }

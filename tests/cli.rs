@@ -37,7 +37,7 @@ fn migrate_applies_lists_reverts_and_reapplies() {
     assert!(applied >= 7);
 
     let status = costdb(&["migrate", "--status"], Some(&url));
-    assert!(stdout(&status).contains(&format!("{applied} applied, 0 pending")));
+    assert!(stdout(&status).contains(&format!("{applied} applied, 0 pending, 0 unknown")));
 
     let revert = costdb(&["migrate", "--revert", "--database-url", &url], None);
     assert!(stdout(&revert).starts_with("reverted "), "{revert:?}");
@@ -51,7 +51,10 @@ fn migrate_applies_lists_reverts_and_reapplies() {
 #[test]
 fn bad_urls_unreachable_servers_and_failing_migrations_give_one_line_and_non_zero() {
     let err = one_error_line(&costdb(&["migrate"], None));
-    assert!(err.contains("DATABASE_URL"));
+    assert!(
+        err.contains("no database given: pass --database-url") && err.contains("DATABASE_URL"),
+        "{err}"
+    );
     one_error_line(&costdb(&["migrate"], Some("not a url")));
     let err = one_error_line(&costdb(
         &["migrate"],
@@ -71,4 +74,215 @@ fn bad_urls_unreachable_servers_and_failing_migrations_give_one_line_and_non_zer
     assert!(err.contains("migration failed"), "{err}");
     let status = costdb::db::migration_status(&mut conn).unwrap();
     assert!(status.applied.is_empty(), "{status:?}");
+}
+
+/// Databases on the server whose names start with `prefix`.
+fn databases_like(prefix: &str) -> Vec<String> {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        datname: String,
+    }
+    let mut conn = costdb::db::connect(common::admin_url()).unwrap();
+    diesel::sql_query("SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)")
+        .bind::<diesel::sql_types::Text, _>(prefix)
+        .load::<Name>(&mut conn)
+        .unwrap()
+        .into_iter()
+        .map(|n| n.datname)
+        .collect()
+}
+
+fn tables_in(url: &str) -> i64 {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = costdb::db::connect(url).unwrap();
+    diesel::sql_query("SELECT count(*) AS n FROM pg_tables WHERE schemaname = 'public'")
+        .get_result::<Count>(&mut conn)
+        .unwrap()
+        .n
+}
+
+#[test]
+fn the_demo_on_a_server_works_in_a_database_of_its_own_and_drops_it() {
+    // The URL names an existing database: the demo must not write into it.
+    let existing = common::fresh_database();
+    let before = databases_like("costdb_demo_");
+    let out = costdb(&["demo", "--database-url", &existing], None);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains("database: costdb_demo_"), "{text}");
+    assert!(text.contains("by model:"), "{text}");
+    assert_eq!(
+        tables_in(&existing),
+        0,
+        "nothing written into the given database"
+    );
+    assert_eq!(
+        databases_like("costdb_demo_"),
+        before,
+        "its own database is gone"
+    );
+
+    // --keep keeps it and prints its URL.
+    let out = costdb(&["demo", "--keep", "--database-url", &existing], None);
+    assert!(out.status.success(), "{out:?}");
+    let url = stdout(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("kept: "))
+        .expect("the kept URL")
+        .to_owned();
+    assert!(tables_in(&url) >= 16, "{url}");
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    assert!(name.starts_with("costdb_demo_"), "{name}");
+    costdb::db::drop_database(common::admin_url(), &name).unwrap();
+}
+
+#[test]
+fn the_demo_ignores_an_exported_database_url() {
+    let existing = common::fresh_database();
+    let dir = private_tmp();
+    let out = Command::new(env!("CARGO_BIN_EXE_costdb"))
+        .arg("demo")
+        .env("DATABASE_URL", &existing)
+        .env("TMPDIR", &dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout(&out).contains("starting a throwaway PostgreSQL"));
+    assert_eq!(tables_in(&existing), 0);
+    assert_cleaned_up(&dir);
+}
+
+/// A temporary directory for `TMPDIR` that the server's OS user can write to.
+fn private_tmp() -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("costdb-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    dir
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle))
+        .collect()
+}
+
+/// Waits (bounded) for the guardian to finish, then asserts it left nothing: no
+/// directory in `dir` and no server running from it.
+#[track_caller]
+fn assert_cleaned_up(dir: &std::path::Path) {
+    let needle = dir.to_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = std::fs::read_dir(dir).unwrap().count();
+        let servers = processes_mentioning(&needle);
+        if left == 0 && servers.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: {left} entries in {needle}, processes {servers:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::fs::remove_dir(dir).unwrap();
+}
+
+#[test]
+fn a_demo_killed_while_its_cluster_starts_leaves_nothing_behind() {
+    for (signal, after_ms) in [
+        (libc::SIGKILL, 0),
+        (libc::SIGKILL, 150),
+        (libc::SIGTERM, 400),
+        (libc::SIGKILL, 800),
+        (libc::SIGINT, 300),
+    ] {
+        let dir = private_tmp();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_costdb"))
+            .arg("demo")
+            .env_remove("DATABASE_URL")
+            .env("TMPDIR", &dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(after_ms));
+        // SAFETY: signals a child process this test started and has not reaped.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        child.wait().unwrap();
+        assert_cleaned_up(&dir);
+    }
+}
+
+#[test]
+fn a_closed_pipe_ends_the_demo_quietly_and_cleans_up() {
+    use std::io::BufRead;
+    let dir = private_tmp();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_costdb"))
+        .arg("demo")
+        .env_remove("DATABASE_URL")
+        .env("TMPDIR", &dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("starting a throwaway"), "{first}");
+    // Like `costdb demo | head -1`: the reader goes away after one line.
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert_cleaned_up(&dir);
+}
+
+#[test]
+fn migrate_reports_unknown_versions_and_check_fails_while_steps_are_pending() {
+    use diesel::connection::SimpleConnection;
+    let url = common::fresh_database();
+    let check = costdb(&["migrate", "--check"], Some(&url));
+    assert!(!check.status.success());
+    assert!(
+        stdout(&check).contains("0 applied, 8 pending, 0 unknown"),
+        "{check:?}"
+    );
+    assert!(String::from_utf8_lossy(&check.stderr).contains("pending"));
+
+    assert!(costdb(&["migrate"], Some(&url)).status.success());
+    let check = costdb(&["migrate", "--check"], Some(&url));
+    assert!(check.status.success(), "{check:?}");
+
+    // A newer build applied a step this one does not know.
+    let mut conn = costdb::db::connect(&url).unwrap();
+    conn.batch_execute(
+        "INSERT INTO __diesel_schema_migrations (version) VALUES ('20991231000000')",
+    )
+    .unwrap();
+    let status = costdb(&["migrate", "--status"], Some(&url));
+    assert!(
+        stdout(&status).contains("unknown  20991231000000"),
+        "{status:?}"
+    );
+    assert!(stdout(&status).contains("8 applied, 0 pending, 1 unknown"));
+    let err = one_error_line(&status);
+    assert!(err.contains("20991231000000"), "{err}");
+    // Neither applying nor reverting goes on.
+    one_error_line(&costdb(&["migrate"], Some(&url)));
+    one_error_line(&costdb(&["migrate", "--revert"], Some(&url)));
+    let s = costdb::db::migration_status(&mut conn).unwrap();
+    assert_eq!((s.applied.len(), s.unknown.len()), (8, 1));
 }

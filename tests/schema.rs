@@ -333,3 +333,28 @@ fn an_unknown_stored_value_is_a_clear_error_when_read() {
     );
     assert_eq!(report.matches("paused").count(), 1, "{report}");
 }
+
+#[test]
+fn a_pool_on_an_unreachable_server_fails_after_its_own_timeout_with_a_typed_cause() {
+    use std::error::Error as _;
+    use std::time::{Duration, Instant};
+    let started = Instant::now();
+    let err = db::pool(
+        "postgres://nobody@127.0.0.1:1/x",
+        2,
+        Duration::from_millis(300),
+    )
+    .unwrap_err();
+    // Far below r2d2's default of 30 s: the timeout given was used.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(matches!(err, costdb::Error::Pool(_)), "{err:?}");
+    assert!(err.source().is_some());
+    common::assert_invalid(
+        db::pool("postgres://h/x", 1, Duration::ZERO),
+        "connection_timeout",
+    );
+    common::assert_invalid(
+        db::pool("postgres://h/x", 0, Duration::from_secs(1)),
+        "max_size",
+    );
+}
