@@ -614,7 +614,7 @@ fn amounts_above_the_bound_are_refused_and_the_largest_ones_still_sum() {
             created_at: Some(at),
             ..cost(&tenant, None, cents)
         };
-        assert_invalid(w.record_costs(&[bad.clone()]), "cost_cents");
+        assert_invalid(w.record_costs(std::slice::from_ref(&bad)), "cost_cents");
         assert_invalid(w.create_cost_record(&bad), "cost_cents");
     }
     assert!(records_of(&mut conn, &tenant).is_empty());

@@ -27,7 +27,7 @@ pub struct Provenance {
     pub adapter_version: Option<String>,
     /// Commit of the simulator.
     pub commit_sha: Option<String>,
-    /// Canonical hash of the input, see [`crate::input_hash`].
+    /// Canonical SHA-256 hash of the input (hex), as the original computed it.
     pub input_hash: Option<String>,
     /// Hash of the output.
     pub output_hash: Option<String>,
