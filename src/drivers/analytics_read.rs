@@ -159,19 +159,21 @@ impl AnalyticsQuery {
         )
     }
 
-    // $1 tenant, $2 from, $3 to, $4 bucket unit. Buckets are truncated in UTC whatever
-    // the session's TimeZone; GROUP BY 1 keeps the bound unit in one place.
+    // $1 tenant, $2 from, $3 to, $4 bucket unit. `date_bin` counts whole hours or days
+    // from a UTC midnight, so buckets start at UTC hours and midnights whatever the
+    // session's TimeZone, and cost less than `date_trunc(unit, t, 'UTC')`, which converts
+    // every row to local time first. GROUP BY 1 keeps the bound unit in one place.
     const fn sql(self) -> &'static str {
         match self {
             AnalyticsQuery::CostMetrics => {
-                "SELECT date_trunc($4, created_at, 'UTC') AS bucket, count(*) AS requests, \
+                "SELECT date_bin(('1 ' || $4)::interval, created_at, '2000-01-01 00:00:00+00') AS bucket, count(*) AS requests, \
                         coalesce(sum(input_tokens::bigint + output_tokens), 0)::bigint AS tokens \
                  FROM cost_records \
                  WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
                  GROUP BY 1 ORDER BY 1"
             }
             AnalyticsQuery::LlmUsage => {
-                "SELECT date_trunc($4, created_at, 'UTC') AS bucket, count(*) AS requests, \
+                "SELECT date_bin(('1 ' || $4)::interval, created_at, '2000-01-01 00:00:00+00') AS bucket, count(*) AS requests, \
                         coalesce(sum(coalesce(input_tokens, 0)::bigint \
                                      + coalesce(output_tokens, 0)), 0)::bigint AS tokens \
                  FROM runs \
@@ -179,13 +181,13 @@ impl AnalyticsQuery {
                  GROUP BY 1 ORDER BY 1"
             }
             AnalyticsQuery::WorkerExecution => {
-                "SELECT date_trunc($4, created_at, 'UTC') AS bucket, count(*) AS requests \
+                "SELECT date_bin(('1 ' || $4)::interval, created_at, '2000-01-01 00:00:00+00') AS bucket, count(*) AS requests \
                  FROM aos_traces \
                  WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
                  GROUP BY 1 ORDER BY 1"
             }
             AnalyticsQuery::CostSpend => {
-                "SELECT date_trunc($4, created_at, 'UTC') AS bucket, \
+                "SELECT date_bin(('1 ' || $4)::interval, created_at, '2000-01-01 00:00:00+00') AS bucket, \
                         coalesce(sum(cost_cents), 0)::float8 AS spend_cents, \
                         count(*) AS requests, \
                         coalesce(sum(input_tokens), 0)::bigint AS input_tokens, \

@@ -4,7 +4,9 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
+use diesel::pg::Pg;
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{Array, Bool, Float8, Int4, Nullable, Text, Timestamptz};
 use diesel::upsert::{excluded, on_constraint};
 use serde::{Deserialize, Serialize};
@@ -265,19 +267,31 @@ impl<'c> CostWriteDriver<'c> {
 
     /// Records one cost and returns its row; for a `request_id` the tenant already
     /// recorded, returns the existing row and adds nothing.
+    ///
+    /// The statement has a fixed text, so it is prepared once per connection and reused.
     pub fn create_cost_record(&mut self, cost: &CostInput) -> Result<CostRecord> {
         cost.validate()?;
         require_transaction(self.conn)?;
-        let inserted = diesel::insert_into(cost_records::table)
-            .values(new_record(cost))
-            .on_conflict((cost_records::tenant_id, cost_records::request_id))
-            .filter_target(cost_records::request_id.is_not_null())
-            .do_nothing()
-            .returning(CostRecord::as_returning())
-            .get_result(self.conn)
+        let id = ids::cost_record_id();
+        let inserted = InsertOne { id: &id, cost }
+            .get_result::<DateTime<Utc>>(self.conn)
             .optional()?;
         match inserted {
-            Some(row) => Ok(row),
+            Some(created_at) => Ok(CostRecord {
+                id,
+                tenant_id: cost.tenant_id.clone(),
+                user_id: cost.user_id.clone(),
+                feature_tag: cost.feature_tag.clone(),
+                request_id: cost.request_id.clone(),
+                workflow_id: cost.workflow_id.clone(),
+                skill_id: cost.skill_id.clone(),
+                model: cost.model.clone(),
+                input_tokens: cost.input_tokens,
+                output_tokens: cost.output_tokens,
+                cost_cents: cost.cost_cents + 0.0,
+                created_at,
+                is_retry: cost.is_retry,
+            }),
             None => Ok(cost_records::table
                 .filter(cost_records::tenant_id.eq(&cost.tenant_id))
                 .filter(cost_records::request_id.eq(&cost.request_id))
@@ -445,20 +459,58 @@ impl<'c> CostWriteDriver<'c> {
     }
 }
 
-fn new_record(cost: &CostInput) -> crate::models::NewCostRecord {
-    crate::models::NewCostRecord {
-        id: ids::cost_record_id(),
-        tenant_id: cost.tenant_id.clone(),
-        user_id: cost.user_id.clone(),
-        feature_tag: cost.feature_tag.clone(),
-        request_id: cost.request_id.clone(),
-        workflow_id: cost.workflow_id.clone(),
-        skill_id: cost.skill_id.clone(),
-        model: cost.model.clone(),
-        input_tokens: cost.input_tokens,
-        output_tokens: cost.output_tokens,
-        cost_cents: cost.cost_cents + 0.0, // -0.0 becomes 0
-        created_at: cost.created_at,
-        is_retry: cost.is_retry,
+/// One cost record: `INSERT … ON CONFLICT DO NOTHING RETURNING created_at`, every column
+/// bound (none left to `DEFAULT`), so the text never changes and Diesel keeps it prepared.
+struct InsertOne<'a> {
+    id: &'a str,
+    cost: &'a CostInput,
+}
+
+/// The statement cache key of [`InsertOne`].
+struct InsertOneId;
+
+impl QueryId for InsertOne<'_> {
+    type QueryId = InsertOneId;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for InsertOne<'_> {
+    type SqlType = Timestamptz;
+}
+
+impl RunQueryDsl<PgConnection> for InsertOne<'_> {}
+
+impl QueryFragment<Pg> for InsertOne<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let c = self.cost;
+        out.push_sql(
+            "INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, \
+             workflow_id, skill_id, model, input_tokens, output_tokens, cost_cents, is_retry, \
+             created_at) VALUES (",
+        );
+        out.push_bind_param::<Text, _>(self.id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&c.tenant_id)?;
+        for text in [&c.user_id, &c.feature_tag, &c.request_id, &c.workflow_id, &c.skill_id] {
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<Text>, _>(text)?;
+        }
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&c.model)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Int4, _>(&c.input_tokens)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Int4, _>(&c.output_tokens)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Float8, _>(&c.cost_cents)?;
+        out.push_sql(" + 0, "); // -0 becomes 0
+        out.push_bind_param::<Bool, _>(&c.is_retry)?;
+        out.push_sql(", coalesce(");
+        out.push_bind_param::<Nullable<Timestamptz>, _>(&c.created_at)?;
+        out.push_sql(
+            ", now())) ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL \
+             DO NOTHING RETURNING created_at",
+        );
+        Ok(())
     }
 }
