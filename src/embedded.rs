@@ -32,13 +32,9 @@ const MISSING_BINARIES: &str =
 in $COSTDB_PG_BIN or under /usr/lib/postgresql/*/bin: install PostgreSQL 15 or newer \
 (Debian/Ubuntu: apt-get install -y postgresql) or set DATABASE_URL to a running server";
 
-/// The folder holding `initdb` and `pg_ctl`: `$COSTDB_PG_BIN`, `PATH`, then Debian's
+/// Folders that may hold PostgreSQL's programs: `$COSTDB_PG_BIN`, `PATH`, then Debian's
 /// `/usr/lib/postgresql/<major>/bin`, newest first.
-///
-/// # Errors
-/// [`Error::Embedded`] saying what to install when no folder has both.
-pub fn find_bin_dir() -> Result<PathBuf> {
-    let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+fn candidate_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Some(d) = std::env::var_os("COSTDB_PG_BIN") {
         dirs.push(d.into());
@@ -58,9 +54,28 @@ pub fn find_bin_dir() -> Result<PathBuf> {
         .collect();
     versions.sort_by_key(|v| std::cmp::Reverse(v.0));
     dirs.extend(versions.into_iter().map(|(_, p)| p));
-    dirs.into_iter()
+    dirs
+}
+
+/// The folder holding `initdb` and `pg_ctl`, searched as [`find_program`] does.
+///
+/// # Errors
+/// [`Error::Embedded`] saying what to install when no folder has both.
+pub fn find_bin_dir() -> Result<PathBuf> {
+    let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    candidate_dirs()
+        .into_iter()
         .find(|d| has_both(d))
         .ok_or_else(|| Error::embedded(MISSING_BINARIES, None))
+}
+
+/// A PostgreSQL program such as `pgbench`: in `$COSTDB_PG_BIN`, on `PATH`, or under
+/// `/usr/lib/postgresql/*/bin` (newest first).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    candidate_dirs()
+        .into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// The uid and gid to run the server as: `None` when not root.

@@ -41,6 +41,8 @@
 //! ```
 #![warn(missing_docs)]
 
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod db;
 pub mod drivers;
 pub mod embedded;

@@ -152,18 +152,22 @@ impl AnalyticsQuery {
         }
     }
 
-    const fn bucketed(self) -> bool {
+    /// Whether the statement takes the bucket unit (`$4`).
+    pub const fn bucketed(self) -> bool {
         !matches!(
             self,
             AnalyticsQuery::CostByModel | AnalyticsQuery::CostByFeature
         )
     }
 
-    // $1 tenant, $2 from, $3 to, $4 bucket unit. `date_bin` counts whole hours or days
+    /// The statement: `$1` tenant, `$2` from, `$3` to, `$4` bucket unit (`hour`/`day`)
+    /// when [`bucketed`](Self::bucketed).
+    //
+    // `date_bin` counts whole hours or days
     // from a UTC midnight, so buckets start at UTC hours and midnights whatever the
     // session's TimeZone, and cost less than `date_trunc(unit, t, 'UTC')`, which converts
     // every row to local time first. GROUP BY 1 keeps the bound unit in one place.
-    const fn sql(self) -> &'static str {
+    pub const fn sql(self) -> &'static str {
         match self {
             AnalyticsQuery::CostMetrics => {
                 "SELECT date_bin(('1 ' || $4)::interval, created_at, '2000-01-01 00:00:00+00') AS bucket, count(*) AS requests, \

@@ -491,7 +491,13 @@ impl QueryFragment<Pg> for InsertOne<'_> {
         out.push_bind_param::<Text, _>(self.id)?;
         out.push_sql(", ");
         out.push_bind_param::<Text, _>(&c.tenant_id)?;
-        for text in [&c.user_id, &c.feature_tag, &c.request_id, &c.workflow_id, &c.skill_id] {
+        for text in [
+            &c.user_id,
+            &c.feature_tag,
+            &c.request_id,
+            &c.workflow_id,
+            &c.skill_id,
+        ] {
             out.push_sql(", ");
             out.push_bind_param::<Nullable<Text>, _>(text)?;
         }

@@ -1,5 +1,6 @@
 //! `costdb`: migrations, the demo and upkeep for the costdb data layer.
 
+mod bench;
 mod demo;
 
 use std::io::Write;
@@ -51,6 +52,11 @@ enum Command {
     /// its own on that server, dropped at the end. It never writes into an existing
     /// database and does not read DATABASE_URL.
     Demo(demo::Options),
+    /// Measure costdb's write and read paths against PostgreSQL's own, in the same run.
+    ///
+    /// Every figure is a ratio to a baseline measured interleaved with it: a prepared
+    /// INSERT, binary COPY, pgbench, or the server's execution time for reads.
+    Bench(bench::Options),
 }
 
 /// What ends the command early.
@@ -155,6 +161,7 @@ fn main() -> ExitCode {
             revert,
         } => migrate(target, status, check, revert),
         Command::Demo(options) => demo::run(options),
+        Command::Bench(options) => bench::run(options),
     };
     let message = match result {
         Ok(()) => return ExitCode::SUCCESS,

@@ -1,0 +1,179 @@
+//! Benchmark workloads shared by `costdb bench` and `benches/`: each one measures a costdb
+//! path and a real PostgreSQL path for the same work, in the same run, interleaved.
+//!
+//! Figures are ratios, because the machines this runs on are shared and noisy: a write
+//! workload's ratio is baseline time ÷ costdb time (1.0 = as fast as PostgreSQL's own
+//! path), a read workload's is costdb time ÷ the server's execution time (1.0 = no client
+//! overhead).
+
+mod reads;
+mod writes;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use diesel::PgConnection;
+use serde::Serialize;
+
+use crate::error::Result;
+
+pub use reads::read_workloads;
+pub use writes::write_workloads;
+
+/// Sizes of a run: full, or everything ÷ 10 (`--quick`, used by the tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scale {
+    divisor: usize,
+}
+
+impl Scale {
+    /// The sizes the README's figures are measured at.
+    pub const FULL: Scale = Scale { divisor: 1 };
+    /// Every size ÷ 10.
+    pub const QUICK: Scale = Scale { divisor: 10 };
+
+    /// `n` at this scale (at least 1).
+    pub fn of(self, n: usize) -> usize {
+        (n / self.divisor).max(1)
+    }
+}
+
+/// What a workload runs against.
+#[allow(missing_debug_implementations)] // PgConnection has no Debug
+pub struct Ctx {
+    /// A connection to the benchmark's own database (UTC session).
+    pub conn: PgConnection,
+    /// The database's URL (for `pgbench`).
+    pub url: String,
+    /// The `pgbench` to run, when one was found.
+    pub pgbench: Option<PathBuf>,
+    /// The sizes of this run.
+    pub scale: Scale,
+}
+
+/// The figure a workload must reach.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub enum Target {
+    /// The ratio must be at least this.
+    AtLeast(f64),
+    /// The ratio must be at most this.
+    AtMost(f64),
+    /// Reported, no target.
+    Report,
+}
+
+impl Target {
+    /// Whether `ratio` meets the target (`None` when there is none).
+    pub fn met(self, ratio: f64) -> Option<bool> {
+        match self {
+            Target::AtLeast(t) => Some(ratio >= t),
+            Target::AtMost(t) => Some(ratio <= t),
+            Target::Report => None,
+        }
+    }
+
+    /// `≥ 0.90×`, `≤ 1.10×` or `-`.
+    pub fn label(self) -> String {
+        match self {
+            Target::AtLeast(t) => format!("≥ {t:.2}×"),
+            Target::AtMost(t) => format!("≤ {t:.2}×"),
+            Target::Report => "-".into(),
+        }
+    }
+}
+
+/// Which way a workload's ratio is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Baseline time ÷ costdb time: higher is better (writes).
+    Speed,
+    /// costdb time ÷ baseline time: lower is better (reads).
+    Overhead,
+}
+
+/// One workload: a costdb path and the PostgreSQL path it is compared with.
+pub trait Workload {
+    /// Short name, e.g. `per-row`.
+    fn name(&self) -> String;
+    /// What the baseline is, e.g. `prepared INSERT`.
+    fn baseline_name(&self) -> &'static str;
+    /// The figure to reach.
+    fn target(&self) -> Target;
+    /// How the ratio is computed.
+    fn direction(&self) -> Direction {
+        Direction::Speed
+    }
+    /// Runs once before the trials (data loading, warm-up).
+    fn prepare(&mut self, _ctx: &mut Ctx) -> Result<()> {
+        Ok(())
+    }
+    /// Time of one costdb trial.
+    fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration>;
+    /// Time of one baseline trial.
+    fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration>;
+}
+
+/// Every workload at `scale`: writes first, then reads (which load their data).
+pub fn all_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
+    let mut all = write_workloads(scale);
+    all.extend(read_workloads(scale));
+    all
+}
+
+/// The result of one workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    /// Workload name.
+    pub workload: String,
+    /// What the baseline is.
+    pub baseline_name: &'static str,
+    /// Median costdb time over the trials, in milliseconds.
+    pub costdb_ms: f64,
+    /// Median baseline time over the trials, in milliseconds.
+    pub baseline_ms: f64,
+    /// The ratio (see [`Direction`]).
+    pub ratio: f64,
+    /// The target.
+    pub target: Target,
+    /// Whether the target is met (`None`: no target).
+    pub met: Option<bool>,
+}
+
+/// How many trials each workload runs; the order of contender and baseline alternates.
+pub const TRIALS: usize = 3;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Runs `workload`: [`TRIALS`] trials, contender first in even trials and baseline first
+/// in odd ones; reports the medians and their ratio.
+pub fn measure(ctx: &mut Ctx, workload: &mut dyn Workload) -> Result<Figure> {
+    workload.prepare(ctx)?;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for trial in 0..TRIALS {
+        if trial % 2 == 0 {
+            ours.push(workload.contender(ctx)?);
+            theirs.push(workload.baseline(ctx)?);
+        } else {
+            theirs.push(workload.baseline(ctx)?);
+            ours.push(workload.contender(ctx)?);
+        }
+    }
+    let (a, b) = (median(ours), median(theirs));
+    let ratio = match workload.direction() {
+        Direction::Speed => b.as_secs_f64() / a.as_secs_f64(),
+        Direction::Overhead => a.as_secs_f64() / b.as_secs_f64(),
+    };
+    let target = workload.target();
+    Ok(Figure {
+        workload: workload.name(),
+        baseline_name: workload.baseline_name(),
+        costdb_ms: a.as_secs_f64() * 1e3,
+        baseline_ms: b.as_secs_f64() * 1e3,
+        ratio,
+        target,
+        met: target.met(ratio),
+    })
+}

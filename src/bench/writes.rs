@@ -1,0 +1,360 @@
+//! Write workloads: per-row inserts, bulk ingestion, one record per transaction.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
+use diesel::prelude::*;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::sql_types::{Bool, Float8, Int4, Nullable, Text, Timestamptz};
+
+use super::{Ctx, Scale, Target, Workload};
+use crate::drivers::{CostInput, CostWriteDriver, RunCost, WorkerWriteService};
+use crate::error::{Error, Result};
+use crate::models::ids;
+use crate::schema::cost_records;
+
+/// Distinguishes the rows of every trial in a process, so committed rows never collide.
+static BATCH: AtomicU64 = AtomicU64::new(0);
+
+/// `n` LLM calls for 100 tenants, with unique request ids, over the last `n` seconds.
+pub fn cost_inputs(n: usize) -> Vec<CostInput> {
+    let batch = BATCH.fetch_add(1, Ordering::Relaxed);
+    let start = Utc::now() - chrono::Duration::seconds(n as i64);
+    (0..n)
+        .map(|i| CostInput {
+            tenant_id: format!("bench-tenant-{:03}", i % 100),
+            user_id: Some(format!("user-{}", i % 50)),
+            feature_tag: Some(format!("feature.{}", i % 10)),
+            request_id: Some(format!("req-{batch}-{i}")),
+            workflow_id: Some("wf".into()),
+            skill_id: Some("llm_invoke".into()),
+            model: ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4"][i % 3].into(),
+            input_tokens: 500 + (i % 1000) as i32,
+            output_tokens: 200,
+            cost_cents: 0.37 * (i % 100) as f64,
+            is_retry: i % 20 == 0,
+            created_at: Some(start + chrono::Duration::seconds(i as i64)),
+        })
+        .collect()
+}
+
+/// Runs `work` in a transaction that is rolled back, and returns how long it all took.
+fn rolled_back(
+    conn: &mut PgConnection,
+    work: impl FnOnce(&mut PgConnection) -> Result<()>,
+) -> Result<Duration> {
+    let started = Instant::now();
+    let mut outcome = Ok(());
+    let _ = conn.transaction::<(), Error, _>(|c| {
+        outcome = work(c);
+        Err(Error::Database(diesel::result::Error::RollbackTransaction))
+    });
+    outcome.map(|()| started.elapsed())
+}
+
+/// The baseline of the per-row workloads: a plain `INSERT … VALUES ($1 … $13)` with a
+/// fixed text, so it is prepared once and executed once per row.
+struct PlainInsert<'a> {
+    id: &'a str,
+    cost: &'a CostInput,
+    created_at: DateTime<Utc>,
+}
+
+struct PlainInsertId;
+
+impl QueryId for PlainInsert<'_> {
+    type QueryId = PlainInsertId;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl RunQueryDsl<PgConnection> for PlainInsert<'_> {}
+
+impl QueryFragment<Pg> for PlainInsert<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let c = self.cost;
+        out.push_sql(
+            "INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, \
+             workflow_id, skill_id, model, input_tokens, output_tokens, cost_cents, is_retry, \
+             created_at) VALUES (",
+        );
+        out.push_bind_param::<Text, _>(self.id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&c.tenant_id)?;
+        for text in [
+            &c.user_id,
+            &c.feature_tag,
+            &c.request_id,
+            &c.workflow_id,
+            &c.skill_id,
+        ] {
+            out.push_sql(", ");
+            out.push_bind_param::<Nullable<Text>, _>(text)?;
+        }
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(&c.model)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Int4, _>(&c.input_tokens)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Int4, _>(&c.output_tokens)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Float8, _>(&c.cost_cents)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Bool, _>(&c.is_retry)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Timestamptz, _>(&self.created_at)?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+fn plain_inserts(conn: &mut PgConnection, rows: &[CostInput]) -> Result<()> {
+    for cost in rows {
+        let id = ids::cost_record_id();
+        let created_at = cost.created_at.unwrap_or_else(Utc::now);
+        PlainInsert {
+            id: &id,
+            cost,
+            created_at,
+        }
+        .execute(conn)?;
+    }
+    Ok(())
+}
+
+/// A row for binary COPY.
+#[derive(Insertable)]
+#[diesel(table_name = cost_records, treat_none_as_default_value = false)]
+struct CopyRow<'a> {
+    id: String,
+    tenant_id: &'a str,
+    user_id: Option<&'a str>,
+    feature_tag: Option<&'a str>,
+    request_id: Option<&'a str>,
+    workflow_id: Option<&'a str>,
+    skill_id: Option<&'a str>,
+    model: &'a str,
+    input_tokens: i32,
+    output_tokens: i32,
+    cost_cents: f64,
+    is_retry: bool,
+    created_at: DateTime<Utc>,
+}
+
+fn copy_rows(rows: &[CostInput]) -> Vec<CopyRow<'_>> {
+    rows.iter()
+        .map(|c| CopyRow {
+            id: ids::cost_record_id(),
+            tenant_id: &c.tenant_id,
+            user_id: c.user_id.as_deref(),
+            feature_tag: c.feature_tag.as_deref(),
+            request_id: c.request_id.as_deref(),
+            workflow_id: c.workflow_id.as_deref(),
+            skill_id: c.skill_id.as_deref(),
+            model: &c.model,
+            input_tokens: c.input_tokens,
+            output_tokens: c.output_tokens,
+            cost_cents: c.cost_cents,
+            is_retry: c.is_retry,
+            created_at: c.created_at.unwrap_or_else(Utc::now),
+        })
+        .collect()
+}
+
+/// Binary `COPY … FROM STDIN` of `rows` (ids made in Rust, as `record_costs` does).
+pub fn copy_in(conn: &mut PgConnection, rows: &[CostInput]) -> Result<usize> {
+    Ok(diesel::copy_from(cost_records::table)
+        .from_insertable(copy_rows(rows))
+        .execute(conn)?)
+}
+
+/// `per-row`: one call per record in one transaction, against the prepared INSERT.
+struct PerRow {
+    rows: usize,
+    worker: bool,
+}
+
+impl Workload for PerRow {
+    fn name(&self) -> String {
+        if self.worker {
+            format!(
+                "per-row {}: WorkerWriteService::insert_cost_record",
+                self.rows
+            )
+        } else {
+            format!("per-row {}: create_cost_record", self.rows)
+        }
+    }
+    fn baseline_name(&self) -> &'static str {
+        "prepared INSERT"
+    }
+    fn target(&self) -> Target {
+        Target::AtLeast(0.9)
+    }
+    fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        let rows = cost_inputs(self.rows);
+        let worker = self.worker;
+        rolled_back(&mut ctx.conn, |c| {
+            for cost in &rows {
+                if worker {
+                    let run = RunCost {
+                        model: cost.model.clone(),
+                        input_tokens: cost.input_tokens,
+                        output_tokens: cost.output_tokens,
+                        cost_cents: cost.cost_cents,
+                    };
+                    let run_id = cost.request_id.as_deref().unwrap_or_default();
+                    WorkerWriteService::new(c).insert_cost_record(&cost.tenant_id, run_id, &run)?;
+                } else {
+                    CostWriteDriver::new(c).create_cost_record(cost)?;
+                }
+            }
+            Ok(())
+        })
+    }
+    fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        let rows = cost_inputs(self.rows);
+        rolled_back(&mut ctx.conn, |c| plain_inserts(c, &rows))
+    }
+}
+
+/// `bulk`: `record_costs` in batches against binary COPY of the same rows.
+struct Bulk {
+    rows: usize,
+    batch: usize,
+}
+
+impl Workload for Bulk {
+    fn name(&self) -> String {
+        format!("bulk {}: record_costs × {}", self.rows, self.batch)
+    }
+    fn baseline_name(&self) -> &'static str {
+        "binary COPY"
+    }
+    fn target(&self) -> Target {
+        Target::AtLeast(0.8)
+    }
+    fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        let rows = cost_inputs(self.rows);
+        let batch = self.batch;
+        rolled_back(&mut ctx.conn, |c| {
+            for chunk in rows.chunks(batch) {
+                CostWriteDriver::new(c).record_costs(chunk)?;
+            }
+            Ok(())
+        })
+    }
+    fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        let rows = cost_inputs(self.rows);
+        rolled_back(&mut ctx.conn, |c| copy_in(c, &rows).map(drop))
+    }
+}
+
+/// `one per transaction`: each record committed on its own, against pgbench.
+struct OnePerTransaction {
+    rows: usize,
+}
+
+const PGBENCH_SCRIPT: &str = "\
+INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, workflow_id, \
+skill_id, model, input_tokens, output_tokens, cost_cents, is_retry, created_at) \
+VALUES ('cr_' || substr(md5(random()::text), 1, 16), 'bench-tenant-007', NULL, NULL, \
+gen_random_uuid()::text, 'business-builder', 'llm_invoke', 'gpt-4o', 500, 200, 1.5, false, \
+now());\n";
+
+impl Workload for OnePerTransaction {
+    fn name(&self) -> String {
+        format!("one per transaction {}: insert_cost_record", self.rows)
+    }
+    fn baseline_name(&self) -> &'static str {
+        "pgbench INSERT, 1 client"
+    }
+    fn target(&self) -> Target {
+        Target::Report
+    }
+    fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        let rows = cost_inputs(self.rows);
+        let started = Instant::now();
+        for cost in &rows {
+            let run = RunCost {
+                model: cost.model.clone(),
+                input_tokens: cost.input_tokens,
+                output_tokens: cost.output_tokens,
+                cost_cents: cost.cost_cents,
+            };
+            let run_id = cost.request_id.as_deref().unwrap_or_default();
+            ctx.conn.transaction(|c| {
+                WorkerWriteService::new(c).insert_cost_record(&cost.tenant_id, run_id, &run)
+            })?;
+        }
+        Ok(started.elapsed())
+    }
+    fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        let bin = ctx.pgbench.clone().ok_or_else(|| {
+            Error::embedded(
+                "pgbench was not found: install PostgreSQL's client programs \
+                 (Debian: postgresql-client) or set COSTDB_PG_BIN",
+                None,
+            )
+        })?;
+        let script = std::env::temp_dir().join(format!(
+            "costdb-bench-{}-{}.sql",
+            std::process::id(),
+            BATCH.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&script, PGBENCH_SCRIPT)
+            .map_err(|e| Error::embedded("cannot write the pgbench script", Some(e)))?;
+        let out = std::process::Command::new(bin)
+            .args(["-n", "-M", "prepared", "-c", "1", "-t"])
+            .arg(self.rows.to_string())
+            .arg("-f")
+            .arg(&script)
+            .arg(&ctx.url)
+            .output();
+        let _ = std::fs::remove_file(&script);
+        let out = out.map_err(|e| Error::embedded("cannot run pgbench", Some(e)))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let tps = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tps = "))
+            .and_then(|l| l.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|_| out.status.success())
+            .ok_or_else(|| {
+                Error::embedded(
+                    format!(
+                        "pgbench failed: {}{}",
+                        text,
+                        String::from_utf8_lossy(&out.stderr)
+                    ),
+                    None,
+                )
+            })?;
+        Ok(Duration::from_secs_f64(self.rows as f64 / tps))
+    }
+}
+
+/// The write workloads at `scale`.
+pub fn write_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
+    let rows = scale.of(10_000);
+    vec![
+        Box::new(PerRow {
+            rows,
+            worker: false,
+        }),
+        Box::new(PerRow { rows, worker: true }),
+        Box::new(Bulk {
+            rows,
+            batch: scale.of(1_000),
+        }),
+        Box::new(Bulk { rows, batch: rows }),
+        Box::new(Bulk {
+            rows: scale.of(200_000),
+            batch: scale.of(200_000),
+        }),
+        Box::new(OnePerTransaction {
+            rows: scale.of(1_000),
+        }),
+    ]
+}
