@@ -776,3 +776,95 @@ fn bulk_calls_sharing_request_ids_in_opposite_orders_do_not_deadlock() {
         }
     }
 }
+
+#[test]
+fn a_batch_that_meets_stored_requests_keeps_the_callers_earlier_work() {
+    let tenant = common::tenant();
+    let mut conn = common::conn();
+    let stored = conn
+        .transaction(|c| CostWriteDriver::new(c).record_costs(&[cost(&tenant, Some("old"), 1.0)]))
+        .unwrap();
+    let (earlier, batch) = conn
+        .transaction(|c| {
+            let mut w = CostWriteDriver::new(c);
+            // Work the caller did before, in the same transaction.
+            let earlier = w.create_cost_record(&cost(&tenant, Some("before"), 2.0))?;
+            // New requests, one stored one, and records stamped with the transaction's now().
+            let batch = w.record_costs(&[
+                cost(&tenant, Some("new-1"), 3.0),
+                cost(&tenant, Some("old"), 9.0),
+                cost(&tenant, None, 4.0),
+                cost(&tenant, Some("new-2"), 5.0),
+            ])?;
+            Ok::<_, Error>((earlier, batch))
+        })
+        .unwrap();
+    let flags: Vec<bool> = batch.iter().map(|r| r.inserted).collect();
+    assert_eq!(flags, [true, false, true, true]);
+    assert_eq!(batch[1].id, stored[0].id);
+    let rows = records_of(&mut conn, &tenant);
+    assert_eq!(rows.len(), 5);
+    assert!(rows.iter().any(|r| r.id == earlier.id));
+    let by_id = |id: &str| rows.iter().find(|r| r.id == id).unwrap().clone();
+    assert_eq!(by_id(&batch[0].id).cost_cents, 3.0);
+    assert_eq!(
+        by_id(&batch[1].id).cost_cents,
+        1.0,
+        "the stored record is unchanged"
+    );
+    assert_eq!(
+        by_id(&batch[2].id).created_at,
+        earlier.created_at,
+        "same transaction now()"
+    );
+}
+
+#[test]
+fn a_batch_of_new_requests_goes_in_whole_with_every_field() {
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let at = Utc.with_ymd_and_hms(2026, 5, 4, 3, 2, 1).unwrap();
+    let full = CostInput {
+        tenant_id: tenant.clone(),
+        user_id: Some("u".into()),
+        feature_tag: Some("f.g".into()),
+        request_id: Some("r-1".into()),
+        workflow_id: Some("wf".into()),
+        skill_id: Some("sk".into()),
+        model: "m".into(),
+        input_tokens: 7,
+        output_tokens: 8,
+        cost_cents: 0.125,
+        is_retry: true,
+        created_at: Some(at),
+    };
+    let now = tx_now(&mut conn);
+    let out = CostWriteDriver::new(&mut conn)
+        .record_costs(&[full.clone(), cost(&tenant, Some("r-0"), 1.0)])
+        .unwrap();
+    assert!(out.iter().all(|r| r.inserted));
+    let rows = records_of(&mut conn, &tenant);
+    let first = rows.iter().find(|r| r.id == out[0].id).unwrap();
+    assert_eq!(
+        (
+            first.user_id.as_deref(),
+            first.feature_tag.as_deref(),
+            first.request_id.as_deref(),
+            first.workflow_id.as_deref(),
+            first.skill_id.as_deref(),
+        ),
+        (Some("u"), Some("f.g"), Some("r-1"), Some("wf"), Some("sk"))
+    );
+    assert_eq!(
+        (
+            first.input_tokens,
+            first.output_tokens,
+            first.cost_cents,
+            first.is_retry
+        ),
+        (7, 8, 0.125, true)
+    );
+    assert_eq!(first.created_at, at);
+    let second = rows.iter().find(|r| r.id == out[1].id).unwrap();
+    assert_eq!(second.created_at, now);
+}

@@ -10,6 +10,7 @@ use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::{Bool, Float8, Int4, Nullable, Text, Timestamptz};
 
 use super::{Ctx, Scale, Target, Workload};
+use crate::drivers::cost_write::copy_row;
 use crate::drivers::{CostInput, CostWriteDriver, RunCost, WorkerWriteService};
 use crate::error::{Error, Result};
 use crate::models::ids;
@@ -123,49 +124,17 @@ fn plain_inserts(conn: &mut PgConnection, rows: &[CostInput]) -> Result<()> {
     Ok(())
 }
 
-/// A row for binary COPY.
-#[derive(Insertable)]
-#[diesel(table_name = cost_records, treat_none_as_default_value = false)]
-struct CopyRow<'a> {
-    id: String,
-    tenant_id: &'a str,
-    user_id: Option<&'a str>,
-    feature_tag: Option<&'a str>,
-    request_id: Option<&'a str>,
-    workflow_id: Option<&'a str>,
-    skill_id: Option<&'a str>,
-    model: &'a str,
-    input_tokens: i32,
-    output_tokens: i32,
-    cost_cents: f64,
-    is_retry: bool,
-    created_at: DateTime<Utc>,
-}
-
-fn copy_rows(rows: &[CostInput]) -> Vec<CopyRow<'_>> {
-    rows.iter()
-        .map(|c| CopyRow {
-            id: ids::cost_record_id(),
-            tenant_id: &c.tenant_id,
-            user_id: c.user_id.as_deref(),
-            feature_tag: c.feature_tag.as_deref(),
-            request_id: c.request_id.as_deref(),
-            workflow_id: c.workflow_id.as_deref(),
-            skill_id: c.skill_id.as_deref(),
-            model: &c.model,
-            input_tokens: c.input_tokens,
-            output_tokens: c.output_tokens,
-            cost_cents: c.cost_cents,
-            is_retry: c.is_retry,
-            created_at: c.created_at.unwrap_or_else(Utc::now),
-        })
-        .collect()
-}
-
-/// Binary `COPY … FROM STDIN` of `rows` (ids made in Rust, as `record_costs` does).
+/// Binary `COPY … FROM STDIN` of `rows`, with ids made in Rust as the driver makes them.
 pub fn copy_in(conn: &mut PgConnection, rows: &[CostInput]) -> Result<usize> {
+    let ids: Vec<String> = rows.iter().map(|_| ids::cost_record_id()).collect();
+    let now = Utc::now();
+    let copy: Vec<_> = rows
+        .iter()
+        .zip(&ids)
+        .map(|(c, id)| copy_row(id, c, now))
+        .collect();
     Ok(diesel::copy_from(cost_records::table)
-        .from_insertable(copy_rows(rows))
+        .from_insertable(copy)
         .execute(conn)?)
 }
 

@@ -6,6 +6,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz};
 use serde::Serialize;
 
+use super::prepared::{Param, Prepared};
 use crate::error::{Error, Result};
 use crate::models::TimeBucket;
 use crate::validate;
@@ -238,10 +239,10 @@ impl<'c> AnalyticsReadDriver<'c> {
         AnalyticsReadDriver { conn }
     }
 
+    /// Runs `query` as a prepared statement (parsed once per connection).
     fn load<T>(
         &mut self,
         query: AnalyticsQuery,
-        prefix: &str,
         tenant_id: &str,
         window: TimeWindow,
         bucket: TimeBucket,
@@ -251,16 +252,18 @@ impl<'c> AnalyticsReadDriver<'c> {
     {
         validate::required("tenant_id", tenant_id, 64)?;
         TimeWindow::new(window.from, window.to)?;
-        let sql = format!("{prefix}{}", query.sql());
-        let base = diesel::sql_query(sql)
-            .bind::<Text, _>(tenant_id)
-            .bind::<Timestamptz, _>(window.from)
-            .bind::<Timestamptz, _>(window.to);
-        Ok(if query.bucketed() {
-            base.bind::<Text, _>(bucket).load(self.conn)?
-        } else {
-            base.load(self.conn)?
-        })
+        let params = [
+            Param::Text(tenant_id),
+            Param::Instant(&window.from),
+            Param::Instant(&window.to),
+            Param::Text(bucket.as_str()),
+        ];
+        let used = if query.bucketed() { 4 } else { 3 };
+        Ok(Prepared {
+            sql: query.sql(),
+            params: &params[..used],
+        }
+        .load(self.conn)?)
     }
 
     /// Requests and tokens per bucket from `cost_records`.
@@ -270,7 +273,7 @@ impl<'c> AnalyticsReadDriver<'c> {
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<UsageBucket>> {
-        self.load(AnalyticsQuery::CostMetrics, "", tenant_id, window, bucket)
+        self.load(AnalyticsQuery::CostMetrics, tenant_id, window, bucket)
     }
 
     /// Runs and their LLM tokens (input + output) per bucket from `runs`.
@@ -280,7 +283,7 @@ impl<'c> AnalyticsReadDriver<'c> {
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<UsageBucket>> {
-        self.load(AnalyticsQuery::LlmUsage, "", tenant_id, window, bucket)
+        self.load(AnalyticsQuery::LlmUsage, tenant_id, window, bucket)
     }
 
     /// Worker executions per bucket from `aos_traces`.
@@ -290,13 +293,7 @@ impl<'c> AnalyticsReadDriver<'c> {
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<CountBucket>> {
-        self.load(
-            AnalyticsQuery::WorkerExecution,
-            "",
-            tenant_id,
-            window,
-            bucket,
-        )
+        self.load(AnalyticsQuery::WorkerExecution, tenant_id, window, bucket)
     }
 
     /// Spend, requests and tokens per bucket from `cost_records`.
@@ -306,7 +303,7 @@ impl<'c> AnalyticsReadDriver<'c> {
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<SpendBucket>> {
-        self.load(AnalyticsQuery::CostSpend, "", tenant_id, window, bucket)
+        self.load(AnalyticsQuery::CostSpend, tenant_id, window, bucket)
     }
 
     /// Spend per model over the window, largest first (ties by model name).
@@ -317,7 +314,6 @@ impl<'c> AnalyticsReadDriver<'c> {
     ) -> Result<Vec<ModelSpend>> {
         self.load(
             AnalyticsQuery::CostByModel,
-            "",
             tenant_id,
             window,
             TimeBucket::Day,
@@ -332,7 +328,6 @@ impl<'c> AnalyticsReadDriver<'c> {
     ) -> Result<Vec<FeatureSpend>> {
         self.load(
             AnalyticsQuery::CostByFeature,
-            "",
             tenant_id,
             window,
             TimeBucket::Day,
@@ -348,7 +343,17 @@ impl<'c> AnalyticsReadDriver<'c> {
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<String>> {
-        let lines: Vec<PlanLine> = self.load(query, "EXPLAIN ", tenant_id, window, bucket)?;
+        validate::required("tenant_id", tenant_id, 64)?;
+        TimeWindow::new(window.from, window.to)?;
+        let base = diesel::sql_query(format!("EXPLAIN {}", query.sql()))
+            .bind::<Text, _>(tenant_id)
+            .bind::<Timestamptz, _>(window.from)
+            .bind::<Timestamptz, _>(window.to);
+        let lines: Vec<PlanLine> = if query.bucketed() {
+            base.bind::<Text, _>(bucket).load(self.conn)?
+        } else {
+            base.load(self.conn)?
+        };
         Ok(lines.into_iter().map(|l| l.line).collect())
     }
 }

@@ -300,16 +300,18 @@ impl<'c> CostWriteDriver<'c> {
         }
     }
 
-    /// Records many costs and returns their ids in input order, in one statement per
-    /// [`BULK_CHUNK`] rows (and one more per chunk where `request_id`s repeat).
+    /// Records many costs and returns their ids in input order.
     ///
     /// All inputs are validated before any SQL: one bad input refuses the whole batch.
     /// A `request_id` repeated within the batch, or already recorded for the tenant,
     /// yields the first record's id with `inserted: false`.
     ///
-    /// Rows are written in one global order (tenant, request id), whatever the input order,
-    /// so concurrent calls that share request ids wait for each other instead of
-    /// deadlocking.
+    /// When no request id repeats within the batch, the rows go in by binary `COPY`, inside
+    /// one savepoint of the caller's transaction; should one of them already be recorded,
+    /// the savepoint is rolled back and the batch goes in by `INSERT … ON CONFLICT DO
+    /// NOTHING`, [`BULK_CHUNK`] rows per statement. Either way rows are written in one
+    /// global order (tenant, request id), whatever the input order, so concurrent calls
+    /// that share request ids wait for each other instead of deadlocking.
     pub fn record_costs(&mut self, costs: &[CostInput]) -> Result<Vec<RecordedCost>> {
         for cost in costs {
             cost.validate()?;
@@ -319,26 +321,58 @@ impl<'c> CostWriteDriver<'c> {
             .iter()
             .map(|_| RecordedCost {
                 id: ids::cost_record_id(),
-                inserted: false,
+                inserted: true,
             })
             .collect();
+        let key = |i: usize| {
+            let c = &costs[i];
+            (
+                c.request_id.is_none(),
+                c.tenant_id.as_str(),
+                c.request_id.as_deref(),
+            )
+        };
         let mut order: Vec<usize> = (0..costs.len()).collect();
-        order.sort_unstable_by(|&a, &b| {
-            let key = |i: usize| {
-                let c = &costs[i];
-                (
-                    c.request_id.is_none(),
-                    c.tenant_id.as_str(),
-                    c.request_id.as_deref(),
-                    i,
-                )
-            };
-            key(a).cmp(&key(b))
-        });
+        order.sort_unstable_by(|&a, &b| key(a).cmp(&key(b)).then(a.cmp(&b)));
+        let repeats = order
+            .windows(2)
+            .any(|w| key(w[0]).2.is_some() && key(w[0]) == key(w[1]));
+        if !repeats {
+            match self.copy_in_order(costs, &order, &out) {
+                Ok(()) => return Ok(out),
+                Err(e) if is_request_conflict(&e) => {} // some were recorded before
+                Err(e) => return Err(e),
+            }
+        }
         for chunk in order.chunks(BULK_CHUNK) {
             self.insert_chunk(costs, chunk, &mut out)?;
         }
         Ok(out)
+    }
+
+    /// Copies `costs` in `order` with binary COPY, all or nothing (one savepoint).
+    fn copy_in_order(
+        &mut self,
+        costs: &[CostInput],
+        order: &[usize],
+        out: &[RecordedCost],
+    ) -> Result<()> {
+        let default_at = if costs.iter().any(|c| c.created_at.is_none()) {
+            transaction_now(self.conn)?
+        } else {
+            DateTime::<Utc>::MIN_UTC // unused
+        };
+        self.conn.transaction(|c| {
+            for chunk in order.chunks(BULK_CHUNK) {
+                let rows = chunk
+                    .iter()
+                    .map(|&i| copy_row(&out[i].id, &costs[i], default_at));
+                diesel::copy_from(cost_records::table)
+                    .from_insertable(rows.collect::<Vec<_>>())
+                    .execute(c)?;
+            }
+            Ok(())
+        })
     }
 
     /// Inserts `costs[i]` for each `i` of `chunk`, in that order, and fills in `out[i]`.
@@ -456,6 +490,61 @@ impl<'c> CostWriteDriver<'c> {
             ))
             .returning(CostBudget::as_returning())
             .get_result(self.conn)?)
+    }
+}
+
+/// Whether `e` is a unique violation of the per-tenant request id.
+fn is_request_conflict(e: &Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+    matches!(e, Error::Database(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
+        if info.constraint_name() == Some("uq_cost_records_tenant_request"))
+}
+
+/// The current transaction's `now()`, for rows that take it as `created_at`.
+fn transaction_now(conn: &mut PgConnection) -> Result<DateTime<Utc>> {
+    Ok(diesel::select(diesel::dsl::sql::<Timestamptz>("now()")).get_result(conn)?)
+}
+
+/// A cost record as binary COPY sends it: every column given.
+#[derive(Insertable)]
+#[diesel(table_name = cost_records, treat_none_as_default_value = false)]
+pub(crate) struct CopyRow<'a> {
+    id: &'a str,
+    tenant_id: &'a str,
+    user_id: Option<&'a str>,
+    feature_tag: Option<&'a str>,
+    request_id: Option<&'a str>,
+    workflow_id: Option<&'a str>,
+    skill_id: Option<&'a str>,
+    model: &'a str,
+    input_tokens: i32,
+    output_tokens: i32,
+    cost_cents: f64,
+    is_retry: bool,
+    created_at: DateTime<Utc>,
+}
+
+/// `cost` as a COPY row with the given id; `default_at` stands in for a missing
+/// `created_at`.
+pub(crate) fn copy_row<'a>(
+    id: &'a str,
+    cost: &'a CostInput,
+    default_at: DateTime<Utc>,
+) -> CopyRow<'a> {
+    CopyRow {
+        id,
+        tenant_id: &cost.tenant_id,
+        user_id: cost.user_id.as_deref(),
+        feature_tag: cost.feature_tag.as_deref(),
+        request_id: cost.request_id.as_deref(),
+        workflow_id: cost.workflow_id.as_deref(),
+        skill_id: cost.skill_id.as_deref(),
+        model: &cost.model,
+        input_tokens: cost.input_tokens,
+        output_tokens: cost.output_tokens,
+        cost_cents: cost.cost_cents + 0.0, // -0.0 becomes 0
+        is_retry: cost.is_retry,
+        created_at: cost.created_at.unwrap_or(default_at),
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub mod analytics_read;
 pub mod cost_write;
+mod prepared;
 pub mod worker_write;
 
 pub use analytics_read::{

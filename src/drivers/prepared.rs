@@ -1,0 +1,63 @@
+//! Fixed SQL text with typed parameters, kept prepared by Diesel's statement cache.
+//!
+//! `diesel::sql_query` sends its text unprepared every time, so PostgreSQL parses and
+//! plans it on every call. A [`Prepared`] statement is prepared once per connection and
+//! then only executed; the text is a constant, never built from input.
+
+use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{Text, Timestamptz, Untyped};
+use diesel::{PgConnection, QueryResult, RunQueryDsl};
+
+/// One parameter value.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Param<'a> {
+    Text(&'a str),
+    Instant(&'a DateTime<Utc>),
+}
+
+/// `sql` with `$1`, `$2`… standing for `params[0]`, `params[1]`…; results are read by
+/// column name, as from `sql_query`.
+#[derive(Debug)]
+pub(crate) struct Prepared<'a> {
+    pub(crate) sql: &'static str,
+    pub(crate) params: &'a [Param<'a>],
+}
+
+impl QueryId for Prepared<'_> {
+    type QueryId = ();
+    // Cached by its SQL text, which is a constant.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for Prepared<'_> {
+    type SqlType = Untyped;
+}
+
+impl RunQueryDsl<PgConnection> for Prepared<'_> {}
+
+impl QueryFragment<Pg> for Prepared<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let mut rest = self.sql;
+        while let Some(at) = rest.find('$') {
+            out.push_sql(&rest[..at]);
+            let digits = rest[at + 1..]
+                .find(|c: char| !c.is_ascii_digit())
+                .map_or(rest.len() - at - 1, |n| n);
+            let n: usize = rest[at + 1..at + 1 + digits].parse().map_err(|_| {
+                diesel::result::Error::QueryBuilderError("a `$` without a number".into())
+            })?;
+            let param = self.params.get(n.wrapping_sub(1)).ok_or_else(|| {
+                diesel::result::Error::QueryBuilderError(format!("no parameter ${n}").into())
+            })?;
+            match param {
+                Param::Text(v) => out.push_bind_param::<Text, _>(*v)?,
+                Param::Instant(v) => out.push_bind_param::<Timestamptz, _>(*v)?,
+            }
+            rest = &rest[at + 1 + digits..];
+        }
+        out.push_sql(rest);
+        Ok(())
+    }
+}
