@@ -286,3 +286,63 @@ fn migrate_reports_unknown_versions_and_check_fails_while_steps_are_pending() {
     let s = costdb::db::migration_status(&mut conn).unwrap();
     assert_eq!((s.applied.len(), s.unknown.len()), (8, 1));
 }
+
+#[test]
+fn the_quick_benchmark_measures_every_workload_in_a_database_of_its_own() {
+    let json = std::env::temp_dir().join(format!("costdb-bench-{}.json", uuid::Uuid::new_v4()));
+    let before = databases_like("costdb_bench_");
+    let out = costdb(
+        &[
+            "bench",
+            "--quick",
+            "--database-url",
+            common::admin_url(),
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let table = stdout(&out);
+    assert!(
+        table.contains("| workload | costdb | baseline | ratio | target | met? |"),
+        "{table}"
+    );
+    let figures: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    std::fs::remove_file(&json).unwrap();
+    let names: Vec<&str> = figures
+        .iter()
+        .map(|f| f["workload"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "per-row",
+        "bulk",
+        "one per transaction",
+        "read CostMetrics",
+        "read LlmUsage",
+        "read WorkerExecution",
+        "read CostSpend",
+        "read CostByModel",
+        "read CostByFeature",
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(expected)),
+            "{expected}: {names:?}"
+        );
+    }
+    for f in &figures {
+        let ratio = f["ratio"].as_f64().unwrap();
+        assert!(ratio.is_finite() && ratio > 0.0, "{f}");
+        assert!(table.contains(f["workload"].as_str().unwrap()));
+    }
+    assert_eq!(
+        databases_like("costdb_bench_"),
+        before,
+        "its database is dropped"
+    );
+
+    let only = costdb(&["bench", "--quick", "--only", "nothing-matches"], None);
+    let err = one_error_line(&only);
+    assert!(err.contains("no workload matches"), "{err}");
+}

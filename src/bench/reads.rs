@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Json, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Interval, Json, Text, Timestamptz};
 
 use super::{Ctx, Direction, Scale, Target, Workload};
-use crate::drivers::{AnalyticsQuery, AnalyticsReadDriver, TimeWindow};
+use crate::drivers::{bucket_width, AnalyticsQuery, AnalyticsReadDriver, TimeWindow};
 use crate::error::{Error, Result};
 use crate::models::TimeBucket;
 
@@ -69,6 +69,9 @@ fn load(conn: &mut PgConnection, rows: usize) -> Result<()> {
             .execute(conn)?;
     }
     conn.batch_execute("VACUUM ANALYZE cost_records, runs, aos_traces")?;
+    // Write the loaded pages out now, not during the measurements (needs a superuser or
+    // pg_checkpoint; without it the run is noisier, not wrong).
+    let _ = conn.batch_execute("CHECKPOINT");
     Ok(())
 }
 
@@ -111,7 +114,8 @@ impl Read {
             .bind::<Timestamptz, _>(w.from)
             .bind::<Timestamptz, _>(w.to);
         let plan: Plan = if self.query.bucketed() {
-            base.bind::<Text, _>(TimeBucket::Day).get_result(conn)?
+            base.bind::<Interval, _>(bucket_width(TimeBucket::Day))
+                .get_result(conn)?
         } else {
             base.get_result(conn)?
         };

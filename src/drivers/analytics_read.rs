@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz};
+use diesel::pg::data_types::PgInterval;
+use diesel::sql_types::{BigInt, Double, Interval, Nullable, Text, Timestamptz};
 use serde::Serialize;
 
 use super::prepared::{Param, Prepared};
@@ -153,7 +154,7 @@ impl AnalyticsQuery {
         }
     }
 
-    /// Whether the statement takes the bucket unit (`$4`).
+    /// Whether the statement takes the bucket width (`$4`).
     pub const fn bucketed(self) -> bool {
         !matches!(
             self,
@@ -161,8 +162,8 @@ impl AnalyticsQuery {
         )
     }
 
-    /// The statement: `$1` tenant, `$2` from, `$3` to, `$4` bucket unit (`hour`/`day`)
-    /// when [`bucketed`](Self::bucketed).
+    /// The statement: `$1` tenant, `$2` from, `$3` to, and `$4` the bucket width
+    /// ([`bucket_width`], an `interval`) when [`bucketed`](Self::bucketed).
     //
     // `date_bin` counts whole hours or days
     // from a UTC midnight, so buckets start at UTC hours and midnights whatever the
@@ -171,14 +172,14 @@ impl AnalyticsQuery {
     pub const fn sql(self) -> &'static str {
         match self {
             AnalyticsQuery::CostMetrics => {
-                "SELECT date_bin(('1 ' || $4)::interval, created_at, '2000-01-01 00:00:00+00') AS bucket, count(*) AS requests, \
+                "SELECT date_bin($4, created_at, '2000-01-01 00:00:00+00') AS bucket, count(*) AS requests, \
                         coalesce(sum(input_tokens::bigint + output_tokens), 0)::bigint AS tokens \
                  FROM cost_records \
                  WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
                  GROUP BY 1 ORDER BY 1"
             }
             AnalyticsQuery::LlmUsage => {
-                "SELECT date_bin(('1 ' || $4)::interval, created_at, '2000-01-01 00:00:00+00') AS bucket, count(*) AS requests, \
+                "SELECT date_bin($4, created_at, '2000-01-01 00:00:00+00') AS bucket, count(*) AS requests, \
                         coalesce(sum(coalesce(input_tokens, 0)::bigint \
                                      + coalesce(output_tokens, 0)), 0)::bigint AS tokens \
                  FROM runs \
@@ -186,13 +187,13 @@ impl AnalyticsQuery {
                  GROUP BY 1 ORDER BY 1"
             }
             AnalyticsQuery::WorkerExecution => {
-                "SELECT date_bin(('1 ' || $4)::interval, created_at, '2000-01-01 00:00:00+00') AS bucket, count(*) AS requests \
+                "SELECT date_bin($4, created_at, '2000-01-01 00:00:00+00') AS bucket, count(*) AS requests \
                  FROM aos_traces \
                  WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
                  GROUP BY 1 ORDER BY 1"
             }
             AnalyticsQuery::CostSpend => {
-                "SELECT date_bin(('1 ' || $4)::interval, created_at, '2000-01-01 00:00:00+00') AS bucket, \
+                "SELECT date_bin($4, created_at, '2000-01-01 00:00:00+00') AS bucket, \
                         coalesce(sum(cost_cents), 0)::float8 AS spend_cents, \
                         count(*) AS requests, \
                         coalesce(sum(input_tokens), 0)::bigint AS input_tokens, \
@@ -219,6 +220,16 @@ impl AnalyticsQuery {
             }
         }
     }
+}
+
+/// The width of a bucket as an `interval` of whole microseconds (an hour, or a UTC day of
+/// 24 hours), the `$4` of the bucketed statements.
+pub fn bucket_width(bucket: TimeBucket) -> PgInterval {
+    const HOUR_US: i64 = 3_600_000_000;
+    PgInterval::from_microseconds(match bucket {
+        TimeBucket::Hour => HOUR_US,
+        TimeBucket::Day => 24 * HOUR_US,
+    })
 }
 
 #[derive(QueryableByName)]
@@ -256,7 +267,7 @@ impl<'c> AnalyticsReadDriver<'c> {
             Param::Text(tenant_id),
             Param::Instant(&window.from),
             Param::Instant(&window.to),
-            Param::Text(bucket.as_str()),
+            Param::Interval(bucket_width(bucket)),
         ];
         let used = if query.bucketed() { 4 } else { 3 };
         Ok(Prepared {
@@ -350,7 +361,8 @@ impl<'c> AnalyticsReadDriver<'c> {
             .bind::<Timestamptz, _>(window.from)
             .bind::<Timestamptz, _>(window.to);
         let lines: Vec<PlanLine> = if query.bucketed() {
-            base.bind::<Text, _>(bucket).load(self.conn)?
+            base.bind::<Interval, _>(bucket_width(bucket))
+                .load(self.conn)?
         } else {
             base.load(self.conn)?
         };

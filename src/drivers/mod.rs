@@ -7,7 +7,7 @@ mod prepared;
 pub mod worker_write;
 
 pub use analytics_read::{
-    AnalyticsQuery, AnalyticsReadDriver, CountBucket, FeatureSpend, ModelSpend, SpendBucket,
+    bucket_width, AnalyticsQuery, AnalyticsReadDriver, CountBucket, FeatureSpend, ModelSpend, SpendBucket,
     TimeWindow, UsageBucket,
 };
 pub use cost_write::{

@@ -7,7 +7,8 @@
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{Text, Timestamptz, Untyped};
+use diesel::pg::data_types::PgInterval;
+use diesel::sql_types::{Interval, Text, Timestamptz, Untyped};
 use diesel::{PgConnection, QueryResult, RunQueryDsl};
 
 /// One parameter value.
@@ -15,6 +16,7 @@ use diesel::{PgConnection, QueryResult, RunQueryDsl};
 pub(crate) enum Param<'a> {
     Text(&'a str),
     Instant(&'a DateTime<Utc>),
+    Interval(PgInterval),
 }
 
 /// `sql` with `$1`, `$2`… standing for `params[0]`, `params[1]`…; results are read by
@@ -54,6 +56,7 @@ impl QueryFragment<Pg> for Prepared<'_> {
             match param {
                 Param::Text(v) => out.push_bind_param::<Text, _>(*v)?,
                 Param::Instant(v) => out.push_bind_param::<Timestamptz, _>(*v)?,
+                Param::Interval(v) => out.push_bind_param::<Interval, _>(v)?,
             }
             rest = &rest[at + 1 + digits..];
         }

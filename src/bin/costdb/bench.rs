@@ -29,6 +29,21 @@ pub struct Options {
 
 /// Runs the benchmark; see [`Options`].
 pub fn run(options: Options) -> Outcome {
+    let scale = if options.quick {
+        Scale::QUICK
+    } else {
+        Scale::FULL
+    };
+    let mut workloads: Vec<_> = bench::all_workloads(scale)
+        .into_iter()
+        .filter(|w| options.only.is_empty() || options.only.iter().any(|o| w.name().contains(o)))
+        .collect();
+    if workloads.is_empty() {
+        return Err(Failure::Usage(format!(
+            "no workload matches {:?}",
+            options.only
+        )));
+    }
     let mut cluster = None;
     let admin_url = match options.database_url.filter(|u| !u.is_empty()) {
         Some(url) => url,
@@ -48,27 +63,12 @@ pub fn run(options: Options) -> Outcome {
         .map(|pg| pg.bin_dir().join("pgbench"))
         .filter(|p| p.is_file())
         .or_else(|| embedded::find_program("pgbench"));
-    let scale = if options.quick {
-        Scale::QUICK
-    } else {
-        Scale::FULL
-    };
     let mut ctx = Ctx {
         conn,
         url: database.url().to_owned(),
         pgbench,
         scale,
     };
-    let mut workloads: Vec<_> = bench::all_workloads(scale)
-        .into_iter()
-        .filter(|w| options.only.is_empty() || options.only.iter().any(|o| w.name().contains(o)))
-        .collect();
-    if workloads.is_empty() {
-        return Err(Failure::Usage(format!(
-            "no workload matches {:?}",
-            options.only
-        )));
-    }
     let progress = indicatif::ProgressBar::new(workloads.len() as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
             .expect("a valid template"),
