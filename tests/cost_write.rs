@@ -868,3 +868,39 @@ fn a_batch_of_new_requests_goes_in_whole_with_every_field() {
     let second = rows.iter().find(|r| r.id == out[1].id).unwrap();
     assert_eq!(second.created_at, now);
 }
+
+#[test]
+fn single_records_and_analytics_reuse_one_prepared_statement_per_connection() {
+    #[derive(QueryableByName)]
+    struct Prepared {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        statement: String,
+    }
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let day = costdb::drivers::TimeWindow::new(
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap(),
+    )
+    .unwrap();
+    for i in 0..3 {
+        CostWriteDriver::new(&mut conn)
+            .create_cost_record(&cost(&tenant, Some(&format!("r{i}")), 1.0))
+            .unwrap();
+        costdb::AnalyticsReadDriver::new(&mut conn)
+            .fetch_cost_spend(&tenant, day, costdb::models::TimeBucket::Hour)
+            .unwrap();
+    }
+    let prepared: Vec<Prepared> =
+        diesel::sql_query("SELECT statement FROM pg_prepared_statements ORDER BY statement")
+            .load(&mut conn)
+            .unwrap();
+    let count = |prefix: &str| {
+        prepared
+            .iter()
+            .filter(|p| p.statement.starts_with(prefix))
+            .count()
+    };
+    assert_eq!(count("INSERT INTO cost_records"), 1);
+    assert_eq!(count("SELECT date_bin"), 1);
+}

@@ -107,10 +107,37 @@ pub trait Workload {
     fn prepare(&mut self, _ctx: &mut Ctx) -> Result<()> {
         Ok(())
     }
-    /// Time of one costdb trial.
+    /// Rounds per trial: contender and baseline alternate round by round, so a change in
+    /// the machine's load during a trial hits both alike.
+    fn rounds(&self) -> usize {
+        1
+    }
+    /// How a trial's rounds make its time.
+    fn per_trial(&self) -> Combine {
+        Combine::Sum
+    }
+    /// Time of one costdb round.
     fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration>;
-    /// Time of one baseline trial.
+    /// Time of one baseline round.
     fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration>;
+}
+
+/// How the rounds of a trial make the trial's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    /// The total: the rounds are parts of one piece of work.
+    Sum,
+    /// The median: the rounds are repeated calls.
+    Median,
+}
+
+impl Combine {
+    fn apply(self, rounds: Vec<Duration>) -> Duration {
+        match self {
+            Combine::Sum => rounds.iter().sum(),
+            Combine::Median => median(rounds),
+        }
+    }
 }
 
 /// Every workload at `scale`: writes first, then reads (which load their data).
@@ -147,19 +174,25 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// Runs `workload`: [`TRIALS`] trials, contender first in even trials and baseline first
-/// in odd ones; reports the medians and their ratio.
+/// Runs `workload`: [`TRIALS`] trials of [`Workload::rounds`] rounds, contender and
+/// baseline alternating round by round (who goes first rotates); reports the medians of
+/// the trials and their ratio.
 pub fn measure(ctx: &mut Ctx, workload: &mut dyn Workload) -> Result<Figure> {
     workload.prepare(ctx)?;
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for trial in 0..TRIALS {
-        if trial % 2 == 0 {
-            ours.push(workload.contender(ctx)?);
-            theirs.push(workload.baseline(ctx)?);
-        } else {
-            theirs.push(workload.baseline(ctx)?);
-            ours.push(workload.contender(ctx)?);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for round in 0..workload.rounds().max(1) {
+            if (trial + round) % 2 == 0 {
+                a.push(workload.contender(ctx)?);
+                b.push(workload.baseline(ctx)?);
+            } else {
+                b.push(workload.baseline(ctx)?);
+                a.push(workload.contender(ctx)?);
+            }
         }
+        ours.push(workload.per_trial().apply(a));
+        theirs.push(workload.per_trial().apply(b));
     }
     let (a, b) = (median(ours), median(theirs));
     let ratio = match workload.direction() {

@@ -138,6 +138,10 @@ pub fn copy_in(conn: &mut PgConnection, rows: &[CostInput]) -> Result<usize> {
         .execute(conn)?)
 }
 
+/// Rounds of the write workloads: each round is a tenth of the work, in its own
+/// transaction.
+const WRITE_ROUNDS: usize = 10;
+
 /// `per-row`: one call per record in one transaction, against the prepared INSERT.
 struct PerRow {
     rows: usize,
@@ -148,11 +152,14 @@ impl Workload for PerRow {
     fn name(&self) -> String {
         if self.worker {
             format!(
-                "per-row {}: WorkerWriteService::insert_cost_record",
-                self.rows
+                "per-row {WRITE_ROUNDS}×{}: WorkerWriteService::insert_cost_record",
+                self.rows / WRITE_ROUNDS
             )
         } else {
-            format!("per-row {}: create_cost_record", self.rows)
+            format!(
+                "per-row {WRITE_ROUNDS}×{}: create_cost_record",
+                self.rows / WRITE_ROUNDS
+            )
         }
     }
     fn baseline_name(&self) -> &'static str {
@@ -161,8 +168,11 @@ impl Workload for PerRow {
     fn target(&self) -> Target {
         Target::AtLeast(0.9)
     }
+    fn rounds(&self) -> usize {
+        WRITE_ROUNDS
+    }
     fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
-        let rows = cost_inputs(self.rows);
+        let rows = cost_inputs(self.rows / WRITE_ROUNDS);
         let worker = self.worker;
         rolled_back(&mut ctx.conn, |c| {
             for cost in &rows {
@@ -183,7 +193,7 @@ impl Workload for PerRow {
         })
     }
     fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
-        let rows = cost_inputs(self.rows);
+        let rows = cost_inputs(self.rows / WRITE_ROUNDS);
         rolled_back(&mut ctx.conn, |c| plain_inserts(c, &rows))
     }
 }
@@ -234,7 +244,10 @@ now());\n";
 
 impl Workload for OnePerTransaction {
     fn name(&self) -> String {
-        format!("one per transaction {}: insert_cost_record", self.rows)
+        format!(
+            "one per transaction {WRITE_ROUNDS}×{}: insert_cost_record",
+            self.rows / WRITE_ROUNDS
+        )
     }
     fn baseline_name(&self) -> &'static str {
         "pgbench INSERT, 1 client"
@@ -242,8 +255,11 @@ impl Workload for OnePerTransaction {
     fn target(&self) -> Target {
         Target::Report
     }
+    fn rounds(&self) -> usize {
+        WRITE_ROUNDS
+    }
     fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
-        let rows = cost_inputs(self.rows);
+        let rows = cost_inputs(self.rows / WRITE_ROUNDS);
         let started = Instant::now();
         for cost in &rows {
             let run = RunCost {
@@ -276,7 +292,7 @@ impl Workload for OnePerTransaction {
             .map_err(|e| Error::embedded("cannot write the pgbench script", Some(e)))?;
         let out = std::process::Command::new(bin)
             .args(["-n", "-M", "prepared", "-c", "1", "-t"])
-            .arg(self.rows.to_string())
+            .arg((self.rows / WRITE_ROUNDS).to_string())
             .arg("-f")
             .arg(&script)
             .arg(&ctx.url)
@@ -300,7 +316,9 @@ impl Workload for OnePerTransaction {
                     None,
                 )
             })?;
-        Ok(Duration::from_secs_f64(self.rows as f64 / tps))
+        Ok(Duration::from_secs_f64(
+            (self.rows / WRITE_ROUNDS) as f64 / tps,
+        ))
     }
 }
 

@@ -7,8 +7,8 @@ mod prepared;
 pub mod worker_write;
 
 pub use analytics_read::{
-    bucket_width, AnalyticsQuery, AnalyticsReadDriver, CountBucket, FeatureSpend, ModelSpend, SpendBucket,
-    TimeWindow, UsageBucket,
+    bucket_width, AnalyticsQuery, AnalyticsReadDriver, CountBucket, FeatureSpend, ModelSpend,
+    SpendBucket, TimeWindow, UsageBucket,
 };
 pub use cost_write::{
     BudgetLimits, BudgetScope, CostInput, CostWriteDriver, FeatureTagChanges, FeatureTagInput,

@@ -5,9 +5,9 @@
 //! then only executed; the text is a constant, never built from input.
 
 use chrono::{DateTime, Utc};
+use diesel::pg::data_types::PgInterval;
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::pg::data_types::PgInterval;
 use diesel::sql_types::{Interval, Text, Timestamptz, Untyped};
 use diesel::{PgConnection, QueryResult, RunQueryDsl};
 
