@@ -904,3 +904,46 @@ fn single_records_and_analytics_reuse_one_prepared_statement_per_connection() {
     assert_eq!(count("INSERT INTO cost_records"), 1);
     assert_eq!(count("SELECT date_bin"), 1);
 }
+
+#[test]
+fn the_returned_record_is_the_stored_one_to_the_microsecond() {
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let instants = [
+        Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap()
+            + chrono::Duration::nanoseconds(123_456_789),
+        Utc.with_ymd_and_hms(1999, 12, 31, 23, 59, 59).unwrap()
+            + chrono::Duration::nanoseconds(999_999_999),
+        Utc.with_ymd_and_hms(1969, 7, 20, 20, 17, 40).unwrap()
+            + chrono::Duration::nanoseconds(1_500),
+    ];
+    let mut returned = Vec::new();
+    for (i, at) in instants.into_iter().enumerate() {
+        let input = CostInput {
+            created_at: Some(at),
+            ..cost(&tenant, Some(&format!("r{i}")), 1.0)
+        };
+        returned.push(
+            CostWriteDriver::new(&mut conn)
+                .create_cost_record(&input)
+                .unwrap(),
+        );
+    }
+    returned.push(
+        CostWriteDriver::new(&mut conn)
+            .create_cost_record(&cost(&tenant, Some("now"), 1.0))
+            .unwrap(),
+    );
+    let mut stored = records_of(&mut conn, &tenant);
+    stored.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+    returned.sort_by(|a, b| a.request_id.cmp(&b.request_id));
+    assert_eq!(returned, stored);
+    assert_eq!(
+        returned
+            .iter()
+            .find(|r| r.request_id.as_deref() == Some("now"))
+            .unwrap()
+            .created_at,
+        tx_now(&mut conn)
+    );
+}

@@ -273,9 +273,15 @@ impl<'c> CostWriteDriver<'c> {
         cost.validate()?;
         require_transaction(self.conn)?;
         let id = ids::cost_record_id();
-        let inserted = InsertOne { id: &id, cost }
-            .get_result::<DateTime<Utc>>(self.conn)
-            .optional()?;
+        // With an instant given, the row holds exactly what is sent, so nothing comes back
+        // but the row count; without one, the server's now() comes back.
+        let inserted = match cost.created_at {
+            Some(at) => (InsertOne::<false> { id: &id, cost }.execute(self.conn)? == 1)
+                .then(|| as_stored(at)),
+            None => InsertOne::<true> { id: &id, cost }
+                .get_result::<DateTime<Utc>>(self.conn)
+                .optional()?,
+        };
         match inserted {
             Some(created_at) => Ok(CostRecord {
                 id,
@@ -548,28 +554,39 @@ pub(crate) fn copy_row<'a>(
     }
 }
 
-/// One cost record: `INSERT … ON CONFLICT DO NOTHING RETURNING created_at`, every column
-/// bound (none left to `DEFAULT`), so the text never changes and Diesel keeps it prepared.
-struct InsertOne<'a> {
+/// `at` as PostgreSQL stores it: Diesel sends whole microseconds since 2000-01-01,
+/// truncated toward that epoch.
+fn as_stored(at: DateTime<Utc>) -> DateTime<Utc> {
+    let epoch = DateTime::<Utc>::from_timestamp(946_684_800, 0).expect("2000-01-01");
+    match at.signed_duration_since(epoch).num_microseconds() {
+        Some(us) => epoch + chrono::Duration::microseconds(us),
+        None => at,
+    }
+}
+
+/// One cost record: `INSERT … ON CONFLICT DO NOTHING`, with `RETURNING created_at` when
+/// `RETURNING`; every column bound (none left to `DEFAULT`), so each of the two texts
+/// never changes and Diesel keeps it prepared.
+struct InsertOne<'a, const RETURNING: bool> {
     id: &'a str,
     cost: &'a CostInput,
 }
 
 /// The statement cache key of [`InsertOne`].
-struct InsertOneId;
+struct InsertOneId<const RETURNING: bool>;
 
-impl QueryId for InsertOne<'_> {
-    type QueryId = InsertOneId;
+impl<const R: bool> QueryId for InsertOne<'_, R> {
+    type QueryId = InsertOneId<R>;
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl Query for InsertOne<'_> {
+impl Query for InsertOne<'_, true> {
     type SqlType = Timestamptz;
 }
 
-impl RunQueryDsl<PgConnection> for InsertOne<'_> {}
+impl<const R: bool> RunQueryDsl<PgConnection> for InsertOne<'_, R> {}
 
-impl QueryFragment<Pg> for InsertOne<'_> {
+impl<const R: bool> QueryFragment<Pg> for InsertOne<'_, R> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         let c = self.cost;
         out.push_sql(
@@ -604,8 +621,11 @@ impl QueryFragment<Pg> for InsertOne<'_> {
         out.push_bind_param::<Nullable<Timestamptz>, _>(&c.created_at)?;
         out.push_sql(
             ", now())) ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL \
-             DO NOTHING RETURNING created_at",
+             DO NOTHING",
         );
+        if R {
+            out.push_sql(" RETURNING created_at");
+        }
         Ok(())
     }
 }
