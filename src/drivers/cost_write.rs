@@ -318,6 +318,10 @@ impl<'c> CostWriteDriver<'c> {
     /// NOTHING`, [`BULK_CHUNK`] rows per statement. Either way rows are written in one
     /// global order (tenant, request id), whatever the input order, so concurrent calls
     /// that share request ids wait for each other instead of deadlocking.
+    ///
+    /// The savepoint is a subtransaction: one transaction that makes more than about 64
+    /// calls overflows PostgreSQL's per-backend subtransaction cache, which slows other
+    /// sessions' snapshots until it ends. Prefer fewer, larger calls.
     pub fn record_costs(&mut self, costs: &[CostInput]) -> Result<Vec<RecordedCost>> {
         for cost in costs {
             cost.validate()?;
