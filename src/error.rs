@@ -45,6 +45,17 @@ pub enum Error {
         "this write must run inside a transaction the caller owns (e.g. conn.transaction(..))"
     )]
     NoTransaction,
+    /// A leader's write was refused: its fencing term is no longer the latest, so another
+    /// process has led since. Nothing was written by the check.
+    #[error("lock {lock_id}: term {term} is stale, the latest is {current}")]
+    StaleTerm {
+        /// The leader lock.
+        lock_id: i64,
+        /// The term the writer holds.
+        term: i64,
+        /// The latest term (0 when the lock was never taken).
+        current: i64,
+    },
     /// PostgreSQL or Diesel reported an error (including rows it could not decode).
     #[error("database error")]
     Database(#[from] DieselError),

@@ -10,6 +10,7 @@
 //!   connection, runs its SQL at once and never begins, commits or rolls back: the caller
 //!   owns the transaction, and a write outside one is [`Error::NoTransaction`].
 //! - [`models`]: rows, new rows, closed-set enums and id formats.
+//! - [`leader`]: leader election among processes on advisory locks, with fencing terms.
 //! - [`embedded`]: a throwaway local PostgreSQL for tests and demos.
 //!
 //! Bad input is refused with [`Error::InvalidInput`] naming the field before any SQL runs:
@@ -47,6 +48,7 @@ pub mod db;
 pub mod drivers;
 pub mod embedded;
 pub mod error;
+pub mod leader;
 pub mod models;
 #[allow(missing_docs)]
 pub mod schema;

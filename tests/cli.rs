@@ -319,6 +319,7 @@ fn the_quick_benchmark_measures_every_workload_in_a_database_of_its_own() {
         "per-row",
         "bulk",
         "one per transaction",
+        "fenced",
         "read CostMetrics",
         "read LlmUsage",
         "read WorkerExecution",
@@ -345,4 +346,75 @@ fn the_quick_benchmark_measures_every_workload_in_a_database_of_its_own() {
     let only = costdb(&["bench", "--quick", "--only", "nothing-matches"], None);
     let err = one_error_line(&only);
     assert!(err.contains("no workload matches"), "{err}");
+}
+
+#[test]
+fn terms_grow_across_processes_and_a_second_process_stands_by() {
+    let url = common::fresh_database();
+    assert!(costdb(&["migrate"], Some(&url)).status.success());
+    let lock = "7002";
+    let run = |url: &str| {
+        costdb(
+            &[
+                "leader",
+                "run",
+                "--lock",
+                lock,
+                "--",
+                "sh",
+                "-c",
+                "echo \"work in term $COSTDB_LEADER_TERM of lock $COSTDB_LEADER_LOCK\"",
+            ],
+            Some(url),
+        )
+    };
+    let term_of = |o: &Output| -> i64 {
+        assert!(o.status.success(), "{o:?}");
+        let text = stdout(o);
+        let term: i64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("leading lock 7002 in term "))
+            .expect("a term")
+            .parse()
+            .unwrap();
+        assert!(
+            text.contains(&format!("work in term {term} of lock 7002")),
+            "{text}"
+        );
+        term
+    };
+    let first = term_of(&run(&url));
+    let second = term_of(&run(&url));
+    assert!(second > first);
+
+    // While this process leads, the command stands by and runs nothing.
+    let guard =
+        costdb::leader::LeaderGuard::acquire(&url, 7002, "test", std::time::Duration::from_secs(5))
+            .unwrap()
+            .unwrap();
+    assert!(guard.term() > second);
+    let status = costdb(&["leader", "status"], Some(&url));
+    let line = stdout(&status)
+        .lines()
+        .find(|l| l.starts_with("7002"))
+        .expect("a line for 7002")
+        .to_owned();
+    assert!(line.contains(&guard.backend_pid().to_string()), "{line}");
+    assert!(line.contains(&format!(" {} ", guard.term())), "{line}");
+    let stood_by = run(&url);
+    assert!(stood_by.status.success());
+    assert!(stdout(&stood_by).starts_with("stood by"), "{stood_by:?}");
+    assert!(!stdout(&stood_by).contains("work in term"));
+    let held_term = guard.term();
+    drop(guard);
+    assert!(term_of(&run(&url)) > held_term);
+
+    // A failing command fails the run, after the lock is released.
+    let failed = costdb(
+        &["leader", "run", "--lock", lock, "--", "false"],
+        Some(&url),
+    );
+    one_error_line(&failed);
+    let mut conn = costdb::db::connect(&url).unwrap();
+    assert!(!costdb::leader::is_lock_held(&mut conn, 7002).unwrap());
 }

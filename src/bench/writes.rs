@@ -322,6 +322,67 @@ impl Workload for OnePerTransaction {
     }
 }
 
+/// `fenced`: a leader's writes, each checking its fencing term in its transaction, against
+/// the same transactions without the check.
+struct Fenced {
+    rows: usize,
+    term: Option<i64>,
+}
+
+const FENCED_LOCK: i64 = 7_999;
+
+impl Fenced {
+    fn writes(&self, ctx: &mut Ctx, fenced: bool) -> Result<Duration> {
+        let rows = cost_inputs(self.rows / WRITE_ROUNDS);
+        let term = self.term.unwrap_or_default();
+        let started = Instant::now();
+        for cost in &rows {
+            ctx.conn.transaction(|c| {
+                if fenced {
+                    crate::leader::check_term(c, FENCED_LOCK, term)?;
+                }
+                CostWriteDriver::new(c).create_cost_record(cost)
+            })?;
+        }
+        Ok(started.elapsed())
+    }
+}
+
+impl Workload for Fenced {
+    fn name(&self) -> String {
+        format!(
+            "fenced {WRITE_ROUNDS}×{}: check_term + create_cost_record",
+            self.rows / WRITE_ROUNDS
+        )
+    }
+    fn baseline_name(&self) -> &'static str {
+        "the same transactions unfenced"
+    }
+    fn target(&self) -> Target {
+        Target::Report
+    }
+    fn rounds(&self) -> usize {
+        WRITE_ROUNDS
+    }
+    fn prepare(&mut self, ctx: &mut Ctx) -> Result<()> {
+        let guard = crate::leader::LeaderGuard::acquire(
+            &ctx.url,
+            FENCED_LOCK,
+            "bench",
+            Duration::from_secs(5),
+        )?
+        .ok_or_else(|| Error::Conflict("the benchmark's lock is held".into()))?;
+        self.term = Some(guard.term());
+        Ok(())
+    }
+    fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        self.writes(ctx, true)
+    }
+    fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        self.writes(ctx, false)
+    }
+}
+
 /// The write workloads at `scale`.
 pub fn write_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
     let rows = scale.of(10_000);
@@ -342,6 +403,10 @@ pub fn write_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
         }),
         Box::new(OnePerTransaction {
             rows: scale.of(1_000),
+        }),
+        Box::new(Fenced {
+            rows: scale.of(1_000),
+            term: None,
         }),
     ]
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod leader;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -23,7 +24,7 @@ struct Cli {
 
 /// The database a command works on.
 #[derive(Debug, Args)]
-struct Target {
+pub(crate) struct Target {
     /// PostgreSQL URL of the database, e.g. postgres://user@host:5432/db.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
@@ -57,11 +58,14 @@ enum Command {
     /// Every figure is a ratio to a baseline measured interleaved with it: a prepared
     /// INSERT, binary COPY, pgbench, or the server's execution time for reads.
     Bench(bench::Options),
+    /// Leader election: see who leads the singleton jobs, or run a command as leader.
+    #[command(subcommand)]
+    Leader(leader::Leader),
 }
 
 /// What ends the command early.
 #[derive(Debug)]
-enum Failure {
+pub(crate) enum Failure {
     /// A costdb call failed.
     Costdb(costdb::Error),
     /// The command was used wrongly, or found something it must report as a failure.
@@ -82,7 +86,7 @@ impl From<std::io::Error> for Failure {
     }
 }
 
-type Outcome = Result<(), Failure>;
+pub(crate) type Outcome = Result<(), Failure>;
 
 /// `println!` that returns write errors (a closed pipe) instead of panicking.
 macro_rules! say {
@@ -92,7 +96,7 @@ macro_rules! say {
 }
 pub(crate) use say;
 
-fn require_url(target: Target) -> Result<String, Failure> {
+pub(crate) fn require_url(target: Target) -> Result<String, Failure> {
     target
         .database_url
         .filter(|u| !u.is_empty())
@@ -162,6 +166,7 @@ fn main() -> ExitCode {
         } => migrate(target, status, check, revert),
         Command::Demo(options) => demo::run(options),
         Command::Bench(options) => bench::run(options),
+        Command::Leader(what) => leader::run(what),
     };
     let message = match result {
         Ok(()) => return ExitCode::SUCCESS,
