@@ -48,6 +48,7 @@ pub mod db;
 pub mod drivers;
 pub mod embedded;
 pub mod error;
+pub mod input_hash;
 pub mod leader;
 pub mod models;
 #[allow(missing_docs)]
