@@ -55,7 +55,9 @@ pub mod models;
 pub mod schema;
 mod validate;
 
-pub use drivers::{AnalyticsReadDriver, CostWriteDriver, WorkerWriteService};
+pub use drivers::{
+    AnalyticsReadDriver, AuditDriver, CostWriteDriver, ProvenanceDriver, WorkerWriteService,
+};
 pub use error::{Error, Result};
 pub use validate::MAX_AMOUNT_CENTS;
 

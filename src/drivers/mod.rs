@@ -2,16 +2,22 @@
 //! once, and never begins, commits or rolls back: the caller owns the transaction.
 
 pub mod analytics_read;
+pub mod audit;
 pub mod cost_write;
 mod prepared;
+pub mod provenance;
 pub mod worker_write;
 
 pub use analytics_read::{
     bucket_width, AnalyticsQuery, AnalyticsReadDriver, CountBucket, FeatureSpend, ModelSpend,
     SpendBucket, TimeWindow, UsageBucket,
 };
+pub use audit::{AuditDriver, AuditInput, AuditOutcome};
 pub use cost_write::{
     BudgetLimits, BudgetScope, CostInput, CostWriteDriver, FeatureTagChanges, FeatureTagInput,
     RecordedCost, BULK_CHUNK,
+};
+pub use provenance::{
+    BackfillStats, BaselineRecord, DriftStats, ProvenanceDriver, ProvenanceFilter, ProvenanceInput,
 };
 pub use worker_write::{BudgetSnapshot, CostAdvisory, RunCost, WorkerRunData, WorkerWriteService};

@@ -1,0 +1,122 @@
+//! `AuditDriver`: the append-only log of coordination decisions.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::db::require_transaction;
+use crate::error::{Error, Result};
+use crate::models::{
+    AuditDecision, CoordinationAuditRecord, EnvelopeClass, NewCoordinationAuditRecord,
+};
+use crate::schema::coordination_audit_records;
+use crate::validate;
+
+/// One coordination decision, for [`AuditDriver::persist_audit_record`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditInput {
+    /// The record's id, chosen by the caller (a second record with it is refused).
+    pub audit_id: Uuid,
+    /// Envelope decided on (at most 100 characters).
+    pub envelope_id: String,
+    /// Its class: a closed set, so the table's CHECK can never fail.
+    pub envelope_class: EnvelopeClass,
+    /// The decision.
+    pub decision: AuditDecision,
+    /// Why (free text).
+    pub reason: String,
+    /// When the decision was taken.
+    pub decision_timestamp: DateTime<Utc>,
+    /// The envelope it conflicted with (for `REJECTED`; at most 100).
+    pub conflicting_envelope_id: Option<String>,
+    /// The envelope that pre-empted it (for `PREEMPTED`; at most 100).
+    pub preempting_envelope_id: Option<String>,
+    /// Envelopes active at the time, not negative.
+    pub active_envelopes_count: i32,
+    /// Tenant (at most 100).
+    pub tenant_id: Option<String>,
+}
+
+/// What [`AuditDriver::persist_audit_record`] did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum AuditOutcome {
+    /// The record was written (in the caller's transaction).
+    Recorded(CoordinationAuditRecord),
+    /// Replay mode (`emit_traces` false): nothing was written. The original reported this
+    /// as a success indistinguishable from a write.
+    Replayed,
+}
+
+/// Writes coordination audit records in the caller's transaction: flush only, never a
+/// commit or rollback (the original committed, or rolled back, the caller's whole session).
+pub struct AuditDriver<'c> {
+    conn: &'c mut PgConnection,
+}
+
+impl<'c> AuditDriver<'c> {
+    /// Wraps the caller's connection.
+    pub fn new(conn: &'c mut PgConnection) -> Self {
+        AuditDriver { conn }
+    }
+
+    /// Appends `record`; with `emit_traces` false (replay) writes nothing.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] before any SQL; [`Error::Conflict`] when a record with the
+    /// same `audit_id` exists. Neither disturbs the caller's transaction: its other work
+    /// stays, and it can go on.
+    pub fn persist_audit_record(
+        &mut self,
+        record: &AuditInput,
+        emit_traces: bool,
+    ) -> Result<AuditOutcome> {
+        validate::required("envelope_id", &record.envelope_id, 100)?;
+        validate::text("reason", &record.reason)?;
+        validate::instant("decision_timestamp", record.decision_timestamp)?;
+        validate::optional(
+            "conflicting_envelope_id",
+            record.conflicting_envelope_id.as_deref(),
+            100,
+        )?;
+        validate::optional(
+            "preempting_envelope_id",
+            record.preempting_envelope_id.as_deref(),
+            100,
+        )?;
+        validate::non_negative(
+            "active_envelopes_count",
+            record.active_envelopes_count.into(),
+        )?;
+        validate::optional("tenant_id", record.tenant_id.as_deref(), 100)?;
+        if !emit_traces {
+            return Ok(AuditOutcome::Replayed);
+        }
+        require_transaction(self.conn)?;
+        diesel::insert_into(coordination_audit_records::table)
+            .values(NewCoordinationAuditRecord {
+                audit_id: record.audit_id,
+                envelope_id: record.envelope_id.clone(),
+                envelope_class: record.envelope_class,
+                decision: record.decision,
+                reason: record.reason.clone(),
+                decision_timestamp: record.decision_timestamp,
+                conflicting_envelope_id: record.conflicting_envelope_id.clone(),
+                preempting_envelope_id: record.preempting_envelope_id.clone(),
+                active_envelopes_count: record.active_envelopes_count,
+                tenant_id: record.tenant_id.clone(),
+            })
+            .on_conflict(coordination_audit_records::audit_id)
+            .do_nothing()
+            .returning(CoordinationAuditRecord::as_returning())
+            .get_result(self.conn)
+            .optional()?
+            .map(AuditOutcome::Recorded)
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "audit record {} already exists (the log is append-only)",
+                    record.audit_id
+                ))
+            })
+    }
+}

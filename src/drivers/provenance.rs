@@ -1,0 +1,496 @@
+//! `ProvenanceDriver`: the CostSim V1/V2 provenance log, its drift statistics and the V1
+//! baseline backfill.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Double, Float8, Int4, Jsonb, Nullable, Text, Timestamptz};
+use serde::{Deserialize, Serialize};
+
+use crate::db::require_transaction;
+use crate::drivers::analytics_read::TimeWindow;
+use crate::error::{Error, Result};
+use crate::leader::LOCK_BASELINE_BACKFILL;
+use crate::models::{NewProvenance, Provenance, ProvenanceSource, VariantSlug};
+use crate::schema::costsim_provenance;
+use crate::validate;
+
+/// The largest page [`ProvenanceDriver::query_provenance`] returns.
+pub const MAX_PAGE: i64 = 10_000;
+
+/// One simulation to record, for [`ProvenanceDriver::write_provenance`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProvenanceInput {
+    /// Run simulated.
+    pub run_id: Option<String>,
+    /// Tenant.
+    pub tenant_id: Option<String>,
+    /// Variant (default `v2`).
+    pub variant_slug: VariantSlug,
+    /// Origin (default `sandbox`).
+    pub source: ProvenanceSource,
+    /// Model version.
+    pub model_version: Option<String>,
+    /// Adapter version.
+    pub adapter_version: Option<String>,
+    /// Commit of the simulator.
+    pub commit_sha: Option<String>,
+    /// [`compute_input_hash`](crate::input_hash::compute_input_hash) of the input.
+    pub input_hash: Option<String>,
+    /// Hash of the output.
+    pub output_hash: Option<String>,
+    /// V1 cost: an amount (finite, `0..=MAX_AMOUNT_CENTS`).
+    pub v1_cost: Option<f64>,
+    /// V2 cost: an amount. With both costs, `cost_delta = v2_cost − v1_cost` is stored.
+    pub v2_cost: Option<f64>,
+    /// The full payload; `None` is SQL `NULL` (the original stored JSON `null`).
+    pub payload: Option<serde_json::Value>,
+    /// Runtime in milliseconds, not negative.
+    pub runtime_ms: Option<i32>,
+}
+
+impl Default for ProvenanceInput {
+    fn default() -> Self {
+        ProvenanceInput {
+            run_id: None,
+            tenant_id: None,
+            variant_slug: VariantSlug::V2,
+            source: ProvenanceSource::Sandbox,
+            model_version: None,
+            adapter_version: None,
+            commit_sha: None,
+            input_hash: None,
+            output_hash: None,
+            v1_cost: None,
+            v2_cost: None,
+            payload: None,
+            runtime_ms: None,
+        }
+    }
+}
+
+/// Refuses JSON that `jsonb` cannot store: a NUL character in any string or key.
+fn json_text(field: &'static str, value: &serde_json::Value) -> Result<()> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => validate::text(field, s),
+        Value::Array(items) => items.iter().try_for_each(|v| json_text(field, v)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            validate::text(field, k)?;
+            json_text(field, v)
+        }),
+        _ => Ok(()),
+    }
+}
+
+impl ProvenanceInput {
+    fn validate(&self) -> Result<()> {
+        for (field, value) in [
+            ("run_id", &self.run_id),
+            ("tenant_id", &self.tenant_id),
+            ("model_version", &self.model_version),
+            ("adapter_version", &self.adapter_version),
+            ("commit_sha", &self.commit_sha),
+            ("input_hash", &self.input_hash),
+            ("output_hash", &self.output_hash),
+        ] {
+            validate::optional(field, value.as_deref(), usize::MAX)?;
+        }
+        for (field, cost) in [("v1_cost", self.v1_cost), ("v2_cost", self.v2_cost)] {
+            if let Some(cost) = cost {
+                validate::amount(field, cost)?;
+            }
+        }
+        if let Some(ms) = self.runtime_ms {
+            validate::non_negative("runtime_ms", ms.into())?;
+        }
+        self.payload
+            .as_ref()
+            .map_or(Ok(()), |p| json_text("payload", p))
+    }
+
+    fn new_row(&self) -> NewProvenance {
+        NewProvenance {
+            run_id: self.run_id.clone(),
+            tenant_id: self.tenant_id.clone(),
+            variant_slug: Some(self.variant_slug),
+            source: Some(self.source),
+            model_version: self.model_version.clone(),
+            adapter_version: self.adapter_version.clone(),
+            commit_sha: self.commit_sha.clone(),
+            input_hash: self.input_hash.clone(),
+            output_hash: self.output_hash.clone(),
+            v1_cost: self.v1_cost.map(|c| c + 0.0),
+            v2_cost: self.v2_cost.map(|c| c + 0.0),
+            cost_delta: self.v1_cost.zip(self.v2_cost).map(|(v1, v2)| v2 - v1 + 0.0),
+            payload: self.payload.clone(),
+            runtime_ms: self.runtime_ms,
+            created_at: None,
+        }
+    }
+}
+
+/// Which provenance rows a query or count covers; `None` fields do not filter.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ProvenanceFilter {
+    /// Tenant.
+    pub tenant_id: Option<String>,
+    /// Variant.
+    pub variant_slug: Option<VariantSlug>,
+    /// Origin.
+    pub source: Option<ProvenanceSource>,
+    /// Input hash.
+    pub input_hash: Option<String>,
+    /// `created_at` in `[from, to)` (the original included both ends, so adjacent windows
+    /// counted boundary rows twice).
+    pub created: Option<TimeWindow>,
+}
+
+/// V2 − V1 cost deltas over the rows that have both costs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, QueryableByName)]
+pub struct DriftStats {
+    /// Rows with both costs.
+    #[diesel(sql_type = BigInt)]
+    pub total: i64,
+    /// Mean delta; `0.0` when there is none.
+    #[diesel(sql_type = Double)]
+    pub avg_delta: f64,
+    /// Smallest delta; `0.0` when there is none.
+    #[diesel(sql_type = Double)]
+    pub min_delta: f64,
+    /// Largest delta; `0.0` when there is none.
+    #[diesel(sql_type = Double)]
+    pub max_delta: f64,
+    /// Sample standard deviation (n − 1); `0.0` for fewer than two rows.
+    #[diesel(sql_type = Double)]
+    pub stddev_delta: f64,
+}
+
+/// One V1 baseline to backfill, for [`ProvenanceDriver::backfill_v1_baseline`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BaselineRecord {
+    /// Run.
+    pub run_id: Option<String>,
+    /// Tenant.
+    pub tenant_id: Option<String>,
+    /// The V1 cost (stored as `v1_cost`).
+    pub cost: Option<f64>,
+    /// Input hash: a hash already stored anywhere in the table is skipped; records
+    /// without one are always inserted.
+    pub input_hash: Option<String>,
+    /// Payload.
+    pub payload: Option<serde_json::Value>,
+}
+
+impl BaselineRecord {
+    fn as_input(&self) -> ProvenanceInput {
+        ProvenanceInput {
+            run_id: self.run_id.clone(),
+            tenant_id: self.tenant_id.clone(),
+            variant_slug: VariantSlug::V1,
+            source: ProvenanceSource::Backfill,
+            input_hash: self.input_hash.clone(),
+            v1_cost: self.cost,
+            payload: self.payload.clone(),
+            ..ProvenanceInput::default()
+        }
+    }
+}
+
+/// What a backfill did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BackfillStats {
+    /// Records inserted.
+    pub inserted: usize,
+    /// Records whose input hash was already stored (or came earlier in the input).
+    pub skipped: usize,
+    /// Records refused (invalid) or whose insert failed; the others went on.
+    pub errors: usize,
+}
+
+/// Inserts the rows of the arrays in array order; `cost_delta` is `v2 − v1` when both are
+/// known. Ids come from the sequence in that order.
+const BATCH_INSERT: &str = "\
+INSERT INTO costsim_provenance (run_id, tenant_id, variant_slug, source, model_version, \
+    adapter_version, commit_sha, input_hash, output_hash, v1_cost, v2_cost, cost_delta, \
+    payload, runtime_ms) \
+SELECT run_id, tenant_id, variant_slug, source, model_version, adapter_version, commit_sha, \
+    input_hash, output_hash, v1, v2, v2 - v1 + 0, payload, runtime_ms \
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+            $7::text[], $8::text[], $9::text[], $10::float8[], $11::float8[], $12::jsonb[], \
+            $13::int4[]) WITH ORDINALITY \
+     AS t(run_id, tenant_id, variant_slug, source, model_version, adapter_version, commit_sha, \
+          input_hash, output_hash, v1, v2, payload, runtime_ms, n) \
+ORDER BY n \
+RETURNING id";
+
+/// Backfills V1 baselines: the first record of each input hash, unless the table already
+/// has that hash; records without a hash always. Returns one row per inserted record.
+const BACKFILL: &str = "\
+INSERT INTO costsim_provenance (run_id, tenant_id, variant_slug, source, input_hash, v1_cost, \
+    payload) \
+SELECT run_id, tenant_id, 'v1', 'backfill', input_hash, cost + 0, payload \
+FROM ( \
+    SELECT DISTINCT ON (input_hash, CASE WHEN input_hash IS NULL THEN n END) * \
+    FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[], $5::jsonb[]) WITH ORDINALITY \
+         AS t(run_id, tenant_id, cost, input_hash, payload, n) \
+    ORDER BY input_hash, CASE WHEN input_hash IS NULL THEN n END, n \
+) first \
+WHERE input_hash IS NULL \
+   OR NOT EXISTS (SELECT 1 FROM costsim_provenance p WHERE p.input_hash = first.input_hash) \
+ORDER BY n \
+RETURNING id";
+
+const DRIFT: &str = "\
+SELECT count(*) AS total, \
+       coalesce(avg(cost_delta), 0)::float8 AS avg_delta, \
+       coalesce(min(cost_delta), 0)::float8 AS min_delta, \
+       coalesce(max(cost_delta), 0)::float8 AS max_delta, \
+       coalesce(stddev_samp(cost_delta), 0)::float8 AS stddev_delta \
+FROM costsim_provenance \
+WHERE v1_cost IS NOT NULL AND v2_cost IS NOT NULL \
+  AND ($1::timestamptz IS NULL OR created_at >= $1) \
+  AND ($2::timestamptz IS NULL OR created_at < $2)";
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+#[derive(QueryableByName)]
+struct Exists {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    found: bool,
+}
+
+/// The CostSim provenance log: writes (single, batch, backfill), queries, counts and
+/// drift statistics. Writes refuse to run outside the caller's transaction and never
+/// commit (the original committed even a caller's session).
+pub struct ProvenanceDriver<'c> {
+    conn: &'c mut PgConnection,
+}
+
+impl<'c> ProvenanceDriver<'c> {
+    /// Wraps the caller's connection.
+    pub fn new(conn: &'c mut PgConnection) -> Self {
+        ProvenanceDriver { conn }
+    }
+
+    /// Records one simulation and returns its id.
+    pub fn write_provenance(&mut self, input: &ProvenanceInput) -> Result<i64> {
+        input.validate()?;
+        require_transaction(self.conn)?;
+        Ok(diesel::insert_into(costsim_provenance::table)
+            .values(input.new_row())
+            .returning(costsim_provenance::id)
+            .get_result(self.conn)?)
+    }
+
+    /// Records many simulations in one statement and returns their ids in input order
+    /// (the original returned `0..n`). An empty batch runs no SQL.
+    pub fn write_provenance_batch(&mut self, inputs: &[ProvenanceInput]) -> Result<Vec<i64>> {
+        for input in inputs {
+            input.validate()?;
+        }
+        require_transaction(self.conn)?;
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let text = |f: fn(&ProvenanceInput) -> Option<&str>| {
+            inputs.iter().map(f).collect::<Vec<Option<&str>>>()
+        };
+        let mut ids: Vec<i64> = diesel::sql_query(BATCH_INSERT)
+            .bind::<Array<Nullable<Text>>, _>(text(|i| i.run_id.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(text(|i| i.tenant_id.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(text(|i| Some(i.variant_slug.as_str())))
+            .bind::<Array<Nullable<Text>>, _>(text(|i| Some(i.source.as_str())))
+            .bind::<Array<Nullable<Text>>, _>(text(|i| i.model_version.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(text(|i| i.adapter_version.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(text(|i| i.commit_sha.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(text(|i| i.input_hash.as_deref()))
+            .bind::<Array<Nullable<Text>>, _>(text(|i| i.output_hash.as_deref()))
+            .bind::<Array<Nullable<Float8>>, _>(
+                inputs.iter().map(|i| i.v1_cost).collect::<Vec<_>>(),
+            )
+            .bind::<Array<Nullable<Float8>>, _>(
+                inputs.iter().map(|i| i.v2_cost).collect::<Vec<_>>(),
+            )
+            .bind::<Array<Nullable<Jsonb>>, _>(
+                inputs
+                    .iter()
+                    .map(|i| i.payload.as_ref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind::<Array<Nullable<Int4>>, _>(
+                inputs.iter().map(|i| i.runtime_ms).collect::<Vec<_>>(),
+            )
+            .load::<IdRow>(self.conn)?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        // The sequence hands out ids in insertion order, which is input order.
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// Rows matching `filter`, newest first (ties by id, newest first), `limit` (1 to
+    /// [`MAX_PAGE`]) after skipping `offset`.
+    pub fn query_provenance(
+        &mut self,
+        filter: &ProvenanceFilter,
+        limit: i64,
+        offset: i64,
+    ) -> Result<Vec<Provenance>> {
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(Error::invalid(
+                "limit",
+                format!("{limit} is outside 1..={MAX_PAGE}"),
+            ));
+        }
+        validate::non_negative("offset", offset)?;
+        Ok(filtered(filter)?
+            .select(Provenance::as_select())
+            .order((
+                costsim_provenance::created_at.desc(),
+                costsim_provenance::id.desc(),
+            ))
+            .limit(limit)
+            .offset(offset)
+            .load(self.conn)?)
+    }
+
+    /// How many rows match `filter`.
+    pub fn count_provenance(&mut self, filter: &ProvenanceFilter) -> Result<i64> {
+        Ok(filtered(filter)?.count().get_result(self.conn)?)
+    }
+
+    /// Count, mean, min, max and sample standard deviation of `cost_delta` over the rows
+    /// with both costs, created in `window` (all rows when `None`); zeros when there are
+    /// none.
+    pub fn get_drift_stats(&mut self, window: Option<TimeWindow>) -> Result<DriftStats> {
+        if let Some(w) = window {
+            TimeWindow::new(w.from, w.to)?;
+        }
+        Ok(diesel::sql_query(DRIFT)
+            .bind::<Nullable<Timestamptz>, _>(window.map(|w| w.from))
+            .bind::<Nullable<Timestamptz>, _>(window.map(|w| w.to))
+            .get_result(self.conn)?)
+    }
+
+    /// Whether any row (any tenant, variant or source) has this input hash.
+    pub fn check_duplicate(&mut self, input_hash: &str) -> Result<bool> {
+        validate::required("input_hash", input_hash, usize::MAX)?;
+        Ok(diesel::sql_query(
+            "SELECT EXISTS (SELECT 1 FROM costsim_provenance WHERE input_hash = $1) AS found",
+        )
+        .bind::<Text, _>(input_hash)
+        .get_result::<Exists>(self.conn)?
+        .found)
+    }
+
+    /// Backfills V1 baselines (`variant_slug = v1`, `source = backfill`), `batch_size`
+    /// records per statement. A record whose input hash is already stored, or came earlier
+    /// in the input, is skipped.
+    ///
+    /// Concurrent backfills are serialised by the transaction-scoped advisory lock
+    /// [`LOCK_BASELINE_BACKFILL`] (held until the caller's transaction ends), so each
+    /// input hash is inserted once. Each batch runs in a savepoint; when one fails, its
+    /// records are retried one by one, each in its own savepoint, and those that fail
+    /// again count as `errors` while the rest and the caller's transaction go on. Invalid
+    /// records count as `errors` without reaching SQL.
+    pub fn backfill_v1_baseline(
+        &mut self,
+        records: &[BaselineRecord],
+        batch_size: usize,
+    ) -> Result<BackfillStats> {
+        if batch_size == 0 {
+            return Err(Error::invalid("batch_size", "must be at least 1"));
+        }
+        require_transaction(self.conn)?;
+        let mut stats = BackfillStats::default();
+        let valid: Vec<&BaselineRecord> = records
+            .iter()
+            .filter(|r| {
+                let ok = r.as_input().validate().is_ok();
+                stats.errors += usize::from(!ok);
+                ok
+            })
+            .collect();
+        if valid.is_empty() {
+            return Ok(stats);
+        }
+        diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+            .bind::<BigInt, _>(LOCK_BASELINE_BACKFILL)
+            .execute(self.conn)?;
+        for batch in valid.chunks(batch_size) {
+            match self.conn.transaction(|c| backfill(c, batch)) {
+                Ok(inserted) => {
+                    stats.inserted += inserted;
+                    stats.skipped += batch.len() - inserted;
+                }
+                Err(_) => {
+                    for record in batch {
+                        match self.conn.transaction(|c| backfill(c, &[*record])) {
+                            Ok(inserted) => {
+                                stats.inserted += inserted;
+                                stats.skipped += 1 - inserted;
+                            }
+                            Err(_) => stats.errors += 1,
+                        }
+                    }
+                }
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// Runs [`BACKFILL`] for `records`; returns how many were inserted.
+fn backfill(conn: &mut PgConnection, records: &[&BaselineRecord]) -> Result<usize> {
+    let text = |f: fn(&BaselineRecord) -> Option<&str>| {
+        records.iter().map(|r| f(r)).collect::<Vec<Option<&str>>>()
+    };
+    Ok(diesel::sql_query(BACKFILL)
+        .bind::<Array<Nullable<Text>>, _>(text(|r| r.run_id.as_deref()))
+        .bind::<Array<Nullable<Text>>, _>(text(|r| r.tenant_id.as_deref()))
+        .bind::<Array<Nullable<Float8>>, _>(records.iter().map(|r| r.cost).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(text(|r| r.input_hash.as_deref()))
+        .bind::<Array<Nullable<Jsonb>>, _>(
+            records
+                .iter()
+                .map(|r| r.payload.as_ref())
+                .collect::<Vec<_>>(),
+        )
+        .load::<IdRow>(conn)?
+        .len())
+}
+
+/// The provenance rows `filter` selects, as a boxed query.
+fn filtered(
+    filter: &ProvenanceFilter,
+) -> Result<costsim_provenance::BoxedQuery<'static, diesel::pg::Pg>> {
+    use costsim_provenance::dsl as p;
+    validate::optional("tenant_id", filter.tenant_id.as_deref(), usize::MAX)?;
+    validate::optional("input_hash", filter.input_hash.as_deref(), usize::MAX)?;
+    let mut query = p::costsim_provenance.into_boxed();
+    if let Some(tenant) = &filter.tenant_id {
+        query = query.filter(p::tenant_id.eq(tenant.clone()));
+    }
+    if let Some(variant) = filter.variant_slug {
+        query = query.filter(p::variant_slug.eq(variant));
+    }
+    if let Some(source) = filter.source {
+        query = query.filter(p::source.eq(source));
+    }
+    if let Some(hash) = &filter.input_hash {
+        query = query.filter(p::input_hash.eq(hash.clone()));
+    }
+    if let Some(w) = filter.created {
+        let w: TimeWindow = TimeWindow::new(w.from, w.to)?;
+        let (from, to): (DateTime<Utc>, DateTime<Utc>) = (w.from, w.to);
+        query = query
+            .filter(p::created_at.ge(from))
+            .filter(p::created_at.lt(to));
+    }
+    Ok(query)
+}
