@@ -21,10 +21,12 @@ use sha2::{Digest, Sha256};
 /// assert_eq!(hash, "9bc53fedb32cbea5");
 /// ```
 pub fn compute_input_hash(payload: &Value) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(canonical_json(payload).as_bytes());
     let mut hex = String::with_capacity(16);
     for byte in &digest[..8] {
-        let _ = write!(hex, "{byte:02x}");
+        hex.push(char::from(HEX[usize::from(byte >> 4)]));
+        hex.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
     hex
 }
@@ -54,26 +56,43 @@ fn write_value(out: &mut String, value: &Value) {
             out.push(']');
         }
         Value::Object(map) => {
-            // Code-point order, whatever order the map keeps.
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
             out.push('{');
-            for (i, (key, item)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_string(out, key);
-                out.push(':');
-                write_value(out, item);
+            // Code-point order, whatever order the map keeps (serde_json's default map
+            // is already sorted: then no copy is made).
+            if map.keys().is_sorted() {
+                write_entries(out, map.iter());
+            } else {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                write_entries(out, entries.into_iter());
             }
             out.push('}');
         }
     }
 }
 
+fn write_entries<'a>(out: &mut String, entries: impl Iterator<Item = (&'a String, &'a Value)>) {
+    for (i, (key, item)) in entries.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        write_string(out, key);
+        out.push(':');
+        write_value(out, item);
+    }
+}
+
 /// A JSON string as Python writes it with `ensure_ascii`.
 fn write_string(out: &mut String, s: &str) {
     out.push('"');
+    // Most text is printable ASCII without quotes or backslashes: copy it whole.
+    if s.bytes()
+        .all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\')
+    {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -99,20 +118,20 @@ fn write_string(out: &mut String, s: &str) {
 fn write_number(out: &mut String, n: &Number) {
     // With serde_json's `arbitrary_precision`, a number keeps the text it was parsed from
     // (or that serde_json wrote for it): Python reads JSON integers as exact ints.
-    let text = n.to_string();
+    let text = n.as_str();
     let is_float = text.contains(['.', 'e', 'E']);
     if !is_float {
         let digits = text.trim_start_matches('-');
         if digits.bytes().all(|b| b == b'0') {
             out.push('0'); // Python has no negative integer zero
         } else {
-            out.push_str(&text);
+            out.push_str(text);
         }
         return;
     }
     match text.parse::<f64>() {
         Ok(x) => write_python_float(out, x),
-        Err(_) => out.push_str(&text),
+        Err(_) => out.push_str(text),
     }
 }
 
@@ -128,24 +147,30 @@ fn write_python_float(out: &mut String, x: f64) {
         return;
     }
     // Rust's `{:e}` gives the shortest round-trip digits: "-1.2345e16", "1e-5", "0e0".
-    let sci = format!("{x:e}");
+    let mut sci = Scratch::default();
+    let _ = write!(sci, "{x:e}");
+    let sci = sci.as_str();
     let (mantissa, exp) = sci.split_once('e').expect("`{:e}` has an exponent");
     let exp: i32 = exp.parse().expect("a decimal exponent");
     let (sign, mantissa) = match mantissa.strip_prefix('-') {
         Some(m) => ("-", m),
         None => ("", mantissa),
     };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let mut digits_buf = Scratch::default();
+    for c in mantissa.chars().filter(|c| *c != '.') {
+        let _ = digits_buf.write_char(c);
+    }
+    let digits = digits_buf.as_str();
     out.push_str(sign);
     if (-4..16).contains(&exp) {
         if exp < 0 {
             out.push_str("0.");
             out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
-            out.push_str(&digits);
+            out.push_str(digits);
         } else {
             let int_len = exp as usize + 1;
             if digits.len() <= int_len {
-                out.push_str(&digits);
+                out.push_str(digits);
                 out.extend(std::iter::repeat_n('0', int_len - digits.len()));
                 out.push_str(".0");
             } else {
@@ -161,6 +186,32 @@ fn write_python_float(out: &mut String, x: f64) {
             out.push_str(&digits[1..]);
         }
         let _ = write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs());
+    }
+}
+
+/// A small stack buffer for formatting one float (at most 24 bytes: 17 digits, a point,
+/// a sign, `e` and a 4-character exponent).
+#[derive(Default)]
+struct Scratch {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl Scratch {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).expect("only ASCII is written")
+    }
+}
+
+impl std::fmt::Write for Scratch {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 

@@ -320,6 +320,8 @@ fn the_quick_benchmark_measures_every_workload_in_a_database_of_its_own() {
         "bulk",
         "one per transaction",
         "fenced",
+        "provenance batch",
+        "input hash",
         "read CostMetrics",
         "read LlmUsage",
         "read WorkerExecution",
@@ -417,4 +419,40 @@ fn terms_grow_across_processes_and_a_second_process_stands_by() {
     one_error_line(&failed);
     let mut conn = costdb::db::connect(&url).unwrap();
     assert!(!costdb::leader::is_lock_held(&mut conn, 7002).unwrap());
+}
+
+#[test]
+fn hash_prints_the_input_hash_of_a_file_or_stdin_and_refuses_bad_json() {
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("costdb-hash-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir(&dir).unwrap();
+    let file = dir.join("doc.json");
+    std::fs::write(
+        &file,
+        r#"{ "tokens": 1200, "model": "gpt-4",  "temperature": 0.7 }"#,
+    )
+    .unwrap();
+    let out = costdb(&["hash", file.to_str().unwrap()], None);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "9bc53fedb32cbea5\n");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_costdb"))
+        .args(["hash", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"{}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(stdout(&out), "44136fa355b3678a\n");
+
+    let err = one_error_line(&costdb(
+        &["hash", dir.join("missing.json").to_str().unwrap()],
+        None,
+    ));
+    assert!(err.contains("cannot read"), "{err}");
+    std::fs::write(&file, "{not json").unwrap();
+    let err = one_error_line(&costdb(&["hash", file.to_str().unwrap()], None));
+    assert!(err.contains("not valid JSON"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -159,7 +159,6 @@ fn queries_filter_page_newest_first_and_windows_are_half_open() {
     let mut conn = common::test_conn();
     let tenant = common::tenant();
     let base = Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap();
-    let mut d = ProvenanceDriver::new(&mut conn);
     let mut ids = Vec::new();
     for i in 0..6 {
         let mut one = input(&tenant, &format!("r{i}"), Some(1.0), Some(2.0));
@@ -188,7 +187,7 @@ fn queries_filter_page_newest_first_and_windows_are_half_open() {
             base + Duration::hours(i.saturating_sub(1) as i64),
         );
     }
-    d = ProvenanceDriver::new(&mut conn);
+    let mut d = ProvenanceDriver::new(&mut conn);
     let all = ProvenanceFilter {
         tenant_id: Some(tenant.clone()),
         ..Default::default()

@@ -6,6 +6,7 @@
 //! path), a read workload's is costdb time ÷ the server's execution time (1.0 = no client
 //! overhead).
 
+mod provenance;
 mod reads;
 mod writes;
 
@@ -17,6 +18,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 
+pub use provenance::provenance_workloads;
 pub use reads::read_workloads;
 pub use writes::write_workloads;
 
@@ -140,9 +142,10 @@ impl Combine {
     }
 }
 
-/// Every workload at `scale`: writes first, then reads (which load their data).
+/// Every workload at `scale`: writes, provenance, then reads (which load their data).
 pub fn all_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
     let mut all = write_workloads(scale);
+    all.extend(provenance_workloads(scale));
     all.extend(read_workloads(scale));
     all
 }

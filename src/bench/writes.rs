@@ -42,7 +42,7 @@ pub fn cost_inputs(n: usize) -> Vec<CostInput> {
 }
 
 /// Runs `work` in a transaction that is rolled back, and returns how long it all took.
-fn rolled_back(
+pub(super) fn rolled_back(
     conn: &mut PgConnection,
     work: impl FnOnce(&mut PgConnection) -> Result<()>,
 ) -> Result<Duration> {

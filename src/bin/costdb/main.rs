@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod hash;
 mod leader;
 
 use std::io::Write;
@@ -58,6 +59,12 @@ enum Command {
     /// Every figure is a ratio to a baseline measured interleaved with it: a prepared
     /// INSERT, binary COPY, pgbench, or the server's execution time for reads.
     Bench(bench::Options),
+    /// Print the provenance input hash of a JSON document (the original's canonical JSON,
+    /// SHA-256, first 16 hex digits).
+    Hash {
+        /// The document; `-` or none for standard input.
+        file: Option<std::path::PathBuf>,
+    },
     /// Leader election: see who leads the singleton jobs, or run a command as leader.
     #[command(subcommand)]
     Leader(leader::Leader),
@@ -167,6 +174,7 @@ fn main() -> ExitCode {
         Command::Demo(options) => demo::run(options),
         Command::Bench(options) => bench::run(options),
         Command::Leader(what) => leader::run(what),
+        Command::Hash { file } => hash::run(file),
     };
     let message = match result {
         Ok(()) => return ExitCode::SUCCESS,
