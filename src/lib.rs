@@ -56,7 +56,8 @@ pub mod schema;
 mod validate;
 
 pub use drivers::{
-    AnalyticsReadDriver, AuditDriver, CostWriteDriver, ProvenanceDriver, WorkerWriteService,
+    AlertDriver, AnalyticsReadDriver, AuditDriver, CostWriteDriver, ProvenanceDriver,
+    WorkerWriteService,
 };
 pub use error::{Error, Result};
 pub use validate::MAX_AMOUNT_CENTS;

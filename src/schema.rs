@@ -173,6 +173,7 @@ diesel::table! {
         status -> Text,
         created_at -> Timestamptz,
         sent_at -> Nullable<Timestamptz>,
+        claim_token -> Nullable<Uuid>,
     }
 }
 

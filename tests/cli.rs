@@ -257,7 +257,7 @@ fn migrate_reports_unknown_versions_and_check_fails_while_steps_are_pending() {
     let check = costdb(&["migrate", "--check"], Some(&url));
     assert!(!check.status.success());
     assert!(
-        stdout(&check).contains("0 applied, 8 pending, 0 unknown"),
+        stdout(&check).contains("0 applied, 9 pending, 0 unknown"),
         "{check:?}"
     );
     assert!(String::from_utf8_lossy(&check.stderr).contains("pending"));
@@ -277,14 +277,14 @@ fn migrate_reports_unknown_versions_and_check_fails_while_steps_are_pending() {
         stdout(&status).contains("unknown  20991231000000"),
         "{status:?}"
     );
-    assert!(stdout(&status).contains("8 applied, 0 pending, 1 unknown"));
+    assert!(stdout(&status).contains("9 applied, 0 pending, 1 unknown"));
     let err = one_error_line(&status);
     assert!(err.contains("20991231000000"), "{err}");
     // Neither applying nor reverting goes on.
     one_error_line(&costdb(&["migrate"], Some(&url)));
     one_error_line(&costdb(&["migrate", "--revert"], Some(&url)));
     let s = costdb::db::migration_status(&mut conn).unwrap();
-    assert_eq!((s.applied.len(), s.unknown.len()), (8, 1));
+    assert_eq!((s.applied.len(), s.unknown.len()), (9, 1));
 }
 
 #[test]
@@ -455,4 +455,48 @@ fn hash_prints_the_input_hash_of_a_file_or_stdin_and_refuses_bad_json() {
     let err = one_error_line(&costdb(&["hash", file.to_str().unwrap()], None));
     assert!(err.contains("not valid JSON"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn alerts_stats_retry_and_purge_for_operators() {
+    use diesel::connection::SimpleConnection;
+    let url = common::fresh_database();
+    assert!(costdb(&["migrate"], Some(&url)).status.success());
+    let mut conn = costdb::db::connect(&url).unwrap();
+    conn.batch_execute(
+        "INSERT INTO costsim_alert_queue (payload, status, attempts, created_at) VALUES \
+         ('[{}]', 'pending', 0, now()), \
+         ('[{}]', 'failed', 10, now()), \
+         ('[{}]', 'sent', 0, now() - interval '40 days'), \
+         ('[{}]', 'failed', 10, now() - interval '40 days')",
+    )
+    .unwrap();
+    let s = costdb(&["alerts", "stats"], Some(&url));
+    assert!(s.status.success(), "{s:?}");
+    let text = stdout(&s);
+    assert!(
+        text.contains("pending  1 (0 leased)") && text.contains("sent     1"),
+        "{text}"
+    );
+    assert!(text.contains("failed   2"), "{text}");
+
+    let r = costdb(&["alerts", "retry", "--max-retries", "2"], Some(&url));
+    assert!(
+        stdout(&r).starts_with("2 dead letter(s) queued again"),
+        "{r:?}"
+    );
+    let p = costdb(
+        &["alerts", "purge", "--days", "30", "--status", "sent"],
+        Some(&url),
+    );
+    assert!(stdout(&p).starts_with("purged 1 alert(s)"), "{p:?}");
+    let text = stdout(&costdb(&["alerts", "stats"], Some(&url)));
+    assert!(
+        text.contains("pending  3") && text.contains("sent     0"),
+        "{text}"
+    );
+
+    let bad = costdb(&["alerts", "purge", "--status", "lost"], Some(&url));
+    let err = one_error_line(&bad);
+    assert!(err.contains("--status"), "{err}");
 }

@@ -1,6 +1,7 @@
 //! One driver per data-access role. Each borrows the caller's connection, runs its SQL at
 //! once, and never begins, commits or rolls back: the caller owns the transaction.
 
+pub mod alert;
 pub mod analytics_read;
 pub mod audit;
 pub mod cost_write;
@@ -8,6 +9,7 @@ mod prepared;
 pub mod provenance;
 pub mod worker_write;
 
+pub use alert::{next_step, AlertDriver, ClaimedAlert, NewAlert, NextStep, Outcome, QueueStats};
 pub use analytics_read::{
     bucket_width, AnalyticsQuery, AnalyticsReadDriver, CountBucket, FeatureSpend, ModelSpend,
     SpendBucket, TimeWindow, UsageBucket,

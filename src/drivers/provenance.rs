@@ -69,7 +69,7 @@ impl Default for ProvenanceInput {
 }
 
 /// Refuses JSON that `jsonb` cannot store: a NUL character in any string or key.
-fn json_text(field: &'static str, value: &serde_json::Value) -> Result<()> {
+pub(crate) fn json_text(field: &'static str, value: &serde_json::Value) -> Result<()> {
     use serde_json::Value;
     match value {
         Value::String(s) => validate::text(field, s),

@@ -82,7 +82,9 @@ pub struct NewProvenance {
 }
 
 /// An alert waiting in, or done with, the Alertmanager outbox (`costsim_alert_queue`).
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]
+#[derive(
+    Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Identifiable, Serialize,
+)]
 #[diesel(table_name = costsim_alert_queue, check_for_backend(diesel::pg::Pg))]
 pub struct QueuedAlert {
     /// Sequence id.
@@ -111,6 +113,8 @@ pub struct QueuedAlert {
     pub created_at: DateTime<Utc>,
     /// When it was delivered.
     pub sent_at: Option<DateTime<Utc>>,
+    /// The current claim's token while a worker holds a delivery lease on it.
+    pub claim_token: Option<uuid::Uuid>,
 }
 
 /// An alert to enqueue.

@@ -1,5 +1,6 @@
 //! `costdb`: migrations, the demo and upkeep for the costdb data layer.
 
+mod alerts;
 mod bench;
 mod demo;
 mod hash;
@@ -59,6 +60,9 @@ enum Command {
     /// Every figure is a ratio to a baseline measured interleaved with it: a prepared
     /// INSERT, binary COPY, pgbench, or the server's execution time for reads.
     Bench(bench::Options),
+    /// Upkeep of the CostSim alert outbox: stats, retry dead letters, purge old alerts.
+    #[command(subcommand)]
+    Alerts(alerts::Alerts),
     /// Print the provenance input hash of a JSON document (the original's canonical JSON,
     /// SHA-256, first 16 hex digits).
     Hash {
@@ -175,6 +179,7 @@ fn main() -> ExitCode {
         Command::Bench(options) => bench::run(options),
         Command::Leader(what) => leader::run(what),
         Command::Hash { file } => hash::run(file),
+        Command::Alerts(what) => alerts::run(what),
     };
     let message = match result {
         Ok(()) => return ExitCode::SUCCESS,

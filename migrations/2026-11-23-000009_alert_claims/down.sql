@@ -1,0 +1,1 @@
+ALTER TABLE costsim_alert_queue DROP COLUMN claim_token;

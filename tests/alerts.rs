@@ -1,0 +1,401 @@
+//! AlertDriver against a real PostgreSQL: competing workers (locked and leased), rollbacks
+//! and vanished workers, the backoff policy driven through the driver, stats, retry,
+//! purge and bad input. The queue has no tenant, so each test has a database of its own.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Barrier};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use common::assert_invalid;
+use costdb::drivers::{next_step, AlertDriver, NewAlert, NextStep, Outcome, QueueStats};
+use costdb::models::{AlertStatus, AlertType, QueuedAlert};
+use costdb::{db, Error};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use serde_json::json;
+
+fn queue_db() -> String {
+    let url = common::fresh_database();
+    db::run_migrations(&mut db::connect(&url).unwrap()).unwrap();
+    url
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 7, 1, 12, 0, 0).unwrap()
+}
+
+fn alert(i: usize) -> NewAlert {
+    NewAlert {
+        payload: json!([{ "labels": { "alertname": "CostSimDisabled", "n": i } }]),
+        alert_type: AlertType::Disable,
+        circuit_breaker_name: Some("costsim_v2".into()),
+        incident_id: None,
+        max_attempts: 10,
+    }
+}
+
+/// Queues `n` alerts due at `t0()` and returns their ids.
+fn fill(url: &str, n: usize) -> Vec<i64> {
+    let mut conn = db::connect(url).unwrap();
+    conn.transaction::<_, Error, _>(|c| {
+        let ids = (0..n)
+            .map(|i| AlertDriver::new(c).insert_alert(&alert(i)).map(|a| a.id))
+            .collect::<Result<Vec<_>, _>>()?;
+        c.batch_execute(
+            "UPDATE costsim_alert_queue SET next_attempt_at = '2026-07-01 12:00:00+00'",
+        )?;
+        Ok(ids)
+    })
+    .unwrap()
+}
+
+fn stats(url: &str) -> QueueStats {
+    AlertDriver::new(&mut db::connect(url).unwrap())
+        .fetch_queue_stats()
+        .unwrap()
+}
+
+fn all(url: &str) -> Vec<QueuedAlert> {
+    use costdb::schema::costsim_alert_queue as q;
+    q::table
+        .order(q::id)
+        .select(QueuedAlert::as_select())
+        .load(&mut db::connect(url).unwrap())
+        .unwrap()
+}
+
+/// Runs `worker` on four threads with connections of their own; returns every id each
+/// one delivered.
+fn four_workers(url: &str, worker: fn(&mut PgConnection) -> Vec<i64>) -> Vec<i64> {
+    let barrier = Arc::new(Barrier::new(4));
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, barrier) = (url.to_owned(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut conn = db::connect(&url).unwrap();
+                barrier.wait();
+                worker(&mut conn)
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
+
+#[test]
+fn four_locking_workers_deliver_every_alert_exactly_once() {
+    let url = queue_db();
+    let ids = fill(&url, 2_000);
+    let delivered = four_workers(&url, |conn| {
+        let mut mine = Vec::new();
+        loop {
+            let batch = conn
+                .transaction::<_, Error, _>(|c| {
+                    let mut d = AlertDriver::new(c);
+                    let due = d.fetch_pending_alerts(t0(), 25)?;
+                    for a in &due {
+                        d.update_alert_sent(a.id, t0() + Duration::seconds(1))?;
+                    }
+                    Ok(due.into_iter().map(|a| a.id).collect::<Vec<_>>())
+                })
+                .unwrap();
+            if batch.is_empty() {
+                return mine;
+            }
+            mine.extend(batch);
+        }
+    });
+    assert_eq!(delivered.len(), ids.len(), "none twice");
+    assert_eq!(
+        delivered.iter().copied().collect::<BTreeSet<_>>(),
+        ids.iter().copied().collect::<BTreeSet<_>>(),
+        "none lost"
+    );
+    let s = stats(&url);
+    assert_eq!((s.pending, s.sent, s.failed, s.claimed), (0, 2_000, 0, 0));
+    assert!(all(&url)
+        .iter()
+        .all(|a| a.sent_at == Some(t0() + Duration::seconds(1)) && a.attempts == 0));
+}
+
+#[test]
+fn four_leasing_workers_deliver_every_alert_exactly_once() {
+    let url = queue_db();
+    let ids = fill(&url, 2_000);
+    let delivered = four_workers(&url, |conn| {
+        let mut mine = Vec::new();
+        loop {
+            let claimed = conn
+                .transaction(|c| AlertDriver::new(c).claim_alerts(t0(), Duration::minutes(5), 25))
+                .unwrap();
+            if claimed.is_empty() {
+                return mine;
+            }
+            // "Send" with no transaction open, then record each outcome.
+            for claim in &claimed {
+                mine.push(claim.alert.id);
+                let settled = conn
+                    .transaction(|c| {
+                        AlertDriver::new(c).settle_claim(claim, &Outcome::Sent { at: t0() })
+                    })
+                    .unwrap();
+                assert!(settled);
+            }
+        }
+    });
+    assert_eq!(delivered.len(), ids.len());
+    assert_eq!(
+        delivered.into_iter().collect::<BTreeSet<_>>(),
+        ids.into_iter().collect::<BTreeSet<_>>()
+    );
+    let s = stats(&url);
+    assert_eq!((s.pending, s.sent, s.claimed), (0, 2_000, 0));
+}
+
+#[test]
+fn a_rolled_back_fetch_and_a_vanished_leaseholder_give_their_alerts_back() {
+    let url = queue_db();
+    let ids = fill(&url, 6);
+    let mut conn = db::connect(&url).unwrap();
+    // Locked: the worker's transaction rolls back after fetching.
+    let fetched: Vec<i64> = conn
+        .transaction::<Vec<i64>, Error, _>(|c| {
+            let due = AlertDriver::new(c).fetch_pending_alerts(t0(), 4)?;
+            Err(Error::Conflict(format!("worker gave up on {}", due.len())))
+        })
+        .map_or_else(|_| Vec::new(), |v| v);
+    assert!(fetched.is_empty());
+    let again = conn
+        .transaction(|c| AlertDriver::new(c).fetch_pending_alerts(t0(), 4))
+        .unwrap();
+    assert_eq!(again.iter().map(|a| a.id).collect::<Vec<_>>(), ids[..4]);
+    assert!(again.iter().all(|a| a.attempts == 0));
+
+    // Leased: a worker claims three and vanishes.
+    let lease = Duration::seconds(60);
+    let lost = conn
+        .transaction(|c| AlertDriver::new(c).claim_alerts(t0(), lease, 3))
+        .unwrap();
+    assert_eq!(
+        lost.iter().map(|c| c.alert.id).collect::<Vec<_>>(),
+        ids[..3]
+    );
+    assert_eq!(stats(&url).claimed, 3);
+    // While the lease runs, others get only the rest.
+    let during = conn
+        .transaction(|c| AlertDriver::new(c).claim_alerts(t0() + Duration::seconds(59), lease, 10))
+        .unwrap();
+    assert_eq!(
+        during.iter().map(|c| c.alert.id).collect::<Vec<_>>(),
+        ids[3..]
+    );
+    // After it, the three are claimable again, attempts unchanged.
+    let after = conn
+        .transaction(|c| AlertDriver::new(c).claim_alerts(t0() + Duration::seconds(61), lease, 10))
+        .unwrap();
+    assert_eq!(
+        after.iter().map(|c| c.alert.id).collect::<Vec<_>>(),
+        ids[..3]
+    );
+    assert!(after.iter().all(|c| c.alert.attempts == 0));
+    // The vanished worker's late outcome is refused and changes nothing.
+    let late = conn
+        .transaction(|c| AlertDriver::new(c).settle_claim(&lost[0], &Outcome::Sent { at: t0() }))
+        .unwrap();
+    assert!(!late);
+    assert_eq!(all(&url)[0].status, AlertStatus::Pending);
+    let on_time = conn
+        .transaction(|c| AlertDriver::new(c).settle_claim(&after[0], &Outcome::Sent { at: t0() }))
+        .unwrap();
+    assert!(on_time);
+}
+
+#[test]
+fn the_backoff_policy_driven_through_the_driver() {
+    let url = queue_db();
+    let id = fill(&url, 1)[0];
+    let mut conn = db::connect(&url).unwrap();
+    let mut now = t0();
+    let mut waits = Vec::new();
+    for failure in 1..=10 {
+        let step = conn
+            .transaction::<_, Error, _>(|c| {
+                let mut d = AlertDriver::new(c);
+                let due = d.fetch_pending_alerts(now, 10)?;
+                assert_eq!(due.len(), 1, "due again at failure {failure}");
+                let a = &due[0];
+                let error = (failure % 2 == 1).then(|| format!("HTTP 503: attempt {failure}"));
+                let step = next_step(a.attempts, a.max_attempts, now, Duration::seconds(300));
+                match step {
+                    NextStep::RetryAt(next) => d.update_alert_retry(id, now, next, error)?,
+                    NextStep::DeadLetter => d.update_alert_failed(id, now, error)?,
+                }
+                Ok(step)
+            })
+            .unwrap();
+        match step {
+            NextStep::RetryAt(next) => {
+                waits.push((next - now).num_seconds());
+                // Not due a microsecond early.
+                let early = conn
+                    .transaction(|c| {
+                        AlertDriver::new(c)
+                            .fetch_pending_alerts(next - Duration::microseconds(1), 10)
+                    })
+                    .unwrap();
+                assert!(early.is_empty());
+                now = next;
+            }
+            NextStep::DeadLetter => assert_eq!(failure, 10),
+        }
+    }
+    assert_eq!(waits, [2, 4, 8, 16, 32, 64, 128, 256, 300]);
+    let a = &all(&url)[0];
+    assert_eq!(
+        (a.status, a.attempts, a.last_attempt_at),
+        (AlertStatus::Failed, 10, Some(now))
+    );
+    // The 10th failure gave no error text: the 9th's is kept.
+    assert_eq!(a.last_error.as_deref(), Some("HTTP 503: attempt 9"));
+    assert_eq!(
+        next_step(0, 1, now, Duration::seconds(300)),
+        NextStep::DeadLetter
+    );
+}
+
+#[test]
+fn stats_retry_and_purge_match_the_fixture() {
+    let url = queue_db();
+    let ids = fill(&url, 10);
+    let mut conn = db::connect(&url).unwrap();
+    // 0-2 sent, 3-5 failed (5 with no attempts left after 3 retries), 6-9 pending.
+    conn.batch_execute(&format!(
+        "UPDATE costsim_alert_queue SET status = 'sent', created_at = '2026-05-01Z' WHERE id IN ({}, {}, {}); \
+         UPDATE costsim_alert_queue SET status = 'failed', attempts = 10, created_at = '2026-05-01Z' WHERE id IN ({}, {}); \
+         UPDATE costsim_alert_queue SET status = 'failed', attempts = 13 WHERE id = {}; \
+         UPDATE costsim_alert_queue SET created_at = '2026-06-01Z' WHERE id = {};",
+        ids[0], ids[1], ids[2], ids[3], ids[4], ids[5], ids[6]
+    ))
+    .unwrap();
+    let s = stats(&url);
+    assert_eq!((s.pending, s.sent, s.failed, s.claimed), (4, 3, 3, 0));
+    assert_eq!(
+        s.oldest_pending,
+        Some(Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap())
+    );
+
+    let retried = conn
+        .transaction(|c| AlertDriver::new(c).retry_failed_alerts(3, t0()))
+        .unwrap();
+    assert_eq!(retried, 2);
+    let rows = all(&url);
+    for a in &rows[3..5] {
+        assert_eq!(
+            (a.status, a.max_attempts, a.next_attempt_at),
+            (AlertStatus::Pending, 13, t0())
+        );
+    }
+    assert_eq!(rows[5].status, AlertStatus::Failed);
+
+    let cutoff = Utc.with_ymd_and_hms(2026, 5, 2, 0, 0, 0).unwrap();
+    let purged = conn
+        .transaction(|c| {
+            AlertDriver::new(c).purge_old_alerts(cutoff, &[AlertStatus::Sent, AlertStatus::Failed])
+        })
+        .unwrap();
+    assert_eq!(
+        purged, 3,
+        "the old sent ones; the retried ones are pending now"
+    );
+    assert_eq!(all(&url).len(), 7);
+}
+
+#[test]
+fn sent_alerts_mark_their_incident() {
+    let url = queue_db();
+    let mut conn = db::connect(&url).unwrap();
+    conn.batch_execute(
+        "INSERT INTO costsim_cb_incidents (id, circuit_breaker_name, reason, severity) \
+         VALUES ('1b9d6bcd-bbf', 'costsim_v2', 'drift', 'P1')",
+    )
+    .unwrap();
+    let at = t0() + Duration::microseconds(7);
+    let (known, unknown) = conn
+        .transaction::<_, Error, _>(|c| {
+            let mut d = AlertDriver::new(c);
+            Ok((
+                d.mark_incident_alert_sent("1b9d6bcd-bbf", at)?,
+                d.mark_incident_alert_sent("nope", at)?,
+            ))
+        })
+        .unwrap();
+    assert!(known && !unknown);
+    #[derive(QueryableByName)]
+    struct Flag {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        alert_sent: bool,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+        alert_sent_at: Option<DateTime<Utc>>,
+    }
+    let f: Flag = diesel::sql_query("SELECT alert_sent, alert_sent_at FROM costsim_cb_incidents")
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!((f.alert_sent, f.alert_sent_at), (true, Some(at)));
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let url = queue_db();
+    let ids = fill(&url, 3);
+    let before = all(&url);
+    let mut conn = db::connect(&url).unwrap();
+    conn.begin_test_transaction().unwrap();
+    let mut d = AlertDriver::new(&mut conn);
+    assert_invalid(d.fetch_pending_alerts(t0(), 0), "batch_size");
+    assert_invalid(d.fetch_pending_alerts(t0(), 1_001), "batch_size");
+    assert_invalid(d.claim_alerts(t0(), Duration::seconds(30), 0), "batch_size");
+    assert_invalid(d.claim_alerts(t0(), Duration::zero(), 5), "lease");
+    assert_invalid(d.purge_old_alerts(t0(), &[]), "statuses");
+    assert_invalid(d.retry_failed_alerts(0, t0()), "max_retries");
+    for payload in [json!([]), json!({"labels": {}}), json!([{"a": "x\u{0}"}])] {
+        assert_invalid(
+            d.insert_alert(&NewAlert {
+                payload,
+                ..alert(0)
+            }),
+            "payload",
+        );
+    }
+    assert_invalid(
+        d.insert_alert(&NewAlert {
+            max_attempts: 0,
+            ..alert(0)
+        }),
+        "max_attempts",
+    );
+    assert_invalid(
+        d.update_alert_retry(ids[0], t0(), t0(), Some("bad\0".into())),
+        "error",
+    );
+    assert!(matches!(
+        d.update_alert_sent(i64::MAX, t0()),
+        Err(Error::NotFound { .. })
+    ));
+    drop(conn);
+    assert_eq!(all(&url), before);
+    // Writes and locks need a transaction.
+    let mut bare = db::connect(&url).unwrap();
+    assert!(matches!(
+        AlertDriver::new(&mut bare).fetch_pending_alerts(t0(), 5),
+        Err(Error::NoTransaction)
+    ));
+    assert!(matches!(
+        AlertDriver::new(&mut bare).update_alert_sent(ids[0], t0()),
+        Err(Error::NoTransaction)
+    ));
+    assert_eq!(all(&url), before);
+}
