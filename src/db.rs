@@ -146,6 +146,49 @@ pub fn revert_last_migration(conn: &mut PgConnection) -> Result<Option<String>> 
     Ok(Some(last))
 }
 
+/// `EXPLAIN` of any Diesel query with its bound values, one line per plan node: to see
+/// which index serves a driver's query (the drivers expose their queries for this).
+pub fn explain<Q>(conn: &mut PgConnection, query: &Q) -> Result<Vec<String>>
+where
+    Q: diesel::query_builder::QueryFragment<diesel::pg::Pg> + diesel::query_builder::QueryId,
+{
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Line {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+    let lines: Vec<Line> = Explain(query).load(conn)?;
+    Ok(lines.into_iter().map(|l| l.line).collect())
+}
+
+/// `EXPLAIN <query>`, keeping the query's bind values.
+struct Explain<'q, Q>(&'q Q);
+
+impl<Q> diesel::query_builder::QueryId for Explain<'_, Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q> diesel::query_builder::Query for Explain<'_, Q> {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl<Q> diesel::RunQueryDsl<PgConnection> for Explain<'_, Q> {}
+
+impl<Q: diesel::query_builder::QueryFragment<diesel::pg::Pg>>
+    diesel::query_builder::QueryFragment<diesel::pg::Pg> for Explain<'_, Q>
+{
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        out.push_sql("EXPLAIN ");
+        self.0.walk_ast(out.reborrow())
+    }
+}
+
 /// Returns [`Error::NoTransaction`] unless a transaction opened through Diesel is active.
 ///
 /// Every write method calls this first, so a write is never committed by accident in

@@ -5,6 +5,7 @@ pub mod alert;
 pub mod analytics_read;
 pub mod audit;
 pub mod cost_write;
+pub mod patterns;
 mod prepared;
 pub mod provenance;
 pub mod worker_write;
@@ -18,6 +19,10 @@ pub use audit::{AuditDriver, AuditInput, AuditOutcome};
 pub use cost_write::{
     BudgetLimits, BudgetScope, CostInput, CostWriteDriver, FeatureTagChanges, FeatureTagInput,
     RecordedCost, BULK_CHUNK,
+};
+pub use patterns::{
+    FeedbackInput, PatternDetectionDriver, PredictionDriver, PredictionFilter, PredictionInput,
+    PredictionSummary, WorkerRunTotal,
 };
 pub use provenance::{
     BackfillStats, BaselineRecord, DriftStats, ProvenanceDriver, ProvenanceFilter, ProvenanceInput,

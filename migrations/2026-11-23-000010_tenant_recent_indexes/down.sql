@@ -1,0 +1,3 @@
+DROP INDEX ix_worker_runs_tenant_status_created;
+DROP INDEX ix_prediction_events_tenant_created;
+DROP INDEX ix_pattern_feedback_tenant_type_detected;
