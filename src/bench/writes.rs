@@ -3,14 +3,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
-use diesel::sql_types::{Bool, Float8, Int4, Nullable, Text, Timestamptz};
 
 use super::{Ctx, Scale, Target, Workload};
-use crate::drivers::cost_write::copy_row;
+use crate::drivers::cost_write::{copy_row, push_insert_values};
 use crate::drivers::{CostInput, CostWriteDriver, RunCost, WorkerWriteService};
 use crate::error::{Error, Result};
 use crate::models::ids;
@@ -60,7 +59,6 @@ pub(super) fn rolled_back(
 struct PlainInsert<'a> {
     id: &'a str,
     cost: &'a CostInput,
-    created_at: DateTime<Utc>,
 }
 
 struct PlainInsertId;
@@ -74,52 +72,14 @@ impl RunQueryDsl<PgConnection> for PlainInsert<'_> {}
 
 impl QueryFragment<Pg> for PlainInsert<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let c = self.cost;
-        out.push_sql(
-            "INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, \
-             workflow_id, skill_id, model, input_tokens, output_tokens, cost_cents, is_retry, \
-             created_at) VALUES (",
-        );
-        out.push_bind_param::<Text, _>(self.id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&c.tenant_id)?;
-        for text in [
-            &c.user_id,
-            &c.feature_tag,
-            &c.request_id,
-            &c.workflow_id,
-            &c.skill_id,
-        ] {
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<Text>, _>(text)?;
-        }
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&c.model)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Int4, _>(&c.input_tokens)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Int4, _>(&c.output_tokens)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Float8, _>(&c.cost_cents)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Bool, _>(&c.is_retry)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Timestamptz, _>(&self.created_at)?;
-        out.push_sql(")");
-        Ok(())
+        push_insert_values(&mut out, self.id, self.cost)
     }
 }
 
 fn plain_inserts(conn: &mut PgConnection, rows: &[CostInput]) -> Result<()> {
     for cost in rows {
         let id = ids::cost_record_id();
-        let created_at = cost.created_at.unwrap_or_else(Utc::now);
-        PlainInsert {
-            id: &id,
-            cost,
-            created_at,
-        }
-        .execute(conn)?;
+        PlainInsert { id: &id, cost }.execute(conn)?;
     }
     Ok(())
 }
@@ -141,6 +101,19 @@ pub fn copy_in(conn: &mut PgConnection, rows: &[CostInput]) -> Result<usize> {
 /// Rounds of the write workloads: each round is a tenth of the work, in its own
 /// transaction.
 const WRITE_ROUNDS: usize = 10;
+
+/// Records `cost` as a worker run's cost, its request id standing for the run.
+fn record_run_cost(conn: &mut PgConnection, cost: &CostInput) -> Result<()> {
+    let run = RunCost {
+        model: cost.model.clone(),
+        input_tokens: cost.input_tokens,
+        output_tokens: cost.output_tokens,
+        cost_cents: cost.cost_cents,
+    };
+    let run_id = cost.request_id.as_deref().unwrap_or_default();
+    WorkerWriteService::new(conn).insert_cost_record(&cost.tenant_id, run_id, &run)?;
+    Ok(())
+}
 
 /// `per-row`: one call per record in one transaction, against the prepared INSERT.
 struct PerRow {
@@ -177,14 +150,7 @@ impl Workload for PerRow {
         rolled_back(&mut ctx.conn, |c| {
             for cost in &rows {
                 if worker {
-                    let run = RunCost {
-                        model: cost.model.clone(),
-                        input_tokens: cost.input_tokens,
-                        output_tokens: cost.output_tokens,
-                        cost_cents: cost.cost_cents,
-                    };
-                    let run_id = cost.request_id.as_deref().unwrap_or_default();
-                    WorkerWriteService::new(c).insert_cost_record(&cost.tenant_id, run_id, &run)?;
+                    record_run_cost(c, cost)?;
                 } else {
                     CostWriteDriver::new(c).create_cost_record(cost)?;
                 }
@@ -262,16 +228,7 @@ impl Workload for OnePerTransaction {
         let rows = cost_inputs(self.rows / WRITE_ROUNDS);
         let started = Instant::now();
         for cost in &rows {
-            let run = RunCost {
-                model: cost.model.clone(),
-                input_tokens: cost.input_tokens,
-                output_tokens: cost.output_tokens,
-                cost_cents: cost.cost_cents,
-            };
-            let run_id = cost.request_id.as_deref().unwrap_or_default();
-            ctx.conn.transaction(|c| {
-                WorkerWriteService::new(c).insert_cost_record(&cost.tenant_id, run_id, &run)
-            })?;
+            ctx.conn.transaction(|c| record_run_cost(c, cost))?;
         }
         Ok(started.elapsed())
     }

@@ -590,42 +590,52 @@ impl Query for InsertOne<'_, true> {
 
 impl<const R: bool> RunQueryDsl<PgConnection> for InsertOne<'_, R> {}
 
+/// Writes `INSERT INTO cost_records (…) VALUES (…)` with every column bound and
+/// `created_at` defaulting to `now()` (`-0` cents become `0`).
+pub(crate) fn push_insert_values<'b>(
+    out: &mut AstPass<'_, 'b, Pg>,
+    id: &'b str,
+    c: &'b CostInput,
+) -> QueryResult<()> {
+    out.push_sql(
+        "INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, \
+         workflow_id, skill_id, model, input_tokens, output_tokens, cost_cents, is_retry, \
+         created_at) VALUES (",
+    );
+    out.push_bind_param::<Text, _>(id)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Text, _>(&c.tenant_id)?;
+    for text in [
+        &c.user_id,
+        &c.feature_tag,
+        &c.request_id,
+        &c.workflow_id,
+        &c.skill_id,
+    ] {
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(text)?;
+    }
+    out.push_sql(", ");
+    out.push_bind_param::<Text, _>(&c.model)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Int4, _>(&c.input_tokens)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Int4, _>(&c.output_tokens)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Float8, _>(&c.cost_cents)?;
+    out.push_sql(" + 0, ");
+    out.push_bind_param::<Bool, _>(&c.is_retry)?;
+    out.push_sql(", coalesce(");
+    out.push_bind_param::<Nullable<Timestamptz>, _>(&c.created_at)?;
+    out.push_sql(", now()))");
+    Ok(())
+}
+
 impl<const R: bool> QueryFragment<Pg> for InsertOne<'_, R> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let c = self.cost;
+        push_insert_values(&mut out, self.id, self.cost)?;
         out.push_sql(
-            "INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, \
-             workflow_id, skill_id, model, input_tokens, output_tokens, cost_cents, is_retry, \
-             created_at) VALUES (",
-        );
-        out.push_bind_param::<Text, _>(self.id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&c.tenant_id)?;
-        for text in [
-            &c.user_id,
-            &c.feature_tag,
-            &c.request_id,
-            &c.workflow_id,
-            &c.skill_id,
-        ] {
-            out.push_sql(", ");
-            out.push_bind_param::<Nullable<Text>, _>(text)?;
-        }
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(&c.model)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Int4, _>(&c.input_tokens)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Int4, _>(&c.output_tokens)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Float8, _>(&c.cost_cents)?;
-        out.push_sql(" + 0, "); // -0 becomes 0
-        out.push_bind_param::<Bool, _>(&c.is_retry)?;
-        out.push_sql(", coalesce(");
-        out.push_bind_param::<Nullable<Timestamptz>, _>(&c.created_at)?;
-        out.push_sql(
-            ", now())) ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL \
-             DO NOTHING",
+            " ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING",
         );
         if R {
             out.push_sql(" RETURNING created_at");
