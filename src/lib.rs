@@ -56,8 +56,8 @@ pub mod schema;
 mod validate;
 
 pub use drivers::{
-    AlertDriver, AnalyticsReadDriver, AuditDriver, CostWriteDriver, ProvenanceDriver,
-    WorkerWriteService,
+    AlertDriver, AnalyticsReadDriver, AuditDriver, CostAnomalyDriver, CostWriteDriver,
+    PatternDetectionDriver, PredictionDriver, ProvenanceDriver, WorkerWriteService,
 };
 pub use error::{Error, Result};
 pub use validate::MAX_AMOUNT_CENTS;

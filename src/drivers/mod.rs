@@ -3,6 +3,7 @@
 
 pub mod alert;
 pub mod analytics_read;
+pub mod anomaly;
 pub mod audit;
 pub mod cost_write;
 pub mod patterns;
@@ -15,6 +16,7 @@ pub use analytics_read::{
     bucket_width, AnalyticsQuery, AnalyticsReadDriver, CountBucket, FeatureSpend, ModelSpend,
     SpendBucket, TimeWindow, UsageBucket,
 };
+pub use anomaly::{AnomalyInput, AnomalyKey, CostAnomalyDriver};
 pub use audit::{AuditDriver, AuditInput, AuditOutcome};
 pub use cost_write::{
     BudgetLimits, BudgetScope, CostInput, CostWriteDriver, FeatureTagChanges, FeatureTagInput,

@@ -76,7 +76,9 @@ pub struct NewCostRecord {
 }
 
 /// A detected cost anomaly or budget advisory (`cost_anomalies`).
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]
+#[derive(
+    Debug, Clone, PartialEq, Queryable, QueryableByName, Selectable, Identifiable, Serialize,
+)]
 #[diesel(table_name = cost_anomalies, check_for_backend(diesel::pg::Pg))]
 pub struct CostAnomaly {
     /// `ca_` + 16 hex.

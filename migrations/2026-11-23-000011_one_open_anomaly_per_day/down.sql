@@ -1,0 +1,1 @@
+DROP INDEX uq_cost_anomalies_open_per_day;

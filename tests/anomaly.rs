@@ -1,0 +1,352 @@
+//! CostAnomalyDriver's read half against a real PostgreSQL: budgets, finding an open
+//! anomaly, and the one-per-day upsert under races and at UTC midnight.
+
+mod common;
+
+use std::sync::{Arc, Barrier};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use common::assert_invalid;
+use costdb::drivers::{AnomalyInput, AnomalyKey, BudgetLimits, BudgetScope};
+use costdb::models::{AnomalyType, DerivedCause, EntityType, Severity};
+use costdb::{CostAnomalyDriver, CostWriteDriver, Error};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use serde_json::json;
+
+fn day(d: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 9, d, 0, 0, 0).unwrap()
+}
+
+fn spike(user: Option<&str>, value: f64, at: DateTime<Utc>) -> AnomalyInput {
+    AnomalyInput {
+        key: AnomalyKey {
+            anomaly_type: AnomalyType::UserSpike,
+            entity_type: if user.is_some() {
+                EntityType::User
+            } else {
+                EntityType::Tenant
+            },
+            entity_id: user.map(Into::into),
+        },
+        severity: Severity::Medium,
+        current_value_cents: value,
+        expected_value_cents: 100.0,
+        deviation_pct: value - 100.0,
+        threshold_pct: 140.0,
+        message: format!("spend {value}¢ against 100¢"),
+        breach_count: 2,
+        derived_cause: Some(DerivedCause::RetryLoop),
+        metadata: Some(json!({ "value": value })),
+        detected_at: at,
+    }
+}
+
+#[test]
+fn one_open_anomaly_per_key_and_utc_day() {
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let mut d = CostAnomalyDriver::new(&mut conn);
+    let first = d
+        .upsert_anomaly(
+            &tenant,
+            &spike(Some("u1"), 150.0, day(3) + Duration::hours(1)),
+        )
+        .unwrap();
+    assert!(first.id.starts_with("ca_"));
+    assert_eq!(
+        (
+            first.current_value_cents,
+            first.severity,
+            first.breach_count,
+            first.resolved
+        ),
+        (150.0, Severity::Medium, Some(2), false)
+    );
+    // Later the same UTC day: the observation changes, the first detection stays.
+    let mut later = spike(Some("u1"), 320.0, day(3) + Duration::hours(23));
+    later.severity = Severity::High;
+    later.expected_value_cents = 999.0;
+    later.threshold_pct = 1.0;
+    later.breach_count = 3;
+    later.derived_cause = None;
+    let second = d.upsert_anomaly(&tenant, &later).unwrap();
+    assert_eq!(second.id, first.id);
+    assert_eq!(
+        (
+            second.current_value_cents,
+            second.severity,
+            second.breach_count,
+            second.derived_cause,
+            second.metadata.clone(),
+            second.message.clone()
+        ),
+        (
+            320.0,
+            Severity::High,
+            Some(3),
+            None,
+            Some(json!({"value": 320.0})),
+            later.message.clone()
+        )
+    );
+    assert_eq!(
+        (
+            second.expected_value_cents,
+            second.threshold_pct,
+            second.detected_at
+        ),
+        (100.0, 140.0, first.detected_at)
+    );
+    // The last microsecond of the day is the same day; midnight is the next one.
+    let last = d
+        .upsert_anomaly(
+            &tenant,
+            &spike(Some("u1"), 1.0, day(4) - Duration::microseconds(1)),
+        )
+        .unwrap();
+    assert_eq!(last.id, first.id);
+    let next = d
+        .upsert_anomaly(&tenant, &spike(Some("u1"), 2.0, day(4)))
+        .unwrap();
+    assert_ne!(next.id, first.id);
+    // Another entity, the tenant as a whole, and another tenant are other anomalies.
+    let other_user = d
+        .upsert_anomaly(&tenant, &spike(Some("u2"), 5.0, day(3)))
+        .unwrap();
+    let whole = d
+        .upsert_anomaly(&tenant, &spike(None, 5.0, day(3)))
+        .unwrap();
+    let whole_again = d
+        .upsert_anomaly(&tenant, &spike(None, 6.0, day(3)))
+        .unwrap();
+    assert_eq!(
+        whole.id, whole_again.id,
+        "a tenant-wide anomaly is one row too"
+    );
+    let stranger = d
+        .upsert_anomaly(&common::tenant(), &spike(Some("u1"), 5.0, day(3)))
+        .unwrap();
+    let distinct: std::collections::BTreeSet<_> =
+        [&first.id, &next.id, &other_user.id, &whole.id, &stranger.id]
+            .into_iter()
+            .collect();
+    assert_eq!(distinct.len(), 5);
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "cost_anomalies", &tenant),
+        4
+    );
+
+    // A resolved anomaly does not block a new one the same day.
+    conn.batch_execute(&format!(
+        "UPDATE cost_anomalies SET resolved = true WHERE id = '{}'",
+        next.id
+    ))
+    .unwrap();
+    let reopened = CostAnomalyDriver::new(&mut conn)
+        .upsert_anomaly(
+            &tenant,
+            &spike(Some("u1"), 9.0, day(4) + Duration::hours(2)),
+        )
+        .unwrap();
+    assert_ne!(reopened.id, next.id);
+}
+
+#[test]
+fn concurrent_detectors_upsert_one_row() {
+    let tenant = common::tenant();
+    let barrier = Arc::new(Barrier::new(4));
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let (tenant, barrier) = (tenant.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut conn = costdb::db::connect(common::database_url()).unwrap();
+                conn.transaction(|c| {
+                    barrier.wait();
+                    let at = day(5) + Duration::minutes(i);
+                    CostAnomalyDriver::new(c)
+                        .upsert_anomaly(&tenant, &spike(Some("u"), 200.0 + i as f64, at))
+                })
+                .unwrap()
+            })
+        })
+        .collect();
+    let rows: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(rows.iter().all(|r| r.id == rows[0].id));
+    assert_eq!(
+        common::count_for_tenant(&mut common::conn(), "cost_anomalies", &tenant),
+        1
+    );
+}
+
+#[test]
+fn finding_and_budgets_are_scoped() {
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let mut d = CostAnomalyDriver::new(&mut conn);
+    let user = d
+        .upsert_anomaly(
+            &tenant,
+            &spike(Some("u1"), 150.0, day(6) + Duration::hours(8)),
+        )
+        .unwrap();
+    let whole = d
+        .upsert_anomaly(&tenant, &spike(None, 150.0, day(6) + Duration::hours(9)))
+        .unwrap();
+    let key = |entity: Option<&str>| AnomalyKey {
+        anomaly_type: AnomalyType::UserSpike,
+        entity_type: if entity.is_some() {
+            EntityType::User
+        } else {
+            EntityType::Tenant
+        },
+        entity_id: entity.map(Into::into),
+    };
+    assert_eq!(
+        d.find_existing_anomaly(&tenant, &key(Some("u1")), day(6))
+            .unwrap(),
+        Some(user.clone())
+    );
+    assert_eq!(
+        d.find_existing_anomaly(&tenant, &key(None), day(6))
+            .unwrap(),
+        Some(whole)
+    );
+    let after = day(6) + Duration::hours(8) + Duration::microseconds(1);
+    assert_eq!(
+        d.find_existing_anomaly(&tenant, &key(Some("u1")), after)
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        d.find_existing_anomaly(&common::tenant(), &key(Some("u1")), day(6))
+            .unwrap(),
+        None
+    );
+    conn.batch_execute(&format!(
+        "UPDATE cost_anomalies SET resolved = true WHERE id = '{}'",
+        user.id
+    ))
+    .unwrap();
+    assert_eq!(
+        CostAnomalyDriver::new(&mut conn)
+            .find_existing_anomaly(&tenant, &key(Some("u1")), day(6))
+            .unwrap(),
+        None
+    );
+
+    let limits = BudgetLimits {
+        daily_limit_cents: Some(1_000),
+        monthly_limit_cents: None,
+        warn_threshold_pct: 80,
+        hard_limit_enabled: true,
+    };
+    let mut w = CostWriteDriver::new(&mut conn);
+    let t = w
+        .create_or_update_budget(&tenant, &BudgetScope::Tenant, &limits)
+        .unwrap();
+    let f = w
+        .create_or_update_budget(&tenant, &BudgetScope::Feature("a.b".into()), &limits)
+        .unwrap();
+    let u = w
+        .create_or_update_budget(&tenant, &BudgetScope::User("u9".into()), &limits)
+        .unwrap();
+    w.create_or_update_budget(&common::tenant(), &BudgetScope::Tenant, &limits)
+        .unwrap();
+    conn.batch_execute(&format!(
+        "UPDATE cost_budgets SET is_active = false WHERE id = '{}'",
+        u.id
+    ))
+    .unwrap();
+    let active = CostAnomalyDriver::new(&mut conn)
+        .fetch_active_budgets(&tenant)
+        .unwrap();
+    let mut expected = vec![t.id, f.id];
+    expected.sort();
+    let mut got: Vec<String> = active.into_iter().map(|b| b.id).collect();
+    got.sort();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn bad_input_is_refused_and_nothing_is_written() {
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let ok = spike(Some("u"), 150.0, day(7));
+    let mut d = CostAnomalyDriver::new(&mut conn);
+    let mut long = ok.clone();
+    long.key.entity_id = Some("e".repeat(129));
+    let cases = [
+        (
+            AnomalyInput {
+                current_value_cents: f64::NAN,
+                ..ok.clone()
+            },
+            "current_value_cents",
+        ),
+        (
+            AnomalyInput {
+                expected_value_cents: -1.0,
+                ..ok.clone()
+            },
+            "expected_value_cents",
+        ),
+        (
+            AnomalyInput {
+                deviation_pct: f64::INFINITY,
+                ..ok.clone()
+            },
+            "deviation_pct",
+        ),
+        (
+            AnomalyInput {
+                threshold_pct: -5.0,
+                ..ok.clone()
+            },
+            "threshold_pct",
+        ),
+        (
+            AnomalyInput {
+                message: "a\0".into(),
+                ..ok.clone()
+            },
+            "message",
+        ),
+        (
+            AnomalyInput {
+                breach_count: 0,
+                ..ok.clone()
+            },
+            "breach_count",
+        ),
+        (
+            AnomalyInput {
+                metadata: Some(json!([1])),
+                ..ok.clone()
+            },
+            "metadata",
+        ),
+        (
+            AnomalyInput {
+                detected_at: DateTime::<Utc>::MIN_UTC,
+                ..ok.clone()
+            },
+            "detected_at",
+        ),
+        (long, "entity_id"),
+    ];
+    for (bad, field) in cases {
+        assert_invalid(d.upsert_anomaly(&tenant, &bad), field);
+    }
+    assert_invalid(d.upsert_anomaly("", &ok), "tenant_id");
+    assert_invalid(d.fetch_active_budgets(""), "tenant_id");
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "cost_anomalies", &tenant),
+        0
+    );
+    let mut bare = costdb::db::connect(common::database_url()).unwrap();
+    assert!(matches!(
+        CostAnomalyDriver::new(&mut bare).upsert_anomaly(&tenant, &ok),
+        Err(Error::NoTransaction)
+    ));
+}
