@@ -350,3 +350,243 @@ fn bad_input_is_refused_and_nothing_is_written() {
         Err(Error::NoTransaction)
     ));
 }
+
+fn date(d: u32) -> chrono::NaiveDate {
+    chrono::NaiveDate::from_ymd_opt(2026, 9, d).unwrap()
+}
+
+fn breach(user: Option<&str>, on: chrono::NaiveDate, value: f64) -> costdb::drivers::BreachInput {
+    costdb::drivers::BreachInput {
+        entity: costdb::drivers::EntityKey {
+            entity_type: if user.is_some() {
+                EntityType::User
+            } else {
+                EntityType::Tenant
+            },
+            entity_id: user.map(Into::into),
+        },
+        breach_type: costdb::models::BreachType::AbsoluteSpike,
+        breach_date: on,
+        deviation_pct: value - 100.0,
+        current_value_cents: value,
+        baseline_value_cents: 100.0,
+    }
+}
+
+#[test]
+fn consecutive_breach_days_are_the_real_run_ending_today() {
+    use costdb::models::BreachType;
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let mut d = CostAnomalyDriver::new(&mut conn);
+    // Runs: the 1st alone; the 3rd and 4th; the 6th to the 10th. The tenant-wide entity
+    // breaches on the 10th only.
+    let days = [1, 3, 4, 6, 7, 8, 9, 10];
+    for day in days {
+        assert!(d
+            .insert_breach_history(&tenant, &breach(Some("u1"), date(day), 150.0))
+            .unwrap());
+    }
+    assert!(d
+        .insert_breach_history(&tenant, &breach(None, date(10), 150.0))
+        .unwrap());
+    let user = breach(Some("u1"), date(1), 0.0).entity;
+    let whole = breach(None, date(1), 0.0).entity;
+    let count = |d: &mut CostAnomalyDriver, key, day| {
+        d.fetch_consecutive_breaches(&tenant, key, BreachType::AbsoluteSpike, date(day))
+            .unwrap()
+    };
+    // Expected: the length of the run of breach days ending on that day, from the fixture.
+    for today in 1..=11u32 {
+        let mut run = 0;
+        while today > run && days.contains(&(today - run)) {
+            run += 1;
+        }
+        assert_eq!(count(&mut d, &user, today), run as i32, "on the {today}th");
+    }
+    assert_eq!(count(&mut d, &whole, 10), 1);
+    assert_eq!(count(&mut d, &whole, 9), 0);
+    assert_eq!(
+        d.fetch_consecutive_breaches(&tenant, &user, BreachType::SustainedDrift, date(10))
+            .unwrap(),
+        0
+    );
+    assert!(d
+        .fetch_breach_exists_today(&tenant, &user, BreachType::AbsoluteSpike, date(4))
+        .unwrap());
+    assert!(!d
+        .fetch_breach_exists_today(&tenant, &user, BreachType::AbsoluteSpike, date(5))
+        .unwrap());
+    assert!(!d
+        .fetch_breach_exists_today(&tenant, &whole, BreachType::AbsoluteSpike, date(4))
+        .unwrap());
+    // The same day again updates the value and keeps the baseline: still one row.
+    let mut again = breach(Some("u1"), date(10), 400.0);
+    again.baseline_value_cents = 1.0;
+    assert!(!d.insert_breach_history(&tenant, &again).unwrap());
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        current_value_cents: f64,
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        baseline_value_cents: f64,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT current_value_cents, baseline_value_cents FROM cost_breach_history \
+         WHERE tenant_id = $1 AND entity_id = 'u1' AND breach_date = '2026-09-10'",
+    )
+    .bind::<diesel::sql_types::Text, _>(&tenant)
+    .load(&mut conn)
+    .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].current_value_cents, rows[0].baseline_value_cents),
+        (400.0, 100.0)
+    );
+}
+
+#[test]
+fn drift_tracking_counts_days_survives_reset_and_reactivates() {
+    use costdb::drivers::{DriftObservation, EntityKey};
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let key = EntityKey {
+        entity_type: EntityType::Tenant,
+        entity_id: None,
+    };
+    let obs = |day: u32, rolling: f64| DriftObservation {
+        rolling_avg_cents: rolling,
+        baseline_avg_cents: 100.0,
+        drift_pct: rolling - 100.0,
+        today: date(day),
+    };
+    let mut d = CostAnomalyDriver::new(&mut conn);
+    assert_eq!(d.fetch_drift_tracking(&tenant, &key).unwrap(), None);
+    assert_eq!(
+        d.upsert_drift_tracking(&tenant, &key, &obs(1, 130.0))
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        d.upsert_drift_tracking(&tenant, &key, &obs(1, 131.0))
+            .unwrap(),
+        1,
+        "same day"
+    );
+    assert_eq!(
+        d.upsert_drift_tracking(&tenant, &key, &obs(2, 132.0))
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        d.upsert_drift_tracking(&tenant, &key, &obs(3, 133.0))
+            .unwrap(),
+        3
+    );
+    let t = d.fetch_drift_tracking(&tenant, &key).unwrap().unwrap();
+    assert_eq!(
+        (
+            t.drift_days_count,
+            t.first_drift_date,
+            t.last_check_date,
+            t.rolling_7d_avg_cents,
+            t.is_active
+        ),
+        (3, date(1), date(3), 133.0, true)
+    );
+    // A gap starts the count again.
+    assert_eq!(
+        d.upsert_drift_tracking(&tenant, &key, &obs(5, 140.0))
+            .unwrap(),
+        1
+    );
+    let t = d.fetch_drift_tracking(&tenant, &key).unwrap().unwrap();
+    assert_eq!((t.first_drift_date, t.last_check_date), (date(5), date(5)));
+    // Reset, then drift again: the same row comes back active, counting from 1.
+    assert_eq!(d.reset_drift_tracking(&tenant, &key).unwrap(), 1);
+    assert_eq!(d.fetch_drift_tracking(&tenant, &key).unwrap(), None);
+    assert_eq!(d.reset_drift_tracking(&tenant, &key).unwrap(), 0);
+    assert_eq!(
+        d.upsert_drift_tracking(&tenant, &key, &obs(6, 150.0))
+            .unwrap(),
+        1
+    );
+    let back = d.fetch_drift_tracking(&tenant, &key).unwrap().unwrap();
+    assert_eq!(
+        (back.id.clone(), back.first_drift_date),
+        (t.id.clone(), date(6))
+    );
+    // An explicit update, by the tenant only.
+    let updated = d
+        .update_drift_tracking(&tenant, &back.id, 4, &obs(7, 160.0))
+        .unwrap();
+    assert_eq!(
+        (
+            updated.drift_days_count,
+            updated.last_check_date,
+            updated.rolling_7d_avg_cents
+        ),
+        (4, date(7), 160.0)
+    );
+    assert!(matches!(
+        d.update_drift_tracking(&common::tenant(), &back.id, 4, &obs(7, 1.0)),
+        Err(Error::NotFound { .. })
+    ));
+    // Another entity has its own tracker.
+    let user = EntityKey {
+        entity_type: EntityType::User,
+        entity_id: Some("u1".into()),
+    };
+    assert_eq!(
+        d.upsert_drift_tracking(&tenant, &user, &obs(7, 1.0))
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "cost_drift_tracking", &tenant),
+        2
+    );
+}
+
+#[test]
+fn concurrent_breaches_and_drift_days_leave_one_row_each() {
+    use costdb::drivers::{DriftObservation, EntityKey};
+    let tenant = common::tenant();
+    let barrier = Arc::new(Barrier::new(4));
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (tenant, barrier) = (tenant.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut conn = costdb::db::connect(common::database_url()).unwrap();
+                conn.transaction::<_, Error, _>(|c| {
+                    barrier.wait();
+                    let mut d = CostAnomalyDriver::new(c);
+                    d.insert_breach_history(&tenant, &breach(Some("u"), date(12), 200.0))?;
+                    let key = EntityKey {
+                        entity_type: EntityType::Tenant,
+                        entity_id: None,
+                    };
+                    let obs = DriftObservation {
+                        rolling_avg_cents: 130.0,
+                        baseline_avg_cents: 100.0,
+                        drift_pct: 30.0,
+                        today: date(12),
+                    };
+                    d.upsert_drift_tracking(&tenant, &key, &obs)
+                })
+                .unwrap()
+            })
+        })
+        .collect();
+    let counts: Vec<i32> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(counts.iter().all(|c| *c == 1), "{counts:?}");
+    let mut conn = common::conn();
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "cost_breach_history", &tenant),
+        1
+    );
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "cost_drift_tracking", &tenant),
+        1
+    );
+}

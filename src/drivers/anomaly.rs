@@ -1,7 +1,8 @@
-//! `CostAnomalyDriver`: the anomaly detector's data access. This part is its read half:
-//! active budgets, finding an open anomaly, and the race-free upsert of one.
+//! `CostAnomalyDriver`: the anomaly detector's data access: active budgets, finding and
+//! upserting anomalies (one open per key and UTC day), breach history and drift tracking.
+//! Every write is one statement that closes its race in SQL.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Double, Int4, Jsonb, Nullable, Text, Timestamptz};
 use serde::Serialize;
@@ -9,9 +10,10 @@ use serde::Serialize;
 use crate::db::require_transaction;
 use crate::error::{Error, Result};
 use crate::models::{
-    ids, AnomalyType, CostAnomaly, CostBudget, DerivedCause, EntityType, Severity,
+    ids, AnomalyType, BreachType, CostAnomaly, CostBudget, DerivedCause, DriftTracking, EntityType,
+    Severity,
 };
-use crate::schema::{cost_anomalies as ca, cost_budgets};
+use crate::schema::{cost_anomalies as ca, cost_budgets, cost_drift_tracking as dt};
 use crate::validate;
 
 /// Which anomaly: its type and the entity it is about.
@@ -96,6 +98,114 @@ DO UPDATE SET current_value_cents = EXCLUDED.current_value_cents, \
     derived_cause = EXCLUDED.derived_cause, metadata = EXCLUDED.metadata \
 RETURNING a.*";
 
+/// Whose breach or drift: an entity of a tenant (`entity_id: None` for the tenant as a
+/// whole).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EntityKey {
+    /// What kind of entity.
+    pub entity_type: EntityType,
+    /// Which one (at most 128 characters).
+    pub entity_id: Option<String>,
+}
+
+/// One day's breach of a spike rule, for [`CostAnomalyDriver::insert_breach_history`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BreachInput {
+    /// Whose.
+    pub entity: EntityKey,
+    /// Which rule.
+    pub breach_type: BreachType,
+    /// The UTC day.
+    pub breach_date: NaiveDate,
+    /// Deviation from the baseline in percent (finite).
+    pub deviation_pct: f64,
+    /// Today's value, an amount in cents.
+    pub current_value_cents: f64,
+    /// The baseline, an amount in cents.
+    pub baseline_value_cents: f64,
+}
+
+/// One day's drift observation, for [`CostAnomalyDriver::upsert_drift_tracking`] and
+/// [`CostAnomalyDriver::update_drift_tracking`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriftObservation {
+    /// The 7-day rolling average, an amount in cents.
+    pub rolling_avg_cents: f64,
+    /// The baseline average, an amount in cents.
+    pub baseline_avg_cents: f64,
+    /// Drift in percent (finite).
+    pub drift_pct: f64,
+    /// The UTC day of the observation.
+    pub today: NaiveDate,
+}
+
+impl DriftObservation {
+    fn validate(&self) -> Result<()> {
+        validate::amount("rolling_avg_cents", self.rolling_avg_cents)?;
+        validate::amount("baseline_avg_cents", self.baseline_avg_cents)?;
+        validate::finite("drift_pct", self.drift_pct)
+    }
+}
+
+fn entity(key: &EntityKey) -> Result<()> {
+    validate::optional("entity_id", key.entity_id.as_deref(), 128)
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = Int4)]
+    n: i32,
+}
+
+/// Records a breach day; a second record of the same day keeps the first's id, baseline
+/// and creation, and takes the new deviation and value. Says whether the row is new.
+const BREACH: &str = "\
+INSERT INTO cost_breach_history AS b (id, tenant_id, entity_type, entity_id, breach_type, \
+    breach_date, deviation_pct, current_value_cents, baseline_value_cents) \
+VALUES ($1, $2, $3, $4, $5, $6, $7 + 0, $8 + 0, $9 + 0) \
+ON CONFLICT ON CONSTRAINT uq_breach_per_entity_day DO UPDATE \
+    SET deviation_pct = EXCLUDED.deviation_pct, \
+        current_value_cents = EXCLUDED.current_value_cents \
+RETURNING (xmax = 0) AS ok";
+
+/// The length of the run of consecutive breach days that ends on `$5` (0 without a
+/// breach that day): numbered newest first, `day + row number` is the same for every day
+/// of one run.
+const CONSECUTIVE: &str = "\
+WITH days AS ( \
+    SELECT DISTINCT breach_date FROM cost_breach_history \
+    WHERE tenant_id = $1 AND entity_type = $2 AND entity_id IS NOT DISTINCT FROM $3 \
+      AND breach_type = $4 AND breach_date <= $5 \
+), runs AS ( \
+    SELECT breach_date, \
+           breach_date + (row_number() OVER (ORDER BY breach_date DESC))::int AS run \
+    FROM days \
+) \
+SELECT count(*)::int AS n FROM runs \
+WHERE run = (SELECT run FROM runs WHERE breach_date = $5)";
+
+/// Counts a drift day for the entity in one statement: a new or inactive tracker starts
+/// at 1 (and becomes active), an active one checked yesterday goes up by one, one already
+/// checked today stays, one with a gap starts again at 1. Returns the count.
+const DRIFT: &str = "\
+INSERT INTO cost_drift_tracking AS d (id, tenant_id, entity_type, entity_id, \
+    rolling_7d_avg_cents, baseline_7d_avg_cents, drift_pct, drift_days_count, \
+    first_drift_date, last_check_date, is_active) \
+VALUES ($1, $2, $3, $4, $5 + 0, $6 + 0, $7 + 0, 1, $8, $8, true) \
+ON CONFLICT ON CONSTRAINT uq_drift_tracker_per_entity DO UPDATE SET \
+    drift_days_count = CASE \
+        WHEN d.is_active AND d.last_check_date = $8 THEN d.drift_days_count \
+        WHEN d.is_active AND d.last_check_date = $8 - 1 THEN d.drift_days_count + 1 \
+        ELSE 1 END, \
+    first_drift_date = CASE \
+        WHEN d.is_active AND d.last_check_date IN ($8, $8 - 1) THEN d.first_drift_date \
+        ELSE $8 END, \
+    rolling_7d_avg_cents = EXCLUDED.rolling_7d_avg_cents, \
+    baseline_7d_avg_cents = EXCLUDED.baseline_7d_avg_cents, \
+    drift_pct = EXCLUDED.drift_pct, last_check_date = $8, is_active = true, \
+    updated_at = now() \
+RETURNING drift_days_count AS n";
+
 /// Data access of the cost-anomaly detector. Writes refuse to run outside the caller's
 /// transaction and never commit.
 pub struct CostAnomalyDriver<'c> {
@@ -106,6 +216,189 @@ impl<'c> CostAnomalyDriver<'c> {
     /// Wraps the caller's connection.
     pub fn new(conn: &'c mut PgConnection) -> Self {
         CostAnomalyDriver { conn }
+    }
+
+    /// Whether the entity already has a breach of `breach_type` recorded on `today`.
+    pub fn fetch_breach_exists_today(
+        &mut self,
+        tenant_id: &str,
+        key: &EntityKey,
+        breach_type: BreachType,
+        today: NaiveDate,
+    ) -> Result<bool> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        entity(key)?;
+        use crate::schema::cost_breach_history::dsl as b;
+        let mut q = b::cost_breach_history
+            .filter(b::tenant_id.eq(tenant_id))
+            .filter(b::entity_type.eq(key.entity_type))
+            .filter(b::breach_type.eq(breach_type))
+            .filter(b::breach_date.eq(today))
+            .into_boxed();
+        q = match &key.entity_id {
+            Some(id) => q.filter(b::entity_id.eq(id.clone())),
+            None => q.filter(b::entity_id.is_null()),
+        };
+        Ok(diesel::select(diesel::dsl::exists(q)).get_result(self.conn)?)
+    }
+
+    /// Records the entity's breach of `input.breach_date` (an upsert on tenant, entity,
+    /// rule and day: concurrent detectors leave one row). Returns whether the row is new.
+    pub fn insert_breach_history(&mut self, tenant_id: &str, input: &BreachInput) -> Result<bool> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        entity(&input.entity)?;
+        validate::finite("deviation_pct", input.deviation_pct)?;
+        validate::amount("current_value_cents", input.current_value_cents)?;
+        validate::amount("baseline_value_cents", input.baseline_value_cents)?;
+        require_transaction(self.conn)?;
+        #[derive(QueryableByName)]
+        struct Inserted {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            ok: bool,
+        }
+        Ok(diesel::sql_query(BREACH)
+            .bind::<Text, _>(ids::breach_history_id())
+            .bind::<Text, _>(tenant_id)
+            .bind::<Text, _>(input.entity.entity_type)
+            .bind::<Nullable<Text>, _>(input.entity.entity_id.as_deref())
+            .bind::<Text, _>(input.breach_type)
+            .bind::<diesel::sql_types::Date, _>(input.breach_date)
+            .bind::<Double, _>(input.deviation_pct)
+            .bind::<Double, _>(input.current_value_cents)
+            .bind::<Double, _>(input.baseline_value_cents)
+            .get_result::<Inserted>(self.conn)?
+            .ok)
+    }
+
+    /// How many consecutive days up to and including `today` the entity breached
+    /// `breach_type`: 0 without a breach today, 2 for today and yesterday, and so on (the
+    /// original always answered 1).
+    pub fn fetch_consecutive_breaches(
+        &mut self,
+        tenant_id: &str,
+        key: &EntityKey,
+        breach_type: BreachType,
+        today: NaiveDate,
+    ) -> Result<i32> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        entity(key)?;
+        Ok(diesel::sql_query(CONSECUTIVE)
+            .bind::<Text, _>(tenant_id)
+            .bind::<Text, _>(key.entity_type)
+            .bind::<Nullable<Text>, _>(key.entity_id.as_deref())
+            .bind::<Text, _>(breach_type)
+            .bind::<diesel::sql_types::Date, _>(today)
+            .get_result::<Count>(self.conn)?
+            .n)
+    }
+
+    /// The entity's active drift tracker, if any.
+    pub fn fetch_drift_tracking(
+        &mut self,
+        tenant_id: &str,
+        key: &EntityKey,
+    ) -> Result<Option<DriftTracking>> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        entity(key)?;
+        let mut q = dt::table
+            .filter(dt::tenant_id.eq(tenant_id))
+            .filter(dt::entity_type.eq(key.entity_type))
+            .filter(dt::is_active.eq(true))
+            .select(DriftTracking::as_select())
+            .into_boxed();
+        q = match &key.entity_id {
+            Some(id) => q.filter(dt::entity_id.eq(id.clone())),
+            None => q.filter(dt::entity_id.is_null()),
+        };
+        Ok(q.first(self.conn).optional()?)
+    }
+
+    /// Counts a drift day (see the statement's rules: yesterday's tracker goes up by one,
+    /// today's stays, a gap or an inactive tracker starts again at 1) and returns the
+    /// count. One upsert on the entity: it re-activates a reset tracker, and concurrent
+    /// detectors leave one row.
+    pub fn upsert_drift_tracking(
+        &mut self,
+        tenant_id: &str,
+        key: &EntityKey,
+        observation: &DriftObservation,
+    ) -> Result<i32> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        entity(key)?;
+        observation.validate()?;
+        require_transaction(self.conn)?;
+        Ok(diesel::sql_query(DRIFT)
+            .bind::<Text, _>(ids::drift_tracking_id())
+            .bind::<Text, _>(tenant_id)
+            .bind::<Text, _>(key.entity_type)
+            .bind::<Nullable<Text>, _>(key.entity_id.as_deref())
+            .bind::<Double, _>(observation.rolling_avg_cents)
+            .bind::<Double, _>(observation.baseline_avg_cents)
+            .bind::<Double, _>(observation.drift_pct)
+            .bind::<diesel::sql_types::Date, _>(observation.today)
+            .get_result::<Count>(self.conn)?
+            .n)
+    }
+
+    /// Sets the tenant's tracker `id` to `drift_days_count` with the observation's values.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the tenant has no tracker `id` (the original updated any
+    /// tenant's).
+    pub fn update_drift_tracking(
+        &mut self,
+        tenant_id: &str,
+        id: &str,
+        drift_days_count: i32,
+        observation: &DriftObservation,
+    ) -> Result<DriftTracking> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("id", id, 32)?;
+        observation.validate()?;
+        if drift_days_count < 1 {
+            return Err(Error::invalid("drift_days_count", "must be at least 1"));
+        }
+        require_transaction(self.conn)?;
+        diesel::update(
+            dt::table
+                .filter(dt::tenant_id.eq(tenant_id))
+                .filter(dt::id.eq(id)),
+        )
+        .set((
+            dt::rolling_7d_avg_cents.eq(observation.rolling_avg_cents + 0.0),
+            dt::baseline_7d_avg_cents.eq(observation.baseline_avg_cents + 0.0),
+            dt::drift_pct.eq(observation.drift_pct + 0.0),
+            dt::drift_days_count.eq(drift_days_count),
+            dt::last_check_date.eq(observation.today),
+            dt::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(DriftTracking::as_returning())
+        .get_result(self.conn)
+        .optional()?
+        .ok_or_else(|| Error::NotFound {
+            entity: "drift tracker",
+            id: id.into(),
+        })
+    }
+
+    /// Deactivates the entity's active tracker (drift ended); returns how many were.
+    pub fn reset_drift_tracking(&mut self, tenant_id: &str, key: &EntityKey) -> Result<usize> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        entity(key)?;
+        require_transaction(self.conn)?;
+        let target = dt::table
+            .filter(dt::tenant_id.eq(tenant_id))
+            .filter(dt::entity_type.eq(key.entity_type))
+            .filter(dt::is_active.eq(true));
+        let set = (dt::is_active.eq(false), dt::updated_at.eq(diesel::dsl::now));
+        Ok(match &key.entity_id {
+            Some(id) => diesel::update(target.filter(dt::entity_id.eq(id.clone())))
+                .set(set)
+                .execute(self.conn)?,
+            None => diesel::update(target.filter(dt::entity_id.is_null()))
+                .set(set)
+                .execute(self.conn)?,
+        })
     }
 
     /// The tenant's active budgets, by type and entity.

@@ -16,7 +16,9 @@ pub use analytics_read::{
     bucket_width, AnalyticsQuery, AnalyticsReadDriver, CountBucket, FeatureSpend, ModelSpend,
     SpendBucket, TimeWindow, UsageBucket,
 };
-pub use anomaly::{AnomalyInput, AnomalyKey, CostAnomalyDriver};
+pub use anomaly::{
+    AnomalyInput, AnomalyKey, BreachInput, CostAnomalyDriver, DriftObservation, EntityKey,
+};
 pub use audit::{AuditDriver, AuditInput, AuditOutcome};
 pub use cost_write::{
     BudgetLimits, BudgetScope, CostInput, CostWriteDriver, FeatureTagChanges, FeatureTagInput,
