@@ -590,3 +590,208 @@ fn concurrent_breaches_and_drift_days_leave_one_row_each() {
         1
     );
 }
+
+/// Three weeks of calls for one tenant: users u1/u2, features f1/f2/untagged, some
+/// retried, one exactly at each UTC midnight; days 5 and 6 have none. Returns the inputs.
+fn history(conn: &mut PgConnection, tenant: &str) -> Vec<costdb::drivers::CostInput> {
+    let mut rows = Vec::new();
+    for d in 1..=21u32 {
+        if d == 5 || d == 6 {
+            continue;
+        }
+        for k in 0..(3 + d % 4) {
+            let at = day(d) + Duration::minutes(i64::from(k) * 217 % 1440);
+            rows.push(costdb::drivers::CostInput {
+                tenant_id: tenant.into(),
+                user_id: Some(if k % 2 == 0 { "u1" } else { "u2" }.into()),
+                feature_tag: [Some("f1"), Some("f2"), None][(k % 3) as usize].map(Into::into),
+                model: "m".into(),
+                input_tokens: (100 + d * 10 + k) as i32,
+                output_tokens: 5,
+                cost_cents: f64::from(d * 3 + k),
+                is_retry: (d + k) % 5 == 0,
+                created_at: Some(at),
+                ..Default::default()
+            });
+        }
+    }
+    CostWriteDriver::new(conn).record_costs(&rows).unwrap();
+    rows
+}
+
+#[test]
+fn spend_baselines_and_cause_inputs_match_the_fixture() {
+    use costdb::drivers::{BudgetScope, CostInput, EntityColumn};
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let rows = history(&mut conn, &tenant);
+    let utc_day = |r: &CostInput| r.created_at.unwrap().date_naive();
+    let within =
+        |r: &CostInput, from: u32, to: u32| utc_day(r) >= date(from) && utc_day(r) <= date(to);
+    let mut d = CostAnomalyDriver::new(&mut conn);
+
+    // Per-user baseline over days 2..=12: spend ÷ the user's active days.
+    let baseline = d
+        .fetch_entity_baseline(&tenant, EntityColumn::User, date(2), date(12))
+        .unwrap();
+    for b in &baseline {
+        let mine: Vec<&CostInput> = rows
+            .iter()
+            .filter(|r| within(r, 2, 12) && r.user_id.as_deref() == Some(b.entity.as_str()))
+            .collect();
+        let active: std::collections::BTreeSet<_> = mine.iter().map(|r| utc_day(r)).collect();
+        let sum: f64 = mine.iter().map(|r| r.cost_cents).sum();
+        assert!((b.cents - sum / active.len() as f64).abs() < 1e-9, "{b:?}");
+    }
+    assert_eq!(
+        baseline
+            .iter()
+            .map(|b| b.entity.as_str())
+            .collect::<Vec<_>>(),
+        ["u1", "u2"]
+    );
+    // Feature spend today (day 21), untagged left out; the record at midnight counts.
+    let today: Vec<_> = d
+        .fetch_entity_today_spend(&tenant, EntityColumn::Feature, date(21))
+        .unwrap();
+    for f in &today {
+        let sum: f64 = rows
+            .iter()
+            .filter(|r| within(r, 21, 21) && r.feature_tag.as_deref() == Some(f.entity.as_str()))
+            .map(|r| r.cost_cents)
+            .sum();
+        assert_eq!(f.cents, sum);
+    }
+    assert!(rows.iter().any(|r| r.created_at == Some(day(21))));
+
+    // Tenant baseline and averages: active days only (days 5 and 6 had none), and /7.
+    let total = |from, to| {
+        rows.iter()
+            .filter(|r| within(r, from, to))
+            .map(|r| r.cost_cents)
+            .sum::<f64>()
+    };
+    let active_days =
+        |from: u32, to: u32| (from..=to).filter(|d| *d != 5 && *d != 6).count() as f64;
+    let tb = d
+        .fetch_tenant_baseline(&tenant, date(1), date(10))
+        .unwrap()
+        .unwrap();
+    assert!((tb - total(1, 10) / active_days(1, 10)).abs() < 1e-9);
+    assert_eq!(
+        d.fetch_baseline_avg(&tenant, date(5), date(6)).unwrap(),
+        0.0
+    );
+    assert_eq!(
+        d.fetch_tenant_baseline(&tenant, date(5), date(6)).unwrap(),
+        None
+    );
+    assert!(
+        (d.fetch_rolling_avg(&tenant, date(15), date(21)).unwrap() - total(15, 21) / 7.0).abs()
+            < 1e-9
+    );
+    assert_eq!(
+        d.fetch_tenant_today_spend(&tenant, date(21)).unwrap(),
+        total(21, 21)
+    );
+    assert_eq!(d.fetch_tenant_today_spend(&tenant, date(22)).unwrap(), 0.0);
+
+    // Budget scopes, a day and a month to date.
+    let scoped = |scope: &BudgetScope, r: &CostInput| match scope {
+        BudgetScope::Tenant => true,
+        BudgetScope::User(u) => r.user_id.as_deref() == Some(u.as_str()),
+        BudgetScope::Feature(f) => r.feature_tag.as_deref() == Some(f.as_str()),
+    };
+    for scope in [
+        BudgetScope::Tenant,
+        BudgetScope::User("u2".into()),
+        BudgetScope::Feature("f1".into()),
+    ] {
+        let daily: f64 = rows
+            .iter()
+            .filter(|r| within(r, 20, 20) && scoped(&scope, r))
+            .map(|r| r.cost_cents)
+            .sum();
+        let monthly: f64 = rows
+            .iter()
+            .filter(|r| within(r, 1, 20) && scoped(&scope, r))
+            .map(|r| r.cost_cents)
+            .sum();
+        assert_eq!(
+            d.fetch_daily_spend(&tenant, date(20), &scope).unwrap(),
+            daily,
+            "{scope:?}"
+        );
+        assert_eq!(
+            d.fetch_monthly_spend(&tenant, date(20), &scope).unwrap(),
+            monthly,
+            "{scope:?}"
+        );
+    }
+
+    // Cause inputs: today (21) against yesterday (20).
+    let of_day = |day: u32| {
+        rows.iter()
+            .filter(move |r| within(r, day, day))
+            .collect::<Vec<_>>()
+    };
+    let share =
+        |rs: &[&CostInput]| rs.iter().filter(|r| r.is_retry).count() as f64 / rs.len() as f64;
+    let prompt = |rs: &[&CostInput]| {
+        rs.iter().map(|r| f64::from(r.input_tokens)).sum::<f64>() / rs.len() as f64
+    };
+    let retry = d
+        .fetch_retry_comparison(&tenant, date(21), &BudgetScope::Tenant)
+        .unwrap();
+    assert_eq!(
+        (retry.today, retry.yesterday),
+        (Some(share(&of_day(21))), Some(share(&of_day(20))))
+    );
+    let p = d
+        .fetch_prompt_comparison(&tenant, date(21), &BudgetScope::Tenant)
+        .unwrap();
+    assert_eq!(
+        (p.today, p.yesterday),
+        (Some(prompt(&of_day(21))), Some(prompt(&of_day(20))))
+    );
+    let req = d
+        .fetch_request_comparison(&tenant, date(7), &BudgetScope::User("u1".into()))
+        .unwrap();
+    let u1 = |day| {
+        of_day(day)
+            .iter()
+            .filter(|r| r.user_id.as_deref() == Some("u1"))
+            .count() as f64
+    };
+    assert_eq!(
+        (req.today, req.yesterday),
+        (Some(u1(7)), Some(0.0)),
+        "day 6 had no calls"
+    );
+    let none = d
+        .fetch_prompt_comparison(&tenant, date(6), &BudgetScope::Tenant)
+        .unwrap();
+    assert_eq!((none.today, none.yesterday), (None, None));
+
+    let c = d.fetch_feature_concentration(&tenant, date(21)).unwrap();
+    let per = |f: &str| {
+        of_day(21)
+            .iter()
+            .filter(|r| r.feature_tag.as_deref() == Some(f))
+            .map(|r| r.cost_cents)
+            .sum::<f64>()
+    };
+    assert_eq!(c.total_cents, total(21, 21));
+    assert_eq!(c.top_feature_cents, per("f1").max(per("f2")));
+
+    // Another tenant has nothing; a reversed range is refused.
+    let stranger = common::tenant();
+    assert!(d
+        .fetch_entity_baseline(&stranger, EntityColumn::User, date(1), date(21))
+        .unwrap()
+        .is_empty());
+    assert_invalid(
+        d.fetch_entity_baseline(&tenant, EntityColumn::User, date(3), date(2)),
+        "window",
+    );
+}

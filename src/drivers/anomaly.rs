@@ -2,12 +2,13 @@
 //! upserting anomalies (one open per key and UTC day), breach history and drift tracking.
 //! Every write is one statement that closes its race in SQL.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Double, Int4, Jsonb, Nullable, Text, Timestamptz};
 use serde::Serialize;
 
 use crate::db::require_transaction;
+use crate::drivers::cost_write::BudgetScope;
 use crate::error::{Error, Result};
 use crate::models::{
     ids, AnomalyType, BreachType, CostAnomaly, CostBudget, DerivedCause, DriftTracking, EntityType,
@@ -206,6 +207,128 @@ ON CONFLICT ON CONSTRAINT uq_drift_tracker_per_entity DO UPDATE SET \
     updated_at = now() \
 RETURNING drift_days_count AS n";
 
+/// Which column names an entity of the spike rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum EntityColumn {
+    /// `user_id`.
+    User,
+    /// `feature_tag`.
+    Feature,
+}
+
+/// Spend of one entity (a user or feature tag).
+#[derive(Debug, Clone, PartialEq, Serialize, QueryableByName)]
+pub struct EntitySpend {
+    /// The user id or feature tag.
+    #[diesel(sql_type = Text)]
+    pub entity: String,
+    /// Cents.
+    #[diesel(sql_type = Double)]
+    pub cents: f64,
+}
+
+/// A value today and yesterday (UTC days); `None` for a day without records.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, QueryableByName)]
+pub struct DayComparison {
+    /// Today.
+    #[diesel(sql_type = Nullable<Double>)]
+    pub today: Option<f64>,
+    /// Yesterday.
+    #[diesel(sql_type = Nullable<Double>)]
+    pub yesterday: Option<f64>,
+}
+
+/// How today's spend is spread over feature tags.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, QueryableByName)]
+pub struct FeatureConcentration {
+    /// All of the tenant's spend today, tagged or not.
+    #[diesel(sql_type = Double)]
+    pub total_cents: f64,
+    /// The spend of the feature tag that spent most today (0 without tagged spend).
+    #[diesel(sql_type = Double)]
+    pub top_feature_cents: f64,
+}
+
+/// Per entity over `[$2, $3)`: spend ÷ the number of UTC days with at least one record of
+/// that entity. `{col}` is one of two constant column names, never input.
+macro_rules! entity_baseline {
+    ($col:literal) => {
+        concat!(
+            "SELECT ",
+            $col,
+            " AS entity, \
+                    sum(cost_cents) / count(DISTINCT (created_at AT TIME ZONE 'UTC')::date) \
+                        AS cents \
+             FROM cost_records \
+             WHERE tenant_id = $1 AND ",
+            $col,
+            " IS NOT NULL \
+               AND created_at >= $2 AND created_at < $3 \
+             GROUP BY 1 HAVING sum(cost_cents) > 0 ORDER BY 1"
+        )
+    };
+}
+
+/// Per entity over `[$2, $3)`: the spend.
+macro_rules! entity_spend {
+    ($col:literal) => {
+        concat!(
+            "SELECT ",
+            $col,
+            " AS entity, sum(cost_cents) AS cents FROM cost_records \
+             WHERE tenant_id = $1 AND ",
+            $col,
+            " IS NOT NULL \
+               AND created_at >= $2 AND created_at < $3 \
+             GROUP BY 1 ORDER BY 1"
+        )
+    };
+}
+
+impl EntityColumn {
+    const fn baseline_sql(self) -> &'static str {
+        match self {
+            EntityColumn::User => entity_baseline!("user_id"),
+            EntityColumn::Feature => entity_baseline!("feature_tag"),
+        }
+    }
+
+    const fn spend_sql(self) -> &'static str {
+        match self {
+            EntityColumn::User => entity_spend!("user_id"),
+            EntityColumn::Feature => entity_spend!("feature_tag"),
+        }
+    }
+}
+
+/// Midnight UTC starting `day`.
+fn midnight(day: NaiveDate) -> DateTime<Utc> {
+    day.and_time(chrono::NaiveTime::MIN).and_utc()
+}
+
+/// `[from, to]` as instants `[from 00:00, to + 1 00:00)`; refuses a reversed range.
+fn days(from: NaiveDate, to: NaiveDate) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
+    if from > to {
+        return Err(Error::invalid(
+            "window",
+            format!("the first day ({from}) is after the last ({to})"),
+        ));
+    }
+    let end = to
+        .succ_opt()
+        .ok_or_else(|| Error::invalid("window", "the last day has no next day"))?;
+    Ok((midnight(from), midnight(end)))
+}
+
+#[derive(QueryableByName)]
+struct Cents {
+    #[diesel(sql_type = Nullable<Double>)]
+    cents: Option<f64>,
+}
+
+/// The records of a scope (`$4` user, `$5` feature tag, both `NULL` for the tenant).
+const SCOPE: &str = "($4::text IS NULL OR user_id = $4) AND ($5::text IS NULL OR feature_tag = $5)";
+
 /// Data access of the cost-anomaly detector. Writes refuse to run outside the caller's
 /// transaction and never commit.
 pub struct CostAnomalyDriver<'c> {
@@ -216,6 +339,258 @@ impl<'c> CostAnomalyDriver<'c> {
     /// Wraps the caller's connection.
     pub fn new(conn: &'c mut PgConnection) -> Self {
         CostAnomalyDriver { conn }
+    }
+
+    /// Each user's or feature tag's average daily spend over the UTC days `from..=to`,
+    /// counting only the days the entity had records (an average over active days);
+    /// entities without spend are left out. By entity.
+    pub fn fetch_entity_baseline(
+        &mut self,
+        tenant_id: &str,
+        column: EntityColumn,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<EntitySpend>> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        let (start, end) = days(from, to)?;
+        self.entity_rows(column.baseline_sql(), tenant_id, start, end)
+    }
+
+    /// Each user's or feature tag's spend on the UTC day `today` (the original had no
+    /// upper bound). By entity.
+    pub fn fetch_entity_today_spend(
+        &mut self,
+        tenant_id: &str,
+        column: EntityColumn,
+        today: NaiveDate,
+    ) -> Result<Vec<EntitySpend>> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        let (start, end) = days(today, today)?;
+        self.entity_rows(column.spend_sql(), tenant_id, start, end)
+    }
+
+    fn entity_rows(
+        &mut self,
+        sql: &'static str,
+        tenant_id: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<Vec<EntitySpend>> {
+        Ok(diesel::sql_query(sql)
+            .bind::<Text, _>(tenant_id)
+            .bind::<Timestamptz, _>(start)
+            .bind::<Timestamptz, _>(end)
+            .load(self.conn)?)
+    }
+
+    fn spend(
+        &mut self,
+        sql: &str,
+        tenant_id: &str,
+        (start, end): (DateTime<Utc>, DateTime<Utc>),
+        scope: &BudgetScope,
+    ) -> Result<Option<f64>> {
+        let (user, feature) = match scope {
+            BudgetScope::Tenant => (None, None),
+            BudgetScope::User(u) => (Some(u.as_str()), None),
+            BudgetScope::Feature(f) => (None, Some(f.as_str())),
+        };
+        validate::optional("scope", user.or(feature), 128)?;
+        Ok(diesel::sql_query(sql)
+            .bind::<Text, _>(tenant_id)
+            .bind::<Timestamptz, _>(start)
+            .bind::<Timestamptz, _>(end)
+            .bind::<Nullable<Text>, _>(user)
+            .bind::<Nullable<Text>, _>(feature)
+            .get_result::<Cents>(self.conn)?
+            .cents)
+    }
+
+    /// The tenant's average daily spend over the UTC days `from..=to`, over the days that
+    /// had records; `None` without spend.
+    pub fn fetch_tenant_baseline(
+        &mut self,
+        tenant_id: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Option<f64>> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        let avg = self.spend(
+            &format!(
+                "SELECT sum(cost_cents) / nullif(count(DISTINCT (created_at AT TIME ZONE 'UTC')::date), 0) \
+                 AS cents FROM cost_records \
+                 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 AND {SCOPE}"
+            ),
+            tenant_id,
+            days(from, to)?,
+            &BudgetScope::Tenant,
+        )?;
+        Ok(avg.filter(|a| *a > 0.0))
+    }
+
+    /// The tenant's spend on the UTC day `today` (0 without records).
+    pub fn fetch_tenant_today_spend(&mut self, tenant_id: &str, today: NaiveDate) -> Result<f64> {
+        self.fetch_daily_spend(tenant_id, today, &BudgetScope::Tenant)
+    }
+
+    /// The tenant's spend over the UTC days `from..=to` divided by **7**, whatever the
+    /// range (the original's 7-day rolling average; pass a 7-day range); 0 without spend.
+    pub fn fetch_rolling_avg(
+        &mut self,
+        tenant_id: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<f64> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        Ok(self.period_spend(tenant_id, days(from, to)?, &BudgetScope::Tenant)? / 7.0)
+    }
+
+    /// The tenant's average daily spend over the UTC days `from..=to`, dividing by the days
+    /// that had records (as [`fetch_tenant_baseline`](Self::fetch_tenant_baseline)); 0
+    /// without spend.
+    pub fn fetch_baseline_avg(
+        &mut self,
+        tenant_id: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<f64> {
+        Ok(self
+            .fetch_tenant_baseline(tenant_id, from, to)?
+            .unwrap_or(0.0))
+    }
+
+    fn period_spend(
+        &mut self,
+        tenant_id: &str,
+        window: (DateTime<Utc>, DateTime<Utc>),
+        scope: &BudgetScope,
+    ) -> Result<f64> {
+        let sql = format!(
+            "SELECT coalesce(sum(cost_cents), 0)::float8 AS cents FROM cost_records \
+             WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 AND {SCOPE}"
+        );
+        Ok(self.spend(&sql, tenant_id, window, scope)?.unwrap_or(0.0))
+    }
+
+    /// The spend of a budget's scope on the UTC day `today` (a user's, a feature tag's, or
+    /// the whole tenant's; the original counted the whole tenant for a feature or user
+    /// budget without an id).
+    pub fn fetch_daily_spend(
+        &mut self,
+        tenant_id: &str,
+        today: NaiveDate,
+        scope: &BudgetScope,
+    ) -> Result<f64> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        self.period_spend(tenant_id, days(today, today)?, scope)
+    }
+
+    /// The spend of a budget's scope from the first of `today`'s month through `today`
+    /// (UTC days).
+    pub fn fetch_monthly_spend(
+        &mut self,
+        tenant_id: &str,
+        today: NaiveDate,
+        scope: &BudgetScope,
+    ) -> Result<f64> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        let first = today.with_day(1).expect("every month has a first day");
+        self.period_spend(tenant_id, days(first, today)?, scope)
+    }
+
+    fn compare(
+        &mut self,
+        value: &str,
+        tenant_id: &str,
+        today: NaiveDate,
+        scope: &BudgetScope,
+    ) -> Result<DayComparison> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        let (yesterday, tomorrow) = days(
+            today
+                .pred_opt()
+                .ok_or_else(|| Error::invalid("today", "has no day before it"))?,
+            today,
+        )?;
+        let (user, feature) = match scope {
+            BudgetScope::Tenant => (None, None),
+            BudgetScope::User(u) => (Some(u.as_str()), None),
+            BudgetScope::Feature(f) => (None, Some(f.as_str())),
+        };
+        validate::optional("scope", user.or(feature), 128)?;
+        // `value` is one of the constant aggregates below, never input.
+        let sql = format!(
+            "SELECT ({value} FILTER (WHERE created_at >= $6))::float8 AS today, \
+                    ({value} FILTER (WHERE created_at < $6))::float8 AS yesterday \
+             FROM cost_records \
+             WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 AND {SCOPE}"
+        );
+        Ok(diesel::sql_query(sql)
+            .bind::<Text, _>(tenant_id)
+            .bind::<Timestamptz, _>(yesterday)
+            .bind::<Timestamptz, _>(tomorrow)
+            .bind::<Nullable<Text>, _>(user)
+            .bind::<Nullable<Text>, _>(feature)
+            .bind::<Timestamptz, _>(midnight(today))
+            .get_result(self.conn)?)
+    }
+
+    /// The share of retried calls (`is_retry`) today and yesterday, for the scope.
+    pub fn fetch_retry_comparison(
+        &mut self,
+        tenant_id: &str,
+        today: NaiveDate,
+        scope: &BudgetScope,
+    ) -> Result<DayComparison> {
+        self.compare("avg(is_retry::int)", tenant_id, today, scope)
+    }
+
+    /// The average prompt size (`input_tokens`) today and yesterday, for the scope.
+    pub fn fetch_prompt_comparison(
+        &mut self,
+        tenant_id: &str,
+        today: NaiveDate,
+        scope: &BudgetScope,
+    ) -> Result<DayComparison> {
+        self.compare("avg(input_tokens)", tenant_id, today, scope)
+    }
+
+    /// The number of calls today and yesterday (0, not `None`, for a day without), for the
+    /// scope.
+    pub fn fetch_request_comparison(
+        &mut self,
+        tenant_id: &str,
+        today: NaiveDate,
+        scope: &BudgetScope,
+    ) -> Result<DayComparison> {
+        let c = self.compare("count(*)", tenant_id, today, scope)?;
+        Ok(DayComparison {
+            today: c.today.or(Some(0.0)),
+            yesterday: c.yesterday.or(Some(0.0)),
+        })
+    }
+
+    /// Today's spend of the whole tenant and of its top feature tag (the original's
+    /// statement never ran).
+    pub fn fetch_feature_concentration(
+        &mut self,
+        tenant_id: &str,
+        today: NaiveDate,
+    ) -> Result<FeatureConcentration> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        let (start, end) = days(today, today)?;
+        Ok(diesel::sql_query(
+            "SELECT coalesce(sum(cents), 0)::float8 AS total_cents, \
+                    coalesce(max(cents) FILTER (WHERE feature_tag IS NOT NULL), 0)::float8 \
+                        AS top_feature_cents \
+             FROM (SELECT feature_tag, sum(cost_cents) AS cents FROM cost_records \
+                   WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
+                   GROUP BY feature_tag) per_feature",
+        )
+        .bind::<Text, _>(tenant_id)
+        .bind::<Timestamptz, _>(start)
+        .bind::<Timestamptz, _>(end)
+        .get_result(self.conn)?)
     }
 
     /// Whether the entity already has a breach of `breach_type` recorded on `today`.

@@ -17,7 +17,8 @@ pub use analytics_read::{
     SpendBucket, TimeWindow, UsageBucket,
 };
 pub use anomaly::{
-    AnomalyInput, AnomalyKey, BreachInput, CostAnomalyDriver, DriftObservation, EntityKey,
+    AnomalyInput, AnomalyKey, BreachInput, CostAnomalyDriver, DayComparison, DriftObservation,
+    EntityColumn, EntityKey, EntitySpend, FeatureConcentration,
 };
 pub use audit::{AuditDriver, AuditInput, AuditOutcome};
 pub use cost_write::{
