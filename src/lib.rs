@@ -10,6 +10,7 @@
 //!   connection, runs its SQL at once and never begins, commits or rolls back: the caller
 //!   owns the transaction, and a write outside one is [`Error::NoTransaction`].
 //! - [`models`]: rows, new rows, closed-set enums and id formats.
+//! - [`anomaly`]: the cost-anomaly detector's rules over the anomaly driver.
 //! - [`leader`]: leader election among processes on advisory locks, with fencing terms.
 //! - [`embedded`]: a throwaway local PostgreSQL for tests and demos.
 //!
@@ -42,6 +43,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod anomaly;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod db;
