@@ -322,6 +322,7 @@ fn the_quick_benchmark_measures_every_workload_in_a_database_of_its_own() {
         "fenced",
         "provenance batch",
         "input hash",
+        "detector",
         "read CostMetrics",
         "read LlmUsage",
         "read WorkerExecution",

@@ -6,6 +6,7 @@
 //! path), a read workload's is costdb time ÷ the server's execution time (1.0 = no client
 //! overhead).
 
+mod detector;
 mod provenance;
 mod reads;
 mod writes;
@@ -18,6 +19,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 
+pub use detector::detector_workloads;
 pub use provenance::provenance_workloads;
 pub use reads::read_workloads;
 pub use writes::write_workloads;
@@ -146,6 +148,7 @@ impl Combine {
 pub fn all_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
     let mut all = write_workloads(scale);
     all.extend(provenance_workloads(scale));
+    all.extend(detector_workloads(scale));
     all.extend(read_workloads(scale));
     all
 }
