@@ -397,3 +397,32 @@ fn bad_input_is_refused_and_changes_nothing() {
     ));
     assert_eq!(all(&url), before);
 }
+
+#[test]
+fn a_batch_is_marked_sent_in_one_statement_and_only_pending_ones_count() {
+    let url = queue_db();
+    let ids = fill(&url, 5);
+    let mut conn = db::connect(&url).unwrap();
+    let at = t0() + Duration::seconds(9);
+    conn.batch_execute(&format!(
+        "UPDATE costsim_alert_queue SET status = 'failed' WHERE id = {}",
+        ids[4]
+    ))
+    .unwrap();
+    let n = conn
+        .transaction(|c| AlertDriver::new(c).update_alerts_sent(&ids[2..], at))
+        .unwrap();
+    assert_eq!(n, 2, "the failed one is left as it is");
+    let none = conn
+        .transaction(|c| AlertDriver::new(c).update_alerts_sent(&[], at))
+        .unwrap();
+    assert_eq!(none, 0);
+    let rows = all(&url);
+    let sent: Vec<_> = rows
+        .iter()
+        .filter(|a| a.status == AlertStatus::Sent)
+        .map(|a| (a.id, a.sent_at))
+        .collect();
+    assert_eq!(sent, vec![(ids[2], Some(at)), (ids[3], Some(at))]);
+    assert_eq!(rows[4].status, AlertStatus::Failed);
+}

@@ -6,6 +6,7 @@
 //! path), a read workload's is costdb time ÷ the server's execution time (1.0 = no client
 //! overhead).
 
+mod alerts;
 mod detector;
 mod provenance;
 mod reads;
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 
+pub use alerts::alert_workloads;
 pub use detector::detector_workloads;
 pub use provenance::provenance_workloads;
 pub use reads::read_workloads;
@@ -148,6 +150,7 @@ impl Combine {
 pub fn all_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
     let mut all = write_workloads(scale);
     all.extend(provenance_workloads(scale));
+    all.extend(alert_workloads(scale));
     all.extend(detector_workloads(scale));
     all.extend(read_workloads(scale));
     all
@@ -170,6 +173,61 @@ pub struct Figure {
     pub target: Target,
     /// Whether the target is met (`None`: no target).
     pub met: Option<bool>,
+}
+
+/// Runs `script` through `pgbench -M prepared` with `clients` clients of `transactions`
+/// transactions each on the benchmark's database, and returns the time those took by
+/// pgbench's own count (without connecting).
+pub fn pgbench(ctx: &Ctx, script: &str, clients: usize, transactions: usize) -> Result<Duration> {
+    use crate::error::Error;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SCRIPTS: AtomicU64 = AtomicU64::new(0);
+    let bin = ctx.pgbench.clone().ok_or_else(|| {
+        Error::embedded(
+            "pgbench was not found: install PostgreSQL's client programs \
+             (Debian: postgresql-client) or set COSTDB_PG_BIN",
+            None,
+        )
+    })?;
+    let file = std::env::temp_dir().join(format!(
+        "costdb-bench-{}-{}.sql",
+        std::process::id(),
+        SCRIPTS.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&file, script)
+        .map_err(|e| Error::embedded("cannot write the pgbench script", Some(e)))?;
+    let out = std::process::Command::new(bin)
+        .args(["-n", "-M", "prepared", "-c"])
+        .arg(clients.to_string())
+        .arg("-j")
+        .arg(clients.to_string())
+        .arg("-t")
+        .arg(transactions.to_string())
+        .arg("-f")
+        .arg(&file)
+        .arg(&ctx.url)
+        .output();
+    let _ = std::fs::remove_file(&file);
+    let out = out.map_err(|e| Error::embedded("cannot run pgbench", Some(e)))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|_| out.status.success())
+        .ok_or_else(|| {
+            Error::embedded(
+                format!(
+                    "pgbench failed: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                None,
+            )
+        })?;
+    Ok(Duration::from_secs_f64(
+        (clients * transactions) as f64 / tps,
+    ))
 }
 
 /// How many trials each workload runs; the order of contender and baseline alternates.

@@ -233,49 +233,7 @@ impl Workload for OnePerTransaction {
         Ok(started.elapsed())
     }
     fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
-        let bin = ctx.pgbench.clone().ok_or_else(|| {
-            Error::embedded(
-                "pgbench was not found: install PostgreSQL's client programs \
-                 (Debian: postgresql-client) or set COSTDB_PG_BIN",
-                None,
-            )
-        })?;
-        let script = std::env::temp_dir().join(format!(
-            "costdb-bench-{}-{}.sql",
-            std::process::id(),
-            BATCH.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&script, PGBENCH_SCRIPT)
-            .map_err(|e| Error::embedded("cannot write the pgbench script", Some(e)))?;
-        let out = std::process::Command::new(bin)
-            .args(["-n", "-M", "prepared", "-c", "1", "-t"])
-            .arg((self.rows / WRITE_ROUNDS).to_string())
-            .arg("-f")
-            .arg(&script)
-            .arg(&ctx.url)
-            .output();
-        let _ = std::fs::remove_file(&script);
-        let out = out.map_err(|e| Error::embedded("cannot run pgbench", Some(e)))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let tps = text
-            .lines()
-            .find_map(|l| l.strip_prefix("tps = "))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|_| out.status.success())
-            .ok_or_else(|| {
-                Error::embedded(
-                    format!(
-                        "pgbench failed: {}{}",
-                        text,
-                        String::from_utf8_lossy(&out.stderr)
-                    ),
-                    None,
-                )
-            })?;
-        Ok(Duration::from_secs_f64(
-            (self.rows / WRITE_ROUNDS) as f64 / tps,
-        ))
+        super::pgbench(ctx, PGBENCH_SCRIPT, 1, self.rows / WRITE_ROUNDS)
     }
 }
 

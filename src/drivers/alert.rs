@@ -228,6 +228,27 @@ impl<'c> AlertDriver<'c> {
         self.record(id, None, &Outcome::Sent { at: sent_at })
     }
 
+    /// Marks the pending alerts `ids` delivered at `sent_at` in one statement; returns how
+    /// many were pending. For a batch the caller fetched and sent.
+    pub fn update_alerts_sent(&mut self, ids: &[i64], sent_at: DateTime<Utc>) -> Result<usize> {
+        validate::instant("sent_at", sent_at)?;
+        require_transaction(self.conn)?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        Ok(diesel::update(
+            q::table
+                .filter(q::id.eq_any(ids))
+                .filter(q::status.eq(AlertStatus::Pending)),
+        )
+        .set((
+            q::status.eq(AlertStatus::Sent),
+            q::sent_at.eq(sent_at),
+            q::claim_token.eq(None::<Uuid>),
+        ))
+        .execute(self.conn)?)
+    }
+
     /// Counts a failed attempt (attempts + 1, in SQL) and schedules the next one; `None`
     /// for `last_error` keeps the previous error text.
     pub fn update_alert_retry(
