@@ -326,6 +326,17 @@ struct Cents {
     cents: Option<f64>,
 }
 
+/// The user id and feature tag that [`SCOPE`] binds for `scope`.
+fn scope_filter(scope: &BudgetScope) -> Result<(Option<&str>, Option<&str>)> {
+    let (user, feature) = match scope {
+        BudgetScope::Tenant => (None, None),
+        BudgetScope::User(u) => (Some(u.as_str()), None),
+        BudgetScope::Feature(f) => (None, Some(f.as_str())),
+    };
+    validate::optional("scope", user.or(feature), 128)?;
+    Ok((user, feature))
+}
+
 /// The records of a scope (`$4` user, `$5` feature tag, both `NULL` for the tenant).
 const SCOPE: &str = "($4::text IS NULL OR user_id = $4) AND ($5::text IS NULL OR feature_tag = $5)";
 
@@ -390,12 +401,7 @@ impl<'c> CostAnomalyDriver<'c> {
         (start, end): (DateTime<Utc>, DateTime<Utc>),
         scope: &BudgetScope,
     ) -> Result<Option<f64>> {
-        let (user, feature) = match scope {
-            BudgetScope::Tenant => (None, None),
-            BudgetScope::User(u) => (Some(u.as_str()), None),
-            BudgetScope::Feature(f) => (None, Some(f.as_str())),
-        };
-        validate::optional("scope", user.or(feature), 128)?;
+        let (user, feature) = scope_filter(scope)?;
         Ok(diesel::sql_query(sql)
             .bind::<Text, _>(tenant_id)
             .bind::<Timestamptz, _>(start)
@@ -512,12 +518,7 @@ impl<'c> CostAnomalyDriver<'c> {
                 .ok_or_else(|| Error::invalid("today", "has no day before it"))?,
             today,
         )?;
-        let (user, feature) = match scope {
-            BudgetScope::Tenant => (None, None),
-            BudgetScope::User(u) => (Some(u.as_str()), None),
-            BudgetScope::Feature(f) => (None, Some(f.as_str())),
-        };
-        validate::optional("scope", user.or(feature), 128)?;
+        let (user, feature) = scope_filter(scope)?;
         // `value` is one of the constant aggregates below, never input.
         let sql = format!(
             "SELECT ({value} FILTER (WHERE created_at >= $6))::float8 AS today, \
