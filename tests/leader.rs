@@ -90,7 +90,7 @@ fn dropping_the_guard_or_panicking_in_the_work_releases_the_lock() {
     let panicked = std::panic::catch_unwind(|| {
         leader::with_leader_lock::<(), Error>(url(), lock, "p", |guard| {
             assert!(guard.still_leader());
-            panic!("the work failed");
+            std::panic::panic_any(common::ExpectedPanic);
         })
     });
     assert!(panicked.is_err());

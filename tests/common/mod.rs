@@ -31,10 +31,13 @@ fn server() -> &'static Server {
         Ok(url) if !url.is_empty() => {
             sweep_stale_databases(&url);
             // A failing test panics: remember it, so its databases are kept to inspect.
+            // A test that panics on purpose (and catches it) panics with `ExpectedPanic`.
             let default_hook = std::panic::take_hook();
             std::panic::set_hook(Box::new(move |info| {
-                FAILED.store(true, Ordering::SeqCst);
-                default_hook(info);
+                if info.payload().downcast_ref::<ExpectedPanic>().is_none() {
+                    FAILED.store(true, Ordering::SeqCst);
+                    default_hook(info);
+                }
             }));
             // SAFETY: registers a plain `extern "C"` function with the C runtime.
             unsafe { libc::atexit(drop_created_databases) };
@@ -97,6 +100,11 @@ fn sweep_stale_databases(admin_url: &str) {
         }
     }
 }
+
+/// The payload of a panic a test causes on purpose and catches: it does not count as a
+/// failed test when deciding whether to keep the test databases.
+#[derive(Debug)]
+pub struct ExpectedPanic;
 
 /// URL of the server's administrative database.
 pub fn admin_url() -> &'static str {
