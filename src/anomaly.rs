@@ -249,8 +249,7 @@ impl AnomalyDetector {
         let input = AnomalyInput {
             key: AnomalyKey {
                 anomaly_type: AnomalyType::AbsoluteSpike,
-                entity_type: key.entity_type,
-                entity_id: key.entity_id,
+                entity: key,
             },
             severity: severity_band(deviation_pct),
             current_value_cents: spend,
@@ -306,8 +305,7 @@ impl AnomalyDetector {
         let input = AnomalyInput {
             key: AnomalyKey {
                 anomaly_type: AnomalyType::SustainedDrift,
-                entity_type: EntityType::Tenant,
-                entity_id: key.entity_id,
+                entity: key,
             },
             severity: severity_band(drift_pct),
             current_value_cents: rolling,
@@ -347,61 +345,61 @@ impl AnomalyDetector {
                 _ => continue, // a feature or user budget without its id checks nothing
             };
             // One anomaly per type and budget a day: of the two periods, the fuller one.
-            let mut worst: Vec<(AnomalyType, AnomalyInput, f64)> = Vec::new();
-            let periods = [
-                ("daily", budget.daily_limit_cents),
-                ("monthly", budget.monthly_limit_cents),
-            ];
-            for (period, limit) in periods {
+            let mut worst: Vec<AnomalyInput> = Vec::new();
+            for (daily, limit) in [
+                (true, budget.daily_limit_cents),
+                (false, budget.monthly_limit_cents),
+            ] {
                 let Some(limit) = limit.filter(|l| *l > 0) else {
                     continue;
                 };
-                let spend = match period {
-                    "daily" => d.fetch_daily_spend(tenant_id, today, &scope)?,
-                    _ => d.fetch_monthly_spend(tenant_id, today, &scope)?,
+                let spend = if daily {
+                    d.fetch_daily_spend(tenant_id, today, &scope)?
+                } else {
+                    d.fetch_monthly_spend(tenant_id, today, &scope)?
                 };
                 let usage = spend / f64::from(limit) * 100.0;
                 let warn = f64::from(budget.warn_threshold_pct);
-                let (anomaly_type, severity, threshold) = if usage >= 100.0 {
-                    (AnomalyType::BudgetExceeded, Severity::High, 100.0)
+                let (anomaly_type, severity, threshold, label) = if usage >= 100.0 {
+                    (
+                        AnomalyType::BudgetExceeded,
+                        Severity::High,
+                        100.0,
+                        "EXCEEDED",
+                    )
                 } else if usage >= warn {
                     let severity = if usage < 90.0 {
                         Severity::Medium
                     } else {
                         Severity::High
                     };
-                    (AnomalyType::BudgetWarning, severity, warn)
+                    (AnomalyType::BudgetWarning, severity, warn, "WARNING")
                 } else {
                     continue;
-                };
-                let label = if anomaly_type == AnomalyType::BudgetExceeded {
-                    "EXCEEDED"
-                } else {
-                    "WARNING"
                 };
                 let name = match &budget.entity_id {
                     Some(id) => format!("{} '{id}'", budget.budget_type),
                     None => budget.budget_type.to_string(),
                 };
+                let (period, title) = if daily {
+                    ("daily", "Daily")
+                } else {
+                    ("monthly", "Monthly")
+                };
                 let input = AnomalyInput {
                     key: AnomalyKey {
                         anomaly_type,
-                        entity_type,
-                        entity_id: budget.entity_id.clone(),
+                        entity: EntityKey {
+                            entity_type,
+                            entity_id: budget.entity_id.clone(),
+                        },
                     },
                     severity,
                     current_value_cents: spend,
                     expected_value_cents: f64::from(limit),
                     deviation_pct: usage,
                     threshold_pct: threshold,
-                    message: format!(
-                        "{} budget {label} for {name}: {usage:.1}%",
-                        if period == "daily" {
-                            "Daily"
-                        } else {
-                            "Monthly"
-                        }
-                    ),
+                    message: format!("{title} budget {label} for {name}: {usage:.1}%"),
                     breach_count: 1,
                     derived_cause: Some(DerivedCause::Unknown),
                     metadata: Some(serde_json::json!({
@@ -412,13 +410,13 @@ impl AnomalyDetector {
                     })),
                     detected_at: now,
                 };
-                match worst.iter_mut().find(|(t, _, _)| *t == anomaly_type) {
-                    Some(slot) if slot.2 >= usage => {}
-                    Some(slot) => *slot = (anomaly_type, input, usage),
-                    None => worst.push((anomaly_type, input, usage)),
+                match worst.iter_mut().find(|w| w.key == input.key) {
+                    Some(w) if w.deviation_pct >= usage => {}
+                    Some(w) => *w = input,
+                    None => worst.push(input),
                 }
             }
-            for (_, input, _) in worst {
+            for input in worst {
                 found.push(d.upsert_anomaly(tenant_id, &input)?);
             }
         }

@@ -308,15 +308,12 @@ pub fn url_with_database(url: &str, database: &str) -> Result<String> {
              string cannot be rewritten)",
         )
     };
-    let rest = ["postgres://", "postgresql://"]
-        .iter()
-        .find_map(|scheme| {
-            let head = url.get(..scheme.len())?;
-            head.eq_ignore_ascii_case(scheme)
-                .then(|| (&url[..scheme.len()], &url[scheme.len()..]))
+    let (scheme, rest) = url
+        .split_once("://")
+        .filter(|(scheme, _)| {
+            scheme.eq_ignore_ascii_case("postgres") || scheme.eq_ignore_ascii_case("postgresql")
         })
         .ok_or_else(not_a_url)?;
-    let (scheme, rest) = rest;
     // RFC 3986: the authority ends at the first '/', '?' or '#'; the path at '?' or '#'.
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, after) = rest.split_at(authority_end);
@@ -333,7 +330,7 @@ pub fn url_with_database(url: &str, database: &str) -> Result<String> {
             encoded.push_str(&format!("%{b:02X}"));
         }
     }
-    Ok(format!("{scheme}{authority}/{encoded}{suffix}"))
+    Ok(format!("{scheme}://{authority}/{encoded}{suffix}"))
 }
 
 #[cfg(test)]

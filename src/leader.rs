@@ -160,6 +160,7 @@ pub struct LeaderGuard {
     lock_id: i64,
     term: i64,
     pid: i32,
+    released: bool,
 }
 
 impl std::fmt::Debug for LeaderGuard {
@@ -235,6 +236,7 @@ impl LeaderGuard {
             lock_id,
             term,
             pid,
+            released: false,
         }))
     }
 
@@ -262,16 +264,15 @@ impl LeaderGuard {
     /// Releases the lock and closes the connection now, reporting a failed release (the
     /// connection is closed either way, which ends the lock).
     pub fn release(mut self) -> Result<bool> {
-        let released = release_leader_lock(&mut self.conn, self.lock_id);
-        // Drop closes the connection; the release above already ran.
-        self.lock_id = i64::MIN;
-        released
+        // Drop closes the connection without releasing again.
+        self.released = true;
+        release_leader_lock(&mut self.conn, self.lock_id)
     }
 }
 
 impl Drop for LeaderGuard {
     fn drop(&mut self) {
-        if self.lock_id != i64::MIN {
+        if !self.released {
             let _ = release_leader_lock(&mut self.conn, self.lock_id);
         }
         // `conn` is dropped next: the session ends, and any hold left with it.

@@ -23,6 +23,20 @@ pub(crate) fn optional_text(field: &'static str, value: Option<&str>) -> Result<
     value.map_or(Ok(()), |v| text(field, v))
 }
 
+/// JSON that `jsonb` can store: no NUL character in any string or key.
+pub(crate) fn json(field: &'static str, value: &serde_json::Value) -> Result<()> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => text(field, s),
+        Value::Array(items) => items.iter().try_for_each(|v| json(field, v)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            text(field, k)?;
+            json(field, v)
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// A required string of at most `max` characters (the column's varchar length).
 pub(crate) fn required(field: &'static str, value: &str, max: usize) -> Result<()> {
     if value.trim().is_empty() {

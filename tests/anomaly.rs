@@ -7,7 +7,7 @@ use std::sync::{Arc, Barrier};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use common::assert_invalid;
-use costdb::drivers::{AnomalyInput, AnomalyKey, BudgetLimits, BudgetScope};
+use costdb::drivers::{AnomalyInput, AnomalyKey, BudgetLimits, BudgetScope, EntityKey};
 use costdb::models::{AnomalyType, DerivedCause, EntityType, Severity};
 use costdb::{CostAnomalyDriver, CostWriteDriver, Error};
 use diesel::connection::SimpleConnection;
@@ -18,16 +18,23 @@ fn day(d: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 9, d, 0, 0, 0).unwrap()
 }
 
+/// A user, or the tenant as a whole for `None`.
+fn who(user: Option<&str>) -> EntityKey {
+    EntityKey {
+        entity_type: if user.is_some() {
+            EntityType::User
+        } else {
+            EntityType::Tenant
+        },
+        entity_id: user.map(Into::into),
+    }
+}
+
 fn spike(user: Option<&str>, value: f64, at: DateTime<Utc>) -> AnomalyInput {
     AnomalyInput {
         key: AnomalyKey {
             anomaly_type: AnomalyType::UserSpike,
-            entity_type: if user.is_some() {
-                EntityType::User
-            } else {
-                EntityType::Tenant
-            },
-            entity_id: user.map(Into::into),
+            entity: who(user),
         },
         severity: Severity::Medium,
         current_value_cents: value,
@@ -195,12 +202,7 @@ fn finding_and_budgets_are_scoped() {
         .unwrap();
     let key = |entity: Option<&str>| AnomalyKey {
         anomaly_type: AnomalyType::UserSpike,
-        entity_type: if entity.is_some() {
-            EntityType::User
-        } else {
-            EntityType::Tenant
-        },
-        entity_id: entity.map(Into::into),
+        entity: who(entity),
     };
     assert_eq!(
         d.find_existing_anomaly(&tenant, &key(Some("u1")), day(6))
@@ -275,7 +277,7 @@ fn bad_input_is_refused_and_nothing_is_written() {
     let ok = spike(Some("u"), 150.0, day(7));
     let mut d = CostAnomalyDriver::new(&mut conn);
     let mut long = ok.clone();
-    long.key.entity_id = Some("e".repeat(129));
+    long.key.entity.entity_id = Some("e".repeat(129));
     let cases = [
         (
             AnomalyInput {
@@ -357,14 +359,7 @@ fn date(d: u32) -> chrono::NaiveDate {
 
 fn breach(user: Option<&str>, on: chrono::NaiveDate, value: f64) -> costdb::drivers::BreachInput {
     costdb::drivers::BreachInput {
-        entity: costdb::drivers::EntityKey {
-            entity_type: if user.is_some() {
-                EntityType::User
-            } else {
-                EntityType::Tenant
-            },
-            entity_id: user.map(Into::into),
-        },
+        entity: who(user),
         breach_type: costdb::models::BreachType::AbsoluteSpike,
         breach_date: on,
         deviation_pct: value - 100.0,
@@ -447,13 +442,10 @@ fn consecutive_breach_days_are_the_real_run_ending_today() {
 
 #[test]
 fn drift_tracking_counts_days_survives_reset_and_reactivates() {
-    use costdb::drivers::{DriftObservation, EntityKey};
+    use costdb::drivers::DriftObservation;
     let mut conn = common::test_conn();
     let tenant = common::tenant();
-    let key = EntityKey {
-        entity_type: EntityType::Tenant,
-        entity_id: None,
-    };
+    let key = who(None);
     let obs = |day: u32, rolling: f64| DriftObservation {
         rolling_avg_cents: rolling,
         baseline_avg_cents: 100.0,
@@ -533,10 +525,7 @@ fn drift_tracking_counts_days_survives_reset_and_reactivates() {
         Err(Error::NotFound { .. })
     ));
     // Another entity has its own tracker.
-    let user = EntityKey {
-        entity_type: EntityType::User,
-        entity_id: Some("u1".into()),
-    };
+    let user = who(Some("u1"));
     assert_eq!(
         d.upsert_drift_tracking(&tenant, &user, &obs(7, 1.0))
             .unwrap(),
@@ -550,7 +539,7 @@ fn drift_tracking_counts_days_survives_reset_and_reactivates() {
 
 #[test]
 fn concurrent_breaches_and_drift_days_leave_one_row_each() {
-    use costdb::drivers::{DriftObservation, EntityKey};
+    use costdb::drivers::DriftObservation;
     let tenant = common::tenant();
     let barrier = Arc::new(Barrier::new(4));
     let handles: Vec<_> = (0..4)
@@ -562,10 +551,7 @@ fn concurrent_breaches_and_drift_days_leave_one_row_each() {
                     barrier.wait();
                     let mut d = CostAnomalyDriver::new(c);
                     d.insert_breach_history(&tenant, &breach(Some("u"), date(12), 200.0))?;
-                    let key = EntityKey {
-                        entity_type: EntityType::Tenant,
-                        entity_id: None,
-                    };
+                    let key = who(None);
                     let obs = DriftObservation {
                         rolling_avg_cents: 130.0,
                         baseline_avg_cents: 100.0,

@@ -5,15 +5,17 @@ mod common;
 
 use chrono::{Duration, TimeZone, Utc};
 use common::assert_invalid;
-use costdb::drivers::{AuditInput, AuditOutcome, CostInput};
-use costdb::models::{AuditDecision, CoordinationAuditRecord, EnvelopeClass};
+use costdb::drivers::{AuditOutcome, CostInput};
+use costdb::models::{
+    AuditDecision, CoordinationAuditRecord, EnvelopeClass, NewCoordinationAuditRecord,
+};
 use costdb::schema::coordination_audit_records as a;
 use costdb::{AuditDriver, CostWriteDriver, Error};
 use diesel::prelude::*;
 use uuid::Uuid;
 
-fn decision(tenant: &str) -> AuditInput {
-    AuditInput {
+fn decision(tenant: &str) -> NewCoordinationAuditRecord {
+    NewCoordinationAuditRecord {
         audit_id: Uuid::new_v4(),
         envelope_id: "env-42".into(),
         envelope_class: EnvelopeClass::Cost,
@@ -107,56 +109,56 @@ fn bad_input_is_refused_before_sql_and_writes_need_a_transaction() {
     let ok = decision(&tenant);
     let cases = [
         (
-            AuditInput {
+            NewCoordinationAuditRecord {
                 envelope_id: String::new(),
                 ..ok.clone()
             },
             "envelope_id",
         ),
         (
-            AuditInput {
+            NewCoordinationAuditRecord {
                 envelope_id: "e".repeat(101),
                 ..ok.clone()
             },
             "envelope_id",
         ),
         (
-            AuditInput {
+            NewCoordinationAuditRecord {
                 reason: "a\0b".into(),
                 ..ok.clone()
             },
             "reason",
         ),
         (
-            AuditInput {
+            NewCoordinationAuditRecord {
                 conflicting_envelope_id: Some("c".repeat(101)),
                 ..ok.clone()
             },
             "conflicting_envelope_id",
         ),
         (
-            AuditInput {
+            NewCoordinationAuditRecord {
                 preempting_envelope_id: Some(String::new()),
                 ..ok.clone()
             },
             "preempting_envelope_id",
         ),
         (
-            AuditInput {
+            NewCoordinationAuditRecord {
                 active_envelopes_count: -1,
                 ..ok.clone()
             },
             "active_envelopes_count",
         ),
         (
-            AuditInput {
+            NewCoordinationAuditRecord {
                 tenant_id: Some("t".repeat(101)),
                 ..ok.clone()
             },
             "tenant_id",
         ),
         (
-            AuditInput {
+            NewCoordinationAuditRecord {
                 decision_timestamp: chrono::DateTime::<Utc>::MIN_UTC,
                 ..ok.clone()
             },

@@ -173,6 +173,21 @@ FROM ( \
 WHERE q.id = due.id \
 RETURNING q.*";
 
+/// Applies an outcome to the pending alert `$1` (held by claim `$2`, when given): the new
+/// status `$3`; a failure (any status but `sent`) counts an attempt at `$4`, a delivery
+/// stamps `sent_at` with it; `$5` is the next attempt for a retry; an empty or missing
+/// error `$6` keeps the last one; the claim ends either way.
+const RECORD: &str = "\
+UPDATE costsim_alert_queue SET \
+    status = $3, \
+    attempts = attempts + CASE WHEN $3 = 'sent' THEN 0 ELSE 1 END, \
+    last_attempt_at = CASE WHEN $3 = 'sent' THEN last_attempt_at ELSE $4 END, \
+    sent_at = CASE WHEN $3 = 'sent' THEN $4 ELSE sent_at END, \
+    next_attempt_at = coalesce($5, next_attempt_at), \
+    last_error = coalesce(nullif($6, ''), last_error), \
+    claim_token = NULL \
+WHERE id = $1 AND status = 'pending' AND ($2::uuid IS NULL OR claim_token = $2)";
+
 impl<'c> AlertDriver<'c> {
     /// Wraps the caller's connection.
     pub fn new(conn: &'c mut PgConnection) -> Self {
@@ -338,28 +353,14 @@ impl<'c> AlertDriver<'c> {
         validate::optional_instant("next_attempt_at", next)?;
         error_text(error)?;
         require_transaction(self.conn)?;
-        let sent = status == AlertStatus::Sent;
-        let counted = if sent { 0 } else { 1 };
-        let updated = diesel::sql_query(
-            "UPDATE costsim_alert_queue SET \
-                 status = $3, \
-                 attempts = attempts + $4, \
-                 last_attempt_at = CASE WHEN $4 = 1 THEN $5 ELSE last_attempt_at END, \
-                 sent_at = CASE WHEN $3 = 'sent' THEN $5 ELSE sent_at END, \
-                 next_attempt_at = coalesce($6, next_attempt_at), \
-                 last_error = coalesce(nullif($7, ''), last_error), \
-                 claim_token = NULL \
-             WHERE id = $1 AND status = 'pending' \
-               AND ($2::uuid IS NULL OR claim_token = $2)",
-        )
-        .bind::<BigInt, _>(id)
-        .bind::<Nullable<diesel::sql_types::Uuid>, _>(token)
-        .bind::<Text, _>(status)
-        .bind::<diesel::sql_types::Int4, _>(counted)
-        .bind::<Timestamptz, _>(at)
-        .bind::<Nullable<Timestamptz>, _>(next)
-        .bind::<Nullable<Text>, _>(error.as_deref())
-        .execute(self.conn)?;
+        let updated = diesel::sql_query(RECORD)
+            .bind::<BigInt, _>(id)
+            .bind::<Nullable<diesel::sql_types::Uuid>, _>(token)
+            .bind::<Text, _>(status)
+            .bind::<Timestamptz, _>(at)
+            .bind::<Nullable<Timestamptz>, _>(next)
+            .bind::<Nullable<Text>, _>(error.as_deref())
+            .execute(self.conn)?;
         if updated == 0 {
             return Err(Error::NotFound {
                 entity: "pending alert",
@@ -397,7 +398,7 @@ impl<'c> AlertDriver<'c> {
                 ))
             }
         }
-        crate::drivers::provenance::json_text("payload", &alert.payload)?;
+        validate::json("payload", &alert.payload)?;
         validate::optional(
             "circuit_breaker_name",
             alert.circuit_breaker_name.as_deref(),

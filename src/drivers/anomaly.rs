@@ -22,10 +22,8 @@ use crate::validate;
 pub struct AnomalyKey {
     /// The rule that found it.
     pub anomaly_type: AnomalyType,
-    /// What kind of entity.
-    pub entity_type: EntityType,
-    /// Which one (`None` for the tenant as a whole; at most 128 characters).
-    pub entity_id: Option<String>,
+    /// Whose.
+    pub entity: EntityKey,
 }
 
 /// An anomaly to record, for [`CostAnomalyDriver::upsert_anomaly`].
@@ -58,7 +56,7 @@ pub struct AnomalyInput {
 
 impl AnomalyInput {
     fn validate(&self) -> Result<()> {
-        validate::optional("entity_id", self.key.entity_id.as_deref(), 128)?;
+        entity(&self.key.entity)?;
         validate::amount("current_value_cents", self.current_value_cents)?;
         validate::amount("expected_value_cents", self.expected_value_cents)?;
         validate::finite("deviation_pct", self.deviation_pct)?;
@@ -74,7 +72,7 @@ impl AnomalyInput {
             if !m.is_object() {
                 return Err(Error::invalid("metadata", "must be a JSON object"));
             }
-            crate::drivers::provenance::json_text("metadata", m)?;
+            validate::json("metadata", m)?;
         }
         validate::instant("detected_at", self.detected_at)
     }
@@ -326,7 +324,7 @@ struct Cents {
     cents: Option<f64>,
 }
 
-/// The user id and feature tag that [`SCOPE`] binds for `scope`.
+/// The user id and feature tag that [`scoped!`] binds for `scope`.
 fn scope_filter(scope: &BudgetScope) -> Result<(Option<&str>, Option<&str>)> {
     let (user, feature) = match scope {
         BudgetScope::Tenant => (None, None),
@@ -337,8 +335,40 @@ fn scope_filter(scope: &BudgetScope) -> Result<(Option<&str>, Option<&str>)> {
     Ok((user, feature))
 }
 
-/// The records of a scope (`$4` user, `$5` feature tag, both `NULL` for the tenant).
-const SCOPE: &str = "($4::text IS NULL OR user_id = $4) AND ($5::text IS NULL OR feature_tag = $5)";
+/// `SELECT <what>` over the tenant's (`$1`) records in `[$2, $3)` of a scope (`$4` user,
+/// `$5` feature tag, both `NULL` for the whole tenant).
+macro_rules! scoped {
+    ($($select:expr),+) => {
+        concat!(
+            $($select,)+
+            " FROM cost_records \
+             WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
+               AND ($4::text IS NULL OR user_id = $4) AND ($5::text IS NULL OR feature_tag = $5)"
+        )
+    };
+}
+
+/// Spend over active UTC days (days with records).
+const BASELINE: &str = scoped!(
+    "SELECT sum(cost_cents) / nullif(count(DISTINCT (created_at AT TIME ZONE 'UTC')::date), 0) \
+     AS cents"
+);
+
+/// Spend.
+const SPEND: &str = scoped!("SELECT coalesce(sum(cost_cents), 0)::float8 AS cents");
+
+/// An aggregate over the two days of `[$2, $3)`, split at `$6`: today and yesterday.
+macro_rules! day_comparison {
+    ($aggregate:literal) => {
+        scoped!(
+            "SELECT (",
+            $aggregate,
+            " FILTER (WHERE created_at >= $6))::float8 AS today, (",
+            $aggregate,
+            " FILTER (WHERE created_at < $6))::float8 AS yesterday"
+        )
+    };
+}
 
 /// Data access of the cost-anomaly detector. Writes refuse to run outside the caller's
 /// transaction and never commit.
@@ -396,7 +426,7 @@ impl<'c> CostAnomalyDriver<'c> {
 
     fn spend(
         &mut self,
-        sql: &str,
+        sql: &'static str,
         tenant_id: &str,
         (start, end): (DateTime<Utc>, DateTime<Utc>),
         scope: &BudgetScope,
@@ -421,16 +451,7 @@ impl<'c> CostAnomalyDriver<'c> {
         to: NaiveDate,
     ) -> Result<Option<f64>> {
         validate::required("tenant_id", tenant_id, 64)?;
-        let avg = self.spend(
-            &format!(
-                "SELECT sum(cost_cents) / nullif(count(DISTINCT (created_at AT TIME ZONE 'UTC')::date), 0) \
-                 AS cents FROM cost_records \
-                 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 AND {SCOPE}"
-            ),
-            tenant_id,
-            days(from, to)?,
-            &BudgetScope::Tenant,
-        )?;
+        let avg = self.spend(BASELINE, tenant_id, days(from, to)?, &BudgetScope::Tenant)?;
         Ok(avg.filter(|a| *a > 0.0))
     }
 
@@ -471,11 +492,7 @@ impl<'c> CostAnomalyDriver<'c> {
         window: (DateTime<Utc>, DateTime<Utc>),
         scope: &BudgetScope,
     ) -> Result<f64> {
-        let sql = format!(
-            "SELECT coalesce(sum(cost_cents), 0)::float8 AS cents FROM cost_records \
-             WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 AND {SCOPE}"
-        );
-        Ok(self.spend(&sql, tenant_id, window, scope)?.unwrap_or(0.0))
+        Ok(self.spend(SPEND, tenant_id, window, scope)?.unwrap_or(0.0))
     }
 
     /// The spend of a budget's scope on the UTC day `today` (a user's, a feature tag's, or
@@ -506,7 +523,7 @@ impl<'c> CostAnomalyDriver<'c> {
 
     fn compare(
         &mut self,
-        value: &str,
+        sql: &'static str,
         tenant_id: &str,
         today: NaiveDate,
         scope: &BudgetScope,
@@ -519,13 +536,6 @@ impl<'c> CostAnomalyDriver<'c> {
             today,
         )?;
         let (user, feature) = scope_filter(scope)?;
-        // `value` is one of the constant aggregates below, never input.
-        let sql = format!(
-            "SELECT ({value} FILTER (WHERE created_at >= $6))::float8 AS today, \
-                    ({value} FILTER (WHERE created_at < $6))::float8 AS yesterday \
-             FROM cost_records \
-             WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 AND {SCOPE}"
-        );
         Ok(diesel::sql_query(sql)
             .bind::<Text, _>(tenant_id)
             .bind::<Timestamptz, _>(yesterday)
@@ -543,7 +553,12 @@ impl<'c> CostAnomalyDriver<'c> {
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<DayComparison> {
-        self.compare("avg(is_retry::int)", tenant_id, today, scope)
+        self.compare(
+            day_comparison!("avg(is_retry::int)"),
+            tenant_id,
+            today,
+            scope,
+        )
     }
 
     /// The average prompt size (`input_tokens`) today and yesterday, for the scope.
@@ -553,7 +568,12 @@ impl<'c> CostAnomalyDriver<'c> {
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<DayComparison> {
-        self.compare("avg(input_tokens)", tenant_id, today, scope)
+        self.compare(
+            day_comparison!("avg(input_tokens)"),
+            tenant_id,
+            today,
+            scope,
+        )
     }
 
     /// The number of calls today and yesterday (0, not `None`, for a day without), for the
@@ -564,7 +584,7 @@ impl<'c> CostAnomalyDriver<'c> {
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<DayComparison> {
-        let c = self.compare("count(*)", tenant_id, today, scope)?;
+        let c = self.compare(day_comparison!("count(*)"), tenant_id, today, scope)?;
         Ok(DayComparison {
             today: c.today.or(Some(0.0)),
             yesterday: c.yesterday.or(Some(0.0)),
@@ -605,16 +625,12 @@ impl<'c> CostAnomalyDriver<'c> {
         validate::required("tenant_id", tenant_id, 64)?;
         entity(key)?;
         use crate::schema::cost_breach_history::dsl as b;
-        let mut q = b::cost_breach_history
+        let q = b::cost_breach_history
             .filter(b::tenant_id.eq(tenant_id))
             .filter(b::entity_type.eq(key.entity_type))
+            .filter(b::entity_id.is_not_distinct_from(&key.entity_id))
             .filter(b::breach_type.eq(breach_type))
-            .filter(b::breach_date.eq(today))
-            .into_boxed();
-        q = match &key.entity_id {
-            Some(id) => q.filter(b::entity_id.eq(id.clone())),
-            None => q.filter(b::entity_id.is_null()),
-        };
+            .filter(b::breach_date.eq(today));
         Ok(diesel::select(diesel::dsl::exists(q)).get_result(self.conn)?)
     }
 
@@ -676,17 +692,14 @@ impl<'c> CostAnomalyDriver<'c> {
     ) -> Result<Option<DriftTracking>> {
         validate::required("tenant_id", tenant_id, 64)?;
         entity(key)?;
-        let mut q = dt::table
+        Ok(dt::table
             .filter(dt::tenant_id.eq(tenant_id))
             .filter(dt::entity_type.eq(key.entity_type))
+            .filter(dt::entity_id.is_not_distinct_from(&key.entity_id))
             .filter(dt::is_active.eq(true))
             .select(DriftTracking::as_select())
-            .into_boxed();
-        q = match &key.entity_id {
-            Some(id) => q.filter(dt::entity_id.eq(id.clone())),
-            None => q.filter(dt::entity_id.is_null()),
-        };
-        Ok(q.first(self.conn).optional()?)
+            .first(self.conn)
+            .optional()?)
     }
 
     /// Counts a drift day (see the statement's rules: yesterday's tracker goes up by one,
@@ -762,19 +775,15 @@ impl<'c> CostAnomalyDriver<'c> {
         validate::required("tenant_id", tenant_id, 64)?;
         entity(key)?;
         require_transaction(self.conn)?;
-        let target = dt::table
-            .filter(dt::tenant_id.eq(tenant_id))
-            .filter(dt::entity_type.eq(key.entity_type))
-            .filter(dt::is_active.eq(true));
-        let set = (dt::is_active.eq(false), dt::updated_at.eq(diesel::dsl::now));
-        Ok(match &key.entity_id {
-            Some(id) => diesel::update(target.filter(dt::entity_id.eq(id.clone())))
-                .set(set)
-                .execute(self.conn)?,
-            None => diesel::update(target.filter(dt::entity_id.is_null()))
-                .set(set)
-                .execute(self.conn)?,
-        })
+        Ok(diesel::update(
+            dt::table
+                .filter(dt::tenant_id.eq(tenant_id))
+                .filter(dt::entity_type.eq(key.entity_type))
+                .filter(dt::entity_id.is_not_distinct_from(&key.entity_id))
+                .filter(dt::is_active.eq(true)),
+        )
+        .set((dt::is_active.eq(false), dt::updated_at.eq(diesel::dsl::now)))
+        .execute(self.conn)?)
     }
 
     /// The tenant's active budgets, by type and entity.
@@ -798,22 +807,19 @@ impl<'c> CostAnomalyDriver<'c> {
         since: DateTime<Utc>,
     ) -> Result<Option<CostAnomaly>> {
         validate::required("tenant_id", tenant_id, 64)?;
-        validate::optional("entity_id", key.entity_id.as_deref(), 128)?;
+        entity(&key.entity)?;
         validate::instant("since", since)?;
-        let mut q = ca::table
+        Ok(ca::table
             .filter(ca::tenant_id.eq(tenant_id))
             .filter(ca::anomaly_type.eq(key.anomaly_type))
-            .filter(ca::entity_type.eq(key.entity_type))
+            .filter(ca::entity_type.eq(key.entity.entity_type))
+            .filter(ca::entity_id.is_not_distinct_from(&key.entity.entity_id))
             .filter(ca::detected_at.ge(since))
             .filter(ca::resolved.eq(false))
             .order((ca::detected_at.desc(), ca::id.desc()))
             .select(CostAnomaly::as_select())
-            .into_boxed();
-        q = match &key.entity_id {
-            Some(id) => q.filter(ca::entity_id.eq(id.clone())),
-            None => q.filter(ca::entity_id.is_null()),
-        };
-        Ok(q.first(self.conn).optional()?)
+            .first(self.conn)
+            .optional()?)
     }
 
     /// Records the anomaly: one open row per tenant, key and UTC day of `detected_at`
@@ -827,8 +833,8 @@ impl<'c> CostAnomalyDriver<'c> {
             .bind::<Text, _>(tenant_id)
             .bind::<Text, _>(input.key.anomaly_type)
             .bind::<Text, _>(input.severity)
-            .bind::<Text, _>(input.key.entity_type)
-            .bind::<Nullable<Text>, _>(input.key.entity_id.as_deref())
+            .bind::<Text, _>(input.key.entity.entity_type)
+            .bind::<Nullable<Text>, _>(input.key.entity.entity_id.as_deref())
             .bind::<Double, _>(input.current_value_cents)
             .bind::<Double, _>(input.expected_value_cents)
             .bind::<Double, _>(input.deviation_pct)

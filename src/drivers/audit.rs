@@ -1,42 +1,13 @@
 //! `AuditDriver`: the append-only log of coordination decisions.
 
-use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+use serde::Serialize;
 
 use crate::db::require_transaction;
 use crate::error::{Error, Result};
-use crate::models::{
-    AuditDecision, CoordinationAuditRecord, EnvelopeClass, NewCoordinationAuditRecord,
-};
+use crate::models::{CoordinationAuditRecord, NewCoordinationAuditRecord};
 use crate::schema::coordination_audit_records;
 use crate::validate;
-
-/// One coordination decision, for [`AuditDriver::persist_audit_record`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditInput {
-    /// The record's id, chosen by the caller (a second record with it is refused).
-    pub audit_id: Uuid,
-    /// Envelope decided on (at most 100 characters).
-    pub envelope_id: String,
-    /// Its class: a closed set, so the table's CHECK can never fail.
-    pub envelope_class: EnvelopeClass,
-    /// The decision.
-    pub decision: AuditDecision,
-    /// Why (free text).
-    pub reason: String,
-    /// When the decision was taken.
-    pub decision_timestamp: DateTime<Utc>,
-    /// The envelope it conflicted with (for `REJECTED`; at most 100).
-    pub conflicting_envelope_id: Option<String>,
-    /// The envelope that pre-empted it (for `PREEMPTED`; at most 100).
-    pub preempting_envelope_id: Option<String>,
-    /// Envelopes active at the time, not negative.
-    pub active_envelopes_count: i32,
-    /// Tenant (at most 100).
-    pub tenant_id: Option<String>,
-}
 
 /// What [`AuditDriver::persist_audit_record`] did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -68,7 +39,7 @@ impl<'c> AuditDriver<'c> {
     /// stays, and it can go on.
     pub fn persist_audit_record(
         &mut self,
-        record: &AuditInput,
+        record: &NewCoordinationAuditRecord,
         emit_traces: bool,
     ) -> Result<AuditOutcome> {
         validate::required("envelope_id", &record.envelope_id, 100)?;
@@ -94,18 +65,7 @@ impl<'c> AuditDriver<'c> {
         }
         require_transaction(self.conn)?;
         diesel::insert_into(coordination_audit_records::table)
-            .values(NewCoordinationAuditRecord {
-                audit_id: record.audit_id,
-                envelope_id: record.envelope_id.clone(),
-                envelope_class: record.envelope_class,
-                decision: record.decision,
-                reason: record.reason.clone(),
-                decision_timestamp: record.decision_timestamp,
-                conflicting_envelope_id: record.conflicting_envelope_id.clone(),
-                preempting_envelope_id: record.preempting_envelope_id.clone(),
-                active_envelopes_count: record.active_envelopes_count,
-                tenant_id: record.tenant_id.clone(),
-            })
+            .values(record)
             .on_conflict(coordination_audit_records::audit_id)
             .do_nothing()
             .returning(CoordinationAuditRecord::as_returning())

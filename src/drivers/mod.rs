@@ -20,7 +20,7 @@ pub use anomaly::{
     AnomalyInput, AnomalyKey, BreachInput, CostAnomalyDriver, DayComparison, DriftObservation,
     EntityColumn, EntityKey, EntitySpend, FeatureConcentration,
 };
-pub use audit::{AuditDriver, AuditInput, AuditOutcome};
+pub use audit::{AuditDriver, AuditOutcome};
 pub use cost_write::{
     BudgetLimits, BudgetScope, CostInput, CostWriteDriver, FeatureTagChanges, FeatureTagInput,
     RecordedCost, BULK_CHUNK,

@@ -50,16 +50,18 @@ pub type FeedbackQuery =
 pub type PredictionsQuery =
     pe::BoxedQuery<'static, Pg, diesel::dsl::SqlTypeOf<diesel::dsl::AsSelect<PredictionEvent, Pg>>>;
 
-/// Runs of `status` created at or after `since`, newest first (runs without a creation
-/// instant last), at most `limit`.
+/// Runs of `status` (of one worker, when given) created at or after `since`, newest first
+/// (runs without a creation instant last), at most `limit`.
 fn runs(
     tenant_id: Option<&str>,
     status: WorkerStatus,
     since: Option<DateTime<Utc>>,
+    worker_id: Option<&str>,
     limit_to: i64,
 ) -> Result<RunsQuery> {
     tenant(tenant_id)?;
     validate::optional_instant("since", since)?;
+    validate::optional("worker_id", worker_id, 255)?;
     let mut q = wr::table
         .filter(wr::status.eq(status))
         .select(WorkerRun::as_select())
@@ -72,7 +74,23 @@ fn runs(
     if let Some(since) = since {
         q = q.filter(wr::created_at.ge(since));
     }
+    if let Some(w) = worker_id {
+        q = q.filter(wr::worker_id.eq(w.to_owned()));
+    }
     Ok(q)
+}
+
+/// Completed runs that cost something, as [`runs`].
+fn costly_runs(
+    tenant_id: Option<&str>,
+    since: Option<DateTime<Utc>>,
+    worker_id: Option<&str>,
+    limit: i64,
+) -> Result<RunsQuery> {
+    Ok(
+        runs(tenant_id, WorkerStatus::Completed, since, worker_id, limit)?
+            .filter(wr::cost_cents.gt(0)),
+    )
 }
 
 /// A feedback row to insert, for [`PatternDetectionDriver::insert_feedback`].
@@ -118,8 +136,10 @@ impl<'c> PatternDetectionDriver<'c> {
         since: DateTime<Utc>,
         limit: i64,
     ) -> Result<RunsQuery> {
-        Ok(runs(tenant_id, WorkerStatus::Failed, Some(since), limit)?
-            .filter(wr::error.is_not_null()))
+        Ok(
+            runs(tenant_id, WorkerStatus::Failed, Some(since), None, limit)?
+                .filter(wr::error.is_not_null()),
+        )
     }
 
     /// Failed runs with an error text, created at or after `since`, newest first.
@@ -137,7 +157,7 @@ impl<'c> PatternDetectionDriver<'c> {
         tenant_id: Option<&str>,
         limit: i64,
     ) -> Result<RunsQuery> {
-        Ok(runs(tenant_id, WorkerStatus::Completed, None, limit)?.filter(wr::cost_cents.gt(0)))
+        costly_runs(tenant_id, None, None, limit)
     }
 
     /// Completed runs that cost something, newest first.
@@ -171,7 +191,7 @@ impl<'c> PatternDetectionDriver<'c> {
         }
         validate::optional("threshold_used", input.threshold_used.as_deref(), 100)?;
         if let Some(m) = &input.metadata {
-            crate::drivers::provenance::json_text("metadata", m)?;
+            validate::json("metadata", m)?;
         }
         validate::optional_instant("detected_at", input.detected_at)?;
         require_transaction(self.conn)?;
@@ -325,8 +345,13 @@ impl<'c> PredictionDriver<'c> {
         worker_id: Option<&str>,
         limit: i64,
     ) -> Result<RunsQuery> {
-        let q = runs(tenant_id, WorkerStatus::Failed, Some(since), limit)?;
-        with_worker(q, worker_id)
+        runs(
+            tenant_id,
+            WorkerStatus::Failed,
+            Some(since),
+            worker_id,
+            limit,
+        )
     }
 
     /// Failed runs (with or without error text) since `since`, newest first.
@@ -367,9 +392,7 @@ impl<'c> PredictionDriver<'c> {
         worker_id: Option<&str>,
         limit: i64,
     ) -> Result<RunsQuery> {
-        let q = runs(tenant_id, WorkerStatus::Completed, Some(since), limit)?
-            .filter(wr::cost_cents.gt(0));
-        with_worker(q, worker_id)
+        costly_runs(tenant_id, Some(since), worker_id, limit)
     }
 
     /// Completed runs that cost something since `since`, newest first.
@@ -474,7 +497,7 @@ impl<'c> PredictionDriver<'c> {
         if !input.prediction_value.is_object() {
             return Err(Error::invalid("prediction_value", "must be a JSON object"));
         }
-        crate::drivers::provenance::json_text("prediction_value", &input.prediction_value)?;
+        validate::json("prediction_value", &input.prediction_value)?;
         for factor in &input.contributing_factors {
             if !factor.is_object() {
                 return Err(Error::invalid(
@@ -482,7 +505,7 @@ impl<'c> PredictionDriver<'c> {
                     "each factor must be a JSON object",
                 ));
             }
-            crate::drivers::provenance::json_text("contributing_factors", factor)?;
+            validate::json("contributing_factors", factor)?;
         }
         validate::instant("expires_at", input.expires_at)?;
         validate::optional_instant("created_at", input.created_at)?;
@@ -512,14 +535,6 @@ impl<'c> PredictionDriver<'c> {
             .returning(PredictionEvent::as_returning())
             .get_result(self.conn)?)
     }
-}
-
-fn with_worker(q: RunsQuery, worker_id: Option<&str>) -> Result<RunsQuery> {
-    validate::optional("worker_id", worker_id, 255)?;
-    Ok(match worker_id {
-        Some(w) => q.filter(wr::worker_id.eq(w.to_owned())),
-        None => q,
-    })
 }
 
 /// The predictions `filter` selects.

@@ -68,20 +68,6 @@ impl Default for ProvenanceInput {
     }
 }
 
-/// Refuses JSON that `jsonb` cannot store: a NUL character in any string or key.
-pub(crate) fn json_text(field: &'static str, value: &serde_json::Value) -> Result<()> {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => validate::text(field, s),
-        Value::Array(items) => items.iter().try_for_each(|v| json_text(field, v)),
-        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
-            validate::text(field, k)?;
-            json_text(field, v)
-        }),
-        _ => Ok(()),
-    }
-}
-
 impl ProvenanceInput {
     fn validate(&self) -> Result<()> {
         for (field, value) in [
@@ -105,7 +91,7 @@ impl ProvenanceInput {
         }
         self.payload
             .as_ref()
-            .map_or(Ok(()), |p| json_text("payload", p))
+            .map_or(Ok(()), |p| validate::json("payload", p))
     }
 
     fn new_row(&self) -> NewProvenance {

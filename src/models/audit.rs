@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::enums::{AuditDecision, EnvelopeClass};
@@ -36,28 +36,29 @@ pub struct CoordinationAuditRecord {
     pub tenant_id: Option<String>,
 }
 
-/// An audit record to insert.
-#[derive(Debug, Clone, PartialEq, Insertable)]
+/// A coordination decision to append, for
+/// [`AuditDriver::persist_audit_record`](crate::drivers::AuditDriver::persist_audit_record).
+#[derive(Debug, Clone, PartialEq, Eq, Insertable, Serialize, Deserialize)]
 #[diesel(table_name = coordination_audit_records)]
 pub struct NewCoordinationAuditRecord {
-    /// Caller-chosen UUID.
+    /// The record's id, chosen by the caller (a second record with it is refused).
     pub audit_id: Uuid,
-    /// Envelope.
+    /// Envelope decided on (at most 100 characters).
     pub envelope_id: String,
-    /// Class.
+    /// Its class: a closed set, so the table's CHECK can never fail.
     pub envelope_class: EnvelopeClass,
-    /// Decision.
+    /// The decision.
     pub decision: AuditDecision,
-    /// Why.
+    /// Why (free text).
     pub reason: String,
-    /// Decision instant.
+    /// When the decision was taken.
     pub decision_timestamp: DateTime<Utc>,
-    /// Conflicting envelope.
+    /// The envelope it conflicted with (for `REJECTED`; at most 100).
     pub conflicting_envelope_id: Option<String>,
-    /// Pre-empting envelope.
+    /// The envelope that pre-empted it (for `PREEMPTED`; at most 100).
     pub preempting_envelope_id: Option<String>,
-    /// Active envelopes.
+    /// Envelopes active at the time, not negative.
     pub active_envelopes_count: i32,
-    /// Tenant.
+    /// Tenant (at most 100).
     pub tenant_id: Option<String>,
 }
