@@ -324,15 +324,28 @@ struct Cents {
     cents: Option<f64>,
 }
 
-/// The user id and feature tag that [`scoped!`] binds for `scope`.
-fn scope_filter(scope: &BudgetScope) -> Result<(Option<&str>, Option<&str>)> {
+/// A [`scoped!`] statement with its five values bound: tenant, window, and the scope's user
+/// id and feature tag.
+fn scoped_query<'a>(
+    sql: &'static str,
+    tenant_id: &'a str,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+    scope: &'a BudgetScope,
+) -> Result<diesel::query_builder::BoxedSqlQuery<'a, diesel::pg::Pg, diesel::query_builder::SqlQuery>>
+{
     let (user, feature) = match scope {
         BudgetScope::Tenant => (None, None),
         BudgetScope::User(u) => (Some(u.as_str()), None),
         BudgetScope::Feature(f) => (None, Some(f.as_str())),
     };
     validate::optional("scope", user.or(feature), 128)?;
-    Ok((user, feature))
+    Ok(diesel::sql_query(sql)
+        .into_boxed()
+        .bind::<Text, _>(tenant_id)
+        .bind::<Timestamptz, _>(start)
+        .bind::<Timestamptz, _>(end)
+        .bind::<Nullable<Text>, _>(user)
+        .bind::<Nullable<Text>, _>(feature))
 }
 
 /// `SELECT <what>` over the tenant's (`$1`) records in `[$2, $3)` of a scope (`$4` user,
@@ -431,13 +444,7 @@ impl<'c> CostAnomalyDriver<'c> {
         (start, end): (DateTime<Utc>, DateTime<Utc>),
         scope: &BudgetScope,
     ) -> Result<Option<f64>> {
-        let (user, feature) = scope_filter(scope)?;
-        Ok(diesel::sql_query(sql)
-            .bind::<Text, _>(tenant_id)
-            .bind::<Timestamptz, _>(start)
-            .bind::<Timestamptz, _>(end)
-            .bind::<Nullable<Text>, _>(user)
-            .bind::<Nullable<Text>, _>(feature)
+        Ok(scoped_query(sql, tenant_id, (start, end), scope)?
             .get_result::<Cents>(self.conn)?
             .cents)
     }
@@ -535,13 +542,7 @@ impl<'c> CostAnomalyDriver<'c> {
                 .ok_or_else(|| Error::invalid("today", "has no day before it"))?,
             today,
         )?;
-        let (user, feature) = scope_filter(scope)?;
-        Ok(diesel::sql_query(sql)
-            .bind::<Text, _>(tenant_id)
-            .bind::<Timestamptz, _>(yesterday)
-            .bind::<Timestamptz, _>(tomorrow)
-            .bind::<Nullable<Text>, _>(user)
-            .bind::<Nullable<Text>, _>(feature)
+        Ok(scoped_query(sql, tenant_id, (yesterday, tomorrow), scope)?
             .bind::<Timestamptz, _>(midnight(today))
             .get_result(self.conn)?)
     }
