@@ -152,6 +152,28 @@ fn a_batch_returns_the_real_ids_in_input_order() {
         assert_eq!(row.cost_delta, Some(input.v1_cost.unwrap()));
     }
     assert_eq!(rows_of(&mut conn, &tenant).len(), 7);
+
+    // -0.0 is stored as 0 in a batch as in a single write.
+    #[derive(QueryableByName)]
+    struct Shown {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        v1: String,
+    }
+    let zero = input(&tenant, "zero", Some(-0.0), Some(1.0));
+    let single = ProvenanceDriver::new(&mut conn)
+        .write_provenance(&zero)
+        .unwrap();
+    let batch = ProvenanceDriver::new(&mut conn)
+        .write_provenance_batch(&[zero])
+        .unwrap();
+    for id in [single, batch[0]] {
+        let shown: Shown =
+            diesel::sql_query("SELECT v1_cost::text AS v1 FROM costsim_provenance WHERE id = $1")
+                .bind::<diesel::sql_types::BigInt, _>(id)
+                .get_result(&mut conn)
+                .unwrap();
+        assert_eq!(shown.v1, "0");
+    }
 }
 
 #[test]
