@@ -10,6 +10,7 @@
 //!   connection, runs its SQL at once and never begins, commits or rolls back: the caller
 //!   owns the transaction, and a write outside one is [`Error::NoTransaction`].
 //! - [`models`]: rows, new rows, closed-set enums and id formats.
+//! - [`admission`]: budget reservations that keep hard limits exact under concurrency.
 //! - [`anomaly`]: the cost-anomaly detector's rules over the anomaly driver.
 //! - [`leader`]: leader election among processes on advisory locks, with fencing terms.
 //! - [`embedded`]: a throwaway local PostgreSQL for tests and demos.
@@ -43,6 +44,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod admission;
 pub mod anomaly;
 #[cfg(feature = "bench")]
 pub mod bench;
@@ -57,6 +59,7 @@ pub mod models;
 pub mod schema;
 mod validate;
 
+pub use admission::BudgetGate;
 pub use drivers::{
     AlertDriver, AnalyticsReadDriver, AuditDriver, CostAnomalyDriver, CostWriteDriver,
     PatternDetectionDriver, PredictionDriver, ProvenanceDriver, WorkerWriteService,

@@ -12,6 +12,46 @@ diesel::table! {
 }
 
 diesel::table! {
+    budget_counters (budget_id, period, window_start) {
+        #[max_length = 64]
+        budget_id -> Varchar,
+        #[max_length = 8]
+        period -> Varchar,
+        window_start -> Date,
+        spent_cents -> Numeric,
+        reserved_cents -> Numeric,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    budget_reservations (id) {
+        #[max_length = 64]
+        id -> Varchar,
+        #[max_length = 64]
+        tenant_id -> Varchar,
+        #[max_length = 64]
+        request_id -> Varchar,
+        #[max_length = 128]
+        feature_tag -> Nullable<Varchar>,
+        #[max_length = 64]
+        user_id -> Nullable<Varchar>,
+        estimated_cents -> Numeric,
+        budget_ids -> Array<Nullable<Text>>,
+        day -> Date,
+        month -> Date,
+        #[max_length = 16]
+        status -> Varchar,
+        expires_at -> Timestamptz,
+        created_at -> Timestamptz,
+        closed_at -> Nullable<Timestamptz>,
+        actual_cents -> Nullable<Float8>,
+        #[max_length = 64]
+        cost_record_id -> Nullable<Varchar>,
+    }
+}
+
+diesel::table! {
     coordination_audit_records (audit_id) {
         audit_id -> Uuid,
         #[max_length = 100]
@@ -341,8 +381,12 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(budget_counters -> cost_budgets (budget_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     aos_traces,
+    budget_counters,
+    budget_reservations,
     coordination_audit_records,
     cost_anomalies,
     cost_breach_history,

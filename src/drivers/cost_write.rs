@@ -54,7 +54,7 @@ pub struct CostInput {
 }
 
 impl CostInput {
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         validate::required("tenant_id", &self.tenant_id, 64)?;
         validate::optional("user_id", self.user_id.as_deref(), 64)?;
         validate::optional("feature_tag", self.feature_tag.as_deref(), 128)?;
@@ -272,6 +272,12 @@ impl<'c> CostWriteDriver<'c> {
     pub fn create_cost_record(&mut self, cost: &CostInput) -> Result<CostRecord> {
         cost.validate()?;
         require_transaction(self.conn)?;
+        Ok(self.insert_one(cost)?.0)
+    }
+
+    /// [`Self::create_cost_record`] after validation, saying whether this call inserted
+    /// the row (false: the request id was recorded before).
+    pub(crate) fn insert_one(&mut self, cost: &CostInput) -> Result<(CostRecord, bool)> {
         let id = ids::cost_record_id();
         // With an instant given, the row holds exactly what is sent, so nothing comes back
         // but the row count; without one, the server's now() comes back.
@@ -283,26 +289,32 @@ impl<'c> CostWriteDriver<'c> {
                 .optional()?,
         };
         match inserted {
-            Some(created_at) => Ok(CostRecord {
-                id,
-                tenant_id: cost.tenant_id.clone(),
-                user_id: cost.user_id.clone(),
-                feature_tag: cost.feature_tag.clone(),
-                request_id: cost.request_id.clone(),
-                workflow_id: cost.workflow_id.clone(),
-                skill_id: cost.skill_id.clone(),
-                model: cost.model.clone(),
-                input_tokens: cost.input_tokens,
-                output_tokens: cost.output_tokens,
-                cost_cents: cost.cost_cents + 0.0,
-                created_at,
-                is_retry: cost.is_retry,
-            }),
-            None => Ok(cost_records::table
-                .filter(cost_records::tenant_id.eq(&cost.tenant_id))
-                .filter(cost_records::request_id.eq(&cost.request_id))
-                .select(CostRecord::as_select())
-                .first(self.conn)?),
+            Some(created_at) => Ok((
+                CostRecord {
+                    id,
+                    tenant_id: cost.tenant_id.clone(),
+                    user_id: cost.user_id.clone(),
+                    feature_tag: cost.feature_tag.clone(),
+                    request_id: cost.request_id.clone(),
+                    workflow_id: cost.workflow_id.clone(),
+                    skill_id: cost.skill_id.clone(),
+                    model: cost.model.clone(),
+                    input_tokens: cost.input_tokens,
+                    output_tokens: cost.output_tokens,
+                    cost_cents: cost.cost_cents + 0.0,
+                    created_at,
+                    is_retry: cost.is_retry,
+                },
+                true,
+            )),
+            None => Ok((
+                cost_records::table
+                    .filter(cost_records::tenant_id.eq(&cost.tenant_id))
+                    .filter(cost_records::request_id.eq(&cost.request_id))
+                    .select(CostRecord::as_select())
+                    .first(self.conn)?,
+                false,
+            )),
         }
     }
 

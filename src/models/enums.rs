@@ -280,6 +280,30 @@ string_enum! {
 }
 
 string_enum! {
+    /// The window a budget counter covers (`budget_counters.period`).
+    BudgetPeriod ("budget period") {
+        /// One UTC day, with the budget's daily limit.
+        Daily = "daily",
+        /// One UTC calendar month, with the budget's monthly limit.
+        Monthly = "monthly",
+    }
+}
+
+string_enum! {
+    /// Where a budget reservation stands (`budget_reservations.status`).
+    ReservationStatus ("reservation status") {
+        /// Holding its estimate against the budgets' counters.
+        Held = "held",
+        /// The call's actual cost was recorded and its estimate given back.
+        Settled = "settled",
+        /// The call failed; its estimate was given back.
+        Released = "released",
+        /// Its holder never came back; `reclaim_expired` gave its estimate back.
+        Expired = "expired",
+    }
+}
+
+string_enum! {
     /// What a queued alert announces.
     AlertType ("alert type") {
         /// The circuit breaker disabled CostSim V2.

@@ -1,0 +1,2 @@
+DROP TABLE budget_reservations;
+DROP TABLE budget_counters;
