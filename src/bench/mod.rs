@@ -6,6 +6,7 @@
 //! path), a read workload's is costdb time ÷ the server's execution time (1.0 = no client
 //! overhead).
 
+mod admission;
 mod alerts;
 mod detector;
 mod provenance;
@@ -20,6 +21,7 @@ use serde::Serialize;
 
 use crate::error::Result;
 
+pub use admission::admission_workloads;
 pub use alerts::alert_workloads;
 pub use detector::detector_workloads;
 pub use provenance::provenance_workloads;
@@ -151,6 +153,7 @@ pub fn all_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
     let mut all = write_workloads(scale);
     all.extend(provenance_workloads(scale));
     all.extend(alert_workloads(scale));
+    all.extend(admission_workloads(scale));
     all.extend(detector_workloads(scale));
     all.extend(read_workloads(scale));
     all
@@ -233,9 +236,57 @@ pub fn pgbench(ctx: &Ctx, script: &str, clients: usize, transactions: usize) -> 
 /// How many trials each workload runs; the order of contender and baseline alternates.
 pub const TRIALS: usize = 3;
 
-fn median(mut v: Vec<Duration>) -> Duration {
+fn median(v: Vec<Duration>) -> Duration {
+    percentile(v, 0.5)
+}
+
+/// The `q` quantile (0 to 1) of `v`, nearest rank; zero for no values.
+pub fn percentile(mut v: Vec<Duration>, q: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
     v.sort();
-    v[v.len() / 2]
+    let rank = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// Runs `work(i, conn)` on one thread per connection, all started together; returns the
+/// time until the last finished and every latency the threads reported.
+pub fn on_threads<F>(conns: &mut Vec<PgConnection>, work: F) -> Result<(Duration, Vec<Duration>)>
+where
+    F: Fn(usize, &mut PgConnection) -> Result<Vec<Duration>> + Send + Sync + 'static,
+{
+    let work = std::sync::Arc::new(work);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(conns.len() + 1));
+    let handles: Vec<_> = conns
+        .drain(..)
+        .enumerate()
+        .map(|(i, mut conn)| {
+            let (work, barrier) = (work.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let result = work(i, &mut conn);
+                (conn, result)
+            })
+        })
+        .collect();
+    barrier.wait();
+    let started = std::time::Instant::now();
+    let mut latencies = Vec::new();
+    let mut first_error = None;
+    for h in handles {
+        let (conn, result) = h.join().expect("a benchmark thread panicked");
+        conns.push(conn);
+        match result {
+            Ok(l) => latencies.extend(l),
+            Err(e) => first_error = first_error.or(Some(e)),
+        }
+    }
+    let elapsed = started.elapsed();
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok((elapsed, latencies)),
+    }
 }
 
 /// Runs `workload`: [`TRIALS`] trials of [`Workload::rounds`] rounds, contender and

@@ -1,0 +1,149 @@
+//! Budget admission: threads reserving and settling against one hot hard budget, beside
+//! pgbench running the bare conditional `UPDATE` of one counter row with as many clients
+//! (the upper bound of any admission that touches that row).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+
+use super::{percentile, pgbench, Ctx, Scale, Target, Workload};
+use crate::admission::{Admission, BudgetGate, ReserveInput};
+use crate::db;
+use crate::drivers::{BudgetLimits, BudgetScope, CostInput, CostWriteDriver};
+use crate::error::{Error, Result};
+
+const TENANT: &str = "bench-admission";
+/// The baseline's counter belongs to a budget of its own, so the two never share a row.
+const BASELINE_TENANT: &str = "bench-admission-baseline";
+
+struct HotBudget {
+    threads: usize,
+    per_thread: usize,
+    conns: Vec<PgConnection>,
+    baseline_budget: String,
+    now: DateTime<Utc>,
+    round: usize,
+    /// Admissions per second and p99 latency of reserve + settle, of the last round.
+    rate: f64,
+    p99: Duration,
+}
+
+fn hard_budget(conn: &mut PgConnection, tenant: &str) -> Result<String> {
+    conn.transaction(|c| {
+        Ok(CostWriteDriver::new(c)
+            .create_or_update_budget(
+                tenant,
+                &BudgetScope::Tenant,
+                &BudgetLimits {
+                    daily_limit_cents: Some(i32::MAX),
+                    monthly_limit_cents: None,
+                    warn_threshold_pct: 80,
+                    hard_limit_enabled: true,
+                },
+            )?
+            .id)
+    })
+}
+
+/// One admission: reserve in one transaction, settle in another, as a service does
+/// around its LLM call.
+fn admit(conn: &mut PgConnection, request: String, now: DateTime<Utc>) -> Result<()> {
+    let input = ReserveInput {
+        request_id: request,
+        feature_tag: None,
+        user_id: None,
+        estimated_cents: 2.0,
+        expires_at: now + chrono::Duration::minutes(10),
+        now,
+    };
+    let reservation = match conn.transaction(|c| BudgetGate::new(c).reserve(TENANT, &input))? {
+        Admission::Admitted { reservation, .. } => reservation,
+        Admission::Refused { budget } => {
+            return Err(Error::Conflict(format!("refused by {}", budget.budget_id)))
+        }
+    };
+    let actual = CostInput {
+        tenant_id: TENANT.into(),
+        model: "gpt-4o-mini".into(),
+        input_tokens: 500,
+        output_tokens: 80,
+        cost_cents: 1.5,
+        created_at: Some(now),
+        ..CostInput::default()
+    };
+    conn.transaction(|c| BudgetGate::new(c).settle(&reservation, &actual))?;
+    Ok(())
+}
+
+impl Workload for HotBudget {
+    fn name(&self) -> String {
+        format!(
+            "admission: {} threads reserve + settle on one budget ({:.0}/s, p99 {:.1} ms)",
+            self.threads,
+            self.rate,
+            self.p99.as_secs_f64() * 1e3
+        )
+    }
+    fn baseline_name(&self) -> &'static str {
+        "pgbench, the bare conditional UPDATE"
+    }
+    fn target(&self) -> Target {
+        Target::Report
+    }
+    fn prepare(&mut self, ctx: &mut Ctx) -> Result<()> {
+        hard_budget(&mut ctx.conn, TENANT)?;
+        self.baseline_budget = hard_budget(&mut ctx.conn, BASELINE_TENANT)?;
+        diesel::sql_query(
+            "INSERT INTO budget_counters (budget_id, period, window_start) \
+             VALUES ($1, 'daily', $2) ON CONFLICT DO NOTHING",
+        )
+        .bind::<diesel::sql_types::Text, _>(&self.baseline_budget)
+        .bind::<diesel::sql_types::Date, _>(self.now.date_naive())
+        .execute(&mut ctx.conn)?;
+        self.conns = (0..self.threads)
+            .map(|_| db::connect(&ctx.url))
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
+    fn contender(&mut self, _ctx: &mut Ctx) -> Result<Duration> {
+        self.round += 1;
+        let (round, now, per_thread) = (self.round, self.now, self.per_thread);
+        let (elapsed, latencies) = super::on_threads(&mut self.conns, move |i, conn| {
+            (0..per_thread)
+                .map(|n| {
+                    let started = std::time::Instant::now();
+                    admit(conn, format!("r{round}-{i}-{n}"), now)?;
+                    Ok(started.elapsed())
+                })
+                .collect()
+        })?;
+        self.rate = latencies.len() as f64 / elapsed.as_secs_f64();
+        self.p99 = percentile(latencies, 0.99);
+        Ok(elapsed)
+    }
+    fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        let script = format!(
+            "UPDATE budget_counters SET reserved_cents = reserved_cents + 2 \
+             WHERE budget_id = '{}' AND period = 'daily' AND window_start = '{}' \
+               AND spent_cents + reserved_cents + 2 <= 2147483647 RETURNING reserved_cents;\n",
+            self.baseline_budget,
+            self.now.date_naive()
+        );
+        pgbench(ctx, &script, self.threads, self.per_thread)
+    }
+}
+
+/// The admission workload at `scale`: 16 threads.
+pub fn admission_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
+    vec![Box::new(HotBudget {
+        threads: 16,
+        per_thread: scale.of(200),
+        conns: Vec::new(),
+        baseline_budget: String::new(),
+        now: Utc::now(),
+        round: 0,
+        rate: 0.0,
+        p99: Duration::ZERO,
+    })]
+}
