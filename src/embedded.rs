@@ -23,6 +23,7 @@ pub struct EmbeddedPostgres {
     dir: PathBuf,
     bin_dir: PathBuf,
     port: u16,
+    user: Option<(u32, u32)>,
     guardian: Child,
     lifeline: Option<ChildStdin>,
 }
@@ -134,11 +135,13 @@ trap '' PIPE HUP INT
 bin=$1 port=$2 fsync=$3
 dir=$(mktemp -d "${TMPDIR:-/tmp}/costdb-pg-XXXXXXXXXX") || exit 1
 echo "$dir"
+opts="-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=$fsync \
+    -c synchronous_commit=$fsync -c full_page_writes=$fsync -c max_connections=200"
+echo "$opts" >"$dir/options"
 "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --no-locale --no-sync \
     >"$dir/setup.log" 2>&1 &&
-"$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o "-p $port -k $dir \
-    -c listen_addresses=127.0.0.1 -c fsync=$fsync -c synchronous_commit=$fsync \
-    -c full_page_writes=$fsync -c max_connections=200" >>"$dir/setup.log" 2>&1
+"$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o "$opts" \
+    >>"$dir/setup.log" 2>&1
 echo "$?"
 read -r order
 [ "$order" = keep ] && exit 0
@@ -208,6 +211,7 @@ impl EmbeddedPostgres {
             dir: PathBuf::new(),
             bin_dir: bin_dir.to_path_buf(),
             port,
+            user,
             guardian,
             lifeline,
         };
@@ -254,6 +258,44 @@ impl EmbeddedPostgres {
     /// The folder of the server binaries this cluster runs (`pgbench` is there too).
     pub fn bin_dir(&self) -> &Path {
         &self.bin_dir
+    }
+
+    /// Stops the server (fast shutdown: sessions are ended, nothing committed is lost)
+    /// and keeps the cluster, for tests of what clients do while it is down.
+    pub fn stop_server(&self) -> Result<()> {
+        self.pg_ctl(&["-m", "fast", "-w", "stop"])
+    }
+
+    /// Starts the server of a cluster stopped with [`Self::stop_server`], on the same port
+    /// with the same settings.
+    pub fn start_server(&self) -> Result<()> {
+        let options = std::fs::read_to_string(self.dir.join("options"))
+            .map_err(|e| Error::embedded("cannot read the cluster's server options", Some(e)))?;
+        let log = self.dir.join("server.log");
+        let log = log.to_str().unwrap_or_default();
+        self.pg_ctl(&["-l", log, "-w", "-t", "60", "start", "-o", options.trim()])
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<()> {
+        let out = command(&self.bin_dir.join("pg_ctl"), self.user)
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| Error::embedded("cannot run pg_ctl", Some(e)))?;
+        if !out.status.success() {
+            return Err(Error::embedded(
+                format!(
+                    "pg_ctl {} failed: {}{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                None,
+            ));
+        }
+        Ok(())
     }
 
     /// The directory holding the cluster; gone after drop.

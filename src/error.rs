@@ -56,6 +56,24 @@ pub enum Error {
         /// The latest term (0 when the lock was never taken).
         current: i64,
     },
+    /// The [`CostRecorder`](crate::recorder::CostRecorder) could not commit this record.
+    /// Unless `outcome_unknown`, it is not stored; with it, a commit was sent whose answer
+    /// never came, so the record may be stored once under `id`: look it up by that id.
+    #[error("cost record {id} was not recorded: {reason}")]
+    NotRecorded {
+        /// The id the record was given before the first attempt.
+        id: String,
+        /// Whether a commit holding it may have succeeded.
+        outcome_unknown: bool,
+        /// The last error the writer saw.
+        reason: String,
+    },
+    /// The recorder's queue is full (`try_record`); nothing was queued.
+    #[error("the recorder's queue is full")]
+    Busy,
+    /// The recorder was shut down; nothing was queued.
+    #[error("the recorder is shut down")]
+    Closed,
     /// PostgreSQL or Diesel reported an error (including rows it could not decode).
     #[error("database error")]
     Database(#[from] DieselError),

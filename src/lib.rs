@@ -12,6 +12,7 @@
 //! - [`models`]: rows, new rows, closed-set enums and id formats.
 //! - [`admission`]: budget reservations that keep hard limits exact under concurrency.
 //! - [`anomaly`]: the cost-anomaly detector's rules over the anomaly driver.
+//! - [`recorder`]: durable group commit for services that record each call as it happens.
 //! - [`leader`]: leader election among processes on advisory locks, with fencing terms.
 //! - [`embedded`]: a throwaway local PostgreSQL for tests and demos.
 //!
@@ -55,6 +56,7 @@ pub mod error;
 pub mod input_hash;
 pub mod leader;
 pub mod models;
+pub mod recorder;
 #[allow(missing_docs)]
 pub mod schema;
 mod validate;
@@ -65,6 +67,7 @@ pub use drivers::{
     PatternDetectionDriver, PredictionDriver, ProvenanceDriver, WorkerWriteService,
 };
 pub use error::{Error, Result};
+pub use recorder::CostRecorder;
 pub use validate::MAX_AMOUNT_CENTS;
 
 /// The README's examples, compiled as doctests so they stay true.

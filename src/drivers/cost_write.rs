@@ -168,9 +168,11 @@ struct ExistingRow {
 /// split, so its memory stays bounded and its speed per row stays the same.
 pub const BULK_CHUNK: usize = 5_000;
 
-/// Inserts the rows of the arrays in array order, skipping a request id the tenant has.
-const BULK_INSERT: &str = "\
-INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, \
+/// Inserts the rows of the arrays in array order, skipping what `$conflict` names.
+macro_rules! bulk_insert {
+    ($conflict:literal) => {
+        concat!(
+            "INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, \
                           model, input_tokens, output_tokens, cost_cents, is_retry, created_at) \
 SELECT id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, \
        model, input_tokens, output_tokens, cost_cents, is_retry, coalesce(created_at, now()) \
@@ -179,8 +181,21 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text
      WITH ORDINALITY AS t(id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, \
                           model, input_tokens, output_tokens, cost_cents, is_retry, created_at, n) \
 ORDER BY n \
-ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING \
-RETURNING id";
+ON CONFLICT ",
+            $conflict,
+            " DO NOTHING RETURNING id"
+        )
+    };
+}
+
+/// Skips a request id the tenant has.
+const BULK_INSERT: &str = bulk_insert!("(tenant_id, request_id) WHERE request_id IS NOT NULL");
+/// Also skips an id that is already stored: a retry of a batch whose commit outcome was
+/// unknown (the ids were fixed before the first attempt).
+const BULK_RETRY: &str = bulk_insert!("");
+
+/// Which of the ids `$1` are stored.
+const STORED_IDS: &str = "SELECT id FROM cost_records WHERE id = ANY($1::text[])";
 
 const EXISTING_BY_REQUEST: &str = "\
 SELECT c.tenant_id, c.request_id, c.id \
@@ -339,12 +354,25 @@ impl<'c> CostWriteDriver<'c> {
             cost.validate()?;
         }
         require_transaction(self.conn)?;
-        let mut out: Vec<RecordedCost> = costs
-            .iter()
-            .map(|_| RecordedCost {
-                id: ids::cost_record_id(),
-                inserted: true,
-            })
+        let ids = costs.iter().map(|_| ids::cost_record_id()).collect();
+        self.record_with_ids(costs, ids, false)
+    }
+
+    /// [`Self::record_costs`] of validated `costs` with the ids given, one per cost.
+    ///
+    /// With `retry`, some of these rows may already be stored by an earlier attempt whose
+    /// commit outcome was unknown: a row whose id is stored counts as inserted, and
+    /// nothing is stored twice.
+    pub(crate) fn record_with_ids(
+        &mut self,
+        costs: &[CostInput],
+        ids: Vec<String>,
+        retry: bool,
+    ) -> Result<Vec<RecordedCost>> {
+        debug_assert_eq!(costs.len(), ids.len());
+        let mut out: Vec<RecordedCost> = ids
+            .into_iter()
+            .map(|id| RecordedCost { id, inserted: true })
             .collect();
         let key = |i: usize| {
             let c = &costs[i];
@@ -359,7 +387,7 @@ impl<'c> CostWriteDriver<'c> {
         let repeats = order
             .windows(2)
             .any(|w| key(w[0]).2.is_some() && key(w[0]) == key(w[1]));
-        if !repeats {
+        if !repeats && !retry {
             match self.copy_in_order(costs, &order, &out) {
                 Ok(()) => return Ok(out),
                 Err(e) if is_request_conflict(&e) => {} // some were recorded before
@@ -367,7 +395,7 @@ impl<'c> CostWriteDriver<'c> {
             }
         }
         for chunk in order.chunks(BULK_CHUNK) {
-            self.insert_chunk(costs, chunk, &mut out)?;
+            self.insert_chunk(costs, chunk, &mut out, retry)?;
         }
         Ok(out)
     }
@@ -403,11 +431,12 @@ impl<'c> CostWriteDriver<'c> {
         costs: &[CostInput],
         chunk: &[usize],
         out: &mut [RecordedCost],
+        retry: bool,
     ) -> Result<()> {
         let rows = || chunk.iter().map(|&i| &costs[i]);
         let text = |f: fn(&CostInput) -> &str| rows().map(f).collect::<Vec<_>>();
         let opt = |f: fn(&CostInput) -> Option<&str>| rows().map(f).collect::<Vec<_>>();
-        let inserted: Vec<IdRow> = diesel::sql_query(BULK_INSERT)
+        let inserted: Vec<IdRow> = diesel::sql_query(if retry { BULK_RETRY } else { BULK_INSERT })
             .bind::<Array<Text>, _>(
                 chunk
                     .iter()
@@ -429,7 +458,21 @@ impl<'c> CostWriteDriver<'c> {
                 rows().map(|c| c.created_at).collect::<Vec<_>>(),
             )
             .load(self.conn)?;
-        let inserted: HashSet<String> = inserted.into_iter().map(|r| r.id).collect();
+        let mut inserted: HashSet<String> = inserted.into_iter().map(|r| r.id).collect();
+        if retry {
+            // Rows an earlier attempt stored are this batch's own.
+            let unseen: Vec<&str> = chunk
+                .iter()
+                .map(|&i| out[i].id.as_str())
+                .filter(|id| !inserted.contains(*id))
+                .collect();
+            if !unseen.is_empty() {
+                let stored: Vec<IdRow> = diesel::sql_query(STORED_IDS)
+                    .bind::<Array<Text>, _>(&unseen)
+                    .load(self.conn)?;
+                inserted.extend(stored.into_iter().map(|r| r.id));
+            }
+        }
         let mut skipped = Vec::new();
         for &i in chunk {
             out[i].inserted = inserted.contains(&out[i].id);

@@ -1,0 +1,497 @@
+//! `CostRecorder`: durable group commit for services that record each LLM call as it
+//! finishes and have no transaction of their own.
+//!
+//! Callers block in [`CostRecorder::record`] until the record is committed; one flusher
+//! thread with its own connection writes whatever is queued in one transaction
+//! ([`CostWriteDriver::record_costs`](crate::CostWriteDriver::record_costs)' path), so many
+//! callers share one commit and one flush to disk. Ids are fixed when a record is queued:
+//! a batch whose commit outcome is unknown (the connection was lost during `COMMIT`) is
+//! retried with the same ids and lands at most once. Nothing is dropped: when the server
+//! stays unreachable past the deadline, every waiting caller gets
+//! [`Error::NotRecorded`].
+//!
+//! ```no_run
+//! use costdb::drivers::CostInput;
+//! use costdb::recorder::{CostRecorder, RecorderConfig};
+//!
+//! # fn main() -> costdb::Result<()> {
+//! let recorder = CostRecorder::start("postgres://postgres@127.0.0.1/costdb", RecorderConfig::default())?;
+//! let recorded = recorder.record(CostInput {
+//!     tenant_id: "acme".into(),
+//!     request_id: Some("req-9".into()),
+//!     model: "gpt-4o-mini".into(),
+//!     cost_cents: 0.4,
+//!     ..Default::default()
+//! })?;
+//! assert!(recorded.id.starts_with("cr_"));
+//! recorder.shutdown();
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use serde::Serialize;
+
+use crate::db::{self, PgPool, PooledConn};
+use crate::drivers::cost_write::{CostInput, CostWriteDriver, RecordedCost};
+use crate::error::{Error, Result};
+use crate::models::ids;
+
+/// How a [`CostRecorder`] batches and how long it keeps trying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecorderConfig {
+    /// The most records one transaction writes.
+    pub max_batch: usize,
+    /// How long the flusher waits for a partial batch to fill once its first record is
+    /// queued (zero: write at once what is queued; batches form while a commit runs).
+    pub max_wait: Duration,
+    /// The most records queued and not yet being written; `record` waits beyond it.
+    pub capacity: usize,
+    /// How long a batch is retried while the server is unreachable before its callers
+    /// get [`Error::NotRecorded`].
+    pub retry_deadline: Duration,
+}
+
+impl Default for RecorderConfig {
+    fn default() -> Self {
+        RecorderConfig {
+            max_batch: 1_000,
+            max_wait: Duration::ZERO,
+            capacity: 10_000,
+            retry_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters a service can export.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct RecorderStats {
+    /// Transactions committed.
+    pub batches: u64,
+    /// Records committed.
+    pub rows: u64,
+    /// Records waiting to be written now.
+    pub queue_depth: usize,
+    /// Records in the batch being written now.
+    pub in_flight: usize,
+    /// Attempts repeated after a lost connection or an unknown commit outcome.
+    pub retries: u64,
+}
+
+impl RecorderStats {
+    /// Records per committed transaction.
+    pub fn mean_batch(&self) -> f64 {
+        if self.batches == 0 {
+            0.0
+        } else {
+            self.rows as f64 / self.batches as f64
+        }
+    }
+}
+
+/// Where the flusher's connection comes from.
+enum Source {
+    Url(String),
+    Pool(PgPool),
+}
+
+enum Conn {
+    Own(PgConnection),
+    Pooled(PooledConn),
+}
+
+impl std::ops::Deref for Conn {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        match self {
+            Conn::Own(c) => c,
+            Conn::Pooled(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self {
+            Conn::Own(c) => c,
+            Conn::Pooled(c) => c,
+        }
+    }
+}
+
+impl Source {
+    fn connect(&self) -> Result<Conn> {
+        let mut conn = match self {
+            Source::Url(url) => Conn::Own(db::connect(url)?),
+            Source::Pool(pool) => Conn::Pooled(pool.get()?),
+        };
+        conn.batch_execute("SET application_name = 'costdb-recorder'")?;
+        Ok(conn)
+    }
+}
+
+/// Where one caller's record stands.
+type Slot = Arc<(Mutex<Option<Result<RecordedCost>>>, Condvar)>;
+
+struct Queued {
+    id: String,
+    cost: CostInput,
+    slot: Slot,
+}
+
+struct State {
+    queue: VecDeque<Queued>,
+    closed: bool,
+}
+
+struct Shared {
+    config: RecorderConfig,
+    state: Mutex<State>,
+    /// Signalled when records are queued or the recorder closes.
+    work: Condvar,
+    /// Signalled when the flusher takes records off the queue.
+    room: Condvar,
+    batches: AtomicU64,
+    rows: AtomicU64,
+    retries: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Shuts the recorder down when the last handle goes.
+struct Handle {
+    shared: Arc<Shared>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        close(&self.shared, &self.flusher);
+    }
+}
+
+fn close(shared: &Shared, flusher: &Mutex<Option<JoinHandle<()>>>) {
+    shared.lock().closed = true;
+    shared.work.notify_all();
+    shared.room.notify_all();
+    let handle = flusher.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(handle) = handle {
+        let _ = handle.join();
+    }
+}
+
+/// Durable group commit of cost records (see the [module docs](self)).
+///
+/// `Send + Sync + Clone`: clones share one queue and one flusher; dropping the last one
+/// shuts it down as [`CostRecorder::shutdown`] does.
+#[derive(Clone)]
+pub struct CostRecorder {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for CostRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CostRecorder")
+            .field("config", &self.handle.shared.config)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl CostRecorder {
+    /// Starts a recorder whose flusher connects to `database_url`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a zero batch size or capacity; a connection error when
+    /// the server cannot be reached now.
+    pub fn start(database_url: &str, config: RecorderConfig) -> Result<Self> {
+        Self::spawn(Source::Url(database_url.into()), config)
+    }
+
+    /// Starts a recorder whose flusher borrows one connection of `pool` (and another when
+    /// that one breaks).
+    pub fn from_pool(pool: PgPool, config: RecorderConfig) -> Result<Self> {
+        Self::spawn(Source::Pool(pool), config)
+    }
+
+    fn spawn(source: Source, config: RecorderConfig) -> Result<Self> {
+        if config.max_batch == 0 {
+            return Err(Error::invalid("max_batch", "must be at least 1"));
+        }
+        if config.capacity == 0 {
+            return Err(Error::invalid("capacity", "must be at least 1"));
+        }
+        let conn = source.connect()?;
+        let shared = Arc::new(Shared {
+            config,
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: false,
+            }),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            batches: AtomicU64::new(0),
+            rows: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        });
+        let flusher = {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("costdb-recorder".into())
+                .spawn(move || {
+                    Flusher {
+                        shared,
+                        source,
+                        conn: Some(conn),
+                    }
+                    .run()
+                })
+                .map_err(|e| Error::embedded("cannot start the recorder's thread", Some(e)))?
+        };
+        Ok(CostRecorder {
+            handle: Arc::new(Handle {
+                shared,
+                flusher: Mutex::new(Some(flusher)),
+            }),
+        })
+    }
+
+    /// Records one cost and returns its id once the transaction holding it has
+    /// committed. Waits while the queue is full.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] at once, queueing nothing; [`Error::Closed`] after
+    /// shutdown; [`Error::NotRecorded`] when the batch could not be committed.
+    pub fn record(&self, cost: CostInput) -> Result<RecordedCost> {
+        self.enqueue(cost, true)
+    }
+
+    /// [`Self::record`], but returns [`Error::Busy`] instead of waiting for room.
+    pub fn try_record(&self, cost: CostInput) -> Result<RecordedCost> {
+        self.enqueue(cost, false)
+    }
+
+    fn enqueue(&self, cost: CostInput, wait: bool) -> Result<RecordedCost> {
+        cost.validate()?;
+        let shared = &self.handle.shared;
+        let slot: Slot = Arc::new((Mutex::new(None), Condvar::new()));
+        {
+            let mut state = shared.lock();
+            while !state.closed && state.queue.len() >= shared.config.capacity {
+                if !wait {
+                    return Err(Error::Busy);
+                }
+                state = shared.room.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            if state.closed {
+                return Err(Error::Closed);
+            }
+            state.queue.push_back(Queued {
+                id: ids::cost_record_id(),
+                cost,
+                slot: slot.clone(),
+            });
+        }
+        shared.work.notify_one();
+        let (outcome, done) = &*slot;
+        let mut outcome = outcome.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(result) = outcome.take() {
+                return result;
+            }
+            outcome = done.wait(outcome).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> RecorderStats {
+        let shared = &self.handle.shared;
+        RecorderStats {
+            batches: shared.batches.load(Ordering::Relaxed),
+            rows: shared.rows.load(Ordering::Relaxed),
+            queue_depth: shared.lock().queue.len(),
+            in_flight: shared.in_flight.load(Ordering::Relaxed),
+            retries: shared.retries.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops taking records, writes everything queued, and waits for it. Later calls to
+    /// `record` return [`Error::Closed`]. Dropping the last handle does the same.
+    pub fn shutdown(&self) {
+        close(&self.handle.shared, &self.handle.flusher);
+    }
+}
+
+/// The flusher thread: takes batches off the queue and commits them.
+struct Flusher {
+    shared: Arc<Shared>,
+    source: Source,
+    conn: Option<Conn>,
+}
+
+/// How one attempt at a batch ended.
+enum Attempt {
+    Committed(Vec<RecordedCost>),
+    /// The transaction certainly did not commit: the connection was lost before `COMMIT`,
+    /// or the server asked for a retry (serialization failure, deadlock).
+    NotCommitted(Error),
+    /// `COMMIT` was sent and no answer came.
+    Unknown(Error),
+    /// The server refused the batch itself; retrying would fail again.
+    Refused(Error),
+}
+
+impl Flusher {
+    fn run(mut self) {
+        while let Some(batch) = self.next_batch() {
+            let outcome = self.write(&batch);
+            self.shared.in_flight.store(0, Ordering::Relaxed);
+            for (q, result) in batch.into_iter().zip(outcome) {
+                let (slot, done) = &*q.slot;
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+                done.notify_one();
+            }
+        }
+    }
+
+    /// Waits for records; `None` once closed and drained.
+    fn next_batch(&self) -> Option<Vec<Queued>> {
+        let shared = &self.shared;
+        let config = &shared.config;
+        let mut state = shared.lock();
+        while state.queue.is_empty() {
+            if state.closed {
+                return None;
+            }
+            state = shared.work.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        if !config.max_wait.is_zero() {
+            let until = Instant::now() + config.max_wait;
+            while !state.closed && state.queue.len() < config.max_batch {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                state = shared
+                    .work
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        let n = state.queue.len().min(config.max_batch);
+        let batch: Vec<Queued> = state.queue.drain(..n).collect();
+        shared.in_flight.store(n, Ordering::Relaxed);
+        drop(state);
+        shared.room.notify_all();
+        Some(batch)
+    }
+
+    /// Commits `batch`, retrying until the deadline; one result per record.
+    fn write(&mut self, batch: &[Queued]) -> Vec<Result<RecordedCost>> {
+        let costs: Vec<CostInput> = batch.iter().map(|q| q.cost.clone()).collect();
+        let deadline = Instant::now() + self.shared.config.retry_deadline;
+        let mut unknown = false;
+        let mut pause = Duration::from_millis(20);
+        let failure = loop {
+            let error = match self.attempt(batch, &costs, unknown) {
+                Attempt::Committed(recorded) => {
+                    self.shared.batches.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .rows
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    return recorded.into_iter().map(Ok).collect();
+                }
+                Attempt::Refused(e) => break e,
+                Attempt::NotCommitted(e) => e,
+                Attempt::Unknown(e) => {
+                    unknown = true;
+                    e
+                }
+            };
+            if Instant::now() + pause > deadline {
+                break error;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(1));
+            self.shared.retries.fetch_add(1, Ordering::Relaxed);
+        };
+        let reason = crate::error::report(&failure);
+        batch
+            .iter()
+            .map(|q| {
+                Err(Error::NotRecorded {
+                    id: q.id.clone(),
+                    outcome_unknown: unknown,
+                    reason: reason.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn attempt(&mut self, batch: &[Queued], costs: &[CostInput], retry: bool) -> Attempt {
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => match self.source.connect() {
+                Ok(conn) => conn,
+                Err(e) => return Attempt::NotCommitted(e),
+            },
+        };
+        let mut conn = conn;
+        let ids: Vec<String> = batch.iter().map(|q| q.id.clone()).collect();
+        let mut committing = false;
+        let result = conn.transaction(|c| {
+            let recorded = CostWriteDriver::new(c).record_with_ids(costs, ids, retry)?;
+            committing = true;
+            Ok::<_, Error>(recorded)
+        });
+        match result {
+            Ok(recorded) => {
+                self.conn = Some(conn);
+                Attempt::Committed(recorded)
+            }
+            // The connection is dropped: a new one is opened for the next attempt.
+            Err(e) if committing => Attempt::Unknown(e),
+            Err(e) if retryable(&e) || !alive(&mut conn) => Attempt::NotCommitted(e),
+            Err(e) => {
+                self.conn = Some(conn);
+                Attempt::Refused(e)
+            }
+        }
+    }
+}
+
+/// Errors after which the same transaction may succeed.
+fn retryable(e: &Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+    match e {
+        Error::Database(DieselError::DatabaseError(kind, info)) => {
+            matches!(
+                kind,
+                DatabaseErrorKind::SerializationFailure
+                    | DatabaseErrorKind::ClosedConnection
+                    | DatabaseErrorKind::UnableToSendCommand
+            ) || info.message().contains("deadlock detected")
+        }
+        Error::Connection(_) | Error::Pool(_) => true,
+        _ => false,
+    }
+}
+
+/// Whether the connection still answers.
+fn alive(conn: &mut PgConnection) -> bool {
+    conn.batch_execute("SELECT 1").is_ok()
+}
