@@ -2,11 +2,12 @@
 //! finishes and have no transaction of their own.
 //!
 //! Callers block in [`CostRecorder::record`] until the record is committed; one flusher
-//! thread with its own connection writes whatever is queued in one transaction
-//! ([`CostWriteDriver::record_costs`](crate::CostWriteDriver::record_costs)' path), so many
-//! callers share one commit and one flush to disk. Ids are fixed when a record is queued:
-//! a batch whose commit outcome is unknown (the connection was lost during `COMMIT`) is
-//! retried with the same ids and lands at most once. Nothing is dropped: when the server
+//! thread with its own connection writes whatever is queued as one statement that
+//! commits on its own (one `INSERT … SELECT FROM unnest(…)` with the idempotency of
+//! [`CostWriteDriver::record_costs`](crate::CostWriteDriver::record_costs): one round trip
+//! per batch), so many callers share one commit and one flush to disk. Ids are fixed when
+//! a record is queued: a batch whose outcome is unknown (the connection was lost while the
+//! statement ran) is retried with the same ids and lands at most once. Nothing is dropped: when the server
 //! stays unreachable past the deadline, every waiting caller gets
 //! [`Error::NotRecorded`].
 //!
@@ -40,14 +41,14 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use crate::db::{self, PgPool, PooledConn};
-use crate::drivers::cost_write::{CostInput, CostWriteDriver, RecordedCost};
+use crate::drivers::cost_write::{BulkMode, CostInput, CostWriteDriver, RecordedCost, BULK_CHUNK};
 use crate::error::{Error, Result};
 use crate::models::ids;
 
 /// How a [`CostRecorder`] batches and how long it keeps trying.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecorderConfig {
-    /// The most records one transaction writes.
+    /// The most records one statement writes (1 to [`BULK_CHUNK`]).
     pub max_batch: usize,
     /// How long the flusher waits for a partial batch to fill once its first record is
     /// queued (zero: write at once what is queued; batches form while a commit runs).
@@ -57,6 +58,9 @@ pub struct RecorderConfig {
     /// How long a batch is retried while the server is unreachable before its callers
     /// get [`Error::NotRecorded`].
     pub retry_deadline: Duration,
+    /// Flusher threads, each with its own connection: while one batch waits for its flush
+    /// to disk, the next one is written, and the server flushes both at once.
+    pub flushers: usize,
 }
 
 impl Default for RecorderConfig {
@@ -66,6 +70,7 @@ impl Default for RecorderConfig {
             max_wait: Duration::ZERO,
             capacity: 10_000,
             retry_deadline: Duration::from_secs(30),
+            flushers: 2,
         }
     }
 }
@@ -173,21 +178,21 @@ impl Shared {
 /// Shuts the recorder down when the last handle goes.
 struct Handle {
     shared: Arc<Shared>,
-    flusher: Mutex<Option<JoinHandle<()>>>,
+    flushers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        close(&self.shared, &self.flusher);
+        close(&self.shared, &self.flushers);
     }
 }
 
-fn close(shared: &Shared, flusher: &Mutex<Option<JoinHandle<()>>>) {
+fn close(shared: &Shared, flushers: &Mutex<Vec<JoinHandle<()>>>) {
     shared.lock().closed = true;
     shared.work.notify_all();
     shared.room.notify_all();
-    let handle = flusher.lock().unwrap_or_else(|e| e.into_inner()).take();
-    if let Some(handle) = handle {
+    let handles = std::mem::take(&mut *flushers.lock().unwrap_or_else(|e| e.into_inner()));
+    for handle in handles {
         let _ = handle.join();
     }
 }
@@ -230,10 +235,22 @@ impl CostRecorder {
         if config.max_batch == 0 {
             return Err(Error::invalid("max_batch", "must be at least 1"));
         }
+        if config.max_batch > BULK_CHUNK {
+            return Err(Error::invalid(
+                "max_batch",
+                format!("a batch is one statement of at most {BULK_CHUNK} rows"),
+            ));
+        }
         if config.capacity == 0 {
             return Err(Error::invalid("capacity", "must be at least 1"));
         }
-        let conn = source.connect()?;
+        if config.flushers == 0 {
+            return Err(Error::invalid("flushers", "must be at least 1"));
+        }
+        let conns = (0..config.flushers)
+            .map(|_| source.connect())
+            .collect::<Result<Vec<_>>>()?;
+        let source = Arc::new(source);
         let shared = Arc::new(Shared {
             config,
             state: Mutex::new(State {
@@ -247,26 +264,27 @@ impl CostRecorder {
             retries: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
         });
-        let flusher = {
-            let shared = shared.clone();
-            std::thread::Builder::new()
+        let handle = Arc::new(Handle {
+            shared: shared.clone(),
+            flushers: Mutex::new(Vec::new()),
+        });
+        for conn in conns {
+            let flusher = Flusher {
+                shared: shared.clone(),
+                source: source.clone(),
+                conn: Some(conn),
+            };
+            let thread = std::thread::Builder::new()
                 .name("costdb-recorder".into())
-                .spawn(move || {
-                    Flusher {
-                        shared,
-                        source,
-                        conn: Some(conn),
-                    }
-                    .run()
-                })
-                .map_err(|e| Error::embedded("cannot start the recorder's thread", Some(e)))?
-        };
-        Ok(CostRecorder {
-            handle: Arc::new(Handle {
-                shared,
-                flusher: Mutex::new(Some(flusher)),
-            }),
-        })
+                .spawn(move || flusher.run())
+                .map_err(|e| Error::embedded("cannot start the recorder's thread", Some(e)))?;
+            handle
+                .flushers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(thread);
+        }
+        Ok(CostRecorder { handle })
     }
 
     /// Records one cost and returns its id once the transaction holding it has
@@ -331,24 +349,24 @@ impl CostRecorder {
     /// Stops taking records, writes everything queued, and waits for it. Later calls to
     /// `record` return [`Error::Closed`]. Dropping the last handle does the same.
     pub fn shutdown(&self) {
-        close(&self.handle.shared, &self.handle.flusher);
+        close(&self.handle.shared, &self.handle.flushers);
     }
 }
 
 /// The flusher thread: takes batches off the queue and commits them.
 struct Flusher {
     shared: Arc<Shared>,
-    source: Source,
+    source: Arc<Source>,
     conn: Option<Conn>,
 }
 
 /// How one attempt at a batch ended.
 enum Attempt {
     Committed(Vec<RecordedCost>),
-    /// The transaction certainly did not commit: the connection was lost before `COMMIT`,
-    /// or the server asked for a retry (serialization failure, deadlock).
+    /// The batch certainly did not commit: no connection, or the server asked for a retry
+    /// (serialization failure, deadlock).
     NotCommitted(Error),
-    /// `COMMIT` was sent and no answer came.
+    /// The statement was sent and no answer came: it may have committed.
     Unknown(Error),
     /// The server refused the batch itself; retrying would fail again.
     Refused(Error),
@@ -358,7 +376,9 @@ impl Flusher {
     fn run(mut self) {
         while let Some(batch) = self.next_batch() {
             let outcome = self.write(&batch);
-            self.shared.in_flight.store(0, Ordering::Relaxed);
+            self.shared
+                .in_flight
+                .fetch_sub(batch.len(), Ordering::Relaxed);
             for (q, result) in batch.into_iter().zip(outcome) {
                 let (slot, done) = &*q.slot;
                 *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
@@ -394,7 +414,7 @@ impl Flusher {
         }
         let n = state.queue.len().min(config.max_batch);
         let batch: Vec<Queued> = state.queue.drain(..n).collect();
-        shared.in_flight.store(n, Ordering::Relaxed);
+        shared.in_flight.fetch_add(n, Ordering::Relaxed);
         drop(state);
         shared.room.notify_all();
         Some(batch)
@@ -442,30 +462,35 @@ impl Flusher {
             .collect()
     }
 
+    /// One statement, committed on its own: a batch of at most [`BULK_CHUNK`] rows is one
+    /// `INSERT`, so it is atomic without a transaction and costs one round trip.
     fn attempt(&mut self, batch: &[Queued], costs: &[CostInput], retry: bool) -> Attempt {
-        let conn = match self.conn.take() {
+        let mut conn = match self.conn.take() {
             Some(conn) => conn,
             None => match self.source.connect() {
                 Ok(conn) => conn,
                 Err(e) => return Attempt::NotCommitted(e),
             },
         };
-        let mut conn = conn;
         let ids: Vec<String> = batch.iter().map(|q| q.id.clone()).collect();
-        let mut committing = false;
-        let result = conn.transaction(|c| {
-            let recorded = CostWriteDriver::new(c).record_with_ids(costs, ids, retry)?;
-            committing = true;
-            Ok::<_, Error>(recorded)
-        });
-        match result {
+        let mode = if retry {
+            BulkMode::Retry
+        } else {
+            BulkMode::Insert
+        };
+        match CostWriteDriver::new(&mut conn).record_with_ids(costs, ids, mode) {
             Ok(recorded) => {
                 self.conn = Some(conn);
                 Attempt::Committed(recorded)
             }
-            // The connection is dropped: a new one is opened for the next attempt.
-            Err(e) if committing => Attempt::Unknown(e),
-            Err(e) if retryable(&e) || !alive(&mut conn) => Attempt::NotCommitted(e),
+            // The server rolled the statement back and asks for it again.
+            Err(e) if must_retry(&e) => {
+                self.conn = Some(conn);
+                Attempt::NotCommitted(e)
+            }
+            // The connection went away while the statement ran: it may have committed.
+            // The connection is dropped; the next attempt opens a new one.
+            Err(e) if lost(&e) || !alive(&mut conn) => Attempt::Unknown(e),
             Err(e) => {
                 self.conn = Some(conn);
                 Attempt::Refused(e)
@@ -474,21 +499,24 @@ impl Flusher {
     }
 }
 
-/// Errors after which the same transaction may succeed.
-fn retryable(e: &Error) -> bool {
+/// A serialization failure or deadlock: the statement was rolled back and may succeed.
+fn must_retry(e: &Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error as DieselError};
-    match e {
-        Error::Database(DieselError::DatabaseError(kind, info)) => {
-            matches!(
-                kind,
-                DatabaseErrorKind::SerializationFailure
-                    | DatabaseErrorKind::ClosedConnection
-                    | DatabaseErrorKind::UnableToSendCommand
-            ) || info.message().contains("deadlock detected")
-        }
-        Error::Connection(_) | Error::Pool(_) => true,
-        _ => false,
-    }
+    matches!(e, Error::Database(DieselError::DatabaseError(kind, info))
+        if *kind == DatabaseErrorKind::SerializationFailure
+            || info.message().contains("deadlock detected"))
+}
+
+/// The connection broke.
+fn lost(e: &Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+    matches!(
+        e,
+        Error::Database(DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _
+        ))
+    )
 }
 
 /// Whether the connection still answers.

@@ -293,6 +293,7 @@ fn a_full_queue_pushes_back_and_shutdown_writes_what_is_queued() {
     let config = RecorderConfig {
         capacity: 2,
         max_batch: 1,
+        flushers: 1,
         ..RecorderConfig::default()
     };
     let recorder = CostRecorder::start(common::database_url(), config).unwrap();
@@ -354,6 +355,14 @@ fn dropping_the_last_handle_writes_what_is_queued() {
         },
         RecorderConfig {
             capacity: 0,
+            ..RecorderConfig::default()
+        },
+        RecorderConfig {
+            flushers: 0,
+            ..RecorderConfig::default()
+        },
+        RecorderConfig {
+            max_batch: 5_001,
             ..RecorderConfig::default()
         },
     ] {

@@ -11,6 +11,7 @@ mod alerts;
 mod detector;
 mod provenance;
 mod reads;
+mod recorder;
 mod writes;
 
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ pub use alerts::alert_workloads;
 pub use detector::detector_workloads;
 pub use provenance::provenance_workloads;
 pub use reads::read_workloads;
+pub use recorder::recorder_workloads;
 pub use writes::write_workloads;
 
 /// Sizes of a run: full, or everything ÷ 10 (`--quick`, used by the tests).
@@ -153,6 +155,7 @@ pub fn all_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
     let mut all = write_workloads(scale);
     all.extend(provenance_workloads(scale));
     all.extend(alert_workloads(scale));
+    all.extend(recorder_workloads(scale));
     all.extend(admission_workloads(scale));
     all.extend(detector_workloads(scale));
     all.extend(read_workloads(scale));
@@ -250,11 +253,12 @@ pub fn percentile(mut v: Vec<Duration>, q: f64) -> Duration {
     v[rank - 1]
 }
 
-/// Runs `work(i, conn)` on one thread per connection, all started together; returns the
+/// Runs `work(i, state)` on one thread per state (e.g. a connection), all started together; returns the
 /// time until the last finished and every latency the threads reported.
-pub fn on_threads<F>(conns: &mut Vec<PgConnection>, work: F) -> Result<(Duration, Vec<Duration>)>
+pub fn on_threads<T, F>(conns: &mut Vec<T>, work: F) -> Result<(Duration, Vec<Duration>)>
 where
-    F: Fn(usize, &mut PgConnection) -> Result<Vec<Duration>> + Send + Sync + 'static,
+    T: Send + 'static,
+    F: Fn(usize, &mut T) -> Result<Vec<Duration>> + Send + Sync + 'static,
 {
     let work = std::sync::Arc::new(work);
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(conns.len() + 1));

@@ -201,7 +201,7 @@ struct OnePerTransaction {
     rows: usize,
 }
 
-const PGBENCH_SCRIPT: &str = "\
+pub(super) const PGBENCH_SCRIPT: &str = "\
 INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, workflow_id, \
 skill_id, model, input_tokens, output_tokens, cost_cents, is_retry, created_at) \
 VALUES ('cr_' || substr(md5(random()::text), 1, 16), 'bench-tenant-007', NULL, NULL, \

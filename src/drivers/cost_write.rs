@@ -164,24 +164,40 @@ struct ExistingRow {
     id: String,
 }
 
+/// How a bulk write sends its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BulkMode {
+    /// Binary COPY inside a savepoint when no request id repeats, else `INSERT`.
+    CopyFirst,
+    /// One `INSERT … SELECT FROM unnest(…)` per chunk: one round trip, no savepoint, for a
+    /// caller that owns a short transaction and writes small batches.
+    Insert,
+    /// `INSERT` that also skips ids already stored: the retry of a batch whose commit
+    /// outcome was unknown; a row whose id is stored counts as inserted, and nothing is
+    /// stored twice.
+    Retry,
+}
+
 /// How many rows [`CostWriteDriver::record_costs`] sends in one statement: a larger call is
 /// split, so its memory stays bounded and its speed per row stays the same.
 pub const BULK_CHUNK: usize = 5_000;
 
-/// Inserts the rows of the arrays in array order, skipping what `$conflict` names.
-macro_rules! bulk_insert {
-    ($conflict:literal) => {
-        concat!(
-            "INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, \
+/// The head of the bulk insert: the thirteen arrays follow, in column order.
+const BULK_HEAD: &str = "\
+INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, \
                           model, input_tokens, output_tokens, cost_cents, is_retry, created_at) \
 SELECT id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, \
        model, input_tokens, output_tokens, cost_cents, is_retry, coalesce(created_at, now()) \
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-            $8::text[], $9::int4[], $10::int4[], $11::float8[], $12::bool[], $13::timestamptz[]) \
-     WITH ORDINALITY AS t(id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, \
-                          model, input_tokens, output_tokens, cost_cents, is_retry, created_at, n) \
-ORDER BY n \
-ON CONFLICT ",
+FROM unnest(";
+
+/// Inserts the rows of the arrays in array order, skipping what `$conflict` names.
+macro_rules! bulk_tail {
+    ($conflict:literal) => {
+        concat!(
+            ") WITH ORDINALITY AS t(id, tenant_id, user_id, feature_tag, request_id, workflow_id, \
+                                   skill_id, model, input_tokens, output_tokens, cost_cents, \
+                                   is_retry, created_at, n) \
+             ORDER BY n ON CONFLICT ",
             $conflict,
             " DO NOTHING RETURNING id"
         )
@@ -189,10 +205,65 @@ ON CONFLICT ",
 }
 
 /// Skips a request id the tenant has.
-const BULK_INSERT: &str = bulk_insert!("(tenant_id, request_id) WHERE request_id IS NOT NULL");
+const BULK_INSERT: &str = bulk_tail!("(tenant_id, request_id) WHERE request_id IS NOT NULL");
 /// Also skips an id that is already stored: a retry of a batch whose commit outcome was
 /// unknown (the ids were fixed before the first attempt).
-const BULK_RETRY: &str = bulk_insert!("");
+const BULK_RETRY: &str = bulk_tail!("");
+
+/// One bulk insert: the columns as arrays, bound as parameters of a fixed text, so Diesel
+/// prepares it once per connection (and per tail) instead of planning it per call.
+struct BulkInsert<'a> {
+    tail: &'static str,
+    ids: Vec<&'a str>,
+    tenants: Vec<&'a str>,
+    /// user, feature tag, request, workflow, skill.
+    optional: [Vec<Option<&'a str>>; 5],
+    models: Vec<&'a str>,
+    input_tokens: Vec<i32>,
+    output_tokens: Vec<i32>,
+    cents: Vec<f64>,
+    retries: Vec<bool>,
+    created_at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl QueryId for BulkInsert<'_> {
+    type QueryId = ();
+    // Cached by its text, which is one of two constants.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl Query for BulkInsert<'_> {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl RunQueryDsl<PgConnection> for BulkInsert<'_> {}
+
+impl QueryFragment<Pg> for BulkInsert<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(BULK_HEAD);
+        out.push_bind_param::<Array<Text>, _>(&self.ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.tenants)?;
+        for column in &self.optional {
+            out.push_sql(", ");
+            out.push_bind_param::<Array<Nullable<Text>>, _>(column)?;
+        }
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&self.models)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Int4>, _>(&self.input_tokens)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Int4>, _>(&self.output_tokens)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Float8>, _>(&self.cents)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Bool>, _>(&self.retries)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Timestamptz>>, _>(&self.created_at)?;
+        out.push_sql(self.tail);
+        Ok(())
+    }
+}
 
 /// Which of the ids `$1` are stored.
 const STORED_IDS: &str = "SELECT id FROM cost_records WHERE id = ANY($1::text[])";
@@ -355,20 +426,18 @@ impl<'c> CostWriteDriver<'c> {
         }
         require_transaction(self.conn)?;
         let ids = costs.iter().map(|_| ids::cost_record_id()).collect();
-        self.record_with_ids(costs, ids, false)
+        self.record_with_ids(costs, ids, BulkMode::CopyFirst)
     }
 
-    /// [`Self::record_costs`] of validated `costs` with the ids given, one per cost.
-    ///
-    /// With `retry`, some of these rows may already be stored by an earlier attempt whose
-    /// commit outcome was unknown: a row whose id is stored counts as inserted, and
-    /// nothing is stored twice.
+    /// [`Self::record_costs`] of validated `costs` with the ids given, one per cost, by
+    /// the statement `mode` picks.
     pub(crate) fn record_with_ids(
         &mut self,
         costs: &[CostInput],
         ids: Vec<String>,
-        retry: bool,
+        mode: BulkMode,
     ) -> Result<Vec<RecordedCost>> {
+        let retry = mode == BulkMode::Retry;
         debug_assert_eq!(costs.len(), ids.len());
         let mut out: Vec<RecordedCost> = ids
             .into_iter()
@@ -387,7 +456,7 @@ impl<'c> CostWriteDriver<'c> {
         let repeats = order
             .windows(2)
             .any(|w| key(w[0]).2.is_some() && key(w[0]) == key(w[1]));
-        if !repeats && !retry {
+        if !repeats && mode == BulkMode::CopyFirst {
             match self.copy_in_order(costs, &order, &out) {
                 Ok(()) => return Ok(out),
                 Err(e) if is_request_conflict(&e) => {} // some were recorded before
@@ -434,30 +503,26 @@ impl<'c> CostWriteDriver<'c> {
         retry: bool,
     ) -> Result<()> {
         let rows = || chunk.iter().map(|&i| &costs[i]);
-        let text = |f: fn(&CostInput) -> &str| rows().map(f).collect::<Vec<_>>();
         let opt = |f: fn(&CostInput) -> Option<&str>| rows().map(f).collect::<Vec<_>>();
-        let inserted: Vec<IdRow> = diesel::sql_query(if retry { BULK_RETRY } else { BULK_INSERT })
-            .bind::<Array<Text>, _>(
-                chunk
-                    .iter()
-                    .map(|&i| out[i].id.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind::<Array<Text>, _>(text(|c| &c.tenant_id))
-            .bind::<Array<Nullable<Text>>, _>(opt(|c| c.user_id.as_deref()))
-            .bind::<Array<Nullable<Text>>, _>(opt(|c| c.feature_tag.as_deref()))
-            .bind::<Array<Nullable<Text>>, _>(opt(|c| c.request_id.as_deref()))
-            .bind::<Array<Nullable<Text>>, _>(opt(|c| c.workflow_id.as_deref()))
-            .bind::<Array<Nullable<Text>>, _>(opt(|c| c.skill_id.as_deref()))
-            .bind::<Array<Text>, _>(text(|c| &c.model))
-            .bind::<Array<Int4>, _>(rows().map(|c| c.input_tokens).collect::<Vec<_>>())
-            .bind::<Array<Int4>, _>(rows().map(|c| c.output_tokens).collect::<Vec<_>>())
-            .bind::<Array<Float8>, _>(rows().map(|c| c.cost_cents + 0.0).collect::<Vec<_>>())
-            .bind::<Array<Bool>, _>(rows().map(|c| c.is_retry).collect::<Vec<_>>())
-            .bind::<Array<Nullable<Timestamptz>>, _>(
-                rows().map(|c| c.created_at).collect::<Vec<_>>(),
-            )
-            .load(self.conn)?;
+        let inserted: Vec<IdRow> = BulkInsert {
+            tail: if retry { BULK_RETRY } else { BULK_INSERT },
+            ids: chunk.iter().map(|&i| out[i].id.as_str()).collect(),
+            tenants: rows().map(|c| c.tenant_id.as_str()).collect(),
+            optional: [
+                opt(|c| c.user_id.as_deref()),
+                opt(|c| c.feature_tag.as_deref()),
+                opt(|c| c.request_id.as_deref()),
+                opt(|c| c.workflow_id.as_deref()),
+                opt(|c| c.skill_id.as_deref()),
+            ],
+            models: rows().map(|c| c.model.as_str()).collect(),
+            input_tokens: rows().map(|c| c.input_tokens).collect(),
+            output_tokens: rows().map(|c| c.output_tokens).collect(),
+            cents: rows().map(|c| c.cost_cents + 0.0).collect(),
+            retries: rows().map(|c| c.is_retry).collect(),
+            created_at: rows().map(|c| c.created_at).collect(),
+        }
+        .load(self.conn)?;
         let mut inserted: HashSet<String> = inserted.into_iter().map(|r| r.id).collect();
         if retry {
             // Rows an earlier attempt stored are this batch's own.

@@ -1,0 +1,93 @@
+//! The recorder: threads each recording calls as they finish through one `CostRecorder`,
+//! beside pgbench's single-row INSERT in autocommit with as many clients.
+
+use std::time::{Duration, Instant};
+
+use super::writes::PGBENCH_SCRIPT;
+use super::{percentile, pgbench, Ctx, Scale, Target, Workload};
+use crate::drivers::CostInput;
+use crate::error::Result;
+use crate::recorder::{CostRecorder, RecorderConfig};
+
+struct GroupCommit {
+    threads: usize,
+    per_thread: usize,
+    recorders: Vec<CostRecorder>,
+    round: usize,
+    /// Rows per second, p50 and p99 of `record`, of the last round.
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Workload for GroupCommit {
+    fn name(&self) -> String {
+        format!(
+            "recorder: {} threads × {} calls ({:.0} rows/s, p50 {:.1} ms, p99 {:.1} ms)",
+            self.threads,
+            self.per_thread,
+            self.rate,
+            self.p50.as_secs_f64() * 1e3,
+            self.p99.as_secs_f64() * 1e3
+        )
+    }
+    fn baseline_name(&self) -> &'static str {
+        "pgbench autocommit INSERT, as many clients"
+    }
+    fn target(&self) -> Target {
+        Target::AtLeast(if self.threads >= 64 { 3.0 } else { 2.0 })
+    }
+    fn prepare(&mut self, ctx: &mut Ctx) -> Result<()> {
+        let recorder = CostRecorder::start(&ctx.url, RecorderConfig::default())?;
+        self.recorders = vec![recorder; self.threads];
+        Ok(())
+    }
+    fn contender(&mut self, _ctx: &mut Ctx) -> Result<Duration> {
+        self.round += 1;
+        let (round, per_thread) = (self.round, self.per_thread);
+        let (elapsed, latencies) = super::on_threads(&mut self.recorders, move |t, recorder| {
+            (0..per_thread)
+                .map(|n| {
+                    let started = Instant::now();
+                    recorder.record(CostInput {
+                        tenant_id: format!("bench-tenant-{:03}", (t * 7 + n) % 100),
+                        request_id: Some(format!("rec-{round}-{t}-{n}")),
+                        workflow_id: Some("business-builder".into()),
+                        skill_id: Some("llm_invoke".into()),
+                        model: "gpt-4o".into(),
+                        input_tokens: 500,
+                        output_tokens: 200,
+                        cost_cents: 1.5,
+                        ..CostInput::default()
+                    })?;
+                    Ok(started.elapsed())
+                })
+                .collect()
+        })?;
+        self.rate = latencies.len() as f64 / elapsed.as_secs_f64();
+        self.p50 = percentile(latencies.clone(), 0.5);
+        self.p99 = percentile(latencies, 0.99);
+        Ok(elapsed)
+    }
+    fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        pgbench(ctx, PGBENCH_SCRIPT, self.threads, self.per_thread)
+    }
+}
+
+/// The recorder workloads at `scale`: 16 and 64 threads of 2,000 calls each.
+pub fn recorder_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
+    [16, 64]
+        .into_iter()
+        .map(|threads| {
+            Box::new(GroupCommit {
+                threads,
+                per_thread: scale.of(2_000),
+                recorders: Vec::new(),
+                round: 0,
+                rate: 0.0,
+                p50: Duration::ZERO,
+                p99: Duration::ZERO,
+            }) as Box<dyn Workload>
+        })
+        .collect()
+}
