@@ -254,10 +254,14 @@ fn a_closed_pipe_ends_the_demo_quietly_and_cleans_up() {
 fn migrate_reports_unknown_versions_and_check_fails_while_steps_are_pending() {
     use diesel::connection::SimpleConnection;
     let url = common::fresh_database();
+    let known = costdb::db::migration_status(&mut costdb::db::connect(&url).unwrap())
+        .unwrap()
+        .pending
+        .len();
     let check = costdb(&["migrate", "--check"], Some(&url));
     assert!(!check.status.success());
     assert!(
-        stdout(&check).contains("0 applied, 11 pending, 0 unknown"),
+        stdout(&check).contains(&format!("0 applied, {known} pending, 0 unknown")),
         "{check:?}"
     );
     assert!(String::from_utf8_lossy(&check.stderr).contains("pending"));
@@ -277,14 +281,14 @@ fn migrate_reports_unknown_versions_and_check_fails_while_steps_are_pending() {
         stdout(&status).contains("unknown  20991231000000"),
         "{status:?}"
     );
-    assert!(stdout(&status).contains("11 applied, 0 pending, 1 unknown"));
+    assert!(stdout(&status).contains(&format!("{known} applied, 0 pending, 1 unknown")));
     let err = one_error_line(&status);
     assert!(err.contains("20991231000000"), "{err}");
     // Neither applying nor reverting goes on.
     one_error_line(&costdb(&["migrate"], Some(&url)));
     one_error_line(&costdb(&["migrate", "--revert"], Some(&url)));
     let s = costdb::db::migration_status(&mut conn).unwrap();
-    assert_eq!((s.applied.len(), s.unknown.len()), (11, 1));
+    assert_eq!((s.applied.len(), s.unknown.len()), (known, 1));
 }
 
 #[test]
