@@ -18,17 +18,19 @@ struct GroupCommit {
     rate: f64,
     p50: Duration,
     p99: Duration,
+    mean_batch: f64,
 }
 
 impl Workload for GroupCommit {
     fn name(&self) -> String {
         format!(
-            "recorder: {} threads × {} calls ({:.0} rows/s, p50 {:.1} ms, p99 {:.1} ms)",
+            "recorder: {} threads × {} calls ({:.0} rows/s, p50 {:.1} ms, p99 {:.1} ms, {:.1} rows per commit)",
             self.threads,
             self.per_thread,
             self.rate,
             self.p50.as_secs_f64() * 1e3,
-            self.p99.as_secs_f64() * 1e3
+            self.p99.as_secs_f64() * 1e3,
+            self.mean_batch
         )
     }
     fn baseline_name(&self) -> &'static str {
@@ -65,6 +67,7 @@ impl Workload for GroupCommit {
                 .collect()
         })?;
         self.rate = latencies.len() as f64 / elapsed.as_secs_f64();
+        self.mean_batch = self.recorders[0].stats().mean_batch();
         self.p50 = percentile(latencies.clone(), 0.5);
         self.p99 = percentile(latencies, 0.99);
         Ok(elapsed)
@@ -87,6 +90,7 @@ pub fn recorder_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
                 rate: 0.0,
                 p50: Duration::ZERO,
                 p99: Duration::ZERO,
+                mean_batch: 0.0,
             }) as Box<dyn Workload>
         })
         .collect()
