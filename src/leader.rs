@@ -35,13 +35,17 @@ pub const LOCK_ALERT_WORKER: i64 = 7002;
 pub const LOCK_PROVENANCE_ARCHIVER: i64 = 7003;
 /// The baseline backfill.
 pub const LOCK_BASELINE_BACKFILL: i64 = 7004;
+/// `costdb upkeep` (not in the original): reclaiming reservations, retrying and purging
+/// alerts.
+pub const LOCK_UPKEEP: i64 = 7005;
 
 /// The singleton jobs' locks and their names.
-pub const KNOWN_LOCKS: [(i64, &str); 4] = [
+pub const KNOWN_LOCKS: [(i64, &str); 5] = [
     (LOCK_CANARY_RUNNER, "canary runner"),
     (LOCK_ALERT_WORKER, "alert worker"),
     (LOCK_PROVENANCE_ARCHIVER, "provenance archiver"),
     (LOCK_BASELINE_BACKFILL, "baseline backfill"),
+    (LOCK_UPKEEP, "upkeep"),
 ];
 
 /// How long [`LeaderGuard::acquire`] waits by default, as the original did.

@@ -198,7 +198,7 @@ fn terms_only_grow() {
 #[test]
 fn the_known_locks_are_distinct_and_in_the_7000_range() {
     let ids: Vec<i64> = leader::KNOWN_LOCKS.iter().map(|(id, _)| *id).collect();
-    assert_eq!(ids, [7001, 7002, 7003, 7004]);
+    assert_eq!(ids, [7001, 7002, 7003, 7004, 7005]);
     let mut conn = common::conn();
     let status = leader::lock_status(&mut conn, &ids).unwrap();
     assert_eq!(status.len(), 4);

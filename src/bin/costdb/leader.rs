@@ -11,7 +11,7 @@ use crate::{require_url, say, Failure, Outcome, Target};
 /// What to do with leader locks.
 #[derive(Debug, clap::Subcommand)]
 pub enum Leader {
-    /// List the locks 7001–7004: holder pid, current term, who took it and since when.
+    /// List the locks 7001–7005: holder pid, current term, who took it and since when.
     Status {
         #[command(flatten)]
         target: Target,

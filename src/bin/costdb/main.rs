@@ -5,6 +5,8 @@ mod bench;
 mod demo;
 mod hash;
 mod leader;
+mod report;
+mod upkeep;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -72,6 +74,11 @@ enum Command {
     /// Leader election: see who leads the singleton jobs, or run a command as leader.
     #[command(subcommand)]
     Leader(leader::Leader),
+    /// One tenant's analytics over UTC days: table, JSON, and an SVG chart per model.
+    Report(report::Options),
+    /// Periodic chores under leader election: reclaim expired budget reservations, retry
+    /// dead-letter alerts, purge old ones.
+    Upkeep(upkeep::Options),
 }
 
 /// What ends the command early.
@@ -180,6 +187,8 @@ fn main() -> ExitCode {
         Command::Leader(what) => leader::run(what),
         Command::Hash { file } => hash::run(file),
         Command::Alerts(what) => alerts::run(what),
+        Command::Report(options) => report::run(options),
+        Command::Upkeep(options) => upkeep::run(options),
     };
     let message = match result {
         Ok(()) => return ExitCode::SUCCESS,
