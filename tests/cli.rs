@@ -112,20 +112,27 @@ fn tables_in(url: &str) -> i64 {
 fn the_demo_on_a_server_works_in_a_database_of_its_own_and_drops_it() {
     // The URL names an existing database: the demo must not write into it.
     let existing = common::fresh_database();
-    let before = databases_like("costdb_demo_");
     let out = costdb(&["demo", "--database-url", &existing], None);
     assert!(out.status.success(), "{out:?}");
     let text = stdout(&out);
-    assert!(text.contains("database: costdb_demo_"), "{text}");
-    assert!(text.contains("by model:"), "{text}");
+    let own = text
+        .lines()
+        .find_map(|l| l.strip_prefix("database: "))
+        .expect("its database's name")
+        .to_owned();
+    assert!(own.starts_with("costdb_demo_"), "{text}");
+    assert!(text.contains("top models:"), "{text}");
+    assert!(
+        text.contains("server: postgres://"),
+        "says which server: {text}"
+    );
     assert_eq!(
         tables_in(&existing),
         0,
         "nothing written into the given database"
     );
-    assert_eq!(
-        databases_like("costdb_demo_"),
-        before,
+    assert!(
+        !databases_like("costdb_demo_").contains(&own),
         "its own database is gone"
     );
 
@@ -510,4 +517,281 @@ fn alerts_stats_retry_and_purge_for_operators() {
     let bad = costdb(&["alerts", "purge", "--status", "lost"], Some(&url));
     let err = one_error_line(&bad);
     assert!(err.contains("--status"), "{err}");
+}
+
+/// The demo's anomaly lines: (tenant, type, entity, cause).
+fn demo_anomalies(text: &str) -> Vec<(String, String, String, String)> {
+    let section = text
+        .split("anomalies found")
+        .nth(1)
+        .and_then(|rest| rest.split("\n\n").next())
+        .expect("an anomalies section");
+    section
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w[1].into(), w[2].into(), w[5].into(), w[6].into())
+        })
+        .collect()
+}
+
+#[test]
+fn the_demo_finds_the_three_planted_anomalies_and_reports_every_capability() {
+    let out = costdb(&["demo", "--tenants", "5", "--days", "30"], None);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    let s = |a: &str, b: &str, c: &str, d: &str| {
+        (a.to_owned(), b.to_owned(), c.to_owned(), d.to_owned())
+    };
+    assert_eq!(
+        demo_anomalies(&text),
+        vec![
+            s("tenant-01", "ABSOLUTE_SPIKE", "u-spike", "RETRY_LOOP"),
+            s("tenant-02", "SUSTAINED_DRIFT", "tenant-02", "FEATURE_SURGE"),
+            s("tenant-03", "BUDGET_EXCEEDED", "-", "UNKNOWN"),
+        ],
+        "{text}"
+    );
+    // Three of the six exports are refused at the hard 35¢ budget.
+    assert!(text.contains(", 3 refused at a hard limit"), "{text}");
+    assert!(text.contains("alerts: 3 queued"), "{text}");
+    assert_eq!(text.matches(" led (term ").count(), 1, "one leader: {text}");
+    assert_eq!(text.matches(" stood by: ").count(), 1, "{text}");
+    for section in [
+        "spend per day, all 5 tenants",
+        "top models:",
+        "top features:",
+        "CostSim V2 vs V1 over",
+        "steps:",
+    ] {
+        assert!(text.contains(section), "{section}: {text}");
+    }
+    // One bar per day of history.
+    assert_eq!(text.lines().filter(|l| l.contains('█')).count(), 30);
+    // Bad sizes are refused before anything starts.
+    let bad = costdb(&["demo", "--tenants", "2"], None);
+    assert!(!bad.status.success());
+}
+
+/// A database the demo kept, for the report and upkeep tests.
+fn kept_demo() -> (String, String) {
+    let out = costdb(
+        &["demo", "--keep", "--database-url", common::admin_url()],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let url = stdout(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("kept: "))
+        .expect("the kept URL")
+        .to_owned();
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    (url, name)
+}
+
+#[test]
+fn report_prints_tables_json_and_a_chart_and_refuses_bad_input() {
+    let (url, name) = kept_demo();
+    let to = (chrono::Utc::now().date_naive() - chrono::Duration::days(1)).to_string();
+    let from = (chrono::Utc::now().date_naive() - chrono::Duration::days(7)).to_string();
+    let table = costdb(
+        &[
+            "report",
+            "--tenant",
+            "tenant-01",
+            "--from",
+            &from,
+            "--to",
+            &to,
+        ],
+        Some(&url),
+    );
+    assert!(table.status.success(), "{table:?}");
+    let text = stdout(&table);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.trim_start().starts_with("20"))
+            .count(),
+        7,
+        "{text}"
+    );
+    let json = costdb(
+        &[
+            "report",
+            "--tenant",
+            "tenant-01",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--format",
+            "json",
+        ],
+        Some(&url),
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    let days = doc["days"].as_array().unwrap();
+    assert_eq!(days.len(), 7);
+    let by_day: f64 = days
+        .iter()
+        .map(|d| d["spend_cents"].as_f64().unwrap())
+        .sum();
+    let by_model: f64 = doc["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["spend_cents"].as_f64().unwrap())
+        .sum();
+    assert!((by_day - doc["spend_cents"].as_f64().unwrap()).abs() < 1e-6);
+    assert!((by_model - by_day).abs() < 1e-6);
+    // The spike's last two days: 130 calls instead of 100.
+    assert_eq!(days[6]["requests"], 130);
+    let svg = std::env::temp_dir().join(format!("costdb-report-{}.svg", std::process::id()));
+    let plotted = costdb(
+        &[
+            "report",
+            "--tenant",
+            "tenant-01",
+            "--plot",
+            svg.to_str().unwrap(),
+        ],
+        Some(&url),
+    );
+    assert!(plotted.status.success(), "{plotted:?}");
+    let drawing = std::fs::read_to_string(&svg).unwrap();
+    let _ = std::fs::remove_file(&svg);
+    assert!(drawing.starts_with("<svg") && drawing.contains("tenant-01"));
+    assert_eq!(
+        drawing.matches("<polyline").count() >= 5,
+        true,
+        "one line per model"
+    );
+
+    let err = one_error_line(&costdb(&["report", "--tenant", "nobody"], Some(&url)));
+    assert!(err.contains("\"nobody\" has no cost records"), "{err}");
+    let err = one_error_line(&costdb(
+        &[
+            "report",
+            "--tenant",
+            "tenant-01",
+            "--from",
+            &to,
+            "--to",
+            &from,
+        ],
+        Some(&url),
+    ));
+    assert!(err.contains("is after --to"), "{err}");
+    one_error_line(&costdb(
+        &["report", "--tenant", "tenant-01"],
+        Some("postgres://nobody@127.0.0.1:1/x"),
+    ));
+    one_error_line(&costdb(&["report", "--tenant", "tenant-01"], None));
+    let bad_date = costdb(
+        &["report", "--tenant", "tenant-01", "--from", "2026-02-30"],
+        Some(&url),
+    );
+    assert!(!bad_date.status.success());
+    let unwritable = costdb(
+        &[
+            "report",
+            "--tenant",
+            "tenant-01",
+            "--plot",
+            "/nonexistent/dir/x.svg",
+        ],
+        Some(&url),
+    );
+    one_error_line(&unwritable);
+    costdb::db::drop_database(common::admin_url(), &name).unwrap();
+}
+
+#[test]
+fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
+    use costdb::admission::{Admission, BudgetGate, ReserveInput};
+    use costdb::drivers::{BudgetLimits, BudgetScope};
+    use diesel::Connection;
+    let url = common::fresh_database();
+    let mut conn = costdb::db::connect(&url).unwrap();
+    costdb::db::run_migrations(&mut conn).unwrap();
+    // A reservation whose holder vanished an hour ago.
+    let past = chrono::Utc::now() - chrono::Duration::hours(1);
+    let held = conn
+        .transaction(|c| {
+            costdb::CostWriteDriver::new(c).create_or_update_budget(
+                "acme",
+                &BudgetScope::Tenant,
+                &BudgetLimits {
+                    daily_limit_cents: Some(100),
+                    monthly_limit_cents: None,
+                    warn_threshold_pct: 80,
+                    hard_limit_enabled: true,
+                },
+            )?;
+            BudgetGate::new(c).reserve(
+                "acme",
+                &ReserveInput {
+                    request_id: "gone".into(),
+                    feature_tag: None,
+                    user_id: None,
+                    estimated_cents: 10.0,
+                    expires_at: past + chrono::Duration::minutes(1),
+                    now: past,
+                },
+            )
+        })
+        .unwrap();
+    let Admission::Admitted { reservation, .. } = held else {
+        panic!("{held:?}")
+    };
+    let out = costdb(&["upkeep"], Some(&url));
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains("reclaimed 1 expired budget reservation(s)"),
+        "{text}"
+    );
+    let stored = conn
+        .transaction(|c| BudgetGate::new(c).fetch_reservation("acme", &reservation.id))
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, costdb::models::ReservationStatus::Expired);
+    // While another process leads upkeep, it stands by and changes nothing.
+    let guard = costdb::leader::LeaderGuard::acquire(
+        &url,
+        costdb::leader::LOCK_UPKEEP,
+        "test",
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap()
+    .unwrap();
+    let out = costdb(&["upkeep"], Some(&url));
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("stood by"), "{out:?}");
+    drop(guard);
+    one_error_line(&costdb(&["upkeep", "--max-retries", "0"], Some(&url)));
+    one_error_line(&costdb(&["upkeep"], None));
+}
+
+#[test]
+fn every_subcommand_explains_itself_with_an_example() {
+    for args in [
+        &["migrate", "--help"][..],
+        &["demo", "--help"],
+        &["bench", "--help"],
+        &["report", "--help"],
+        &["upkeep", "--help"],
+        &["hash", "--help"],
+        &["alerts", "stats", "--help"],
+        &["alerts", "retry", "--help"],
+        &["alerts", "purge", "--help"],
+        &["leader", "status", "--help"],
+        &["leader", "run", "--help"],
+    ] {
+        let out = costdb(args, None);
+        assert!(out.status.success(), "{args:?}");
+        let text = stdout(&out);
+        assert!(text.contains("Example:\n  costdb "), "{args:?}: {text}");
+    }
 }

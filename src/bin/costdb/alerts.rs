@@ -14,11 +14,15 @@ use crate::{require_url, say, Failure, Outcome, Target};
 #[derive(Debug, clap::Subcommand)]
 pub enum Alerts {
     /// Pending, sent, failed and leased counts, and the oldest pending alert.
+    #[command(
+        after_help = "Example:\n  costdb alerts stats --database-url postgres://postgres@localhost/costdb"
+    )]
     Stats {
         #[command(flatten)]
         target: Target,
     },
     /// Give dead letters more attempts, due now.
+    #[command(after_help = "Example:\n  costdb alerts retry --max-retries 5")]
     Retry {
         #[command(flatten)]
         target: Target,
@@ -27,6 +31,7 @@ pub enum Alerts {
         max_retries: i32,
     },
     /// Delete alerts older than some days with the given statuses.
+    #[command(after_help = "Example:\n  costdb alerts purge --days 14 --status sent")]
     Purge {
         #[command(flatten)]
         target: Target,

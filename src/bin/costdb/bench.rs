@@ -10,6 +10,7 @@ use crate::{say, Failure, Outcome};
 
 /// Where and what to measure.
 #[derive(Debug, clap::Args)]
+#[command(after_help = "Example:\n  costdb bench --quick --only read --json figures.json")]
 pub struct Options {
     /// A PostgreSQL server to measure, e.g. postgres://user@host:5432/postgres: the
     /// benchmark creates a database of its own there and drops it afterwards. Without it,

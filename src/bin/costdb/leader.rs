@@ -12,12 +12,16 @@ use crate::{require_url, say, Failure, Outcome, Target};
 #[derive(Debug, clap::Subcommand)]
 pub enum Leader {
     /// List the locks 7001–7005: holder pid, current term, who took it and since when.
+    #[command(
+        after_help = "Example:\n  costdb leader status --database-url postgres://postgres@localhost/costdb"
+    )]
     Status {
         #[command(flatten)]
         target: Target,
     },
     /// Run a command only while leading a lock; stand by (exit 0) when another process
     /// leads. The command gets COSTDB_LEADER_LOCK and COSTDB_LEADER_TERM.
+    #[command(after_help = "Example:\n  costdb leader run --lock 7002 -- ./deliver-alerts.sh")]
     Run {
         #[command(flatten)]
         target: Target,

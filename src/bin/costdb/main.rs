@@ -37,6 +37,9 @@ pub(crate) struct Target {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Apply pending schema migrations (or list them, check them, or undo the last one).
+    #[command(
+        after_help = "Example:\n  costdb migrate --database-url postgres://postgres@localhost/costdb --status"
+    )]
     Migrate {
         #[command(flatten)]
         target: Target,
@@ -67,6 +70,7 @@ enum Command {
     Alerts(alerts::Alerts),
     /// Print the provenance input hash of a JSON document (the original's canonical JSON,
     /// SHA-256, first 16 hex digits).
+    #[command(after_help = "Example:\n  costdb hash simulation.json")]
     Hash {
         /// The document; `-` or none for standard input.
         file: Option<std::path::PathBuf>,
