@@ -38,47 +38,74 @@ pub fn canonical_json(value: &Value) -> String {
     out
 }
 
-fn write_value(out: &mut String, value: &Value) {
-    match value {
-        Value::Null => out.push_str("null"),
-        Value::Bool(true) => out.push_str("true"),
-        Value::Bool(false) => out.push_str("false"),
-        Value::Number(n) => write_number(out, n),
-        Value::String(s) => write_string(out, s),
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                write_value(out, item);
-            }
-            out.push(']');
-        }
-        Value::Object(map) => {
-            out.push('{');
-            // Code-point order, whatever order the map keeps (serde_json's default map
-            // is already sorted: then no copy is made).
-            if map.keys().is_sorted() {
-                write_entries(out, map.iter());
-            } else {
-                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                write_entries(out, entries.into_iter());
-            }
-            out.push('}');
-        }
+/// What is left to write: a value, an object key, or a closing or separating character.
+enum Step<'a> {
+    Value(&'a Value),
+    Key(&'a str),
+    Char(char),
+}
+
+/// Schedules the `i`-th entry of an object (entries are pushed last to first).
+fn push_entry<'a>(todo: &mut Vec<Step<'a>>, i: usize, key: &'a str, item: &'a Value) {
+    todo.push(Step::Value(item));
+    todo.push(Step::Key(key));
+    if i > 0 {
+        todo.push(Step::Char(','));
     }
 }
 
-fn write_entries<'a>(out: &mut String, entries: impl Iterator<Item = (&'a String, &'a Value)>) {
-    for (i, (key, item)) in entries.enumerate() {
-        if i > 0 {
-            out.push(',');
+/// Writes `root` with an explicit stack, so nesting of any depth fits in memory, not in
+/// the thread's stack.
+fn write_value(out: &mut String, root: &Value) {
+    let mut todo = vec![Step::Value(root)];
+    while let Some(step) = todo.pop() {
+        let value = match step {
+            Step::Char(c) => {
+                out.push(c);
+                continue;
+            }
+            Step::Key(key) => {
+                write_string(out, key);
+                out.push(':');
+                continue;
+            }
+            Step::Value(value) => value,
+        };
+        match value {
+            Value::Null => out.push_str("null"),
+            Value::Bool(true) => out.push_str("true"),
+            Value::Bool(false) => out.push_str("false"),
+            Value::Number(n) => write_number(out, n),
+            Value::String(s) => write_string(out, s),
+            Value::Array(items) => {
+                out.push('[');
+                todo.push(Step::Char(']'));
+                // Pushed last to first, so they are written first to last.
+                for (i, item) in items.iter().enumerate().rev() {
+                    todo.push(Step::Value(item));
+                    if i > 0 {
+                        todo.push(Step::Char(','));
+                    }
+                }
+            }
+            Value::Object(map) => {
+                out.push('{');
+                todo.push(Step::Char('}'));
+                // Code-point order, whatever order the map keeps (serde_json's default map
+                // is already sorted: then no copy is made).
+                if map.keys().is_sorted() {
+                    for (i, (key, item)) in map.iter().enumerate().rev() {
+                        push_entry(&mut todo, i, key, item);
+                    }
+                } else {
+                    let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                    for (i, (key, item)) in entries.into_iter().enumerate().rev() {
+                        push_entry(&mut todo, i, key, item);
+                    }
+                }
+            }
         }
-        write_string(out, key);
-        out.push(':');
-        write_value(out, item);
     }
 }
 

@@ -68,7 +68,7 @@ pub use drivers::{
 };
 pub use error::{Error, Result};
 pub use recorder::CostRecorder;
-pub use validate::MAX_AMOUNT_CENTS;
+pub use validate::{MAX_AMOUNT_CENTS, MAX_JSON_DEPTH};
 
 /// The README's examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

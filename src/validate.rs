@@ -23,18 +23,36 @@ pub(crate) fn optional_text(field: &'static str, value: Option<&str>) -> Result<
     value.map_or(Ok(()), |v| text(field, v))
 }
 
-/// JSON that `jsonb` can store: no NUL character in any string or key.
+/// How deeply JSON bound for `jsonb` may nest (containers and the values in them): as deep
+/// as `serde_json` parses when the row is read back (128 levels), so whatever is stored can
+/// be read; and little enough that serializing and dropping it fits in any thread's stack.
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// JSON that `jsonb` can store: no NUL character in any string or key, nested at most
+/// [`MAX_JSON_DEPTH`] levels. Walks with an explicit stack, so any depth is checked safely.
 pub(crate) fn json(field: &'static str, value: &serde_json::Value) -> Result<()> {
     use serde_json::Value;
-    match value {
-        Value::String(s) => text(field, s),
-        Value::Array(items) => items.iter().try_for_each(|v| json(field, v)),
-        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
-            text(field, k)?;
-            json(field, v)
-        }),
-        _ => Ok(()),
+    let mut todo = vec![(value, 1usize)];
+    while let Some((value, depth)) = todo.pop() {
+        if depth > MAX_JSON_DEPTH {
+            return Err(Error::invalid(
+                field,
+                format!("nests deeper than {MAX_JSON_DEPTH} levels"),
+            ));
+        }
+        match value {
+            Value::String(s) => text(field, s)?,
+            Value::Array(items) => todo.extend(items.iter().map(|v| (v, depth + 1))),
+            Value::Object(map) => {
+                for (k, v) in map {
+                    text(field, k)?;
+                    todo.push((v, depth + 1));
+                }
+            }
+            _ => {}
+        }
     }
+    Ok(())
 }
 
 /// A required string of at most `max` characters (the column's varchar length).
