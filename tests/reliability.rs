@@ -888,3 +888,168 @@ fn json_nested_thousands_deep_is_hashed_and_refused_or_stored_exactly() {
         "payload",
     );
 }
+
+#[test]
+fn hostile_text_through_the_other_write_methods_is_stored_exactly() {
+    use costdb::drivers::{FeedbackInput, PredictionInput, WorkerRunData};
+    use costdb::models::{PatternSeverity, PatternType, PredictionType, SubjectType};
+    use costdb::{PatternDetectionDriver, PredictionDriver, WorkerWriteService};
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    for (i, text) in HOSTILE.iter().enumerate() {
+        let run_id = format!("run-{i}");
+        let run = WorkerWriteService::new(&mut conn)
+            .upsert_worker_run(
+                &tenant,
+                &run_id,
+                &WorkerRunData {
+                    task: Some((*text).into()),
+                    error: Some(Some((*text).into())),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (run.task.as_str(), run.error.as_deref()),
+            (*text, Some(*text))
+        );
+        let budget = CostWriteDriver::new(&mut conn)
+            .create_or_update_budget(
+                &tenant,
+                &BudgetScope::Feature((*text).into()),
+                &BudgetLimits {
+                    daily_limit_cents: Some(1),
+                    monthly_limit_cents: None,
+                    warn_threshold_pct: 80,
+                    hard_limit_enabled: false,
+                },
+            )
+            .unwrap();
+        assert_eq!(budget.entity_id.as_deref(), Some(*text));
+        let alert = AlertDriver::new(&mut conn)
+            .insert_alert(&NewAlert {
+                payload: serde_json::json!([{ "labels": { *text: *text } }]),
+                alert_type: AlertType::Enable,
+                circuit_breaker_name: Some((*text).into()),
+                incident_id: Some((*text).into()),
+                max_attempts: 1,
+            })
+            .unwrap();
+        assert_eq!(alert.circuit_breaker_name.as_deref(), Some(*text));
+        assert_eq!(alert.payload[0]["labels"][*text], *text);
+        let feedback = PatternDetectionDriver::new(&mut conn)
+            .insert_feedback(
+                &tenant,
+                &FeedbackInput {
+                    pattern_type: PatternType::FailurePattern,
+                    severity: PatternSeverity::Info,
+                    description: (*text).into(),
+                    signature: Some((*text).into()),
+                    provenance: vec![(*text).into()],
+                    occurrence_count: 1,
+                    time_window_minutes: None,
+                    threshold_used: Some((*text).into()),
+                    metadata: Some(serde_json::json!({ "why": *text })),
+                    detected_at: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (feedback.description.as_str(), feedback.signature.as_deref()),
+            (*text, Some(*text))
+        );
+        let prediction = PredictionDriver::new(&mut conn)
+            .insert_prediction(
+                &tenant,
+                &PredictionInput {
+                    prediction_type: PredictionType::CostOverrun,
+                    subject_type: SubjectType::Run,
+                    subject_id: (*text).into(),
+                    confidence_score: 0.5,
+                    prediction_value: serde_json::json!({ "v": *text }),
+                    contributing_factors: vec![],
+                    expires_at: Utc::now() + chrono::Duration::days(1),
+                    created_at: None,
+                    notes: Some((*text).into()),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (prediction.subject_id.as_str(), prediction.notes.as_deref()),
+            (*text, Some(*text))
+        );
+    }
+    // NUL is refused before SQL in each of them, naming the field, and nothing is added.
+    let runs_before = common::count_for_tenant(&mut conn, "worker_runs", &tenant);
+    common::assert_invalid(
+        WorkerWriteService::new(&mut conn).upsert_worker_run(
+            &tenant,
+            "nul",
+            &WorkerRunData {
+                task: Some("a\0".into()),
+                ..Default::default()
+            },
+        ),
+        "task",
+    );
+    common::assert_invalid(
+        CostWriteDriver::new(&mut conn).create_or_update_budget(
+            &tenant,
+            &BudgetScope::User("\0".into()),
+            &BudgetLimits {
+                daily_limit_cents: Some(1),
+                monthly_limit_cents: None,
+                warn_threshold_pct: 80,
+                hard_limit_enabled: false,
+            },
+        ),
+        "entity_id",
+    );
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "worker_runs", &tenant),
+        runs_before
+    );
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        // Mostly short text with quotes, NUL, 4-byte characters; sometimes long.
+        prop_oneof![
+            4 => "[a-z'\"%;\\\\\u{0}😀𝄞-]{0,70}",
+            1 => "[😀a]{60,70}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any model and user text and any cost: stored and read back exactly, or refused
+        /// naming the field (and then nothing is stored).
+        #[test]
+        fn a_cost_record_is_stored_exactly_or_refused(model in text(), user in text(), cents in proptest::num::f64::ANY) {
+            let mut conn = common::test_conn();
+            let tenant = common::tenant();
+            let cost = CostInput { model: model.clone(), user_id: Some(user.clone()), ..call(&tenant, "p".into(), cents) };
+            let valid_text = |s: &str| !s.trim().is_empty() && s.chars().count() <= 64 && !s.contains('\0');
+            let result = CostWriteDriver::new(&mut conn).create_cost_record(&cost);
+            // Fields are checked in declaration order: the user before the model.
+            if !valid_text(&user) {
+                prop_assert!(matches!(result, Err(Error::InvalidInput { field: "user_id", .. })), "{:?}", result);
+            } else if !valid_text(&model) {
+                prop_assert!(matches!(result, Err(Error::InvalidInput { field: "model", .. })), "{:?}", result);
+            } else if !(cents.is_finite() && (0.0..=costdb::MAX_AMOUNT_CENTS).contains(&cents)) {
+                prop_assert!(matches!(result, Err(Error::InvalidInput { field: "cost_cents", .. })), "{:?}", result);
+            } else {
+                let stored = result.unwrap();
+                prop_assert_eq!(&stored.model, &model);
+                prop_assert_eq!(stored.user_id.as_deref(), Some(user.as_str()));
+                prop_assert_eq!(stored.cost_cents, cents + 0.0);
+                return Ok(());
+            }
+            prop_assert_eq!(common::count_for_tenant(&mut conn, "cost_records", &tenant), 0);
+        }
+    }
+}
