@@ -662,9 +662,8 @@ fn report_prints_tables_json_and_a_chart_and_refuses_bad_input() {
     let drawing = std::fs::read_to_string(&svg).unwrap();
     let _ = std::fs::remove_file(&svg);
     assert!(drawing.starts_with("<svg") && drawing.contains("tenant-01"));
-    assert_eq!(
+    assert!(
         drawing.matches("<polyline").count() >= 5,
-        true,
         "one line per model"
     );
 

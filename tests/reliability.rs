@@ -118,6 +118,9 @@ fn deliver(url: &str, stop: &AtomicBool, deadline: Instant) -> Vec<i64> {
     mine
 }
 
+/// What each writer was told, by request id: the stored record's id, or the error.
+type Told = Vec<(String, costdb::Result<String>)>;
+
 #[test]
 fn a_server_restart_in_the_middle_of_all_traffic_loses_and_doubles_nothing() {
     let pg = EmbeddedPostgres::start().unwrap();
@@ -138,8 +141,7 @@ fn a_server_restart_in_the_middle_of_all_traffic_loses_and_doubles_nothing() {
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let stop = Arc::new(AtomicBool::new(false));
-    // What each writer was told, by request id: Some(id) for an acknowledged record.
-    let told: Arc<Mutex<Vec<(String, costdb::Result<String>)>>> = Arc::default();
+    let told: Arc<Mutex<Told>> = Arc::default();
     let admitted = Arc::new(Mutex::new(0.0f64));
     let mut threads = Vec::new();
     // Bulk ingestion through the pool, 50 rows a transaction.

@@ -422,6 +422,9 @@ fn detect(conn: &mut PgConnection, p: &Platform, found: &mut Findings) -> costdb
     Ok(())
 }
 
+/// A worker's name and, if it led, its term and how many alerts it delivered.
+type WorkerOutcome = (String, Option<(i64, usize)>);
+
 /// Queues an alert per anomaly (each trips its tenant's cost breaker), then two workers
 /// compete for the alert worker's leadership: the leader delivers, the other stands by.
 fn alerts(url: &str, conn: &mut PgConnection, found: &mut Findings) -> Result<(), Failure> {
@@ -448,7 +451,7 @@ fn alerts(url: &str, conn: &mut PgConnection, found: &mut Findings) -> Result<()
     })?;
     found.queued = found.anomalies.len();
     let both_tried = std::sync::Barrier::new(2);
-    let outcomes: Vec<costdb::Result<(String, Option<(i64, usize)>)>> = std::thread::scope(|s| {
+    let outcomes: Vec<costdb::Result<WorkerOutcome>> = std::thread::scope(|s| {
         let handles: Vec<_> = ["worker-a", "worker-b"]
             .into_iter()
             .map(|name| {
