@@ -19,7 +19,7 @@
 //! Bad input is refused with [`Error::InvalidInput`] naming the field before any SQL runs:
 //! empty ids, text longer than its column or holding NUL, negative counts, amounts that are
 //! not finite, negative or above [`MAX_AMOUNT_CENTS`], instants PostgreSQL cannot store,
-//! empty or reversed time windows.
+//! empty or reversed time windows, JSON nested deeper than [`MAX_JSON_DEPTH`].
 //!
 //! ```no_run
 //! use costdb::drivers::CostInput;

@@ -201,6 +201,6 @@ fn the_known_locks_are_distinct_and_in_the_7000_range() {
     assert_eq!(ids, [7001, 7002, 7003, 7004, 7005]);
     let mut conn = common::conn();
     let status = leader::lock_status(&mut conn, &ids).unwrap();
-    assert_eq!(status.len(), 4);
+    assert_eq!(status.len(), ids.len());
     assert!(status.iter().zip(&ids).all(|(s, id)| s.lock_id == *id));
 }
