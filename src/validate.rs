@@ -29,30 +29,29 @@ pub(crate) fn optional_text(field: &'static str, value: Option<&str>) -> Result<
 pub const MAX_JSON_DEPTH: usize = 128;
 
 /// JSON that `jsonb` can store: no NUL character in any string or key, nested at most
-/// [`MAX_JSON_DEPTH`] levels. Walks with an explicit stack, so any depth is checked safely.
+/// [`MAX_JSON_DEPTH`] levels. The walk stops at the bound, so it never recurses deeper
+/// than that, whatever the input's depth.
 pub(crate) fn json(field: &'static str, value: &serde_json::Value) -> Result<()> {
+    json_at(field, value, 1)
+}
+
+fn json_at(field: &'static str, value: &serde_json::Value, depth: usize) -> Result<()> {
     use serde_json::Value;
-    let mut todo = vec![(value, 1usize)];
-    while let Some((value, depth)) = todo.pop() {
-        if depth > MAX_JSON_DEPTH {
-            return Err(Error::invalid(
-                field,
-                format!("nests deeper than {MAX_JSON_DEPTH} levels"),
-            ));
-        }
-        match value {
-            Value::String(s) => text(field, s)?,
-            Value::Array(items) => todo.extend(items.iter().map(|v| (v, depth + 1))),
-            Value::Object(map) => {
-                for (k, v) in map {
-                    text(field, k)?;
-                    todo.push((v, depth + 1));
-                }
-            }
-            _ => {}
-        }
+    if depth > MAX_JSON_DEPTH {
+        return Err(Error::invalid(
+            field,
+            format!("nests deeper than {MAX_JSON_DEPTH} levels"),
+        ));
     }
-    Ok(())
+    match value {
+        Value::String(s) => text(field, s),
+        Value::Array(items) => items.iter().try_for_each(|v| json_at(field, v, depth + 1)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            text(field, k)?;
+            json_at(field, v, depth + 1)
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// A required string of at most `max` characters (the column's varchar length).
