@@ -58,8 +58,9 @@ pub struct RecorderConfig {
     /// How long a batch is retried while the server is unreachable before its callers
     /// get [`Error::NotRecorded`].
     pub retry_deadline: Duration,
-    /// Flusher threads, each with its own connection: while one batch waits for its flush
-    /// to disk, the next one is written, and the server flushes both at once.
+    /// Flusher threads, each with its own connection (default 1). More let one batch be
+    /// written while another waits for its flush to disk, at the price of smaller batches;
+    /// on a 2-core machine one was as fast as two and wrote half as many commits.
     pub flushers: usize,
 }
 
@@ -70,7 +71,7 @@ impl Default for RecorderConfig {
             max_wait: Duration::ZERO,
             capacity: 10_000,
             retry_deadline: Duration::from_secs(30),
-            flushers: 2,
+            flushers: 1,
         }
     }
 }
