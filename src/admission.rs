@@ -297,11 +297,35 @@ CROSS JOIN (VALUES ('daily', $2::date), ('monthly', $3::date)) AS p(period, wind
 WHERE EXISTS (SELECT 1 FROM cost_budgets WHERE id = b.budget_id) \
 ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING";
 
+/// Adds `deltas`' (budget, period, window, reserved, spent) to their counters, locked in
+/// key order first: the tail of every statement that changes counters after a
+/// reservation.
+macro_rules! apply_deltas {
+    () => {
+        "locked AS ( \
+             SELECT c.budget_id, c.period, c.window_start \
+             FROM budget_counters c JOIN deltas USING (budget_id, period, window_start) \
+             ORDER BY 1, 2, 3 \
+             FOR UPDATE OF c \
+         ), \
+         counted AS ( \
+             UPDATE budget_counters c \
+             SET reserved_cents = c.reserved_cents + d.reserved, \
+                 spent_cents = c.spent_cents + d.spent, updated_at = now() \
+             FROM locked l JOIN deltas d USING (budget_id, period, window_start) \
+             WHERE (c.budget_id, c.period, c.window_start) \
+                 = (l.budget_id, l.period, l.window_start) \
+             RETURNING 1 \
+         ) "
+    };
+}
+
 /// Closes reservation `$1` (already locked by the caller) with status `$2`: gives its
 /// estimate back when `$3` (it was still held), adds `$4` cents of spend to the counters of
 /// day `$5` and month `$6`, and records actual cost `$7` and cost record `$8`. Counters are
 /// locked in key order before they change.
-const CLOSE: &str = "\
+const CLOSE: &str = concat!(
+    "\
 WITH r AS ( \
     SELECT budget_ids, day, month, estimated_cents FROM budget_reservations WHERE id = $1 \
 ), \
@@ -318,28 +342,19 @@ deltas AS ( \
     GROUP BY 1, 2, 3 \
     HAVING sum(d.reserved) <> 0 OR sum(d.spent) <> 0 \
 ), \
-locked AS ( \
-    SELECT c.budget_id, c.period, c.window_start \
-    FROM budget_counters c JOIN deltas USING (budget_id, period, window_start) \
-    ORDER BY 1, 2, 3 \
-    FOR UPDATE OF c \
-), \
-counted AS ( \
-    UPDATE budget_counters c \
-    SET reserved_cents = c.reserved_cents + d.reserved, \
-        spent_cents = c.spent_cents + d.spent, updated_at = now() \
-    FROM locked l JOIN deltas d USING (budget_id, period, window_start) \
-    WHERE (c.budget_id, c.period, c.window_start) = (l.budget_id, l.period, l.window_start) \
-    RETURNING 1 \
-) \
+",
+    apply_deltas!(),
+    "\
 UPDATE budget_reservations \
 SET status = $2, closed_at = now(), actual_cents = $7, cost_record_id = $8 \
 WHERE id = $1 \
-RETURNING (SELECT count(*) FROM counted) AS n";
+RETURNING (SELECT count(*) FROM counted) AS n"
+);
 
 /// Expires up to `$2` held reservations whose expiry is at or before `$1` (skipping any a
 /// settler holds) and gives their estimates back, counters locked in key order.
-const RECLAIM: &str = "\
+const RECLAIM: &str = concat!(
+    "\
 WITH gone AS ( \
     UPDATE budget_reservations r SET status = 'expired', closed_at = now() \
     FROM (SELECT id FROM budget_reservations \
@@ -350,25 +365,16 @@ WITH gone AS ( \
     RETURNING r.budget_ids, r.day, r.month, r.estimated_cents \
 ), \
 deltas AS ( \
-    SELECT b.budget_id, d.period, d.window_start, sum(g.estimated_cents) AS reserved \
+    SELECT b.budget_id, d.period, d.window_start, \
+           -sum(g.estimated_cents) AS reserved, 0::numeric AS spent \
     FROM gone g CROSS JOIN unnest(g.budget_ids) AS b(budget_id) \
     CROSS JOIN LATERAL (VALUES ('daily', g.day), ('monthly', g.month)) AS d(period, window_start) \
     GROUP BY 1, 2, 3 \
-), \
-locked AS ( \
-    SELECT c.budget_id, c.period, c.window_start \
-    FROM budget_counters c JOIN deltas USING (budget_id, period, window_start) \
-    ORDER BY 1, 2, 3 \
-    FOR UPDATE OF c \
-), \
-counted AS ( \
-    UPDATE budget_counters c \
-    SET reserved_cents = c.reserved_cents - d.reserved, updated_at = now() \
-    FROM locked l JOIN deltas d USING (budget_id, period, window_start) \
-    WHERE (c.budget_id, c.period, c.window_start) = (l.budget_id, l.period, l.window_start) \
-    RETURNING 1 \
-) \
-SELECT count(*) AS n FROM gone";
+), ",
+    apply_deltas!(),
+    "\
+SELECT count(*) AS n FROM gone"
+);
 
 /// Every active budget of tenant `$1`, its daily counter of day `$2` and monthly counter
 /// of month `$3` (zero where none exists), beside the exact sum of its scope's cost records
