@@ -245,6 +245,11 @@ fn a_server_restart_in_the_middle_of_all_traffic_loses_and_doubles_nothing() {
     while recorder.stats().rows < after_restart + 200 && Instant::now() < deadline {
         std::thread::yield_now();
     }
+    assert!(
+        recorder.stats().rows >= after_restart + 200,
+        "the recorder recovered by itself: {:?}",
+        recorder.stats()
+    );
     stop.store(true, Ordering::SeqCst);
     for t in threads {
         t.join().expect("no writer panicked");
@@ -254,6 +259,16 @@ fn a_server_restart_in_the_middle_of_all_traffic_loses_and_doubles_nothing() {
         .flat_map(|h| h.join().unwrap())
         .collect();
     recorder.shutdown();
+    // The pool recovered by itself: its next connection works.
+    let after = [call(&tenant, "after-restart".into(), 1.0)];
+    let ids = pool
+        .get()
+        .unwrap()
+        .transaction(|c| CostWriteDriver::new(c).record_costs(&after))
+        .unwrap();
+    told.lock()
+        .unwrap()
+        .push(("after-restart".into(), Ok(ids[0].id.clone())));
 
     let mut conn = db::connect(&url).unwrap();
     #[derive(QueryableByName)]
