@@ -354,6 +354,53 @@ impl CostRecorder {
     }
 }
 
+/// Hands `result` to the caller waiting for `q`.
+fn answer(q: &Queued, result: Result<RecordedCost>) {
+    let (slot, done) = &*q.slot;
+    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+    done.notify_one();
+}
+
+/// What a caller whose record was never answered gets: the writer stopped (only a bug can
+/// make it), so the record may or may not be stored.
+fn abandoned(q: &Queued) -> Result<RecordedCost> {
+    Err(Error::NotRecorded {
+        id: q.id.clone(),
+        outcome_unknown: true,
+        reason: "the recorder's writer thread stopped".into(),
+    })
+}
+
+/// A batch being written: should the flusher unwind before answering, every caller in it
+/// gets an error instead of waiting forever.
+struct Answering(Vec<Queued>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        for q in self.0.drain(..) {
+            answer(&q, abandoned(&q));
+        }
+    }
+}
+
+/// Dropped when a flusher ends; if it ends by unwinding, the recorder closes and the
+/// queued callers get an error, so nobody waits for a writer that is gone.
+struct Stopped(Arc<Shared>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut state = self.0.lock();
+            state.closed = true;
+            for q in state.queue.drain(..) {
+                answer(&q, abandoned(&q));
+            }
+            drop(state);
+            self.0.room.notify_all();
+        }
+    }
+}
+
 /// The flusher thread: takes batches off the queue and commits them.
 struct Flusher {
     shared: Arc<Shared>,
@@ -375,15 +422,15 @@ enum Attempt {
 
 impl Flusher {
     fn run(mut self) {
+        let _stopped = Stopped(self.shared.clone());
         while let Some(batch) = self.next_batch() {
-            let outcome = self.write(&batch);
+            let mut batch = Answering(batch);
+            let outcome = self.write(&batch.0);
             self.shared
                 .in_flight
-                .fetch_sub(batch.len(), Ordering::Relaxed);
-            for (q, result) in batch.into_iter().zip(outcome) {
-                let (slot, done) = &*q.slot;
-                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-                done.notify_one();
+                .fetch_sub(batch.0.len(), Ordering::Relaxed);
+            for (q, result) in batch.0.drain(..).zip(outcome) {
+                answer(&q, result);
             }
         }
     }

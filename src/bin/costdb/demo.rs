@@ -62,10 +62,10 @@ pub struct Options {
     keep: bool,
     /// Tenants to simulate (at least 4: one calm, one with a spike, one drifting, one
     /// over its budget; more are calm).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(4..=500))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(4..=200))]
     tenants: u32,
     /// Days of history, ending yesterday (at least 14: the detector needs a baseline).
-    #[arg(long, default_value_t = 36, value_parser = clap::value_parser!(u32).range(14..=400))]
+    #[arg(long, default_value_t = 36, value_parser = clap::value_parser!(u32).range(14..=120))]
     days: u32,
 }
 
