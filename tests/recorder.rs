@@ -372,3 +372,48 @@ fn dropping_the_last_handle_writes_what_is_queued() {
         ));
     }
 }
+
+#[test]
+fn an_unreachable_server_past_the_deadline_gives_every_caller_a_typed_error() {
+    let pg = EmbeddedPostgres::start().unwrap();
+    let url = db::create_database(&pg.url("postgres"), "down").unwrap();
+    db::run_migrations(&mut db::connect(&url).unwrap()).unwrap();
+    let pool = db::pool(&url, 2, Duration::from_millis(300)).unwrap();
+    let config = RecorderConfig {
+        retry_deadline: Duration::from_millis(500),
+        ..RecorderConfig::default()
+    };
+    let recorder = CostRecorder::from_pool(pool, config).unwrap();
+    let tenant = common::tenant();
+    assert!(
+        recorder
+            .record(call(&tenant, "before".into(), 1.0))
+            .unwrap()
+            .inserted
+    );
+    pg.stop_server().unwrap();
+    let told = stream(&recorder, &tenant, 4, 3);
+    assert_eq!(told.len(), 12);
+    for (request, result) in &told {
+        match result {
+            Err(Error::NotRecorded { id, reason, .. }) => {
+                assert!(id.starts_with("cr_"), "{request}: {id}");
+                assert!(!reason.is_empty());
+            }
+            other => panic!("{request}: expected NotRecorded, got {other:?}"),
+        }
+    }
+    // Back up: the same recorder works again, and nothing it refused was stored, unless
+    // its outcome was unknown (then at most once).
+    pg.start_server().unwrap();
+    assert!(
+        recorder
+            .record(call(&tenant, "after".into(), 1.0))
+            .unwrap()
+            .inserted
+    );
+    let mut conn = db::connect(&url).unwrap();
+    assert_exactly_what_was_acknowledged(&mut conn, &tenant, &told);
+    assert!(stored(&mut conn, &tenant).contains_key("after"));
+    assert!(recorder.stats().retries > 0);
+}
