@@ -65,7 +65,8 @@ pub struct Reservation {
     /// The user it was made for.
     #[diesel(sql_type = Nullable<Text>)]
     pub user_id: Option<String>,
-    /// The estimate held, in cents.
+    /// The estimate held, in cents, as stored: an exact decimal of the input's first 15
+    /// significant digits (`0.1 + 0.2` is held as `0.3`).
     #[diesel(sql_type = Double)]
     pub estimated_cents: f64,
     /// The budgets charged, in key order (empty when no budget applied).
@@ -248,7 +249,7 @@ const RESERVE: &str = concat!(
                 ARRAY(SELECT DISTINCT budget_id::text FROM want ORDER BY 1), $4, $5, $9 \
          FROM verdict WHERE ready AND fits AND NOT repeated \
          ON CONFLICT (tenant_id, request_id) DO NOTHING \
-         RETURNING id \
+         RETURNING id, budget_ids, estimated_cents, expires_at \
      ), \
      charged AS ( \
          UPDATE budget_counters c \
@@ -259,9 +260,17 @@ const RESERVE: &str = concat!(
          RETURNING 1 \
      ) \
      SELECT v.ready, v.repeated, v.fits, EXISTS (SELECT 1 FROM held) AS held, \
+            (SELECT budget_ids FROM held) AS held_budget_ids, \
+            (SELECT estimated_cents::float8 FROM held) AS held_estimate, \
+            (SELECT expires_at FROM held) AS held_expires_at, \
             w.budget_id::text, w.budget_type::text, w.entity_id::text, w.hard, w.warn_pct, \
             w.period, w.window_start, w.limit_cents, \
-            l.spent_cents::float8 AS spent_cents, l.reserved_cents::float8 AS reserved_cents \
+            l.spent_cents::float8 AS spent_cents, l.reserved_cents::float8 AS reserved_cents, \
+            w.limit_cents IS NOT NULL AND w.hard \
+              AND l.spent_cents + l.reserved_cents + $6::numeric > w.limit_cents AS full, \
+            w.limit_cents IS NOT NULL \
+              AND (l.spent_cents + l.reserved_cents + $6::numeric) * 100 \
+                  >= w.limit_cents * w.warn_pct AS warns \
      FROM verdict v \
      LEFT JOIN (want w JOIN locked l USING (budget_id, period, window_start)) ON true \
      ORDER BY w.budget_id, w.period, w.window_start"
@@ -415,6 +424,12 @@ struct VerdictRow {
     fits: bool,
     #[diesel(sql_type = Bool)]
     held: bool,
+    #[diesel(sql_type = Nullable<Array<Text>>)]
+    held_budget_ids: Option<Vec<String>>,
+    #[diesel(sql_type = Nullable<Double>)]
+    held_estimate: Option<f64>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    held_expires_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<Text>)]
     budget_id: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -435,6 +450,12 @@ struct VerdictRow {
     spent_cents: Option<f64>,
     #[diesel(sql_type = Nullable<Double>)]
     reserved_cents: Option<f64>,
+    /// This hard limit has no room for the estimate (exactly, in `numeric`).
+    #[diesel(sql_type = Nullable<Bool>)]
+    full: Option<bool>,
+    /// The estimate brings this counter to its warning threshold.
+    #[diesel(sql_type = Nullable<Bool>)]
+    warns: Option<bool>,
 }
 
 impl VerdictRow {
@@ -534,28 +555,33 @@ impl<'c> BudgetGate<'c> {
                 }
                 continue;
             }
-            let uses = rows.iter().filter_map(VerdictRow::budget_use);
+            let flagged = |flag: fn(&VerdictRow) -> Option<bool>| {
+                rows.iter()
+                    .filter(move |r| flag(r) == Some(true))
+                    .filter_map(VerdictRow::budget_use)
+            };
             if !verdict.fits {
-                let estimate = input.estimated_cents;
-                let budget = uses
-                    .filter(|u| u.hard_limit)
-                    .find(|u| {
-                        u.spent_cents + u.reserved_cents + estimate > f64::from(u.limit_cents)
-                    })
+                let budget = flagged(|r| r.full)
+                    .next()
                     .ok_or_else(|| Error::Conflict("a refusal without a full budget".into()))?;
                 return Ok(Admission::Refused { budget });
             }
-            let estimate = input.estimated_cents;
-            let warnings = uses.filter(|u| {
-                u.after(estimate) * 100.0
-                    >= f64::from(u.limit_cents) * f64::from(u.warn_threshold_pct)
-            });
-            let reservation = self
-                .fetch_reservation(tenant_id, &id)?
-                .ok_or_else(|| Error::Conflict("the new reservation vanished".into()))?;
+            let reservation = Reservation {
+                id,
+                tenant_id: tenant_id.into(),
+                request_id: input.request_id.clone(),
+                feature_tag: input.feature_tag.clone(),
+                user_id: input.user_id.clone(),
+                estimated_cents: verdict.held_estimate.unwrap_or(input.estimated_cents),
+                budget_ids: verdict.held_budget_ids.clone().unwrap_or_default(),
+                day,
+                month: month_of(day),
+                status: ReservationStatus::Held,
+                expires_at: verdict.held_expires_at.unwrap_or(input.expires_at),
+            };
             return Ok(Admission::Admitted {
                 reservation,
-                warnings: warnings.collect(),
+                warnings: flagged(|r| r.warns).collect(),
             });
         }
         Err(Error::Conflict(
@@ -749,12 +775,5 @@ impl<'c> BudgetGate<'c> {
             .bind::<Nullable<Text>, _>(record.map(|r| r.id.as_str()))
             .execute(self.conn)?;
         Ok(())
-    }
-}
-
-impl BudgetUse {
-    /// Spend and reservations with `estimate` added.
-    fn after(&self, estimate: f64) -> f64 {
-        self.spent_cents + self.reserved_cents + estimate
     }
 }

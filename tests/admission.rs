@@ -524,12 +524,25 @@ fn a_repeated_request_gets_its_reservation_once() {
     let now = at(2026, 10, 1, 1);
     let b = budget(&tenant, BudgetScope::Tenant, Some(100), None, true);
     let mut conn = common::conn();
-    let first = admitted(reserve(&mut conn, &tenant, &ask("same", 30.0, now)).unwrap());
-    let second = admitted(reserve(&mut conn, &tenant, &ask("same", 30.0, now)).unwrap());
+    // An instant with nanoseconds and an estimate that is not a short decimal: what comes
+    // back is what is stored.
+    let odd = ReserveInput {
+        estimated_cents: 0.1 + 0.2,
+        expires_at: now + chrono::Duration::nanoseconds(300_000_123_456),
+        ..ask("same", 30.0, now)
+    };
+    let first = admitted(reserve(&mut conn, &tenant, &odd).unwrap());
+    let stored = conn
+        .transaction(|c| BudgetGate::new(c).fetch_reservation(&tenant, &first.id))
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, stored);
+    let second = admitted(reserve(&mut conn, &tenant, &odd).unwrap());
     assert_eq!(first, second);
+    assert_eq!(first.estimated_cents, 0.3, "stored as an exact decimal");
     assert_eq!(
         counter(&mut conn, &b, "daily", now.date_naive()),
-        Some((0.0, 30.0))
+        Some((0.0, 0.3))
     );
     assert!(conn
         .transaction(|c| BudgetGate::new(c).release(&first))
