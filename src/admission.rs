@@ -270,7 +270,7 @@ const RESERVE: &str = concat!(
               AND l.spent_cents + l.reserved_cents + $6::numeric > w.limit_cents AS full, \
             w.limit_cents IS NOT NULL \
               AND (l.spent_cents + l.reserved_cents + $6::numeric) * 100 \
-                  >= w.limit_cents * w.warn_pct AS warns \
+                  >= w.limit_cents::numeric * w.warn_pct AS warns \
      FROM verdict v \
      LEFT JOIN (want w JOIN locked l USING (budget_id, period, window_start)) ON true \
      ORDER BY w.budget_id, w.period, w.window_start"

@@ -519,6 +519,33 @@ fn soft_budgets_admit_and_warn() {
 }
 
 #[test]
+fn the_largest_limits_work() {
+    let tenant = common::tenant();
+    let now = at(2026, 9, 10, 9);
+    let b = budget(
+        &tenant,
+        BudgetScope::Tenant,
+        Some(i32::MAX),
+        Some(i32::MAX),
+        true,
+    );
+    let mut conn = common::conn();
+    let big = f64::from(i32::MAX) - 1.0;
+    match reserve(&mut conn, &tenant, &ask("max", big, now)).unwrap() {
+        Admission::Admitted { warnings, .. } => assert_eq!(warnings.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        reserve(&mut conn, &tenant, &ask("over", 2.0, now)).unwrap(),
+        Admission::Refused { .. }
+    ));
+    assert_eq!(
+        counter(&mut conn, &b, "daily", now.date_naive()),
+        Some((0.0, big))
+    );
+}
+
+#[test]
 fn a_repeated_request_gets_its_reservation_once() {
     let tenant = common::tenant();
     let now = at(2026, 10, 1, 1);
