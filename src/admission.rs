@@ -25,6 +25,7 @@ use serde::Serialize;
 
 use crate::db::require_transaction;
 use crate::drivers::cost_write::{CostInput, CostWriteDriver};
+use crate::drivers::prepared::{Param, Prepared};
 use crate::error::{Error, Result};
 use crate::models::{BudgetPeriod, BudgetType, CostRecord, ReservationStatus};
 use crate::validate;
@@ -528,17 +529,22 @@ impl<'c> BudgetGate<'c> {
         // The first attempt finds every counter in the common case; a new day, month or
         // budget creates its counters and decides again.
         for attempt in 0..3 {
-            let rows: Vec<VerdictRow> = diesel::sql_query(RESERVE)
-                .bind::<Text, _>(tenant_id)
-                .bind::<Nullable<Text>, _>(input.feature_tag.as_deref())
-                .bind::<Nullable<Text>, _>(input.user_id.as_deref())
-                .bind::<Date, _>(day)
-                .bind::<Date, _>(month_of(day))
-                .bind::<Double, _>(input.estimated_cents + 0.0)
-                .bind::<Text, _>(&id)
-                .bind::<Text, _>(&input.request_id)
-                .bind::<Timestamptz, _>(input.expires_at)
-                .load(self.conn)?;
+            let params = [
+                Param::Text(tenant_id),
+                Param::OptText(input.feature_tag.as_deref()),
+                Param::OptText(input.user_id.as_deref()),
+                Param::Day(day),
+                Param::Day(month_of(day)),
+                Param::Float(input.estimated_cents + 0.0),
+                Param::Text(&id),
+                Param::Text(&input.request_id),
+                Param::Instant(&input.expires_at),
+            ];
+            let rows: Vec<VerdictRow> = Prepared {
+                sql: RESERVE,
+                params: &params,
+            }
+            .load(self.conn)?;
             let verdict = rows.first().expect("the verdict row is always there");
             if verdict.repeated || (verdict.ready && verdict.fits && !verdict.held) {
                 return self.repeated(tenant_id, &input.request_id);
@@ -665,11 +671,16 @@ impl<'c> BudgetGate<'c> {
         }
         let day = record.created_at.date_naive();
         if inserted && (day != held.day || month_of(day) != held.month) {
-            diesel::sql_query(ENSURE_WINDOW)
-                .bind::<Array<Text>, _>(&held.budget_ids)
-                .bind::<Date, _>(day)
-                .bind::<Date, _>(month_of(day))
-                .execute(self.conn)?;
+            let params = [
+                Param::Texts(&held.budget_ids),
+                Param::Day(day),
+                Param::Day(month_of(day)),
+            ];
+            Prepared {
+                sql: ENSURE_WINDOW,
+                params: &params,
+            }
+            .execute(self.conn)?;
         }
         let release = held.status == ReservationStatus::Held;
         let charge = if inserted { record.cost_cents } else { 0.0 };
@@ -719,10 +730,12 @@ impl<'c> BudgetGate<'c> {
             return Err(Error::invalid("limit", "must be at least 1"));
         }
         require_transaction(self.conn)?;
-        let gone: Count = diesel::sql_query(RECLAIM)
-            .bind::<Timestamptz, _>(now)
-            .bind::<BigInt, _>(limit)
-            .get_result(self.conn)?;
+        let params = [Param::Instant(&now), Param::Int(limit)];
+        let gone: Count = Prepared {
+            sql: RECLAIM,
+            params: &params,
+        }
+        .get_result(self.conn)?;
         Ok(gone.n as usize)
     }
 
@@ -743,15 +756,20 @@ impl<'c> BudgetGate<'c> {
     fn lock(&mut self, reservation: &Reservation) -> Result<Reservation> {
         validate::required("tenant_id", &reservation.tenant_id, 64)?;
         validate::required("id", &reservation.id, 64)?;
-        diesel::sql_query(LOCK_RESERVATION)
-            .bind::<Text, _>(&reservation.tenant_id)
-            .bind::<Text, _>(&reservation.id)
-            .get_result(self.conn)
-            .optional()?
-            .ok_or_else(|| Error::NotFound {
-                entity: "budget reservation",
-                id: reservation.id.clone(),
-            })
+        let params = [
+            Param::Text(&reservation.tenant_id),
+            Param::Text(&reservation.id),
+        ];
+        Prepared {
+            sql: LOCK_RESERVATION,
+            params: &params,
+        }
+        .get_result(self.conn)
+        .optional()?
+        .ok_or_else(|| Error::NotFound {
+            entity: "budget reservation",
+            id: reservation.id.clone(),
+        })
     }
 
     /// Runs [`CLOSE`] for a locked reservation.
@@ -764,16 +782,21 @@ impl<'c> BudgetGate<'c> {
         day: NaiveDate,
         record: Option<&CostRecord>,
     ) -> Result<()> {
-        diesel::sql_query(CLOSE)
-            .bind::<Text, _>(&held.id)
-            .bind::<Text, _>(status)
-            .bind::<Bool, _>(release)
-            .bind::<Double, _>(charge)
-            .bind::<Date, _>(day)
-            .bind::<Date, _>(month_of(day))
-            .bind::<Nullable<Double>, _>(record.map(|r| r.cost_cents))
-            .bind::<Nullable<Text>, _>(record.map(|r| r.id.as_str()))
-            .execute(self.conn)?;
+        let params = [
+            Param::Text(&held.id),
+            Param::Text(status.as_str()),
+            Param::Flag(release),
+            Param::Float(charge),
+            Param::Day(day),
+            Param::Day(month_of(day)),
+            Param::OptFloat(record.map(|r| r.cost_cents)),
+            Param::OptText(record.map(|r| r.id.as_str())),
+        ];
+        Prepared {
+            sql: CLOSE,
+            params: &params,
+        }
+        .execute(self.conn)?;
         Ok(())
     }
 }

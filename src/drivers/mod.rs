@@ -7,7 +7,7 @@ pub mod anomaly;
 pub mod audit;
 pub mod cost_write;
 pub mod patterns;
-mod prepared;
+pub(crate) mod prepared;
 pub mod provenance;
 pub mod worker_write;
 

@@ -4,19 +4,28 @@
 //! plans it on every call. A [`Prepared`] statement is prepared once per connection and
 //! then only executed; the text is a constant, never built from input.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use diesel::pg::data_types::PgInterval;
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{Interval, Text, Timestamptz, Untyped};
+use diesel::sql_types::{
+    Array, BigInt, Bool, Date, Double, Interval, Nullable, Text, Timestamptz, Untyped,
+};
 use diesel::{PgConnection, QueryResult, RunQueryDsl};
 
 /// One parameter value.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Param<'a> {
     Text(&'a str),
+    OptText(Option<&'a str>),
+    Texts(&'a [String]),
     Instant(&'a DateTime<Utc>),
     Interval(PgInterval),
+    Day(NaiveDate),
+    Float(f64),
+    OptFloat(Option<f64>),
+    Flag(bool),
+    Int(i64),
 }
 
 /// `sql` with `$1`, `$2`… standing for `params[0]`, `params[1]`…; results are read by
@@ -55,8 +64,15 @@ impl QueryFragment<Pg> for Prepared<'_> {
             })?;
             match param {
                 Param::Text(v) => out.push_bind_param::<Text, _>(*v)?,
+                Param::OptText(v) => out.push_bind_param::<Nullable<Text>, _>(v)?,
+                Param::Texts(v) => out.push_bind_param::<Array<Text>, _>(*v)?,
                 Param::Instant(v) => out.push_bind_param::<Timestamptz, _>(*v)?,
                 Param::Interval(v) => out.push_bind_param::<Interval, _>(v)?,
+                Param::Day(v) => out.push_bind_param::<Date, _>(v)?,
+                Param::Float(v) => out.push_bind_param::<Double, _>(v)?,
+                Param::OptFloat(v) => out.push_bind_param::<Nullable<Double>, _>(v)?,
+                Param::Flag(v) => out.push_bind_param::<Bool, _>(v)?,
+                Param::Int(v) => out.push_bind_param::<BigInt, _>(v)?,
             }
             rest = &rest[at + 1 + digits..];
         }
