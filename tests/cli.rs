@@ -175,14 +175,31 @@ fn private_tmp() -> std::path::PathBuf {
     dir
 }
 
-/// Processes whose command line mentions `needle`.
+/// Processes whose command line or environment mentions `needle` (the guardian carries
+/// the test's `TMPDIR` in its environment before anything of it shows in a command line).
 fn processes_mentioning(needle: &str) -> Vec<String> {
+    let read = |path: std::path::PathBuf| {
+        std::fs::read(path)
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .unwrap_or_default()
+    };
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(needle))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter(|e| std::process::id().to_string() != e.file_name().to_string_lossy())
+        .map(|e| {
+            (
+                read(e.path().join("cmdline")),
+                read(e.path().join("environ")),
+            )
+        })
+        .filter(|(cmdline, environ)| cmdline.contains(needle) || environ.contains(needle))
+        .map(|(cmdline, _)| cmdline)
         .collect()
 }
 
