@@ -109,6 +109,44 @@ fn cost_buckets_match_the_fixture_hourly_and_daily() {
 }
 
 #[test]
+fn model_spend_per_bucket_matches_the_fixture() {
+    let mut conn = common::test_conn();
+    let (tenant, other) = (common::tenant(), common::tenant());
+    let rows = fixture(&tenant);
+    seed(&mut conn, &rows);
+    seed(&mut conn, &fixture(&other));
+    let w = window();
+    for bucket in [TimeBucket::Hour, TimeBucket::Day] {
+        let mut expected: BTreeMap<(DateTime<Utc>, String), (f64, i64)> = BTreeMap::new();
+        for r in in_window(&rows, w) {
+            let e = expected
+                .entry((trunc(r.created_at.unwrap(), bucket), r.model.clone()))
+                .or_default();
+            e.0 += r.cost_cents;
+            e.1 += 1;
+        }
+        let got = AnalyticsReadDriver::new(&mut conn)
+            .fetch_model_spend(&tenant, w, bucket)
+            .unwrap();
+        let got: Vec<((DateTime<Utc>, String), (f64, i64))> = got
+            .into_iter()
+            .map(|b| ((b.bucket, b.model), (b.spend_cents, b.requests)))
+            .collect();
+        let expected: Vec<_> = expected.into_iter().collect();
+        assert_eq!(got.len(), expected.len(), "{bucket:?}");
+        for (g, e) in got.iter().zip(&expected) {
+            assert_eq!(g.0, e.0);
+            assert_eq!(g.1 .1, e.1 .1);
+            assert!((g.1 .0 - e.1 .0).abs() < 1e-9, "{g:?} {e:?}");
+        }
+    }
+    assert_invalid(
+        AnalyticsReadDriver::new(&mut conn).fetch_model_spend("", w, TimeBucket::Day),
+        "tenant_id",
+    );
+}
+
+#[test]
 fn a_record_at_from_is_in_and_a_record_at_to_is_out() {
     let mut conn = common::test_conn();
     let tenant = common::tenant();

@@ -82,6 +82,23 @@ pub struct SpendBucket {
     pub output_tokens: i64,
 }
 
+/// One model's spend in one bucket, from [`AnalyticsReadDriver::fetch_model_spend`].
+#[derive(Debug, Clone, PartialEq, Serialize, QueryableByName)]
+pub struct ModelBucket {
+    /// Start of the bucket.
+    #[diesel(sql_type = Timestamptz)]
+    pub bucket: DateTime<Utc>,
+    /// Model name.
+    #[diesel(sql_type = Text)]
+    pub model: String,
+    /// Sum of `cost_cents`.
+    #[diesel(sql_type = Double)]
+    pub spend_cents: f64,
+    /// Records.
+    #[diesel(sql_type = BigInt)]
+    pub requests: i64,
+}
+
 /// Spend of one model over the window.
 #[derive(Debug, Clone, PartialEq, Serialize, QueryableByName)]
 pub struct ModelSpend {
@@ -222,6 +239,14 @@ impl AnalyticsQuery {
     }
 }
 
+/// Spend and requests per bucket and model (`$4` the bucket width).
+const MODEL_SPEND: &str = "\
+SELECT date_bin($4, created_at, '2000-01-01 00:00:00+00') AS bucket, model, \
+       coalesce(sum(cost_cents), 0)::float8 AS spend_cents, count(*) AS requests \
+FROM cost_records \
+WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
+GROUP BY 1, 2 ORDER BY 1, 2";
+
 /// The width of a bucket as an `interval` of whole microseconds (an hour, or a UTC day of
 /// 24 hours), the `$4` of the bucketed statements.
 pub fn bucket_width(bucket: TimeBucket) -> PgInterval {
@@ -324,6 +349,29 @@ impl<'c> AnalyticsReadDriver<'c> {
         bucket: TimeBucket,
     ) -> Result<Vec<SpendBucket>> {
         self.load(AnalyticsQuery::CostSpend, tenant_id, window, bucket)
+    }
+
+    /// Spend per bucket per model, oldest bucket first, then by model: the series of a
+    /// chart of spend over time per model. Prepared like the other bucketed queries.
+    pub fn fetch_model_spend(
+        &mut self,
+        tenant_id: &str,
+        window: TimeWindow,
+        bucket: TimeBucket,
+    ) -> Result<Vec<ModelBucket>> {
+        validate::required("tenant_id", tenant_id, 64)?;
+        TimeWindow::new(window.from, window.to)?;
+        let params = [
+            Param::Text(tenant_id),
+            Param::Instant(&window.from),
+            Param::Instant(&window.to),
+            Param::Interval(bucket_width(bucket)),
+        ];
+        Ok(Prepared {
+            sql: MODEL_SPEND,
+            params: &params,
+        }
+        .load(self.conn)?)
     }
 
     /// Spend per model over the window, largest first (ties by model name).

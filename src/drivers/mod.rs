@@ -13,8 +13,8 @@ pub mod worker_write;
 
 pub use alert::{next_step, AlertDriver, ClaimedAlert, NewAlert, NextStep, Outcome, QueueStats};
 pub use analytics_read::{
-    bucket_width, AnalyticsQuery, AnalyticsReadDriver, CountBucket, FeatureSpend, ModelSpend,
-    SpendBucket, TimeWindow, UsageBucket,
+    bucket_width, AnalyticsQuery, AnalyticsReadDriver, CountBucket, FeatureSpend, ModelBucket,
+    ModelSpend, SpendBucket, TimeWindow, UsageBucket,
 };
 pub use anomaly::{
     AnomalyInput, AnomalyKey, BreachInput, CostAnomalyDriver, DayComparison, DriftObservation,

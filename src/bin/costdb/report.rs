@@ -107,13 +107,11 @@ pub fn run(options: Options) -> Outcome {
     let models = analytics.fetch_cost_by_model(&tenant, whole)?;
     let features = analytics.fetch_cost_by_feature(&tenant, whole)?;
     let mut model_days: BTreeMap<String, Vec<(NaiveDate, f64)>> = BTreeMap::new();
-    for day in from.iter_days().take_while(|d| *d <= to) {
-        for m in analytics.fetch_cost_by_model(&tenant, window(day, day)?)? {
-            model_days
-                .entry(m.model)
-                .or_default()
-                .push((day, m.spend_cents));
-        }
+    for m in analytics.fetch_model_spend(&tenant, whole, TimeBucket::Day)? {
+        model_days
+            .entry(m.model)
+            .or_default()
+            .push((m.bucket.date_naive(), m.spend_cents));
     }
     let report = Report {
         spend_cents: days.iter().map(|d| d.spend_cents).sum(),
