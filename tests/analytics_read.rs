@@ -128,7 +128,7 @@ fn model_spend_per_bucket_matches_the_fixture() {
         let got = AnalyticsReadDriver::new(&mut conn)
             .fetch_model_spend(&tenant, w, bucket)
             .unwrap();
-        let got: Vec<((DateTime<Utc>, String), (f64, i64))> = got
+        let got: Vec<_> = got
             .into_iter()
             .map(|b| ((b.bucket, b.model), (b.spend_cents, b.requests)))
             .collect();
