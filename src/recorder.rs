@@ -355,30 +355,51 @@ impl CostRecorder {
 }
 
 /// Hands `result` to the caller waiting for `q`.
-fn answer(q: &Queued, result: Result<RecordedCost>) {
-    let (slot, done) = &*q.slot;
-    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+fn answer(slot: &Slot, result: Result<RecordedCost>) {
+    let (outcome, done) = &**slot;
+    *outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
     done.notify_one();
 }
 
 /// What a caller whose record was never answered gets: the writer stopped (only a bug can
 /// make it), so the record may or may not be stored.
-fn abandoned(q: &Queued) -> Result<RecordedCost> {
+fn abandoned(id: &str) -> Result<RecordedCost> {
     Err(Error::NotRecorded {
-        id: q.id.clone(),
+        id: id.to_owned(),
         outcome_unknown: true,
         reason: "the recorder's writer thread stopped".into(),
     })
 }
 
-/// A batch being written: should the flusher unwind before answering, every caller in it
-/// gets an error instead of waiting forever.
-struct Answering(Vec<Queued>);
+/// A batch being written, as the columns the write needs (the records move here from the
+/// queue, never copied). Should the flusher unwind before answering, every caller still
+/// in it gets an error instead of waiting forever.
+struct Batch {
+    ids: Vec<String>,
+    costs: Vec<CostInput>,
+    slots: Vec<Slot>,
+}
 
-impl Drop for Answering {
+impl Batch {
+    fn new(queued: Vec<Queued>) -> Self {
+        let mut batch = Batch {
+            ids: Vec::with_capacity(queued.len()),
+            costs: Vec::with_capacity(queued.len()),
+            slots: Vec::with_capacity(queued.len()),
+        };
+        for q in queued {
+            batch.ids.push(q.id);
+            batch.costs.push(q.cost);
+            batch.slots.push(q.slot);
+        }
+        batch
+    }
+}
+
+impl Drop for Batch {
     fn drop(&mut self) {
-        for q in self.0.drain(..) {
-            answer(&q, abandoned(&q));
+        for (slot, id) in self.slots.drain(..).zip(&self.ids) {
+            answer(&slot, abandoned(id));
         }
     }
 }
@@ -393,7 +414,7 @@ impl Drop for Stopped {
             let mut state = self.0.lock();
             state.closed = true;
             for q in state.queue.drain(..) {
-                answer(&q, abandoned(&q));
+                answer(&q.slot, abandoned(&q.id));
             }
             drop(state);
             self.0.room.notify_all();
@@ -423,20 +444,19 @@ enum Attempt {
 impl Flusher {
     fn run(mut self) {
         let _stopped = Stopped(self.shared.clone());
-        while let Some(batch) = self.next_batch() {
-            let mut batch = Answering(batch);
-            let outcome = self.write(&batch.0);
+        while let Some(mut batch) = self.next_batch() {
+            let outcome = self.write(&batch);
             self.shared
                 .in_flight
-                .fetch_sub(batch.0.len(), Ordering::Relaxed);
-            for (q, result) in batch.0.drain(..).zip(outcome) {
-                answer(&q, result);
+                .fetch_sub(batch.ids.len(), Ordering::Relaxed);
+            for (slot, result) in batch.slots.drain(..).zip(outcome) {
+                answer(&slot, result);
             }
         }
     }
 
     /// Waits for records; `None` once closed and drained.
-    fn next_batch(&self) -> Option<Vec<Queued>> {
+    fn next_batch(&self) -> Option<Batch> {
         let shared = &self.shared;
         let config = &shared.config;
         let mut state = shared.lock();
@@ -465,22 +485,21 @@ impl Flusher {
         shared.in_flight.fetch_add(n, Ordering::Relaxed);
         drop(state);
         shared.room.notify_all();
-        Some(batch)
+        Some(Batch::new(batch))
     }
 
     /// Commits `batch`, retrying until the deadline; one result per record.
-    fn write(&mut self, batch: &[Queued]) -> Vec<Result<RecordedCost>> {
-        let costs: Vec<CostInput> = batch.iter().map(|q| q.cost.clone()).collect();
+    fn write(&mut self, batch: &Batch) -> Vec<Result<RecordedCost>> {
         let deadline = Instant::now() + self.shared.config.retry_deadline;
         let mut unknown = false;
         let mut pause = Duration::from_millis(20);
         let failure = loop {
-            let error = match self.attempt(batch, &costs, unknown) {
+            let error = match self.attempt(batch, unknown) {
                 Attempt::Committed(recorded) => {
                     self.shared.batches.fetch_add(1, Ordering::Relaxed);
                     self.shared
                         .rows
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        .fetch_add(batch.ids.len() as u64, Ordering::Relaxed);
                     return recorded.into_iter().map(Ok).collect();
                 }
                 Attempt::Refused(e) => break e,
@@ -499,10 +518,11 @@ impl Flusher {
         };
         let reason = crate::error::report(&failure);
         batch
+            .ids
             .iter()
-            .map(|q| {
+            .map(|id| {
                 Err(Error::NotRecorded {
-                    id: q.id.clone(),
+                    id: id.clone(),
                     outcome_unknown: unknown,
                     reason: reason.clone(),
                 })
@@ -512,7 +532,7 @@ impl Flusher {
 
     /// One statement, committed on its own: a batch of at most [`BULK_CHUNK`] rows is one
     /// `INSERT`, so it is atomic without a transaction and costs one round trip.
-    fn attempt(&mut self, batch: &[Queued], costs: &[CostInput], retry: bool) -> Attempt {
+    fn attempt(&mut self, batch: &Batch, retry: bool) -> Attempt {
         let mut conn = match self.conn.take() {
             Some(conn) => conn,
             None => match self.source.connect() {
@@ -520,13 +540,13 @@ impl Flusher {
                 Err(e) => return Attempt::NotCommitted(e),
             },
         };
-        let ids: Vec<String> = batch.iter().map(|q| q.id.clone()).collect();
         let mode = if retry {
             BulkMode::Retry
         } else {
             BulkMode::Insert
         };
-        match CostWriteDriver::new(&mut conn).record_with_ids(costs, ids, mode) {
+        match CostWriteDriver::new(&mut conn).record_with_ids(&batch.costs, batch.ids.clone(), mode)
+        {
             Ok(recorded) => {
                 self.conn = Some(conn);
                 Attempt::Committed(recorded)

@@ -612,18 +612,14 @@ fn report_prints_tables_json_and_a_chart_and_refuses_bad_input() {
     let (url, name) = kept_demo();
     let to = (chrono::Utc::now().date_naive() - chrono::Duration::days(1)).to_string();
     let from = (chrono::Utc::now().date_naive() - chrono::Duration::days(7)).to_string();
-    let table = costdb(
-        &[
-            "report",
-            "--tenant",
-            "tenant-01",
-            "--from",
-            &from,
-            "--to",
-            &to,
-        ],
-        Some(&url),
-    );
+    // `costdb report --tenant tenant-01 …` on the kept database.
+    let report = |args: &[&str]| {
+        costdb(
+            &[&["report", "--tenant", "tenant-01"], args].concat(),
+            Some(&url),
+        )
+    };
+    let table = report(&["--from", &from, "--to", &to]);
     assert!(table.status.success(), "{table:?}");
     let text = stdout(&table);
     assert_eq!(
@@ -633,20 +629,7 @@ fn report_prints_tables_json_and_a_chart_and_refuses_bad_input() {
         7,
         "{text}"
     );
-    let json = costdb(
-        &[
-            "report",
-            "--tenant",
-            "tenant-01",
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--format",
-            "json",
-        ],
-        Some(&url),
-    );
+    let json = report(&["--from", &from, "--to", &to, "--format", "json"]);
     let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
     let days = doc["days"].as_array().unwrap();
     assert_eq!(days.len(), 7);
@@ -665,16 +648,7 @@ fn report_prints_tables_json_and_a_chart_and_refuses_bad_input() {
     // The spike's last two days: 130 calls instead of 100.
     assert_eq!(days[6]["requests"], 130);
     let svg = std::env::temp_dir().join(format!("costdb-report-{}.svg", std::process::id()));
-    let plotted = costdb(
-        &[
-            "report",
-            "--tenant",
-            "tenant-01",
-            "--plot",
-            svg.to_str().unwrap(),
-        ],
-        Some(&url),
-    );
+    let plotted = report(&["--plot", svg.to_str().unwrap()]);
     assert!(plotted.status.success(), "{plotted:?}");
     let drawing = std::fs::read_to_string(&svg).unwrap();
     let _ = std::fs::remove_file(&svg);
@@ -686,40 +660,16 @@ fn report_prints_tables_json_and_a_chart_and_refuses_bad_input() {
 
     let err = one_error_line(&costdb(&["report", "--tenant", "nobody"], Some(&url)));
     assert!(err.contains("\"nobody\" has no cost records"), "{err}");
-    let err = one_error_line(&costdb(
-        &[
-            "report",
-            "--tenant",
-            "tenant-01",
-            "--from",
-            &to,
-            "--to",
-            &from,
-        ],
-        Some(&url),
-    ));
+    let err = one_error_line(&report(&["--from", &to, "--to", &from]));
     assert!(err.contains("is after --to"), "{err}");
     one_error_line(&costdb(
         &["report", "--tenant", "tenant-01"],
         Some("postgres://nobody@127.0.0.1:1/x"),
     ));
     one_error_line(&costdb(&["report", "--tenant", "tenant-01"], None));
-    let bad_date = costdb(
-        &["report", "--tenant", "tenant-01", "--from", "2026-02-30"],
-        Some(&url),
-    );
+    let bad_date = report(&["--from", "2026-02-30"]);
     assert!(!bad_date.status.success());
-    let unwritable = costdb(
-        &[
-            "report",
-            "--tenant",
-            "tenant-01",
-            "--plot",
-            "/nonexistent/dir/x.svg",
-        ],
-        Some(&url),
-    );
-    one_error_line(&unwritable);
+    one_error_line(&report(&["--plot", "/nonexistent/dir/x.svg"]));
     costdb::db::drop_database(common::admin_url(), &name).unwrap();
 }
 

@@ -289,15 +289,35 @@ impl<'c> AnalyticsReadDriver<'c> {
     where
         T: QueryableByName<Pg> + 'static,
     {
+        self.run(
+            query.sql(),
+            query.bucketed().then_some(bucket),
+            tenant_id,
+            window,
+        )
+    }
+
+    /// Runs `sql` over the tenant's window: prepared with the bucket width as `$4` when
+    /// `bucket` is given, else planned for this call.
+    fn run<T>(
+        &mut self,
+        sql: &'static str,
+        bucket: Option<TimeBucket>,
+        tenant_id: &str,
+        window: TimeWindow,
+    ) -> Result<Vec<T>>
+    where
+        T: QueryableByName<Pg> + 'static,
+    {
         validate::required("tenant_id", tenant_id, 64)?;
         TimeWindow::new(window.from, window.to)?;
-        if !query.bucketed() {
-            return Ok(diesel::sql_query(query.sql())
+        let Some(bucket) = bucket else {
+            return Ok(diesel::sql_query(sql)
                 .bind::<Text, _>(tenant_id)
                 .bind::<Timestamptz, _>(window.from)
                 .bind::<Timestamptz, _>(window.to)
                 .load(self.conn)?);
-        }
+        };
         let params = [
             Param::Text(tenant_id),
             Param::Instant(&window.from),
@@ -305,7 +325,7 @@ impl<'c> AnalyticsReadDriver<'c> {
             Param::Interval(bucket_width(bucket)),
         ];
         Ok(Prepared {
-            sql: query.sql(),
+            sql,
             params: &params,
         }
         .load(self.conn)?)
@@ -359,19 +379,7 @@ impl<'c> AnalyticsReadDriver<'c> {
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<ModelBucket>> {
-        validate::required("tenant_id", tenant_id, 64)?;
-        TimeWindow::new(window.from, window.to)?;
-        let params = [
-            Param::Text(tenant_id),
-            Param::Instant(&window.from),
-            Param::Instant(&window.to),
-            Param::Interval(bucket_width(bucket)),
-        ];
-        Ok(Prepared {
-            sql: MODEL_SPEND,
-            params: &params,
-        }
-        .load(self.conn)?)
+        self.run(MODEL_SPEND, Some(bucket), tenant_id, window)
     }
 
     /// Spend per model over the window, largest first (ties by model name).

@@ -156,7 +156,6 @@ struct Findings {
     warned: usize,
     runs: usize,
     anomalies: Vec<CostAnomaly>,
-    queued: usize,
     delivered_by: Vec<(String, i64, usize)>,
     stood_by: Vec<String>,
     simulations: usize,
@@ -449,7 +448,6 @@ fn alerts(url: &str, conn: &mut PgConnection, found: &mut Findings) -> Result<()
         }
         Ok::<_, costdb::Error>(())
     })?;
-    found.queued = found.anomalies.len();
     let both_tried = std::sync::Barrier::new(2);
     let outcomes: Vec<costdb::Result<WorkerOutcome>> = std::thread::scope(|s| {
         let handles: Vec<_> = ["worker-a", "worker-b"]
@@ -628,7 +626,7 @@ fn report(conn: &mut PgConnection, p: &Platform, found: &Findings) -> Outcome {
         )?;
     }
 
-    say!("\nalerts: {} queued", found.queued)?;
+    say!("\nalerts: {} queued", found.anomalies.len())?;
     for (name, term, n) in &found.delivered_by {
         say!("  {name} led (term {term}) and delivered {n}")?;
     }
