@@ -143,18 +143,61 @@ impl Source {
     }
 }
 
-/// Where one caller's record stands.
-type Slot = Arc<(Mutex<Option<Result<RecordedCost>>>, Condvar)>;
+/// Where one caller's record stands: its outcome, once the flusher has one.
+type Slot = Arc<Mutex<Option<Result<RecordedCost>>>>;
+
+/// What the callers queued between two batches are taken wait on: the flusher wakes them
+/// all with one system call once their outcomes are in their slots, instead of one call
+/// per record, and a caller wakes only for the batch it is in.
+#[derive(Default)]
+struct Wakeup {
+    lock: Mutex<()>,
+    cv: Condvar,
+}
+
+impl Wakeup {
+    /// Waits until `slot` is filled and empties it.
+    fn wait(&self, slot: &Slot) -> Result<RecordedCost> {
+        // The slot is checked under `lock`, and the flusher takes `lock` after filling it
+        // and before signalling, so no wake-up is missed.
+        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(result) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return result;
+            }
+            guard = self.cv.wait(guard).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn wake(&self) {
+        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()));
+        self.cv.notify_all();
+    }
+}
 
 struct Queued {
     id: String,
     cost: CostInput,
     slot: Slot,
+    wakeup: Arc<Wakeup>,
 }
 
 struct State {
     queue: VecDeque<Queued>,
     closed: bool,
+    /// What the records queued from now on wait on.
+    wakeup: Arc<Wakeup>,
+}
+
+/// The distinct wake-ups of `queued`, which come in runs.
+fn wakeups<'a>(queued: impl IntoIterator<Item = &'a Queued>) -> Vec<Arc<Wakeup>> {
+    let mut all: Vec<Arc<Wakeup>> = Vec::new();
+    for q in queued {
+        if !all.last().is_some_and(|w| Arc::ptr_eq(w, &q.wakeup)) {
+            all.push(q.wakeup.clone());
+        }
+    }
+    all
 }
 
 struct Shared {
@@ -173,6 +216,19 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Hands every outcome to its caller, then wakes the callers.
+fn answer(
+    outcomes: impl IntoIterator<Item = (Slot, Result<RecordedCost>)>,
+    wakeups: &[Arc<Wakeup>],
+) {
+    for (slot, result) in outcomes {
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
+    }
+    for wakeup in wakeups {
+        wakeup.wake();
     }
 }
 
@@ -257,6 +313,7 @@ impl CostRecorder {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 closed: false,
+                wakeup: Arc::default(),
             }),
             work: Condvar::new(),
             room: Condvar::new(),
@@ -306,8 +363,8 @@ impl CostRecorder {
     fn enqueue(&self, cost: CostInput, wait: bool) -> Result<RecordedCost> {
         cost.validate()?;
         let shared = &self.handle.shared;
-        let slot: Slot = Arc::new((Mutex::new(None), Condvar::new()));
-        {
+        let slot: Slot = Arc::default();
+        let wakeup = {
             let mut state = shared.lock();
             while !state.closed && state.queue.len() >= shared.config.capacity {
                 if !wait {
@@ -318,21 +375,17 @@ impl CostRecorder {
             if state.closed {
                 return Err(Error::Closed);
             }
+            let wakeup = state.wakeup.clone();
             state.queue.push_back(Queued {
                 id: ids::cost_record_id(),
                 cost,
                 slot: slot.clone(),
+                wakeup: wakeup.clone(),
             });
-        }
+            wakeup
+        };
         shared.work.notify_one();
-        let (outcome, done) = &*slot;
-        let mut outcome = outcome.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(result) = outcome.take() {
-                return result;
-            }
-            outcome = done.wait(outcome).unwrap_or_else(|e| e.into_inner());
-        }
+        wakeup.wait(&slot)
     }
 
     /// The counters so far.
@@ -354,13 +407,6 @@ impl CostRecorder {
     }
 }
 
-/// Hands `result` to the caller waiting for `q`.
-fn answer(slot: &Slot, result: Result<RecordedCost>) {
-    let (outcome, done) = &**slot;
-    *outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-    done.notify_one();
-}
-
 /// What a caller whose record was never answered gets: the writer stopped (only a bug can
 /// make it), so the record may or may not be stored.
 fn abandoned(id: &str) -> Result<RecordedCost> {
@@ -378,6 +424,7 @@ struct Batch {
     ids: Vec<String>,
     costs: Vec<CostInput>,
     slots: Vec<Slot>,
+    wakeups: Vec<Arc<Wakeup>>,
 }
 
 impl Batch {
@@ -386,6 +433,7 @@ impl Batch {
             ids: Vec::with_capacity(queued.len()),
             costs: Vec::with_capacity(queued.len()),
             slots: Vec::with_capacity(queued.len()),
+            wakeups: wakeups(&queued),
         };
         for q in queued {
             batch.ids.push(q.id);
@@ -398,8 +446,12 @@ impl Batch {
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        for (slot, id) in self.slots.drain(..).zip(&self.ids) {
-            answer(&slot, abandoned(id));
+        if !self.slots.is_empty() {
+            let slots = std::mem::take(&mut self.slots);
+            let outcomes = slots
+                .into_iter()
+                .zip(self.ids.iter().map(|id| abandoned(id)));
+            answer(outcomes, &self.wakeups);
         }
     }
 }
@@ -413,10 +465,13 @@ impl Drop for Stopped {
         if std::thread::panicking() {
             let mut state = self.0.lock();
             state.closed = true;
-            for q in state.queue.drain(..) {
-                answer(&q.slot, abandoned(&q.id));
-            }
+            let queued: Vec<Queued> = state.queue.drain(..).collect();
             drop(state);
+            let wakeups = wakeups(&queued);
+            answer(
+                queued.into_iter().map(|q| (q.slot, abandoned(&q.id))),
+                &wakeups,
+            );
             self.0.room.notify_all();
         }
     }
@@ -449,9 +504,8 @@ impl Flusher {
             self.shared
                 .in_flight
                 .fetch_sub(batch.ids.len(), Ordering::Relaxed);
-            for (slot, result) in batch.slots.drain(..).zip(outcome) {
-                answer(&slot, result);
-            }
+            let slots = std::mem::take(&mut batch.slots);
+            answer(slots.into_iter().zip(outcome), &batch.wakeups);
         }
     }
 
@@ -482,6 +536,8 @@ impl Flusher {
         }
         let n = state.queue.len().min(config.max_batch);
         let batch: Vec<Queued> = state.queue.drain(..n).collect();
+        // Records queued from now on wait for a later batch.
+        state.wakeup = Arc::default();
         shared.in_flight.fetch_add(n, Ordering::Relaxed);
         drop(state);
         shared.room.notify_all();

@@ -185,6 +185,18 @@ pub struct Figure {
 /// transactions each on the benchmark's database, and returns the time those took by
 /// pgbench's own count (without connecting).
 pub fn pgbench(ctx: &Ctx, script: &str, clients: usize, transactions: usize) -> Result<Duration> {
+    pgbench_with(ctx, script, clients, transactions, &[])
+}
+
+/// [`pgbench`] with variables: `:name` in `script` is sent as a bound parameter whose
+/// text is the value.
+pub fn pgbench_with(
+    ctx: &Ctx,
+    script: &str,
+    clients: usize,
+    transactions: usize,
+    vars: &[(&str, String)],
+) -> Result<Duration> {
     use crate::error::Error;
     use std::sync::atomic::{AtomicU64, Ordering};
     static SCRIPTS: AtomicU64 = AtomicU64::new(0);
@@ -211,6 +223,7 @@ pub fn pgbench(ctx: &Ctx, script: &str, clients: usize, transactions: usize) -> 
         .arg(transactions.to_string())
         .arg("-f")
         .arg(&file)
+        .args(vars.iter().map(|(name, value)| format!("-D{name}={value}")))
         .arg(&ctx.url)
         .output();
     let _ = std::fs::remove_file(&file);

@@ -76,9 +76,23 @@ fn load(conn: &mut PgConnection, rows: usize) -> Result<()> {
     Ok(())
 }
 
+/// Calls one pgbench run makes when pgbench is the client (its average is one round).
+const PGBENCH_CALLS: usize = 100;
+
+/// Who sends a read workload's query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Client {
+    /// The driver's method.
+    Costdb,
+    /// `pgbench -M prepared` with one client, the same statement and parameters: what the
+    /// protocol's round trip costs a client written in C, the floor for any client.
+    Pgbench,
+}
+
 /// One analytics query for one tenant over the last 30 days, in daily buckets.
 struct Read {
     query: AnalyticsQuery,
+    client: Client,
     rows: usize,
     window: Option<TimeWindow>,
 }
@@ -101,6 +115,32 @@ impl Read {
             AnalyticsQuery::CostByModel => d.fetch_cost_by_model(TENANT, w)?.len(),
             AnalyticsQuery::CostByFeature => d.fetch_cost_by_feature(TENANT, w)?.len(),
         })
+    }
+
+    /// The time of one call through pgbench: the mean of [`PGBENCH_CALLS`].
+    fn pgbench_call(&self, ctx: &Ctx) -> Result<Duration> {
+        let w = self.window()?;
+        let width = bucket_width(TimeBucket::Day);
+        let script = format!(
+            "{};\n",
+            self.query
+                .sql()
+                .replace("$1", ":tenant")
+                .replace("$2", ":from")
+                .replace("$3", ":to")
+                .replace("$4", ":width")
+        );
+        let vars = [
+            ("tenant", TENANT.to_owned()),
+            ("from", w.from.to_rfc3339()),
+            ("to", w.to.to_rfc3339()),
+            (
+                "width",
+                format!("{} days {} microseconds", width.days, width.microseconds),
+            ),
+        ];
+        let all = super::pgbench_with(ctx, &script, 1, PGBENCH_CALLS, &vars)?;
+        Ok(all / PGBENCH_CALLS as u32)
     }
 
     /// The server's execution time of the query, from `EXPLAIN (ANALYZE, TIMING OFF)`.
@@ -129,13 +169,22 @@ impl Read {
 
 impl Workload for Read {
     fn name(&self) -> String {
-        format!("read {:?}, 30 days of 1 tenant", self.query)
+        match self.client {
+            Client::Costdb => format!("read {:?}, 30 days of 1 tenant", self.query),
+            Client::Pgbench => format!(
+                "read {:?} by pgbench -M prepared, a C client: the round trip's floor",
+                self.query
+            ),
+        }
     }
     fn baseline_name(&self) -> &'static str {
         "EXPLAIN ANALYZE execution time"
     }
     fn target(&self) -> Target {
-        Target::AtMost(1.1)
+        match self.client {
+            Client::Costdb => Target::AtMost(1.1),
+            Client::Pgbench => Target::Report,
+        }
     }
     fn direction(&self) -> Direction {
         Direction::Overhead
@@ -145,7 +194,7 @@ impl Workload for Read {
         let now = Utc::now();
         self.window = Some(TimeWindow::new(now - chrono::Duration::days(30), now)?);
         for _ in 0..WARM_UPS {
-            self.call(&mut ctx.conn)?;
+            self.contender(ctx)?;
             self.server_time(&mut ctx.conn)?;
         }
         Ok(())
@@ -157,6 +206,9 @@ impl Workload for Read {
         Combine::Median
     }
     fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        if self.client == Client::Pgbench {
+            return self.pgbench_call(ctx);
+        }
         let started = Instant::now();
         self.call(&mut ctx.conn)?;
         Ok(started.elapsed())
@@ -166,13 +218,18 @@ impl Workload for Read {
     }
 }
 
-/// The six read workloads at `scale` (1,000,000 rows per table at full scale).
+/// The six read workloads at `scale` (1,000,000 rows per table at full scale), and the
+/// shortest query (worker execution, about half a millisecond) sent by pgbench, whose
+/// ratio is what the round trip alone costs.
 pub fn read_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
     AnalyticsQuery::ALL
         .into_iter()
-        .map(|query| {
+        .map(|query| (query, Client::Costdb))
+        .chain([(AnalyticsQuery::WorkerExecution, Client::Pgbench)])
+        .map(|(query, client)| {
             Box::new(Read {
                 query,
+                client,
                 rows: scale.of(1_000_000),
                 window: None,
             }) as Box<dyn Workload>

@@ -19,18 +19,41 @@ struct GroupCommit {
     p50: Duration,
     p99: Duration,
     mean_batch: f64,
+    /// Rows per second of the last ceiling run (see [`GroupCommit::ceiling_script`]) and
+    /// of the last baseline run.
+    ceiling: f64,
+    baseline_rate: f64,
+}
+
+impl GroupCommit {
+    /// The recorder's ceiling: [`PGBENCH_SCRIPT`]'s `INSERT` with its row once per thread,
+    /// sent by one connection. No commit of the recorder can hold more rows than there are
+    /// callers, since each waits for its own, so this is the most it could reach on this
+    /// server if it cost nothing itself.
+    fn ceiling_script(&self) -> String {
+        let (head, row) = PGBENCH_SCRIPT
+            .trim_end()
+            .trim_end_matches(';')
+            .split_once("VALUES ")
+            .expect("the pgbench INSERT has a VALUES list");
+        format!("{head}VALUES {};\n", vec![row; self.threads].join(", "))
+    }
 }
 
 impl Workload for GroupCommit {
     fn name(&self) -> String {
         format!(
-            "recorder: {} threads × {} calls ({:.0} rows/s, p50 {:.1} ms, p99 {:.1} ms, {:.1} rows per commit)",
+            "recorder: {} threads × {} calls ({:.0} rows/s, p50 {:.1} ms, p99 {:.1} ms, {:.1} rows \
+             per commit; ceiling, 1 connection × {}-row INSERTs: {:.0} rows/s = {:.2}× the baseline)",
             self.threads,
             self.per_thread,
             self.rate,
             self.p50.as_secs_f64() * 1e3,
             self.p99.as_secs_f64() * 1e3,
-            self.mean_batch
+            self.mean_batch,
+            self.threads,
+            self.ceiling,
+            self.ceiling / self.baseline_rate.max(f64::MIN_POSITIVE),
         )
     }
     fn baseline_name(&self) -> &'static str {
@@ -73,7 +96,13 @@ impl Workload for GroupCommit {
         Ok(elapsed)
     }
     fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
-        pgbench(ctx, PGBENCH_SCRIPT, self.threads, self.per_thread)
+        let rows = (self.threads * self.per_thread) as f64;
+        let took = pgbench(ctx, PGBENCH_SCRIPT, self.threads, self.per_thread)?;
+        self.baseline_rate = rows / took.as_secs_f64();
+        // Measured beside the baseline, outside both timings; reported in the name.
+        let ceiling = pgbench(ctx, &self.ceiling_script(), 1, self.per_thread)?;
+        self.ceiling = rows / ceiling.as_secs_f64();
+        Ok(took)
     }
 }
 
@@ -91,6 +120,8 @@ pub fn recorder_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
                 p50: Duration::ZERO,
                 p99: Duration::ZERO,
                 mean_batch: 0.0,
+                ceiling: 0.0,
+                baseline_rate: 0.0,
             }) as Box<dyn Workload>
         })
         .collect()
