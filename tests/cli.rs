@@ -4,6 +4,12 @@ mod common;
 
 use std::process::{Command, Output};
 
+/// The database name of a `postgres://…/name?…` URL.
+fn database_of(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or_default();
+    path.rsplit('/').next().unwrap_or_default().to_owned()
+}
+
 fn costdb(args: &[&str], url: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_costdb"));
     cmd.args(args).env_remove("DATABASE_URL");
@@ -145,7 +151,7 @@ fn the_demo_on_a_server_works_in_a_database_of_its_own_and_drops_it() {
         .expect("the kept URL")
         .to_owned();
     assert!(tables_in(&url) >= 16, "{url}");
-    let name = url.rsplit('/').next().unwrap().to_owned();
+    let name = database_of(&url);
     assert!(name.starts_with("costdb_demo_"), "{name}");
     costdb::db::drop_database(common::admin_url(), &name).unwrap();
 }
@@ -603,7 +609,7 @@ fn kept_demo() -> (String, String) {
         .find_map(|l| l.strip_prefix("kept: "))
         .expect("the kept URL")
         .to_owned();
-    let name = url.rsplit('/').next().unwrap().to_owned();
+    let name = database_of(&url);
     (url, name)
 }
 
