@@ -365,6 +365,10 @@ fn the_quick_benchmark_measures_every_workload_in_a_database_of_its_own() {
         "read CostSpend",
         "read CostByModel",
         "read CostByFeature",
+        "read WorkerExecution, beside a C client",
+        "recorder: 16 threads",
+        "recorder: 64 threads",
+        "admission",
     ] {
         assert!(
             names.iter().any(|n| n.starts_with(expected)),
@@ -375,6 +379,16 @@ fn the_quick_benchmark_measures_every_workload_in_a_database_of_its_own() {
         let name = f["workload"].as_str().unwrap();
         if name.starts_with("alerts") {
             assert!(name.ends_with("(0 duplicates)"), "{name}");
+        }
+        if let Some(threads) = name.strip_prefix("recorder: ") {
+            // The ceiling was measured beside the baseline: as many rows per INSERT as threads.
+            let threads = threads.split_whitespace().next().unwrap();
+            let ceiling = name
+                .split_once(&format!("1 connection × {threads}-row INSERTs: "))
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .and_then(|rate| rate.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no ceiling in {name}"));
+            assert!(ceiling > 0.0, "{name}");
         }
         let ratio = f["ratio"].as_f64().unwrap();
         assert!(ratio.is_finite() && ratio > 0.0, "{f}");
