@@ -227,8 +227,8 @@ impl Workload for Read {
 }
 
 /// The six read workloads at `scale` (1,000,000 rows per table at full scale), and the
-/// shortest query (worker execution, about half a millisecond, where a round trip is a
-/// tenth of the time) beside pgbench sending it: costdb's overhead over a C client.
+/// shortest query (worker execution, about 0.4 ms, of which a round trip is 10–20 %)
+/// beside pgbench sending it: costdb's overhead over a C client.
 pub fn read_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
     AnalyticsQuery::ALL
         .into_iter()
