@@ -146,9 +146,9 @@ impl Source {
 /// Where one caller's record stands: its outcome, once the flusher has one.
 type Slot = Arc<Mutex<Option<Result<RecordedCost>>>>;
 
-/// What the callers queued between two batches are taken wait on: the flusher wakes them
-/// all with one system call once their outcomes are in their slots, instead of one call
-/// per record, and a caller wakes only for the batch it is in.
+/// What the callers queued between two takes of the flusher wait on: once their outcomes
+/// are in their slots, the flusher wakes them all with one system call instead of one per
+/// record, and a caller wakes only for the batch it is in.
 #[derive(Default)]
 struct Wakeup {
     lock: Mutex<()>,
