@@ -65,13 +65,20 @@ fn seed(conn: &mut PgConnection, rows: &[CostInput]) {
     CostWriteDriver::new(conn).record_costs(rows).unwrap();
 }
 
+/// A new tenant's fixture, seeded beside another tenant's (which must never show up): the
+/// tenant and its rows.
+fn seed_beside_another(conn: &mut PgConnection) -> (String, Vec<CostInput>) {
+    let (tenant, other) = (common::tenant(), common::tenant());
+    let rows = fixture(&tenant);
+    seed(conn, &rows);
+    seed(conn, &fixture(&other));
+    (tenant, rows)
+}
+
 #[test]
 fn cost_buckets_match_the_fixture_hourly_and_daily() {
     let mut conn = common::test_conn();
-    let (tenant, other) = (common::tenant(), common::tenant());
-    let rows = fixture(&tenant);
-    seed(&mut conn, &rows);
-    seed(&mut conn, &fixture(&other)); // must never show up
+    let (tenant, rows) = seed_beside_another(&mut conn);
     let w = window();
     for bucket in [TimeBucket::Hour, TimeBucket::Day] {
         let mut expected: BTreeMap<DateTime<Utc>, (i64, i64, f64, i64, i64)> = BTreeMap::new();
@@ -111,10 +118,7 @@ fn cost_buckets_match_the_fixture_hourly_and_daily() {
 #[test]
 fn model_spend_per_bucket_matches_the_fixture() {
     let mut conn = common::test_conn();
-    let (tenant, other) = (common::tenant(), common::tenant());
-    let rows = fixture(&tenant);
-    seed(&mut conn, &rows);
-    seed(&mut conn, &fixture(&other));
+    let (tenant, rows) = seed_beside_another(&mut conn);
     let w = window();
     for bucket in [TimeBucket::Hour, TimeBucket::Day] {
         let mut expected: BTreeMap<(DateTime<Utc>, String), (f64, i64)> = BTreeMap::new();
@@ -309,10 +313,7 @@ fn worker_executions_are_counted_from_traces() {
 #[test]
 fn breakdowns_have_one_row_per_label_largest_first() {
     let mut conn = common::test_conn();
-    let (tenant, other) = (common::tenant(), common::tenant());
-    let rows = fixture(&tenant);
-    seed(&mut conn, &rows);
-    seed(&mut conn, &fixture(&other));
+    let (tenant, rows) = seed_beside_another(&mut conn);
     let w = window();
     let mut by_model: BTreeMap<String, (f64, i64, i64, i64)> = BTreeMap::new();
     let mut by_feature: BTreeMap<Option<String>, (f64, i64)> = BTreeMap::new();

@@ -143,15 +143,8 @@ fn the_demo_on_a_server_works_in_a_database_of_its_own_and_drops_it() {
     );
 
     // --keep keeps it and prints its URL.
-    let out = costdb(&["demo", "--keep", "--database-url", &existing], None);
-    assert!(out.status.success(), "{out:?}");
-    let url = stdout(&out)
-        .lines()
-        .find_map(|l| l.strip_prefix("kept: "))
-        .expect("the kept URL")
-        .to_owned();
+    let (url, name) = kept_demo(&existing);
     assert!(tables_in(&url) >= 16, "{url}");
-    let name = database_of(&url);
     assert!(name.starts_with("costdb_demo_"), "{name}");
     costdb::db::drop_database(common::admin_url(), &name).unwrap();
 }
@@ -611,12 +604,9 @@ fn the_demo_finds_the_three_planted_anomalies_and_reports_every_capability() {
     assert!(!bad.status.success());
 }
 
-/// A database the demo kept, for the report and upkeep tests.
-fn kept_demo() -> (String, String) {
-    let out = costdb(
-        &["demo", "--keep", "--database-url", common::admin_url()],
-        None,
-    );
+/// The URL and name of the database a `demo --keep` made on `server`.
+fn kept_demo(server: &str) -> (String, String) {
+    let out = costdb(&["demo", "--keep", "--database-url", server], None);
     assert!(out.status.success(), "{out:?}");
     let url = stdout(&out)
         .lines()
@@ -629,7 +619,7 @@ fn kept_demo() -> (String, String) {
 
 #[test]
 fn report_prints_tables_json_and_a_chart_and_refuses_bad_input() {
-    let (url, name) = kept_demo();
+    let (url, name) = kept_demo(common::admin_url());
     let to = (chrono::Utc::now().date_naive() - chrono::Duration::days(1)).to_string();
     let from = (chrono::Utc::now().date_naive() - chrono::Duration::days(7)).to_string();
     // `costdb report --tenant tenant-01 …` on the kept database.
