@@ -16,15 +16,15 @@
 //! For work that fits in one transaction, [`try_acquire_xact_lock`] takes a lock that the
 //! transaction's end releases: the only kind that is safe on a pooled connection.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Int4, Nullable, Text, Timestamptz};
 use serde::Serialize;
 
-use crate::db::{self, require_transaction};
+use crate::connect::connect_within;
+use crate::db::require_transaction;
 use crate::error::{Error, Result};
 
 /// The daily canary run.
@@ -183,26 +183,13 @@ struct Pid {
     pid: i32,
 }
 
-/// `url` with libpq's `connect_timeout` (whole seconds, at least 2) unless it has one.
-fn with_connect_timeout(url: &str, timeout: Duration) -> String {
-    if url.contains("connect_timeout") {
-        return url.to_owned();
-    }
-    let secs = timeout.as_secs_f64().ceil().max(2.0) as u64;
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let sep = if url.contains('?') { '&' } else { '?' };
-        format!("{url}{sep}connect_timeout={secs}")
-    } else {
-        format!("{url} connect_timeout={secs}")
-    }
-}
-
 impl LeaderGuard {
     /// Opens a dedicated connection to `database_url` and tries once to take `lock_id`;
     /// `Ok(None)` when another session leads.
     ///
-    /// `timeout` bounds the connection (libpq's `connect_timeout`, at least 2 s) and each
-    /// statement of the acquisition. `holder` names this process in `leader_terms`.
+    /// `timeout` bounds the whole acquisition, also below libpq's 2 s floor: the
+    /// connection ([`crate::connect::connect_within`]) and then the statements, with what
+    /// is left of it. `holder` names this process in `leader_terms`.
     ///
     /// # Errors
     /// [`Error::Connection`] when the server cannot be reached in time, and database errors
@@ -217,11 +204,12 @@ impl LeaderGuard {
         if timeout.is_zero() {
             return Err(Error::invalid("timeout", "must be positive"));
         }
-        let mut conn = db::connect(&with_connect_timeout(database_url, timeout))?;
-        conn.batch_execute(&format!(
-            "SET statement_timeout = {}",
-            timeout.as_millis().max(1)
-        ))?;
+        let deadline = Instant::now() + timeout;
+        let mut conn = connect_within(database_url, timeout)?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        diesel::sql_query("SELECT set_config('statement_timeout', $1, false)")
+            .bind::<Text, _>(left.as_millis().max(1).to_string())
+            .execute(&mut conn)?;
         if !try_acquire_leader_lock(&mut conn, lock_id)? {
             return Ok(None);
         }

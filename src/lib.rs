@@ -49,6 +49,7 @@ pub mod admission;
 pub mod anomaly;
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod connect;
 pub mod db;
 pub mod drivers;
 pub mod embedded;

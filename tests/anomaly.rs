@@ -369,6 +369,38 @@ fn breach(user: Option<&str>, on: chrono::NaiveDate, value: f64) -> costdb::driv
 }
 
 #[test]
+fn a_breach_run_longer_than_its_window_counts_only_the_window() {
+    use chrono::NaiveDate;
+    use costdb::models::BreachType;
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let mut d = CostAnomalyDriver::new(&mut conn);
+    // Daily breaches from 02-20 to 03-05: a run of 14 days, across the end of February.
+    let first = NaiveDate::from_ymd_opt(2026, 2, 20).unwrap();
+    let last = NaiveDate::from_ymd_opt(2026, 3, 5).unwrap();
+    let mut day = first;
+    while day <= last {
+        d.insert_breach_history(&tenant, &breach(Some("u1"), day, 150.0))
+            .unwrap();
+        day = day.succ_opt().unwrap();
+    }
+    let user = breach(Some("u1"), first, 0.0).entity;
+    // The window is [today − 7 days, today]: 8 days at most, whatever the run's length.
+    let window = 8;
+    let mut today = first;
+    while today <= last {
+        let run_so_far = (today - first).num_days() + 1;
+        assert_eq!(
+            d.fetch_consecutive_breaches(&tenant, &user, BreachType::AbsoluteSpike, today)
+                .unwrap(),
+            run_so_far.min(window) as i32,
+            "on {today}"
+        );
+        today = today.succ_opt().unwrap();
+    }
+}
+
+#[test]
 fn consecutive_breach_days_are_the_real_run_ending_today() {
     use costdb::models::BreachType;
     let mut conn = common::test_conn();

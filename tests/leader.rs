@@ -204,3 +204,46 @@ fn the_known_locks_are_distinct_and_in_the_7000_range() {
     assert_eq!(status.len(), ids.len());
     assert!(status.iter().zip(&ids).all(|(s, id)| s.lock_id == *id));
 }
+
+/// The names of this process's threads, as the kernel has them.
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim_end().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_short_timeout_holds_against_a_server_that_never_answers() {
+    // A listener that completes TCP handshakes (the kernel's backlog) and never answers:
+    // libpq's own connect_timeout cannot go below 2 s there.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let silent_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let timeout = Duration::from_millis(200);
+    for attempt in 0..8 {
+        let started = std::time::Instant::now();
+        let err = LeaderGuard::acquire(&silent_url, 91_020, "silent", timeout).unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, Error::Connection(_)), "{err:?}");
+        assert!(
+            took >= timeout && took <= timeout + Duration::from_millis(50),
+            "attempt {attempt} took {took:?}"
+        );
+    }
+    // Eight abandoned connects share a bounded set of connector threads.
+    let connectors = thread_names()
+        .iter()
+        .filter(|n| n.as_str() == costdb::connect::CONNECTOR_THREAD)
+        .count();
+    assert!(
+        (1..=costdb::connect::MAX_CONNECTORS).contains(&connectors),
+        "{connectors} connector threads"
+    );
+    // The same path still reaches a live server.
+    let mut guard = LeaderGuard::acquire(url(), 91_021, "live", T)
+        .unwrap()
+        .expect("the lock is free");
+    assert!(guard.still_leader());
+}

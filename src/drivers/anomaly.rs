@@ -174,7 +174,7 @@ const CONSECUTIVE: &str = "\
 WITH days AS ( \
     SELECT DISTINCT breach_date FROM cost_breach_history \
     WHERE tenant_id = $1 AND entity_type = $2 AND entity_id IS NOT DISTINCT FROM $3 \
-      AND breach_type = $4 AND breach_date <= $5 \
+      AND breach_type = $4 AND breach_date BETWEEN $5 - 7 AND $5 \
 ), runs AS ( \
     SELECT breach_date, \
            breach_date + (row_number() OVER (ORDER BY breach_date DESC))::int AS run \
@@ -664,8 +664,9 @@ impl<'c> CostAnomalyDriver<'c> {
     }
 
     /// How many consecutive days up to and including `today` the entity breached
-    /// `breach_type`: 0 without a breach today, 2 for today and yesterday, and so on (the
-    /// original always answered 1).
+    /// `breach_type`, counted inside the window `[today − 7 days, today]`: 0 without a
+    /// breach today, 2 for today and yesterday, and so on, at most 8 however long the run
+    /// (the original always answered 1).
     pub fn fetch_consecutive_breaches(
         &mut self,
         tenant_id: &str,
