@@ -79,6 +79,19 @@ pub fn severity_band(deviation_pct: f64) -> Severity {
     }
 }
 
+/// `value` as a percentage with one decimal (no sign) that never rounds up to `ceiling`
+/// when `value` is below it: a budget used to 99.96 % reads `99.9`, not `100.0`, the
+/// figure at which it would be exceeded.
+pub fn percent_text(value: f64, ceiling: Option<f64>) -> String {
+    let mut tenths = (value * 10.0).round();
+    if let Some(ceiling) = ceiling {
+        if value < ceiling && tenths >= ceiling * 10.0 {
+            tenths = (ceiling * 10.0).ceil() - 1.0;
+        }
+    }
+    format!("{:.1}", tenths / 10.0)
+}
+
 /// Runs the rules for one tenant; see the module documentation.
 #[derive(Debug, Clone, Default)]
 pub struct AnomalyDetector {
@@ -399,7 +412,10 @@ impl AnomalyDetector {
                     expected_value_cents: f64::from(limit),
                     deviation_pct: usage,
                     threshold_pct: threshold,
-                    message: format!("{title} budget {label} for {name}: {usage:.1}%"),
+                    message: format!(
+                        "{title} budget {label} for {name}: {}% of the limit",
+                        percent_text(usage, (usage < 100.0).then_some(100.0))
+                    ),
                     breach_count: 1,
                     derived_cause: Some(DerivedCause::Unknown),
                     metadata: Some(serde_json::json!({

@@ -214,6 +214,10 @@ diesel::table! {
         created_at -> Timestamptz,
         sent_at -> Nullable<Timestamptz>,
         claim_token -> Nullable<Uuid>,
+        #[max_length = 64]
+        tenant_id -> Nullable<Varchar>,
+        #[max_length = 64]
+        anomaly_id -> Nullable<Varchar>,
     }
 }
 

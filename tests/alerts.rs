@@ -426,3 +426,145 @@ fn a_batch_is_marked_sent_in_one_statement_and_only_pending_ones_count() {
     assert_eq!(sent, vec![(ids[2], Some(at)), (ids[3], Some(at))]);
     assert_eq!(rows[4].status, AlertStatus::Failed);
 }
+
+/// A user-spike anomaly of `tenant`'s user `user` detected at `at`, as the detector
+/// upserts it.
+fn upsert_spike(
+    c: &mut PgConnection,
+    tenant: &str,
+    user: &str,
+    cents: f64,
+    at: DateTime<Utc>,
+) -> costdb::models::CostAnomaly {
+    use costdb::drivers::{AnomalyInput, AnomalyKey, EntityKey};
+    use costdb::models::{AnomalyType, DerivedCause, EntityType, Severity};
+    costdb::CostAnomalyDriver::new(c)
+        .upsert_anomaly(
+            tenant,
+            &AnomalyInput {
+                key: AnomalyKey {
+                    anomaly_type: AnomalyType::UserSpike,
+                    entity: EntityKey {
+                        entity_type: EntityType::User,
+                        entity_id: Some(user.into()),
+                    },
+                },
+                severity: Severity::High,
+                current_value_cents: cents,
+                expected_value_cents: 100.0,
+                deviation_pct: cents - 100.0,
+                threshold_pct: 200.0,
+                message: format!("User {user} spending {cents}¢ against 100¢"),
+                breach_count: 2,
+                derived_cause: Some(DerivedCause::RetryLoop),
+                metadata: None,
+                detected_at: at,
+            },
+        )
+        .unwrap()
+}
+
+#[test]
+fn each_anomaly_is_announced_once_with_its_own_type_and_payload() {
+    let url = queue_db();
+    let mut conn = db::connect(&url).unwrap();
+    // Two detector runs on the same day over the same anomalies (the second sees higher
+    // spend), a third run the next day.
+    let run = |c: &mut PgConnection, cents: f64, at: DateTime<Utc>| {
+        c.transaction::<_, Error, _>(|c| {
+            let found = vec![
+                upsert_spike(c, "tenant-a", "u1", cents, at),
+                upsert_spike(c, "tenant-a", "u2", cents + 1.0, at),
+                upsert_spike(c, "tenant-b", "u1", cents + 2.0, at),
+            ];
+            let queued = AlertDriver::new(c).insert_anomaly_alerts(&found, 10)?;
+            Ok((found, queued))
+        })
+        .unwrap()
+    };
+    let (found, queued) = run(&mut conn, 400.0, t0());
+    assert_eq!(queued.len(), 3);
+    for (a, q) in found.iter().zip(&queued) {
+        assert_eq!(q.alert_type, Some(AlertType::CostAnomaly));
+        assert_eq!(q.tenant_id.as_deref(), Some(a.tenant_id.as_str()));
+        assert_eq!(q.anomaly_id.as_deref(), Some(a.id.as_str()));
+        assert_eq!(q.status, AlertStatus::Pending);
+        assert_eq!(
+            (q.circuit_breaker_name.as_deref(), q.max_attempts),
+            (None, 10)
+        );
+        let alert = &q.payload[0];
+        assert_eq!(alert["labels"]["alertname"], "CostAnomaly");
+        assert_eq!(alert["labels"]["tenant_id"], a.tenant_id.as_str());
+        assert_eq!(alert["labels"]["anomaly_type"], "USER_SPIKE");
+        assert_eq!(alert["labels"]["entity_type"], "user");
+        assert_eq!(
+            alert["labels"]["entity_id"],
+            a.entity_id.as_deref().unwrap()
+        );
+        assert_eq!(alert["labels"]["severity"], "HIGH");
+        assert_eq!(alert["labels"]["derived_cause"], "RETRY_LOOP");
+        assert_eq!(alert["annotations"]["anomaly_id"], a.id.as_str());
+        assert_eq!(alert["annotations"]["summary"], a.message.as_str());
+        let amount = |k: &str| {
+            alert["annotations"][k]
+                .as_str()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap()
+        };
+        assert_eq!(amount("current_value_cents"), a.current_value_cents);
+        assert_eq!(amount("expected_value_cents"), 100.0);
+        assert_eq!(amount("deviation_pct"), a.deviation_pct);
+    }
+    let (again, queued_again) = run(&mut conn, 450.0, t0() + Duration::hours(3));
+    assert_eq!(
+        again.iter().map(|a| &a.id).collect::<Vec<_>>(),
+        found.iter().map(|a| &a.id).collect::<Vec<_>>(),
+        "the same day's anomalies"
+    );
+    assert!(queued_again.is_empty(), "{queued_again:?}");
+    let (next_day, queued_next) = run(&mut conn, 400.0, t0() + Duration::days(1));
+    assert_eq!(queued_next.len(), 3);
+    assert!(next_day.iter().all(|a| !found.iter().any(|f| f.id == a.id)));
+    assert_eq!(all(&url).len(), 6);
+}
+
+#[test]
+fn anomaly_alerts_refuse_bad_input_and_the_table_keeps_its_closed_set() {
+    let url = queue_db();
+    let mut conn = db::connect(&url).unwrap();
+    assert!(matches!(
+        AlertDriver::new(&mut conn).insert_anomaly_alerts(&[], 10),
+        Err(Error::NoTransaction)
+    ));
+    conn.transaction::<_, Error, _>(|c| {
+        let a = upsert_spike(c, "tenant-a", "u1", 400.0, t0());
+        let mut q = AlertDriver::new(c);
+        assert_invalid(q.insert_anomaly_alerts(&[a.clone()], 0), "max_attempts");
+        let mut no_tenant = a.clone();
+        no_tenant.tenant_id.clear();
+        assert_invalid(q.insert_anomaly_alerts(&[a, no_tenant], 10), "tenant_id");
+        // The generic path cannot make an anomaly alert without its anomaly.
+        let mut borrowed = alert(0);
+        borrowed.alert_type = AlertType::CostAnomaly;
+        assert_invalid(q.insert_alert(&borrowed), "alert_type");
+        Ok(())
+    })
+    .unwrap();
+    assert!(all(&url).is_empty(), "nothing was queued");
+    // A writer of the original shape: its three types still land; anything else, or an
+    // anomaly alert without its anomaly, is refused by the table.
+    conn.batch_execute(
+        "INSERT INTO costsim_alert_queue (payload, alert_type, circuit_breaker_name) \
+         VALUES ('[{}]', 'canary_fail', 'costsim_v2')",
+    )
+    .unwrap();
+    for refused in [
+        "INSERT INTO costsim_alert_queue (payload, alert_type) VALUES ('[{}]', 'bogus')",
+        "INSERT INTO costsim_alert_queue (payload, alert_type) VALUES ('[{}]', 'cost_anomaly')",
+    ] {
+        assert!(conn.batch_execute(refused).is_err(), "{refused}");
+    }
+    assert_eq!(all(&url).len(), 1);
+}

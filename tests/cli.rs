@@ -566,26 +566,51 @@ fn demo_anomalies(text: &str) -> Vec<(String, String, String, String)> {
         .collect()
 }
 
+/// The demo's spend per day: (weekday, cents) of each bar line.
+fn demo_days(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| l.contains('█'))
+        .map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let dollars: f64 = w.last().unwrap().trim_start_matches('$').parse().unwrap();
+            (w[1].to_owned(), dollars * 100.0)
+        })
+        .collect()
+}
+
 #[test]
 fn the_demo_finds_the_three_planted_anomalies_and_reports_every_capability() {
-    let out = costdb(&["demo", "--tenants", "5", "--days", "30"], None);
+    let planted = |text: &str| {
+        let s = |a: &str, b: &str, c: &str, d: &str| {
+            (a.to_owned(), b.to_owned(), c.to_owned(), d.to_owned())
+        };
+        assert_eq!(
+            demo_anomalies(text),
+            vec![
+                s("tenant-01", "ABSOLUTE_SPIKE", "u-spike", "RETRY_LOOP"),
+                s("tenant-02", "SUSTAINED_DRIFT", "tenant-02", "FEATURE_SURGE"),
+                s("tenant-03", "BUDGET_EXCEEDED", "-", "UNKNOWN"),
+            ],
+            "{text}"
+        );
+        assert!(
+            text.contains("alerts: 3 queued (one per anomaly)"),
+            "{text}"
+        );
+    };
+    let out = costdb(
+        &["demo", "--tenants", "5", "--days", "30", "--seed", "1"],
+        None,
+    );
     assert!(out.status.success(), "{out:?}");
     let text = stdout(&out);
-    let s = |a: &str, b: &str, c: &str, d: &str| {
-        (a.to_owned(), b.to_owned(), c.to_owned(), d.to_owned())
-    };
-    assert_eq!(
-        demo_anomalies(&text),
-        vec![
-            s("tenant-01", "ABSOLUTE_SPIKE", "u-spike", "RETRY_LOOP"),
-            s("tenant-02", "SUSTAINED_DRIFT", "tenant-02", "FEATURE_SURGE"),
-            s("tenant-03", "BUDGET_EXCEEDED", "-", "UNKNOWN"),
-        ],
+    planted(&text);
+    assert!(
+        text.contains("seed 1 (the same seed replays it: --seed 1)"),
         "{text}"
     );
     // Three of the six exports are refused at the hard 35¢ budget.
     assert!(text.contains(", 3 refused at a hard limit"), "{text}");
-    assert!(text.contains("alerts: 3 queued"), "{text}");
     assert_eq!(text.matches(" led (term ").count(), 1, "one leader: {text}");
     assert_eq!(text.matches(" stood by: ").count(), 1, "{text}");
     for section in [
@@ -597,11 +622,43 @@ fn the_demo_finds_the_three_planted_anomalies_and_reports_every_capability() {
     ] {
         assert!(text.contains(section), "{section}: {text}");
     }
-    // One bar per day of history.
-    assert_eq!(text.lines().filter(|l| l.contains('█')).count(), 30);
+    // A budget's figure is its use of the limit, a spike's its rise over its baseline.
+    assert!(text.contains("limit (10"), "{text}");
+    assert!(text.contains("against a baseline of $"), "{text}");
+    // One bar per day of history, with a weekly shape, noise and growth: weekends below
+    // weekdays, no two weeks alike.
+    let days = demo_days(&text);
+    assert_eq!(days.len(), 30);
+    let history = &days[..days.len() - 1];
+    let mean = |weekend: bool| {
+        let v: Vec<f64> = history
+            .iter()
+            .filter(|(d, _)| (d == "Sat" || d == "Sun") == weekend)
+            .map(|(_, c)| *c)
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    assert!(mean(true) < 0.9 * mean(false), "{days:?}");
+    let mut amounts: Vec<i64> = history.iter().map(|(_, c)| c.round() as i64).collect();
+    amounts.sort_unstable();
+    amounts.dedup();
+    assert!(amounts.len() > history.len() * 3 / 4, "{days:?}");
+    // The same seed replays the same history; other seeds' noisy normal days raise
+    // nothing beyond the planted anomalies.
+    let replay = costdb(
+        &["demo", "--tenants", "5", "--days", "30", "--seed", "1"],
+        None,
+    );
+    assert_eq!(demo_days(&stdout(&replay)), days);
+    for seed in ["2", "3", "17", "4242"] {
+        let out = costdb(&["demo", "--days", "30", "--seed", seed], None);
+        assert!(out.status.success(), "{out:?}");
+        planted(&stdout(&out));
+    }
     // Bad sizes are refused before anything starts.
-    let bad = costdb(&["demo", "--tenants", "2"], None);
-    assert!(!bad.status.success());
+    for bad in [["--tenants", "2"], ["--days", "29"], ["--seed", "x"]] {
+        assert!(!costdb(&["demo", bad[0], bad[1]], None).status.success());
+    }
 }
 
 /// The URL and name of the database a `demo --keep` made on `server`.

@@ -294,3 +294,51 @@ fn severity_bands() {
     assert_eq!(severity_band(39.9), Severity::Medium);
     assert_eq!(severity_band(40.0), Severity::High);
 }
+
+#[test]
+fn a_budget_just_under_its_limit_never_reads_as_reached() {
+    let mut conn = common::conn();
+    let tenant = common::tenant();
+    let mut rows = Vec::new();
+    // 999.99¢ today against a daily limit of 1,000¢: a warning (≥ 90 %), not exceeded.
+    calls(&mut rows, &tenant, d(), "u1", 1, 999.99, 0, five_features);
+    conn.transaction::<_, Error, _>(|c| {
+        let mut w = CostWriteDriver::new(c);
+        w.record_costs(&rows)?;
+        w.create_or_update_budget(
+            &tenant,
+            &BudgetScope::Tenant,
+            &BudgetLimits {
+                daily_limit_cents: Some(1_000),
+                monthly_limit_cents: None,
+                warn_threshold_pct: 90,
+                hard_limit_enabled: false,
+            },
+        )?;
+        Ok(())
+    })
+    .unwrap();
+    let found = conn
+        .transaction(|c| AnomalyDetector::default().detect(c, &tenant, noon(d())))
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let warning = &found[0];
+    assert_eq!(warning.anomaly_type, AnomalyType::BudgetWarning);
+    assert!(warning.deviation_pct < 100.0);
+    assert_eq!(
+        warning.message,
+        "Daily budget WARNING for tenant: 99.9% of the limit"
+    );
+}
+
+#[test]
+fn percentages_never_round_across_their_ceiling() {
+    use costdb::anomaly::percent_text;
+    assert_eq!(percent_text(99.999, Some(100.0)), "99.9");
+    assert_eq!(percent_text(99.95, Some(100.0)), "99.9");
+    assert_eq!(percent_text(99.94, Some(100.0)), "99.9");
+    assert_eq!(percent_text(100.0, Some(100.0)), "100.0");
+    assert_eq!(percent_text(103.96, None), "104.0");
+    assert_eq!(percent_text(39.99999999999999, None), "40.0");
+    assert_eq!(percent_text(94.96, Some(95.0)), "94.9");
+}

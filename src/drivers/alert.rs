@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::db::require_transaction;
 use crate::error::{Error, Result};
-use crate::models::{AlertStatus, AlertType, QueuedAlert};
+use crate::models::{AlertStatus, AlertType, CostAnomaly, QueuedAlert};
 use crate::schema::{costsim_alert_queue as q, costsim_cb_incidents};
 use crate::validate;
 
@@ -50,6 +50,33 @@ pub struct NewAlert {
     pub incident_id: Option<String>,
     /// Attempts before the dead letter (at least 1; the original's default is 10).
     pub max_attempts: i32,
+}
+
+/// The Alertmanager payload of a cost-anomaly alert: one alert object whose labels say
+/// what it is about (tenant, anomaly type, entity, severity, cause) and whose annotations
+/// carry the message, the amounts in cents, the deviation and the anomaly id. Label and
+/// annotation values are strings, as Alertmanager wants them; `startsAt` is the detection
+/// instant.
+pub fn anomaly_alert_payload(a: &CostAnomaly) -> serde_json::Value {
+    serde_json::json!([{
+        "labels": {
+            "alertname": "CostAnomaly",
+            "tenant_id": a.tenant_id,
+            "anomaly_type": a.anomaly_type,
+            "entity_type": a.entity_type,
+            "entity_id": a.entity_id.clone().unwrap_or_default(),
+            "severity": a.severity,
+            "derived_cause": a.derived_cause.map(|c| c.as_str()).unwrap_or_default(),
+        },
+        "annotations": {
+            "summary": a.message,
+            "anomaly_id": a.id,
+            "current_value_cents": a.current_value_cents.to_string(),
+            "expected_value_cents": a.expected_value_cents.to_string(),
+            "deviation_pct": a.deviation_pct.to_string(),
+        },
+        "startsAt": a.detected_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+    }])
 }
 
 /// Counts of the queue, from one snapshot.
@@ -388,7 +415,17 @@ impl<'c> AlertDriver<'c> {
     }
 
     /// Queues an alert, due at once, and returns it as stored.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an empty payload, and for [`AlertType::CostAnomaly`],
+    /// which only [`AlertDriver::insert_anomaly_alerts`] queues.
     pub fn insert_alert(&mut self, alert: &NewAlert) -> Result<QueuedAlert> {
+        if alert.alert_type == AlertType::CostAnomaly {
+            return Err(Error::invalid(
+                "alert_type",
+                "cost anomaly alerts are queued by insert_anomaly_alerts",
+            ));
+        }
         match &alert.payload {
             serde_json::Value::Array(items) if !items.is_empty() => {}
             _ => {
@@ -419,6 +456,52 @@ impl<'c> AlertDriver<'c> {
             ))
             .returning(QueuedAlert::as_returning())
             .get_result(self.conn)?)
+    }
+
+    /// Queues one [`AlertType::CostAnomaly`] alert per anomaly that has none yet, due at
+    /// once, with [`anomaly_alert_payload`], and returns the alerts it queued (in the
+    /// anomalies' order). An anomaly is announced at most once, whatever the number of
+    /// calls: a detector re-run the same day upserts the same anomalies and queues nothing
+    /// new. Queue them in the detector's transaction, so that alerts and anomalies commit
+    /// together.
+    pub fn insert_anomaly_alerts(
+        &mut self,
+        anomalies: &[CostAnomaly],
+        max_attempts: i32,
+    ) -> Result<Vec<QueuedAlert>> {
+        if max_attempts < 1 {
+            return Err(Error::invalid("max_attempts", "must be at least 1"));
+        }
+        let payloads = anomalies
+            .iter()
+            .map(|a| {
+                validate::required("tenant_id", &a.tenant_id, 64)?;
+                validate::required("anomaly_id", &a.id, 64)?;
+                let payload = anomaly_alert_payload(a);
+                validate::json("payload", &payload)?;
+                Ok(payload)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        require_transaction(self.conn)?;
+        let mut queued = Vec::new();
+        for (a, payload) in anomalies.iter().zip(payloads) {
+            let alert = diesel::insert_into(q::table)
+                .values((
+                    q::payload.eq(payload),
+                    q::alert_type.eq(AlertType::CostAnomaly),
+                    q::tenant_id.eq(&a.tenant_id),
+                    q::anomaly_id.eq(&a.id),
+                    q::max_attempts.eq(max_attempts),
+                ))
+                .on_conflict((q::tenant_id, q::anomaly_id))
+                .filter_target(q::anomaly_id.is_not_null())
+                .do_nothing()
+                .returning(QueuedAlert::as_returning())
+                .get_result(self.conn)
+                .optional()?;
+            queued.extend(alert);
+        }
+        Ok(queued)
     }
 
     /// Gives every dead letter that still has attempts left after `max_retries` more

@@ -11,7 +11,10 @@ pub(crate) mod prepared;
 pub mod provenance;
 pub mod worker_write;
 
-pub use alert::{next_step, AlertDriver, ClaimedAlert, NewAlert, NextStep, Outcome, QueueStats};
+pub use alert::{
+    anomaly_alert_payload, next_step, AlertDriver, ClaimedAlert, NewAlert, NextStep, Outcome,
+    QueueStats,
+};
 pub use analytics_read::{
     bucket_width, AnalyticsQuery, AnalyticsReadDriver, CountBucket, FeatureSpend, ModelBucket,
     ModelSpend, SpendBucket, TimeWindow, UsageBucket,

@@ -115,6 +115,10 @@ pub struct QueuedAlert {
     pub sent_at: Option<DateTime<Utc>>,
     /// The current claim's token while a worker holds a delivery lease on it.
     pub claim_token: Option<uuid::Uuid>,
+    /// The anomaly's tenant, for a [`AlertType::CostAnomaly`] alert.
+    pub tenant_id: Option<String>,
+    /// The anomaly it announces, for a [`AlertType::CostAnomaly`] alert (queued once).
+    pub anomaly_id: Option<String>,
 }
 
 /// An alert to enqueue.

@@ -312,6 +312,9 @@ string_enum! {
         Enable = "enable",
         /// A canary run failed.
         CanaryFail = "canary_fail",
+        /// The anomaly detector found a cost anomaly (not in the original; see
+        /// `AlertDriver::insert_anomaly_alerts`).
+        CostAnomaly = "cost_anomaly",
     }
 }
 

@@ -13,12 +13,11 @@ use costdb::admission::{Admission, BudgetGate, ReserveInput};
 use costdb::anomaly::AnomalyDetector;
 use costdb::db::ScratchDatabase;
 use costdb::drivers::{
-    BudgetLimits, BudgetScope, CostInput, NewAlert, ProvenanceInput, RunCost, TimeWindow,
-    WorkerRunData,
+    BudgetLimits, BudgetScope, CostInput, ProvenanceInput, RunCost, TimeWindow, WorkerRunData,
 };
 use costdb::embedded::EmbeddedPostgres;
 use costdb::leader::{self, LeaderGuard, LOCK_ALERT_WORKER};
-use costdb::models::{AlertType, CostAnomaly, TimeBucket, WorkerStatus};
+use costdb::models::{AnomalyType, CostAnomaly, TimeBucket, WorkerStatus};
 use costdb::recorder::{CostRecorder, RecorderConfig};
 use costdb::{
     db, AlertDriver, AnalyticsReadDriver, CostAnomalyDriver, CostWriteDriver, ProvenanceDriver,
@@ -42,15 +41,32 @@ const FEATURES: [&str; 5] = [
     "docs.qa",
     "code.review",
 ];
-/// Cents of the k-th call of a user's day: ten calls make a dollar.
+/// Cents of a call, by its place in the user's day.
 const CENTS: [f64; 5] = [6.0, 8.0, 10.0, 12.0, 14.0];
 /// The feature with a hard daily budget on the first tenant: it tries more than it may.
 const EXPORT: &str = "batch.export";
+/// Calls of a user on an ordinary weekday at the start of the history.
+const CALLS: f64 = 10.0;
+/// Saturdays' and Sundays' share of a weekday's traffic.
+const WEEKEND: f64 = 0.82;
+/// Growth of the traffic per day.
+const GROWTH: f64 = 0.003;
+/// Day-to-day noise of a tenant's traffic (±) and of each user's (±).
+const TENANT_NOISE: f64 = 0.03;
+const USER_NOISE: f64 = 0.04;
+/// The drifting tenant's traffic over its last 12 days.
+const DRIFT: f64 = 1.4;
+/// The soft budget's tenant: its normal days stay below this share of the limit (under the
+/// 95 % warning), its last day goes this far over it.
+const BUDGET_HEADROOM: f64 = 0.92;
+const BUDGET_OVER: f64 = 1.04;
 
 /// What the demo simulates, and where.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Example:\n  costdb demo --tenants 6 --days 40\n  \
-    costdb demo --database-url postgres://postgres@localhost/postgres --keep")]
+#[command(
+    after_help = "Example:\n  costdb demo --tenants 6 --days 40 --seed 7\n  \
+    costdb demo --database-url postgres://postgres@localhost/postgres --keep"
+)]
 pub struct Options {
     /// A PostgreSQL server to run on, e.g. postgres://user@host:5432/postgres: the demo
     /// creates a database of its own there (costdb_demo_<time>) and drops it at the end.
@@ -64,9 +80,31 @@ pub struct Options {
     /// over its budget; more are calm).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(4..=200))]
     tenants: u32,
-    /// Days of history, ending yesterday (at least 14: the detector needs a baseline).
-    #[arg(long, default_value_t = 36, value_parser = clap::value_parser!(u32).range(14..=120))]
+    /// Days of history, ending yesterday (at least 30: the drift rule's baseline reaches
+    /// 28 days back).
+    #[arg(long, default_value_t = 36, value_parser = clap::value_parser!(u32).range(30..=120))]
     days: u32,
+    /// Seed of the history's noise (printed; the same seed gives the same history).
+    /// Default: from the clock.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// A number in [0, 1) from the seed and a place in the simulation (splitmix64).
+fn unit(seed: u64, place: [u64; 4]) -> f64 {
+    let mut x = seed;
+    for p in place {
+        x = (x ^ p).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^= x >> 31;
+    }
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A factor within `1 ± width`, from the seed and a place.
+fn noise(seed: u64, width: f64, place: [u64; 4]) -> f64 {
+    1.0 + width * (2.0 * unit(seed, place) - 1.0)
 }
 
 /// The simulated platform: who does what on which day.
@@ -74,6 +112,7 @@ struct Platform {
     tenants: Vec<String>,
     first: NaiveDate,
     last: NaiveDate,
+    seed: u64,
 }
 
 impl Platform {
@@ -81,65 +120,118 @@ impl Platform {
         self.first.iter_days().take_while(|d| *d <= self.last)
     }
 
+    /// The tenant's traffic on `day` relative to a weekday at the start: the weekly cycle,
+    /// the growth and the tenant's noise of the day.
+    fn traffic(&self, t: usize, day: NaiveDate) -> f64 {
+        use chrono::Datelike;
+        let week = match day.weekday() {
+            chrono::Weekday::Sat | chrono::Weekday::Sun => WEEKEND,
+            _ => 1.0,
+        };
+        let age = (day - self.first).num_days();
+        let grown = (1.0 + GROWTH).powi(age as i32);
+        week * grown * noise(self.seed, TENANT_NOISE, [t as u64, age as u64, 0, 1])
+    }
+
+    /// The daily limit of the soft budget of the fourth tenant, in cents: its normal days
+    /// of detection (the two before the last) stay under [`BUDGET_HEADROOM`] of it.
+    fn soft_limit_cents(&self) -> i32 {
+        let spend = |day| self.calls(3, day).iter().map(|c| c.cost_cents).sum::<f64>();
+        let normal = (1..=2)
+            .map(|back| spend(self.last - chrono::Duration::days(back)))
+            .fold(0.0, f64::max);
+        (normal / BUDGET_HEADROOM).ceil() as i32
+    }
+
     /// The calls of one tenant on one day.
     fn calls(&self, t: usize, day: NaiveDate) -> Vec<CostInput> {
         let tenant = &self.tenants[t];
         let back = (self.last - day).num_days();
+        let age = (day - self.first).num_days() as u64;
         let start = Utc.from_utc_datetime(&day.and_hms_opt(0, 0, 0).expect("midnight"));
+        let traffic = self.traffic(t, day);
         let mut out = Vec::new();
-        let mut add = |user: &str,
-                       n: usize,
-                       retries: usize,
-                       feature: &dyn Fn(usize) -> &'static str,
-                       flat: bool| {
-            for k in 0..n {
-                let second = (k as i64 * 7_919 + user.len() as i64 * 13 + t as i64 * 101) % 86_400;
-                out.push(CostInput {
-                    tenant_id: tenant.clone(),
-                    user_id: Some(user.into()),
-                    feature_tag: Some(feature(k).into()),
-                    request_id: Some(format!("{day}-{user}-{k}")),
-                    model: MODELS[(k + t) % MODELS.len()].into(),
-                    input_tokens: 400 + 40 * (k % 7) as i32,
-                    output_tokens: 80 + 10 * (k % 5) as i32,
-                    cost_cents: if flat { 10.0 } else { CENTS[k % CENTS.len()] },
-                    is_retry: k < retries,
-                    created_at: Some(start + chrono::Duration::seconds(second)),
-                    ..CostInput::default()
-                });
-            }
-        };
-        let spread = |k: usize| FEATURES[k % FEATURES.len()];
-        let mostly_search = |k: usize| if k % 10 < 7 { FEATURES[1] } else { FEATURES[0] };
-        for u in 0..10 {
-            let user = format!("u{u}");
-            match t {
-                1 if u == 9 => {
-                    // The spike: four times the usual calls on the last two days, retried.
-                    let (n, retries) = match back {
-                        1 => (40, 12),
-                        0 => (40, 28),
-                        _ => (10, 0),
-                    };
-                    add("u-spike", n, retries, &spread, false);
+        let mut add =
+            |user: &str, n: usize, retries: usize, feature: &dyn Fn(usize) -> &'static str| {
+                for k in 0..n {
+                    let second =
+                        (k as i64 * 7_919 + user.len() as i64 * 13 + t as i64 * 101) % 86_400;
+                    out.push(CostInput {
+                        tenant_id: tenant.clone(),
+                        user_id: Some(user.into()),
+                        feature_tag: Some(feature(k).into()),
+                        request_id: Some(format!("{day}-{user}-{k}")),
+                        model: MODELS[(k + t) % MODELS.len()].into(),
+                        input_tokens: 400 + 40 * (k % 7) as i32,
+                        output_tokens: 80 + 10 * (k % 5) as i32,
+                        // Every feature sees every price: prices turn faster than features.
+                        cost_cents: if feature(k) == EXPORT {
+                            10.0
+                        } else {
+                            CENTS[(k + k / CENTS.len()) % CENTS.len()]
+                        },
+                        is_retry: k < retries,
+                        created_at: Some(start + chrono::Duration::seconds(second)),
+                        ..CostInput::default()
+                    });
                 }
-                // The drift: 30 % more for the last eight days, mostly on one feature.
-                2 => add(
-                    &user,
-                    if back <= 7 { 13 } else { 10 },
-                    0,
-                    &mostly_search,
-                    true,
-                ),
-                // Over budget: 1,140¢ on the last day against a soft daily limit of 1,100¢.
-                3 => add(&user, if back == 0 { 12 } else { 10 }, 0, &spread, false),
-                _ => add(&user, 10, 0, &spread, false),
+            };
+        for u in 0..10u64 {
+            let user = if t == 1 && u == 9 {
+                "u-spike".to_owned()
+            } else {
+                format!("u{u}")
+            };
+            let mut level = traffic * noise(self.seed, USER_NOISE, [t as u64, age, u, 2]);
+            if t == 2 && back <= 11 {
+                level *= DRIFT; // the drift: 40 % more over the last twelve days
+            }
+            let mut n = (CALLS * level).round() as usize;
+            let mut retries = 0;
+            if t == 1 && u == 9 && back <= 1 {
+                // The spike: three times the usual calls on the last two days, retried.
+                n *= 3;
+                retries = if back == 1 { n / 4 } else { n * 2 / 3 };
+            }
+            // Which feature a call serves turns with the user and the day, so no feature
+            // gains from the rounding of the call counts.
+            let turn = (unit(self.seed, [t as u64, age, u, 3]) * 5.0) as usize;
+            if t == 2 {
+                // The drift is mostly one feature's: 7 calls in 10 rank search results.
+                add(&user, n, 0, &|k| {
+                    if (k + turn) % 10 < 7 {
+                        FEATURES[1]
+                    } else {
+                        FEATURES[0]
+                    }
+                });
+            } else {
+                add(&user, n, retries, &|k| {
+                    FEATURES[(k + turn) % FEATURES.len()]
+                });
             }
         }
         if t == 0 {
             // Three exports a day fit the hard 35¢ export budget; on the last day it tries six.
             let n = if back == 0 { 6 } else { 3 };
-            add("u-export", n, 0, &|_| EXPORT, true);
+            add("u-export", n, 0, &|_| EXPORT);
+        }
+        if t == 3 && back == 0 {
+            // Over budget: more calls on the last day until the soft daily limit is passed.
+            let limit = f64::from(self.soft_limit_cents()) * BUDGET_OVER;
+            let mut spent: f64 = out.iter().map(|c| c.cost_cents).sum();
+            let mut k = 0;
+            while spent < limit {
+                let user = format!("u{}", k % 10);
+                let extra = CostInput {
+                    request_id: Some(format!("{day}-{user}-extra-{k}")),
+                    user_id: Some(user),
+                    ..out[k % out.len()].clone()
+                };
+                spent += extra.cost_cents;
+                out.push(extra);
+                k += 1;
+            }
         }
         out
     }
@@ -156,6 +248,7 @@ struct Findings {
     warned: usize,
     runs: usize,
     anomalies: Vec<CostAnomaly>,
+    queued: usize,
     delivered_by: Vec<(String, i64, usize)>,
     stood_by: Vec<String>,
     simulations: usize,
@@ -203,7 +296,19 @@ pub fn run(options: Options) -> Outcome {
             .collect(),
         first: last - chrono::Duration::days(i64::from(options.days) - 1),
         last,
+        seed: options.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        }),
     };
+    say!(
+        "history: {} tenants × {} days, seed {} (the same seed replays it: --seed {})",
+        options.tenants,
+        options.days,
+        platform.seed,
+        platform.seed
+    )?;
     let mut found = Findings::default();
     let step = |name: &'static str, found: &mut Findings, started: Instant| {
         found.steps.push((name, started.elapsed()));
@@ -220,7 +325,7 @@ pub fn run(options: Options) -> Outcome {
     detect(&mut conn, &platform, &mut found)?;
     step("anomaly detection", &mut found, t);
     let t = Instant::now();
-    alerts(&url, &mut conn, &mut found)?;
+    alerts(&url, &mut found)?;
     step("alerts under leader election", &mut found, t);
     let t = Instant::now();
     provenance(&mut conn, &platform, &mut found)?;
@@ -289,7 +394,7 @@ fn budgets(conn: &mut PgConnection, p: &Platform) -> costdb::Result<()> {
         w.create_or_update_budget(
             &p.tenants[3],
             &BudgetScope::Tenant,
-            &limits(1_100, None, 95, false),
+            &limits(p.soft_limit_cents(), None, 95, false),
         )?;
         Ok(())
     })
@@ -405,15 +510,21 @@ fn noon(day: NaiveDate) -> DateTime<Utc> {
     Utc.from_utc_datetime(&day.and_hms_opt(12, 0, 0).expect("noon"))
 }
 
-/// The detector over the last four days, day by day, for every tenant.
+/// The detector over the last three days, day by day, for every tenant (the drift rule
+/// needs three days in a row), queueing an alert for each new anomaly.
 fn detect(conn: &mut PgConnection, p: &Platform, found: &mut Findings) -> costdb::Result<()> {
     let detector = AnomalyDetector::default();
-    let days: Vec<NaiveDate> = p.days().filter(|d| (p.last - *d).num_days() < 4).collect();
+    let days: Vec<NaiveDate> = p.days().filter(|d| (p.last - *d).num_days() < 3).collect();
     let bar = progress((days.len() * p.tenants.len()) as u64, "detector");
     for day in days {
         for tenant in &p.tenants {
-            let anomalies = conn.transaction(|c| detector.detect(c, tenant, noon(day)))?;
+            let (anomalies, queued) = conn.transaction(|c| {
+                let anomalies = detector.detect(c, tenant, noon(day))?;
+                let queued = AlertDriver::new(c).insert_anomaly_alerts(&anomalies, 10)?;
+                Ok::<_, costdb::Error>((anomalies, queued.len()))
+            })?;
             found.anomalies.extend(anomalies);
+            found.queued += queued;
             bar.inc(1);
         }
     }
@@ -424,30 +535,9 @@ fn detect(conn: &mut PgConnection, p: &Platform, found: &mut Findings) -> costdb
 /// A worker's name and, if it led, its term and how many alerts it delivered.
 type WorkerOutcome = (String, Option<(i64, usize)>);
 
-/// Queues an alert per anomaly (each trips its tenant's cost breaker), then two workers
-/// compete for the alert worker's leadership: the leader delivers, the other stands by.
-fn alerts(url: &str, conn: &mut PgConnection, found: &mut Findings) -> Result<(), Failure> {
-    conn.transaction(|c| {
-        let mut queue = AlertDriver::new(c);
-        for a in &found.anomalies {
-            queue.insert_alert(&NewAlert {
-                payload: serde_json::json!([{
-                    "labels": {
-                        "alertname": "CostAnomaly",
-                        "tenant": a.tenant_id,
-                        "type": a.anomaly_type,
-                        "severity": a.severity,
-                    },
-                    "annotations": { "summary": a.message },
-                }]),
-                alert_type: AlertType::Disable,
-                circuit_breaker_name: Some(format!("cost-guard:{}", a.tenant_id)),
-                incident_id: None,
-                max_attempts: 10,
-            })?;
-        }
-        Ok::<_, costdb::Error>(())
-    })?;
+/// Two workers compete for the alert worker's leadership over the queued anomaly
+/// alerts: the leader delivers, the other stands by.
+fn alerts(url: &str, found: &mut Findings) -> Result<(), Failure> {
     let both_tried = std::sync::Barrier::new(2);
     let outcomes: Vec<costdb::Result<WorkerOutcome>> = std::thread::scope(|s| {
         let handles: Vec<_> = ["worker-a", "worker-b"]
@@ -531,6 +621,12 @@ fn dollars(cents: f64) -> String {
     format!("${:.2}", cents / 100.0)
 }
 
+/// A percentage with one decimal that never rounds up to `ceiling` when it is below it
+/// (99.96 % of a budget is not 100.0 %).
+fn percent(value: f64, ceiling: Option<f64>) -> String {
+    costdb::anomaly::percent_text(value, ceiling)
+}
+
 fn report(conn: &mut PgConnection, p: &Platform, found: &Findings) -> Outcome {
     let from = Utc.from_utc_datetime(&p.first.and_hms_opt(0, 0, 0).expect("midnight"));
     let window = TimeWindow::new(from, noon(p.last) + chrono::Duration::hours(12))?;
@@ -559,7 +655,11 @@ fn report(conn: &mut PgConnection, p: &Platform, found: &Findings) -> Outcome {
     let top = per_day.values().cloned().fold(0.0, f64::max).max(1.0);
     for (day, cents) in &per_day {
         let bar = "█".repeat((cents / top * 40.0).round() as usize);
-        say!("  {day}  {bar:<40}  {:>9}", dollars(*cents))?;
+        say!(
+            "  {day} {}  {bar:<40}  {:>9}",
+            day.format("%a"),
+            dollars(*cents)
+        )?;
     }
 
     say!("\nbudgets on {} (as counted by admission):", p.last)?;
@@ -611,8 +711,29 @@ fn report(conn: &mut PgConnection, p: &Platform, found: &Findings) -> Outcome {
 
     say!("\nanomalies found ({}):", found.anomalies.len())?;
     for a in &found.anomalies {
+        let budget = matches!(
+            a.anomaly_type,
+            AnomalyType::BudgetWarning | AnomalyType::BudgetExceeded
+        );
+        // A budget's deviation is its usage of the limit; a spike's or a drift's is how far
+        // above its baseline it is.
+        let amounts = if budget {
+            format!(
+                "{} of a {} limit ({} % of it)",
+                dollars(a.current_value_cents),
+                dollars(a.expected_value_cents),
+                percent(a.deviation_pct, Some(100.0))
+            )
+        } else {
+            format!(
+                "{} against a baseline of {} (+{} %)",
+                dollars(a.current_value_cents),
+                dollars(a.expected_value_cents),
+                percent(a.deviation_pct, None)
+            )
+        };
         say!(
-            "  {} {} {:<16} {:<7} {:<6} {:<10} {:<14} {} → {} ({:+.0} %)",
+            "  {} {} {:<16} {:<7} {:<6} {:<10} {:<14} {amounts}",
             a.detected_at.date_naive(),
             a.tenant_id,
             a.anomaly_type.as_str(),
@@ -620,13 +741,10 @@ fn report(conn: &mut PgConnection, p: &Platform, found: &Findings) -> Outcome {
             a.severity.as_str(),
             a.entity_id.as_deref().unwrap_or("-"),
             a.derived_cause.map_or("-", |c| c.as_str()),
-            dollars(a.expected_value_cents),
-            dollars(a.current_value_cents),
-            a.deviation_pct
         )?;
     }
 
-    say!("\nalerts: {} queued", found.anomalies.len())?;
+    say!("\nalerts: {} queued (one per anomaly)", found.queued)?;
     for (name, term, n) in &found.delivered_by {
         say!("  {name} led (term {term}) and delivered {n}")?;
     }

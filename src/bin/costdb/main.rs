@@ -54,7 +54,8 @@ enum Command {
         #[arg(long)]
         revert: bool,
     },
-    /// Record a day of worker runs and LLM calls and print the analytics over them.
+    /// Simulate a platform (weeks of noisy, weekly-cycled history, today through budget
+    /// admission and the recorder), find its planted anomalies and report them.
     ///
     /// Runs on a throwaway local PostgreSQL, or, with --server-url, in a new database of
     /// its own on that server, dropped at the end. It never writes into an existing
