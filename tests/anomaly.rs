@@ -813,3 +813,187 @@ fn spend_baselines_and_cause_inputs_match_the_fixture() {
         "window",
     );
 }
+
+/// Runs `sql` with `tenant` as $1 (the original's statements, as its drivers sent them).
+fn original(conn: &mut diesel::PgConnection, sql: &str, tenant: &str) -> usize {
+    diesel::sql_query(sql)
+        .bind::<diesel::sql_types::Text, _>(tenant)
+        .execute(conn)
+        .unwrap()
+}
+
+/// The original's breach upsert for the tenant as a whole (`entity_id = ''`) on 2026-09-`day`.
+fn original_breach(day: u32) -> String {
+    format!(
+        "INSERT INTO cost_breach_history (id, tenant_id, entity_type, entity_id, breach_type, \
+             breach_date, deviation_pct, current_value_cents, baseline_value_cents, created_at) \
+         VALUES ('bh_' || md5(random()::text)::varchar(16), $1, 'tenant', '', \
+                 'ABSOLUTE_SPIKE', '2026-09-{day:02}', 50, 150, 100, now()) \
+         ON CONFLICT ON CONSTRAINT uq_breach_per_entity_day \
+         DO UPDATE SET deviation_pct = EXCLUDED.deviation_pct, \
+                       current_value_cents = EXCLUDED.current_value_cents"
+    )
+}
+
+#[test]
+fn rows_the_original_writes_with_an_empty_entity_are_the_tenant_wide_entity() {
+    use costdb::drivers::DriftObservation;
+    use costdb::models::BreachType;
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    // The original's services write the tenant-wide breach of the 9th and 10th with ''.
+    original(&mut conn, &original_breach(9), &tenant);
+    original(&mut conn, &original_breach(10), &tenant);
+    let whole = who(None);
+    let blank = EntityKey {
+        entity_type: EntityType::Tenant,
+        entity_id: Some(String::new()),
+    };
+    let mut d = CostAnomalyDriver::new(&mut conn);
+    for key in [&whole, &blank] {
+        assert!(d
+            .fetch_breach_exists_today(&tenant, key, BreachType::AbsoluteSpike, date(10))
+            .unwrap());
+        assert_eq!(
+            d.fetch_consecutive_breaches(&tenant, key, BreachType::AbsoluteSpike, date(10))
+                .unwrap(),
+            2
+        );
+    }
+    // costdb's breach of the same day updates that row; the original's next write too.
+    assert!(!d
+        .insert_breach_history(&tenant, &breach(None, date(10), 300.0))
+        .unwrap());
+    original(&mut conn, &original_breach(10), &tenant);
+    original(&mut conn, &original_breach(11), &tenant);
+    let mut d = CostAnomalyDriver::new(&mut conn);
+    assert!(!d
+        .insert_breach_history(&tenant, &breach(None, date(11), 300.0))
+        .unwrap());
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        entity_id: Option<String>,
+        #[diesel(sql_type = diesel::sql_types::Date)]
+        breach_date: chrono::NaiveDate,
+    }
+    let rows: Vec<Row> = diesel::sql_query(
+        "SELECT entity_id, breach_date FROM cost_breach_history WHERE tenant_id = $1 \
+         ORDER BY breach_date",
+    )
+    .bind::<diesel::sql_types::Text, _>(&tenant)
+    .load(&mut conn)
+    .unwrap();
+    assert_eq!(
+        rows,
+        (9..=11)
+            .map(|day| Row {
+                entity_id: None,
+                breach_date: date(day),
+            })
+            .collect::<Vec<_>>()
+    );
+
+    // The original's plain insert of a drift tracker with '': costdb's upsert of the next
+    // day counts on it (a second tracker would have started at 1).
+    original(
+        &mut conn,
+        "INSERT INTO cost_drift_tracking (id, tenant_id, entity_type, entity_id, \
+             rolling_7d_avg_cents, baseline_7d_avg_cents, drift_pct, drift_days_count, \
+             first_drift_date, last_check_date, is_active, created_at, updated_at) \
+         VALUES ('dt_0123456789abcdef', $1, 'tenant', '', 130, 100, 30, 1, \
+                 '2026-09-09', '2026-09-09', true, now(), now())",
+        &tenant,
+    );
+    let mut d = CostAnomalyDriver::new(&mut conn);
+    let observation = DriftObservation {
+        rolling_avg_cents: 140.0,
+        baseline_avg_cents: 100.0,
+        drift_pct: 40.0,
+        today: date(10),
+    };
+    assert_eq!(
+        d.upsert_drift_tracking(&tenant, &blank, &observation)
+            .unwrap(),
+        2
+    );
+    let tracker = d.fetch_drift_tracking(&tenant, &whole).unwrap().unwrap();
+    assert_eq!(
+        (
+            tracker.id.as_str(),
+            tracker.entity_id,
+            tracker.drift_days_count
+        ),
+        ("dt_0123456789abcdef", None, 2)
+    );
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "cost_drift_tracking", &tenant),
+        1
+    );
+}
+
+#[test]
+fn the_migration_folds_the_originals_empty_entities_into_one_row_per_key() {
+    use costdb::db;
+    let url = common::fresh_database();
+    let mut conn = db::connect(&url).unwrap();
+    db::run_migrations(&mut conn).unwrap();
+    let reverted = db::revert_last_migration(&mut conn).unwrap().unwrap();
+    assert!(reverted.contains("tenant_wide_entity"), "{reverted}");
+    // A database both wrote to before the fold: '' rows of the original, NULL rows of
+    // costdb, and both for one day and for one tracker.
+    conn.batch_execute(
+        "INSERT INTO cost_breach_history (id, tenant_id, entity_type, entity_id, breach_type, \
+             breach_date, deviation_pct, current_value_cents, baseline_value_cents) VALUES \
+           ('bh_original_9', 't1', 'tenant', '',   'ABSOLUTE_SPIKE', '2026-09-09', 50, 150, 100), \
+           ('bh_costdb_9',   't1', 'tenant', NULL, 'ABSOLUTE_SPIKE', '2026-09-09', 60, 160, 100), \
+           ('bh_original_8', 't1', 'tenant', '',   'ABSOLUTE_SPIKE', '2026-09-08', 50, 150, 100), \
+           ('bh_user_9',     't1', 'user',   'u1', 'ABSOLUTE_SPIKE', '2026-09-09', 50, 150, 100); \
+         INSERT INTO cost_drift_tracking (id, tenant_id, entity_type, entity_id, \
+             rolling_7d_avg_cents, baseline_7d_avg_cents, drift_pct, drift_days_count, \
+             first_drift_date, last_check_date, is_active) VALUES \
+           ('dt_original', 't1', 'tenant', '',   130, 100, 30, 4, '2026-09-06', '2026-09-09', true), \
+           ('dt_costdb',   't1', 'tenant', NULL, 130, 100, 30, 1, '2026-09-02', '2026-09-02', false), \
+           ('dt_other',    't2', 'tenant', '',   130, 100, 30, 1, '2026-09-09', '2026-09-09', true);",
+    )
+    .unwrap();
+    db::run_migrations(&mut conn).unwrap();
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        id: String,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        entity_id: Option<String>,
+    }
+    let rows = |conn: &mut diesel::PgConnection, table: &str| -> Vec<(String, Option<String>)> {
+        diesel::sql_query(format!("SELECT id, entity_id FROM {table} ORDER BY id"))
+            .load::<Row>(conn)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.id, r.entity_id))
+            .collect()
+    };
+    let s = |id: &str, entity: Option<&str>| (id.to_owned(), entity.map(str::to_owned));
+    assert_eq!(
+        rows(&mut conn, "cost_breach_history"),
+        vec![
+            s("bh_costdb_9", None),
+            s("bh_original_8", None),
+            s("bh_user_9", Some("u1")),
+        ]
+    );
+    // The tracker checked last is kept.
+    assert_eq!(
+        rows(&mut conn, "cost_drift_tracking"),
+        vec![s("dt_original", None), s("dt_other", None)]
+    );
+    // From now on a '' written by anyone is the tenant-wide entity.
+    assert!(conn
+        .batch_execute(
+            "INSERT INTO cost_breach_history (id, tenant_id, entity_type, entity_id, \
+                 breach_type, breach_date, deviation_pct, current_value_cents, \
+                 baseline_value_cents) \
+             VALUES ('bh_again', 't1', 'tenant', '', 'ABSOLUTE_SPIKE', '2026-09-09', 1, 1, 1)",
+        )
+        .is_err());
+}

@@ -98,13 +98,20 @@ DO UPDATE SET current_value_cents = EXCLUDED.current_value_cents, \
 RETURNING a.*";
 
 /// Whose breach or drift: an entity of a tenant (`entity_id: None` for the tenant as a
-/// whole).
+/// whole; `Some("")`, as the original system wrote it, means the same).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EntityKey {
     /// What kind of entity.
     pub entity_type: EntityType,
     /// Which one (at most 128 characters).
     pub entity_id: Option<String>,
+}
+
+impl EntityKey {
+    /// The entity id as stored: `None` for the tenant as a whole, also for `Some("")`.
+    pub fn id(&self) -> Option<&str> {
+        self.entity_id.as_deref().filter(|id| !id.is_empty())
+    }
 }
 
 /// One day's breach of a spike rule, for [`CostAnomalyDriver::insert_breach_history`].
@@ -147,7 +154,7 @@ impl DriftObservation {
 }
 
 fn entity(key: &EntityKey) -> Result<()> {
-    validate::optional("entity_id", key.entity_id.as_deref(), 128)
+    validate::optional("entity_id", key.id(), 128)
 }
 
 #[derive(QueryableByName)]
@@ -629,7 +636,7 @@ impl<'c> CostAnomalyDriver<'c> {
         let q = b::cost_breach_history
             .filter(b::tenant_id.eq(tenant_id))
             .filter(b::entity_type.eq(key.entity_type))
-            .filter(b::entity_id.is_not_distinct_from(&key.entity_id))
+            .filter(b::entity_id.is_not_distinct_from(key.id()))
             .filter(b::breach_type.eq(breach_type))
             .filter(b::breach_date.eq(today));
         Ok(diesel::select(diesel::dsl::exists(q)).get_result(self.conn)?)
@@ -653,7 +660,7 @@ impl<'c> CostAnomalyDriver<'c> {
             .bind::<Text, _>(ids::breach_history_id())
             .bind::<Text, _>(tenant_id)
             .bind::<Text, _>(input.entity.entity_type)
-            .bind::<Nullable<Text>, _>(input.entity.entity_id.as_deref())
+            .bind::<Nullable<Text>, _>(input.entity.id())
             .bind::<Text, _>(input.breach_type)
             .bind::<diesel::sql_types::Date, _>(input.breach_date)
             .bind::<Double, _>(input.deviation_pct)
@@ -679,7 +686,7 @@ impl<'c> CostAnomalyDriver<'c> {
         Ok(diesel::sql_query(CONSECUTIVE)
             .bind::<Text, _>(tenant_id)
             .bind::<Text, _>(key.entity_type)
-            .bind::<Nullable<Text>, _>(key.entity_id.as_deref())
+            .bind::<Nullable<Text>, _>(key.id())
             .bind::<Text, _>(breach_type)
             .bind::<diesel::sql_types::Date, _>(today)
             .get_result::<Count>(self.conn)?
@@ -697,7 +704,7 @@ impl<'c> CostAnomalyDriver<'c> {
         Ok(dt::table
             .filter(dt::tenant_id.eq(tenant_id))
             .filter(dt::entity_type.eq(key.entity_type))
-            .filter(dt::entity_id.is_not_distinct_from(&key.entity_id))
+            .filter(dt::entity_id.is_not_distinct_from(key.id()))
             .filter(dt::is_active.eq(true))
             .select(DriftTracking::as_select())
             .first(self.conn)
@@ -722,7 +729,7 @@ impl<'c> CostAnomalyDriver<'c> {
             .bind::<Text, _>(ids::drift_tracking_id())
             .bind::<Text, _>(tenant_id)
             .bind::<Text, _>(key.entity_type)
-            .bind::<Nullable<Text>, _>(key.entity_id.as_deref())
+            .bind::<Nullable<Text>, _>(key.id())
             .bind::<Double, _>(observation.rolling_avg_cents)
             .bind::<Double, _>(observation.baseline_avg_cents)
             .bind::<Double, _>(observation.drift_pct)
@@ -781,7 +788,7 @@ impl<'c> CostAnomalyDriver<'c> {
             dt::table
                 .filter(dt::tenant_id.eq(tenant_id))
                 .filter(dt::entity_type.eq(key.entity_type))
-                .filter(dt::entity_id.is_not_distinct_from(&key.entity_id))
+                .filter(dt::entity_id.is_not_distinct_from(key.id()))
                 .filter(dt::is_active.eq(true)),
         )
         .set((dt::is_active.eq(false), dt::updated_at.eq(diesel::dsl::now)))
@@ -815,7 +822,7 @@ impl<'c> CostAnomalyDriver<'c> {
             .filter(ca::tenant_id.eq(tenant_id))
             .filter(ca::anomaly_type.eq(key.anomaly_type))
             .filter(ca::entity_type.eq(key.entity.entity_type))
-            .filter(ca::entity_id.is_not_distinct_from(&key.entity.entity_id))
+            .filter(ca::entity_id.is_not_distinct_from(key.entity.id()))
             .filter(ca::detected_at.ge(since))
             .filter(ca::resolved.eq(false))
             .order((ca::detected_at.desc(), ca::id.desc()))
@@ -836,7 +843,7 @@ impl<'c> CostAnomalyDriver<'c> {
             .bind::<Text, _>(input.key.anomaly_type)
             .bind::<Text, _>(input.severity)
             .bind::<Text, _>(input.key.entity.entity_type)
-            .bind::<Nullable<Text>, _>(input.key.entity.entity_id.as_deref())
+            .bind::<Nullable<Text>, _>(input.key.entity.id())
             .bind::<Double, _>(input.current_value_cents)
             .bind::<Double, _>(input.expected_value_cents)
             .bind::<Double, _>(input.deviation_pct)
