@@ -712,8 +712,28 @@ fn report_prints_tables_json_and_a_chart_and_refuses_bad_input() {
         .sum();
     assert!((by_day - doc["spend_cents"].as_f64().unwrap()).abs() < 1e-6);
     assert!((by_model - by_day).abs() < 1e-6);
-    // The spike's last two days: 130 calls instead of 100.
-    assert_eq!(days[6]["requests"], 130);
+    // Each day's calls are the tenant's records of that UTC day.
+    let mut conn = costdb::db::connect(&url).unwrap();
+    for d in days {
+        let day: chrono::NaiveDate = d["bucket"].as_str().unwrap()[..10].parse().unwrap();
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let n: N = diesel::RunQueryDsl::get_result(
+            diesel::sql_query(
+                "SELECT count(*) AS n FROM cost_records WHERE tenant_id = 'tenant-01' \
+                 AND created_at >= $1::date AND created_at < $1::date + 1",
+            )
+            .bind::<diesel::sql_types::Date, _>(day),
+            &mut conn,
+        )
+        .unwrap();
+        assert_eq!(d["requests"], n.n, "{day}");
+    }
+    // The spike's last two days: the spike user calls three times as often.
+    assert!(days[6]["requests"].as_i64() > days[4]["requests"].as_i64());
     let svg = std::env::temp_dir().join(format!("costdb-report-{}.svg", std::process::id()));
     let plotted = report(&["--plot", svg.to_str().unwrap()]);
     assert!(plotted.status.success(), "{plotted:?}");
