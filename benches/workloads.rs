@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
-use costdb::bench::{self, Ctx, Scale};
-use costdb::db::{self, ScratchDatabase};
-use costdb::embedded::{self, Durability, EmbeddedPostgres};
+use costdb::db;
+use costdb_cli::workloads::{self as bench, Ctx, Scale};
+use costdb_testkit::embedded::{self, Durability, EmbeddedPostgres};
+use costdb_testkit::ScratchDatabase;
 use criterion::{criterion_group, criterion_main, Criterion};
 
 fn workloads(c: &mut Criterion) {

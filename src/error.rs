@@ -93,14 +93,14 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
-    /// The throwaway local PostgreSQL could not be started.
-    #[error("embedded PostgreSQL: {what}")]
-    Embedded {
-        /// What failed, with the server's own output where there was some.
-        what: String,
-        /// The operating-system error, when there was one.
+    /// The operating system refused to start a thread the crate needs.
+    #[error("cannot start {what}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// The operating-system error.
         #[source]
-        source: Option<std::io::Error>,
+        source: std::io::Error,
     },
 }
 
@@ -113,13 +113,6 @@ impl Error {
         Error::InvalidInput {
             field,
             reason: reason.into(),
-        }
-    }
-
-    pub(crate) fn embedded(what: impl Into<String>, source: Option<std::io::Error>) -> Self {
-        Error::Embedded {
-            what: what.into(),
-            source,
         }
     }
 
@@ -155,13 +148,16 @@ mod tests {
 
     #[test]
     fn each_cause_is_printed_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no initdb");
-        let e = Error::embedded("cannot run initdb", Some(io));
-        assert_eq!(e.to_string(), "embedded PostgreSQL: cannot run initdb");
-        assert_eq!(e.source().unwrap().to_string(), "no initdb");
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no folder");
+        let e = Error::migration("cannot read the migrations", Some(Box::new(io)));
+        assert_eq!(
+            e.to_string(),
+            "migration failed: cannot read the migrations"
+        );
+        assert_eq!(e.source().unwrap().to_string(), "no folder");
         assert_eq!(
             report(&e),
-            "embedded PostgreSQL: cannot run initdb: no initdb"
+            "migration failed: cannot read the migrations: no folder"
         );
         let db = Error::from(DieselError::NotFound);
         assert_eq!(report(&db), "database error: Record not found");

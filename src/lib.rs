@@ -14,7 +14,9 @@
 //! - [`anomaly`]: the cost-anomaly detector's rules over the anomaly driver.
 //! - [`recorder`]: durable group commit for services that record each call as it happens.
 //! - [`leader`]: leader election among processes on advisory locks, with fencing terms.
-//! - [`embedded`]: a throwaway local PostgreSQL for tests and demos.
+//!
+//! The `costdb` command is the crate `costdb-cli`; a throwaway PostgreSQL and scratch
+//! databases for tests are in `costdb-testkit`.
 //!
 //! Bad input is refused with [`Error::InvalidInput`] naming the field before any SQL runs:
 //! empty ids, text longer than its column or holding NUL, negative counts, amounts that are
@@ -47,12 +49,9 @@
 
 pub mod admission;
 pub mod anomaly;
-#[cfg(feature = "bench")]
-pub mod bench;
 pub mod connect;
 pub mod db;
 pub mod drivers;
-pub mod embedded;
 pub mod error;
 pub mod input_hash;
 pub mod leader;

@@ -335,7 +335,10 @@ impl CostRecorder {
             let thread = std::thread::Builder::new()
                 .name("costdb-recorder".into())
                 .spawn(move || flusher.run())
-                .map_err(|e| Error::embedded("cannot start the recorder's thread", Some(e)))?;
+                .map_err(|source| Error::Thread {
+                    what: "the recorder's flusher",
+                    source,
+                })?;
             handle
                 .flushers
                 .lock()

@@ -1,7 +1,7 @@
 //! The throwaway cluster: starts, serves, and leaves nothing behind.
 
 use costdb::db;
-use costdb::embedded::EmbeddedPostgres;
+use costdb_testkit::EmbeddedPostgres;
 use diesel::prelude::*;
 use diesel::sql_types::Integer;
 
@@ -24,7 +24,7 @@ fn a_cluster_serves_and_is_removed_when_dropped() {
             .unwrap();
         assert_eq!(row.one, 1);
     }
-    let url2 = db::create_database(&url, "second_db").unwrap();
+    let url2 = costdb_testkit::create_database(&url, "second_db").unwrap();
     assert!(url2.ends_with("/second_db"));
     db::connect(&url2).unwrap();
 
@@ -38,9 +38,12 @@ fn a_cluster_serves_and_is_removed_when_dropped() {
 
 #[test]
 fn database_names_are_checked_before_any_sql() {
-    let err = db::create_database("postgres://nowhere.invalid/x", "a;b").unwrap_err();
+    let err = costdb_testkit::create_database("postgres://nowhere.invalid/x", "a;b").unwrap_err();
     assert!(
-        matches!(err, costdb::Error::InvalidInput { field: "name", .. }),
+        matches!(
+            err,
+            costdb_testkit::Error::InvalidInput { field: "name", .. }
+        ),
         "{err}"
     );
 }

@@ -9,9 +9,9 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use costdb::drivers::CostInput;
-use costdb::embedded::EmbeddedPostgres;
 use costdb::recorder::{CostRecorder, RecorderConfig};
 use costdb::{db, Error};
+use costdb_testkit::EmbeddedPostgres;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -151,7 +151,7 @@ fn sixteen_threads_share_commits_and_every_row_is_stored_once() {
 fn a_server_restart_mid_stream_loses_and_doubles_nothing() {
     // A cluster of its own: this test stops it.
     let pg = EmbeddedPostgres::start().unwrap();
-    let url = db::create_database(&pg.url("postgres"), "restart").unwrap();
+    let url = costdb_testkit::create_database(&pg.url("postgres"), "restart").unwrap();
     db::run_migrations(&mut db::connect(&url).unwrap()).unwrap();
     let config = RecorderConfig {
         retry_deadline: Duration::from_secs(60),
@@ -376,7 +376,7 @@ fn dropping_the_last_handle_writes_what_is_queued() {
 #[test]
 fn an_unreachable_server_past_the_deadline_gives_every_caller_a_typed_error() {
     let pg = EmbeddedPostgres::start().unwrap();
-    let url = db::create_database(&pg.url("postgres"), "down").unwrap();
+    let url = costdb_testkit::create_database(&pg.url("postgres"), "down").unwrap();
     db::run_migrations(&mut db::connect(&url).unwrap()).unwrap();
     let pool = db::pool(&url, 2, Duration::from_millis(300)).unwrap();
     let config = RecorderConfig {

@@ -16,11 +16,11 @@ use costdb::admission::{Admission, BudgetGate, ReserveInput};
 use costdb::drivers::{
     BudgetLimits, BudgetScope, CostInput, FeatureTagInput, NewAlert, Outcome, ProvenanceInput,
 };
-use costdb::embedded::EmbeddedPostgres;
 use costdb::leader::{self, LeaderGuard};
 use costdb::models::{AlertStatus, AlertType};
 use costdb::recorder::{CostRecorder, RecorderConfig};
 use costdb::{db, AlertDriver, CostWriteDriver, Error, ProvenanceDriver};
+use costdb_testkit::EmbeddedPostgres;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -124,7 +124,7 @@ type Told = Vec<(String, costdb::Result<String>)>;
 #[test]
 fn a_server_restart_in_the_middle_of_all_traffic_loses_and_doubles_nothing() {
     let pg = EmbeddedPostgres::start().unwrap();
-    let url = db::create_database(&pg.url("postgres"), "faults").unwrap();
+    let url = costdb_testkit::create_database(&pg.url("postgres"), "faults").unwrap();
     let mut setup = db::connect(&url).unwrap();
     db::run_migrations(&mut setup).unwrap();
     let tenant = common::tenant();

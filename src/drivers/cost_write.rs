@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::db::require_transaction;
 use crate::error::{Error, Result};
 use crate::models::{
-    ids, BudgetType, CostBudget, CostRecord, FeatureTag, NewCostBudget, NewFeatureTag,
+    ids, BudgetType, CostBudget, CostRecord, FeatureTag, NewCostBudget, NewCostRecord,
+    NewFeatureTag,
 };
 use crate::schema::{cost_budgets, cost_records, feature_tags};
 use crate::validate;
@@ -54,7 +55,36 @@ pub struct CostInput {
 }
 
 impl CostInput {
-    pub(crate) fn validate(&self) -> Result<()> {
+    /// This input as the row that stores it, with the id `id`; `default_at` stands in for
+    /// a missing `created_at`, and `-0` cents become `0`. Call [`CostInput::validate`]
+    /// first: the row is written as it is.
+    pub fn as_new_record<'a>(
+        &'a self,
+        id: &'a str,
+        default_at: DateTime<Utc>,
+    ) -> NewCostRecord<'a> {
+        NewCostRecord {
+            id,
+            tenant_id: &self.tenant_id,
+            user_id: self.user_id.as_deref(),
+            feature_tag: self.feature_tag.as_deref(),
+            request_id: self.request_id.as_deref(),
+            workflow_id: self.workflow_id.as_deref(),
+            skill_id: self.skill_id.as_deref(),
+            model: &self.model,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cost_cents: self.cost_cents + 0.0,
+            is_retry: self.is_retry,
+            created_at: self.created_at.unwrap_or(default_at),
+        }
+    }
+
+    /// Refuses the input, naming the field, when it cannot be stored as it is.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`].
+    pub fn validate(&self) -> Result<()> {
         validate::required("tenant_id", &self.tenant_id, 64)?;
         validate::optional("user_id", self.user_id.as_deref(), 64)?;
         validate::optional("feature_tag", self.feature_tag.as_deref(), 128)?;
@@ -485,7 +515,7 @@ impl<'c> CostWriteDriver<'c> {
             for chunk in order.chunks(BULK_CHUNK) {
                 let rows = chunk
                     .iter()
-                    .map(|&i| copy_row(&out[i].id, &costs[i], default_at));
+                    .map(|&i| costs[i].as_new_record(&out[i].id, default_at));
                 diesel::copy_from(cost_records::table)
                     .from_insertable(rows.collect::<Vec<_>>())
                     .execute(c)?;
@@ -635,49 +665,6 @@ fn transaction_now(conn: &mut PgConnection) -> Result<DateTime<Utc>> {
     Ok(diesel::select(diesel::dsl::sql::<Timestamptz>("now()")).get_result(conn)?)
 }
 
-/// A cost record as binary COPY sends it: every column given.
-#[derive(Insertable)]
-#[diesel(table_name = cost_records, treat_none_as_default_value = false)]
-pub(crate) struct CopyRow<'a> {
-    id: &'a str,
-    tenant_id: &'a str,
-    user_id: Option<&'a str>,
-    feature_tag: Option<&'a str>,
-    request_id: Option<&'a str>,
-    workflow_id: Option<&'a str>,
-    skill_id: Option<&'a str>,
-    model: &'a str,
-    input_tokens: i32,
-    output_tokens: i32,
-    cost_cents: f64,
-    is_retry: bool,
-    created_at: DateTime<Utc>,
-}
-
-/// `cost` as a COPY row with the given id; `default_at` stands in for a missing
-/// `created_at`.
-pub(crate) fn copy_row<'a>(
-    id: &'a str,
-    cost: &'a CostInput,
-    default_at: DateTime<Utc>,
-) -> CopyRow<'a> {
-    CopyRow {
-        id,
-        tenant_id: &cost.tenant_id,
-        user_id: cost.user_id.as_deref(),
-        feature_tag: cost.feature_tag.as_deref(),
-        request_id: cost.request_id.as_deref(),
-        workflow_id: cost.workflow_id.as_deref(),
-        skill_id: cost.skill_id.as_deref(),
-        model: &cost.model,
-        input_tokens: cost.input_tokens,
-        output_tokens: cost.output_tokens,
-        cost_cents: cost.cost_cents + 0.0, // -0.0 becomes 0
-        is_retry: cost.is_retry,
-        created_at: cost.created_at.unwrap_or(default_at),
-    }
-}
-
 /// `at` as PostgreSQL stores it: Diesel sends whole microseconds since 2000-01-01,
 /// truncated toward that epoch.
 fn as_stored(at: DateTime<Utc>) -> DateTime<Utc> {
@@ -712,7 +699,7 @@ impl<const R: bool> RunQueryDsl<PgConnection> for InsertOne<'_, R> {}
 
 /// Writes `INSERT INTO cost_records (…) VALUES (…)` with every column bound and
 /// `created_at` defaulting to `now()` (`-0` cents become `0`).
-pub(crate) fn push_insert_values<'b>(
+fn push_insert_values<'b>(
     out: &mut AstPass<'_, 'b, Pg>,
     id: &'b str,
     c: &'b CostInput,

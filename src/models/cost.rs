@@ -43,36 +43,38 @@ pub struct CostRecord {
     pub is_retry: bool,
 }
 
-/// A cost record to insert; `None` timestamps take the server's `now()`.
+/// A cost record as it is inserted, every column given: the one insert shape of
+/// `cost_records`, used by the bulk (`COPY`) path and the benchmarks' baselines. Build it
+/// from a validated input with `CostInput::as_new_record`.
 #[derive(Debug, Clone, PartialEq, Insertable)]
-#[diesel(table_name = cost_records)]
-pub struct NewCostRecord {
+#[diesel(table_name = cost_records, treat_none_as_default_value = false)]
+pub struct NewCostRecord<'a> {
     /// `cr_` + 16 hex, see [`super::ids::cost_record_id`].
-    pub id: String,
+    pub id: &'a str,
     /// Owning tenant.
-    pub tenant_id: String,
+    pub tenant_id: &'a str,
     /// End user.
-    pub user_id: Option<String>,
+    pub user_id: Option<&'a str>,
     /// Feature tag.
-    pub feature_tag: Option<String>,
+    pub feature_tag: Option<&'a str>,
     /// Caller's request id.
-    pub request_id: Option<String>,
+    pub request_id: Option<&'a str>,
     /// Workflow id.
-    pub workflow_id: Option<String>,
+    pub workflow_id: Option<&'a str>,
     /// Skill id.
-    pub skill_id: Option<String>,
+    pub skill_id: Option<&'a str>,
     /// Model name.
-    pub model: String,
+    pub model: &'a str,
     /// Prompt tokens.
     pub input_tokens: i32,
     /// Completion tokens.
     pub output_tokens: i32,
     /// Cost in cents.
     pub cost_cents: f64,
-    /// Recording instant; `None` for `now()`.
-    pub created_at: Option<DateTime<Utc>>,
     /// Whether the call was a retry.
     pub is_retry: bool,
+    /// Recording instant.
+    pub created_at: DateTime<Utc>,
 }
 
 /// A detected cost anomaly or budget advisory (`cost_anomalies`).

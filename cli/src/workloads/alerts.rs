@@ -9,9 +9,10 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
 use super::{pgbench, Ctx, Scale, Target, Workload};
-use crate::db;
-use crate::drivers::AlertDriver;
-use crate::error::{Error, Result};
+use costdb::db;
+use costdb::drivers::AlertDriver;
+use costdb::Error;
+use costdb_testkit::Result;
 
 const BATCH: i64 = 10;
 
@@ -97,7 +98,8 @@ impl Workload for Workers {
                 "{} of {} alerts delivered",
                 distinct.len(),
                 self.alerts
-            )));
+            ))
+            .into());
         }
         Ok(elapsed)
     }

@@ -8,10 +8,11 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
 use super::{percentile, pgbench, Ctx, Scale, Target, Workload};
-use crate::admission::{Admission, BudgetGate, ReserveInput};
-use crate::db;
-use crate::drivers::{BudgetLimits, BudgetScope, CostInput, CostWriteDriver};
-use crate::error::{Error, Result};
+use costdb::admission::{Admission, BudgetGate, ReserveInput};
+use costdb::db;
+use costdb::drivers::{BudgetLimits, BudgetScope, CostInput, CostWriteDriver};
+use costdb::Error;
+use costdb_testkit::Result;
 
 const TENANT: &str = "bench-admission";
 /// The baseline's counter belongs to a budget of its own, so the two never share a row.
@@ -60,7 +61,7 @@ fn admit(conn: &mut PgConnection, request: String, now: DateTime<Utc>) -> Result
     let reservation = match conn.transaction(|c| BudgetGate::new(c).reserve(TENANT, &input))? {
         Admission::Admitted { reservation, .. } => reservation,
         Admission::Refused { budget } => {
-            return Err(Error::Conflict(format!("refused by {}", budget.budget_id)))
+            return Err(Error::Conflict(format!("refused by {}", budget.budget_id)).into())
         }
     };
     let actual = CostInput {
@@ -103,7 +104,7 @@ impl Workload for HotBudget {
         .execute(&mut ctx.conn)?;
         self.conns = (0..self.threads)
             .map(|_| db::connect(&ctx.url))
-            .collect::<Result<_>>()?;
+            .collect::<costdb::Result<_>>()?;
         Ok(())
     }
     fn contender(&mut self, _ctx: &mut Ctx) -> Result<Duration> {

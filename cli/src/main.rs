@@ -103,6 +103,15 @@ impl From<costdb::Error> for Failure {
     }
 }
 
+impl From<costdb_testkit::Error> for Failure {
+    fn from(e: costdb_testkit::Error) -> Self {
+        match e {
+            costdb_testkit::Error::Costdb(e) => Failure::Costdb(e),
+            other => Failure::Usage(costdb::error::report(&other)),
+        }
+    }
+}
+
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Self {
         Failure::Output(e)

@@ -1,10 +1,11 @@
-//! `costdb bench`: every workload of `costdb::bench`, each next to PostgreSQL's own path.
+//! `costdb bench`: every workload of `costdb_cli::workloads`, each next to PostgreSQL's own path.
 
 use std::io::Write;
 
-use costdb::bench::{self, Ctx, Figure, Scale};
-use costdb::db::{self, ScratchDatabase};
-use costdb::embedded::{self, Durability, EmbeddedPostgres};
+use costdb::db;
+use costdb_cli::workloads::{self as bench, Ctx, Figure, Scale};
+use costdb_testkit::embedded::{self, Durability, EmbeddedPostgres};
+use costdb_testkit::ScratchDatabase;
 
 use crate::{say, Failure, Outcome};
 

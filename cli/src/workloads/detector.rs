@@ -8,8 +8,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text, Timestamptz};
 
 use super::{Ctx, Scale, Target, Workload};
-use crate::anomaly::AnomalyDetector;
-use crate::error::Result;
+use costdb::anomaly::AnomalyDetector;
+use costdb_testkit::Result;
 
 /// 50 calls a day for 30 days for each tenant `det-tenant-<n>`, 5 users, 6 features; every
 /// tenth tenant's user `u1` spends ten times as much on the last two days (a user spike,

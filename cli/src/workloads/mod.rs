@@ -20,7 +20,7 @@ use std::time::Duration;
 use diesel::PgConnection;
 use serde::Serialize;
 
-use crate::error::Result;
+use costdb_testkit::Result;
 
 pub use admission::admission_workloads;
 pub use alerts::alert_workloads;
@@ -197,7 +197,7 @@ pub fn pgbench_with(
     transactions: usize,
     vars: &[(&str, String)],
 ) -> Result<Duration> {
-    use crate::error::Error;
+    use costdb_testkit::Error;
     use std::sync::atomic::{AtomicU64, Ordering};
     static SCRIPTS: AtomicU64 = AtomicU64::new(0);
     let bin = ctx.pgbench.clone().ok_or_else(|| {

@@ -8,9 +8,10 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Interval, Json, Text, Timestamptz};
 
 use super::{Combine, Ctx, Direction, Scale, Target, Workload};
-use crate::drivers::{bucket_width, AnalyticsQuery, AnalyticsReadDriver, TimeWindow};
-use crate::error::{Error, Result};
-use crate::models::TimeBucket;
+use costdb::drivers::{bucket_width, AnalyticsQuery, AnalyticsReadDriver, TimeWindow};
+use costdb::models::TimeBucket;
+use costdb::Error;
+use costdb_testkit::Result;
 
 /// Calls measured per trial, after [`WARM_UPS`] unmeasured ones in `prepare`.
 const CALLS: usize = 20;
@@ -101,7 +102,7 @@ struct Read {
 impl Read {
     fn window(&self) -> Result<TimeWindow> {
         self.window
-            .ok_or_else(|| Error::invalid("window", "prepare() was not called"))
+            .ok_or_else(|| Error::invalid("window", "prepare() was not called").into())
     }
 
     fn call(&self, conn: &mut PgConnection) -> Result<usize> {

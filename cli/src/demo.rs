@@ -11,11 +11,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use costdb::admission::{Admission, BudgetGate, ReserveInput};
 use costdb::anomaly::AnomalyDetector;
-use costdb::db::ScratchDatabase;
 use costdb::drivers::{
     BudgetLimits, BudgetScope, CostInput, ProvenanceInput, RunCost, TimeWindow, WorkerRunData,
 };
-use costdb::embedded::EmbeddedPostgres;
 use costdb::leader::{self, LeaderGuard, LOCK_ALERT_WORKER};
 use costdb::models::{AnomalyType, CostAnomaly, TimeBucket, WorkerStatus};
 use costdb::recorder::{CostRecorder, RecorderConfig};
@@ -23,6 +21,8 @@ use costdb::{
     db, AlertDriver, AnalyticsReadDriver, CostAnomalyDriver, CostWriteDriver, ProvenanceDriver,
     WorkerWriteService,
 };
+use costdb_testkit::EmbeddedPostgres;
+use costdb_testkit::ScratchDatabase;
 use diesel::{Connection, PgConnection};
 
 use crate::{say, Failure, Outcome};

@@ -9,11 +9,11 @@ use sha2::{Digest, Sha256};
 
 use super::writes::rolled_back;
 use super::{Ctx, Scale, Target, Workload};
-use crate::drivers::{ProvenanceDriver, ProvenanceInput};
-use crate::error::Result;
-use crate::input_hash::compute_input_hash;
-use crate::models::{ProvenanceSource, VariantSlug};
-use crate::schema::costsim_provenance;
+use costdb::drivers::{ProvenanceDriver, ProvenanceInput};
+use costdb::input_hash::compute_input_hash;
+use costdb::models::{ProvenanceSource, VariantSlug};
+use costdb::schema::costsim_provenance;
+use costdb_testkit::Result;
 
 /// `n` simulation payloads of about 300 bytes of JSON each.
 pub fn payloads(n: usize) -> Vec<serde_json::Value> {
@@ -103,9 +103,8 @@ impl Workload for Batch {
     fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
         let inputs = &self.inputs;
         rolled_back(&mut ctx.conn, |c| {
-            ProvenanceDriver::new(c)
-                .write_provenance_batch(inputs)
-                .map(drop)
+            ProvenanceDriver::new(c).write_provenance_batch(inputs)?;
+            Ok(())
         })
     }
     fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {

@@ -1,6 +1,6 @@
 //! The `costdb` command as operators run it.
 
-mod common;
+use costdb_testkit as common;
 
 use std::process::{Command, Output};
 
@@ -146,7 +146,7 @@ fn the_demo_on_a_server_works_in_a_database_of_its_own_and_drops_it() {
     let (url, name) = kept_demo(&existing);
     assert!(tables_in(&url) >= 16, "{url}");
     assert!(name.starts_with("costdb_demo_"), "{name}");
-    costdb::db::drop_database(common::admin_url(), &name).unwrap();
+    costdb_testkit::drop_database(common::admin_url(), &name).unwrap();
 }
 
 #[test]
@@ -757,7 +757,7 @@ fn report_prints_tables_json_and_a_chart_and_refuses_bad_input() {
     let bad_date = report(&["--from", "2026-02-30"]);
     assert!(!bad_date.status.success());
     one_error_line(&report(&["--plot", "/nonexistent/dir/x.svg"]));
-    costdb::db::drop_database(common::admin_url(), &name).unwrap();
+    costdb_testkit::drop_database(common::admin_url(), &name).unwrap();
 }
 
 #[test]

@@ -4,16 +4,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 
 use super::{Ctx, Scale, Target, Workload};
-use crate::drivers::cost_write::{copy_row, push_insert_values};
-use crate::drivers::{CostInput, CostWriteDriver, RunCost, WorkerWriteService};
-use crate::error::{Error, Result};
-use crate::models::ids;
-use crate::schema::cost_records;
+use costdb::drivers::{CostInput, CostWriteDriver, RunCost, WorkerWriteService};
+use costdb::models::ids;
+use costdb::schema::cost_records;
+use costdb::Error;
+use costdb_testkit::Result;
 
 /// Distinguishes the rows of every trial in a process, so committed rows never collide.
 static BATCH: AtomicU64 = AtomicU64::new(0);
@@ -54,32 +52,16 @@ pub(super) fn rolled_back(
     outcome.map(|()| started.elapsed())
 }
 
-/// The baseline of the per-row workloads: a plain `INSERT … VALUES ($1 … $13)` with a
-/// fixed text, so it is prepared once and executed once per row.
-struct PlainInsert<'a> {
-    id: &'a str,
-    cost: &'a CostInput,
-}
-
-struct PlainInsertId;
-
-impl QueryId for PlainInsert<'_> {
-    type QueryId = PlainInsertId;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl RunQueryDsl<PgConnection> for PlainInsert<'_> {}
-
-impl QueryFragment<Pg> for PlainInsert<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        push_insert_values(&mut out, self.id, self.cost)
-    }
-}
-
+/// The baseline of the per-row workloads: a plain `INSERT … VALUES ($1 … $13)` of the
+/// table's one insert shape, a fixed text that Diesel prepares once and executes once per
+/// row.
 fn plain_inserts(conn: &mut PgConnection, rows: &[CostInput]) -> Result<()> {
+    let now = Utc::now();
     for cost in rows {
         let id = ids::cost_record_id();
-        PlainInsert { id: &id, cost }.execute(conn)?;
+        diesel::insert_into(cost_records::table)
+            .values(cost.as_new_record(&id, now))
+            .execute(conn)?;
     }
     Ok(())
 }
@@ -91,7 +73,7 @@ pub fn copy_in(conn: &mut PgConnection, rows: &[CostInput]) -> Result<usize> {
     let copy: Vec<_> = rows
         .iter()
         .zip(&ids)
-        .map(|(c, id)| copy_row(id, c, now))
+        .map(|(c, id)| c.as_new_record(id, now))
         .collect();
     Ok(diesel::copy_from(cost_records::table)
         .from_insertable(copy)
@@ -254,7 +236,7 @@ impl Fenced {
         for cost in &rows {
             ctx.conn.transaction(|c| {
                 if fenced {
-                    crate::leader::check_term(c, FENCED_LOCK, term)?;
+                    costdb::leader::check_term(c, FENCED_LOCK, term)?;
                 }
                 CostWriteDriver::new(c).create_cost_record(cost)
             })?;
@@ -280,7 +262,7 @@ impl Workload for Fenced {
         WRITE_ROUNDS
     }
     fn prepare(&mut self, ctx: &mut Ctx) -> Result<()> {
-        let guard = crate::leader::LeaderGuard::acquire(
+        let guard = costdb::leader::LeaderGuard::acquire(
             &ctx.url,
             FENCED_LOCK,
             "bench",

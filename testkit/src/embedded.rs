@@ -15,7 +15,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 /// A running throwaway cluster; stopped and deleted on drop.
 #[derive(Debug)]

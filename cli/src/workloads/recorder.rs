@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use super::writes::PGBENCH_SCRIPT;
 use super::{percentile, pgbench, Ctx, Scale, Target, Workload};
-use crate::drivers::CostInput;
-use crate::error::Result;
-use crate::recorder::{CostRecorder, RecorderConfig};
+use costdb::drivers::CostInput;
+use costdb::recorder::{CostRecorder, RecorderConfig};
+use costdb_testkit::Result;
 
 struct GroupCommit {
     threads: usize,
