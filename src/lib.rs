@@ -74,3 +74,8 @@ pub use validate::{MAX_AMOUNT_CENTS, MAX_JSON_DEPTH};
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The usage guide's examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/usage.md")]
+pub struct UsageDoctests;

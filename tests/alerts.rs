@@ -541,7 +541,10 @@ fn anomaly_alerts_refuse_bad_input_and_the_table_keeps_its_closed_set() {
     conn.transaction::<_, Error, _>(|c| {
         let a = upsert_spike(c, "tenant-a", "u1", 400.0, t0());
         let mut q = AlertDriver::new(c);
-        assert_invalid(q.insert_anomaly_alerts(std::slice::from_ref(&a), 0), "max_attempts");
+        assert_invalid(
+            q.insert_anomaly_alerts(std::slice::from_ref(&a), 0),
+            "max_attempts",
+        );
         let mut no_tenant = a.clone();
         no_tenant.tenant_id.clear();
         assert_invalid(q.insert_anomaly_alerts(&[a, no_tenant], 10), "tenant_id");
