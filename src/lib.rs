@@ -31,7 +31,7 @@
 //! let mut conn = costdb::db::connect("postgres://postgres@127.0.0.1/costdb")?;
 //! costdb::db::run_migrations(&mut conn)?;
 //! let recorded = conn.transaction(|conn| {
-//!     costdb::CostWriteDriver::new(conn).record_costs(&[CostInput {
+//!     costdb::drivers::CostWriteDriver::new(conn).record_costs(&[CostInput {
 //!         tenant_id: "acme".into(),
 //!         request_id: Some("req-1".into()),
 //!         model: "gpt-4o-mini".into(),
@@ -52,7 +52,7 @@ pub mod anomaly;
 pub mod connect;
 pub mod db;
 pub mod drivers;
-pub mod error;
+pub(crate) mod error;
 pub mod input_hash;
 pub mod leader;
 pub mod models;
@@ -61,13 +61,7 @@ pub mod recorder;
 pub mod schema;
 mod validate;
 
-pub use admission::BudgetGate;
-pub use drivers::{
-    AlertDriver, AnalyticsReadDriver, AuditDriver, CostAnomalyDriver, CostWriteDriver,
-    PatternDetectionDriver, PredictionDriver, ProvenanceDriver, WorkerWriteService,
-};
-pub use error::{Error, Result};
-pub use recorder::CostRecorder;
+pub use error::{report, BoxError, Error, Result};
 pub use validate::{MAX_AMOUNT_CENTS, MAX_JSON_DEPTH};
 
 /// The README's examples, compiled as doctests so they stay true.

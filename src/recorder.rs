@@ -4,7 +4,7 @@
 //! Callers block in [`CostRecorder::record`] until the record is committed; one flusher
 //! thread with its own connection writes whatever is queued as one statement that
 //! commits on its own (one `INSERT … SELECT FROM unnest(…)` with the idempotency of
-//! [`CostWriteDriver::record_costs`](crate::CostWriteDriver::record_costs): one round trip
+//! [`CostWriteDriver::record_costs`](crate::drivers::CostWriteDriver::record_costs): one round trip
 //! per batch), so many callers share one commit and one flush to disk. Ids are fixed when
 //! a record is queued: a batch whose outcome is unknown (the connection was lost while the
 //! statement ran) is retried with the same ids and lands at most once. Nothing is dropped: when the server

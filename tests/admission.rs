@@ -12,7 +12,7 @@ use common::assert_invalid;
 use costdb::admission::{Admission, BudgetGate, Reservation, ReserveInput};
 use costdb::drivers::{BudgetLimits, BudgetScope, CostInput};
 use costdb::models::{BudgetPeriod, BudgetType, ReservationStatus};
-use costdb::{db, CostWriteDriver, Error};
+use costdb::{db, drivers::CostWriteDriver, Error};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Text};
 

@@ -438,7 +438,7 @@ fn upsert_spike(
 ) -> costdb::models::CostAnomaly {
     use costdb::drivers::{AnomalyInput, AnomalyKey, EntityKey};
     use costdb::models::{AnomalyType, DerivedCause, EntityType, Severity};
-    costdb::CostAnomalyDriver::new(c)
+    costdb::drivers::CostAnomalyDriver::new(c)
         .upsert_anomaly(
             tenant,
             &AnomalyInput {

@@ -10,7 +10,7 @@ use common::assert_invalid;
 use costdb::drivers::{AnalyticsQuery, CostInput, TimeWindow};
 use costdb::models::{NewAosTrace, NewRun, TimeBucket};
 use costdb::schema::{aos_traces, runs};
-use costdb::{AnalyticsReadDriver, CostWriteDriver};
+use costdb::{drivers::AnalyticsReadDriver, drivers::CostWriteDriver};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 

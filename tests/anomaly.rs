@@ -9,7 +9,7 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use common::assert_invalid;
 use costdb::drivers::{AnomalyInput, AnomalyKey, BudgetLimits, BudgetScope, EntityKey};
 use costdb::models::{AnomalyType, DerivedCause, EntityType, Severity};
-use costdb::{CostAnomalyDriver, CostWriteDriver, Error};
+use costdb::{drivers::CostAnomalyDriver, drivers::CostWriteDriver, Error};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde_json::json;

@@ -10,7 +10,7 @@ use costdb::models::{
     AuditDecision, CoordinationAuditRecord, EnvelopeClass, NewCoordinationAuditRecord,
 };
 use costdb::schema::coordination_audit_records as a;
-use costdb::{AuditDriver, CostWriteDriver, Error};
+use costdb::{drivers::AuditDriver, drivers::CostWriteDriver, Error};
 use diesel::prelude::*;
 use uuid::Uuid;
 

@@ -10,7 +10,7 @@ use common::{assert_invalid, tx_now};
 use costdb::drivers::{BudgetLimits, BudgetScope, CostInput, FeatureTagChanges, FeatureTagInput};
 use costdb::models::{BudgetType, CostRecord};
 use costdb::schema::{cost_records, feature_tags};
-use costdb::{CostWriteDriver, Error};
+use costdb::{drivers::CostWriteDriver, Error};
 use diesel::prelude::*;
 
 fn cost(tenant: &str, request: Option<&str>, cents: f64) -> CostInput {
@@ -631,12 +631,12 @@ fn amounts_above_the_bound_are_refused_and_the_largest_ones_still_sum() {
         .record_costs(&biggest)
         .unwrap();
     let window = TimeWindow::new(at, at + chrono::Duration::hours(1)).unwrap();
-    let spend = costdb::AnalyticsReadDriver::new(&mut conn)
+    let spend = costdb::drivers::AnalyticsReadDriver::new(&mut conn)
         .fetch_cost_spend(&tenant, window, TimeBucket::Day)
         .unwrap();
     assert_eq!(spend.len(), 1);
     assert_eq!(spend[0].spend_cents, MAX_AMOUNT_CENTS * n as f64);
-    let by_model = costdb::AnalyticsReadDriver::new(&mut conn)
+    let by_model = costdb::drivers::AnalyticsReadDriver::new(&mut conn)
         .fetch_cost_by_model(&tenant, window)
         .unwrap();
     assert_eq!(by_model[0].spend_cents, MAX_AMOUNT_CENTS * n as f64);
@@ -887,7 +887,7 @@ fn single_records_and_analytics_reuse_one_prepared_statement_per_connection() {
         CostWriteDriver::new(&mut conn)
             .create_cost_record(&cost(&tenant, Some(&format!("r{i}")), 1.0))
             .unwrap();
-        costdb::AnalyticsReadDriver::new(&mut conn)
+        costdb::drivers::AnalyticsReadDriver::new(&mut conn)
             .fetch_cost_spend(&tenant, day, costdb::models::TimeBucket::Hour)
             .unwrap();
     }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use costdb::anomaly::{severity_band, AnomalyDetector, DetectorConfig};
 use costdb::drivers::{BudgetLimits, BudgetScope, CostInput};
 use costdb::models::{AnomalyType, CostAnomaly, DerivedCause, EntityType, Severity};
-use costdb::{CostWriteDriver, Error};
+use costdb::{drivers::CostWriteDriver, Error};
 use diesel::Connection;
 
 /// The last day of the fixture: "today" at the end of the replay.

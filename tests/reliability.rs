@@ -19,7 +19,9 @@ use costdb::drivers::{
 use costdb::leader::{self, LeaderGuard};
 use costdb::models::{AlertStatus, AlertType};
 use costdb::recorder::{CostRecorder, RecorderConfig};
-use costdb::{db, AlertDriver, CostWriteDriver, Error, ProvenanceDriver};
+use costdb::{
+    db, drivers::AlertDriver, drivers::CostWriteDriver, drivers::ProvenanceDriver, Error,
+};
 use costdb_testkit::EmbeddedPostgres;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -162,7 +164,7 @@ fn a_server_restart_in_the_middle_of_all_traffic_loses_and_doubles_nothing() {
                     let r = result
                         .as_ref()
                         .map(|ids| ids[i].id.clone())
-                        .map_err(|e| Error::Conflict(costdb::error::report(e)));
+                        .map_err(|e| Error::Conflict(costdb::report(e)));
                     told.push((row.request_id.clone().unwrap(), r));
                 }
             }
@@ -910,7 +912,9 @@ fn json_nested_thousands_deep_is_hashed_and_refused_or_stored_exactly() {
 fn hostile_text_through_the_other_write_methods_is_stored_exactly() {
     use costdb::drivers::{FeedbackInput, PredictionInput, WorkerRunData};
     use costdb::models::{PatternSeverity, PatternType, PredictionType, SubjectType};
-    use costdb::{PatternDetectionDriver, PredictionDriver, WorkerWriteService};
+    use costdb::{
+        drivers::PatternDetectionDriver, drivers::PredictionDriver, drivers::WorkerWriteService,
+    };
     let mut conn = common::test_conn();
     let tenant = common::tenant();
     for (i, text) in HOSTILE.iter().enumerate() {

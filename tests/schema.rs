@@ -320,11 +320,11 @@ fn an_unknown_stored_value_is_a_clear_error_when_read() {
     .bind::<Text, _>(&tenant)
     .execute(&mut conn)
     .unwrap();
-    let err = costdb::WorkerWriteService::new(&mut conn)
+    let err = costdb::drivers::WorkerWriteService::new(&mut conn)
         .get_worker_run(&tenant, &id)
         .unwrap_err();
     // The cause is kept typed and printed once in the report.
-    let report = costdb::error::report(&err);
+    let report = costdb::report(&err);
     assert!(matches!(err, costdb::Error::Database(_)), "{err:?}");
     assert!(
         report.starts_with("database error: ")

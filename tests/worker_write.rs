@@ -6,7 +6,7 @@ use common::{assert_invalid, tx_now};
 use costdb::drivers::{BudgetSnapshot, CostAdvisory, RunCost, WorkerRunData};
 use costdb::models::{AnomalyType, EntityType, Severity, WorkerStatus};
 use costdb::schema::worker_runs;
-use costdb::{Error, WorkerWriteService};
+use costdb::{drivers::WorkerWriteService, Error};
 use diesel::dsl::count_star;
 use diesel::prelude::*;
 use serde_json::json;

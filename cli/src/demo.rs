@@ -18,8 +18,8 @@ use costdb::leader::{self, LeaderGuard, LOCK_ALERT_WORKER};
 use costdb::models::{AnomalyType, CostAnomaly, TimeBucket, WorkerStatus};
 use costdb::recorder::{CostRecorder, RecorderConfig};
 use costdb::{
-    db, AlertDriver, AnalyticsReadDriver, CostAnomalyDriver, CostWriteDriver, ProvenanceDriver,
-    WorkerWriteService,
+    db, drivers::AlertDriver, drivers::AnalyticsReadDriver, drivers::CostAnomalyDriver,
+    drivers::CostWriteDriver, drivers::ProvenanceDriver, drivers::WorkerWriteService,
 };
 use costdb_testkit::EmbeddedPostgres;
 use costdb_testkit::ScratchDatabase;

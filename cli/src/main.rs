@@ -107,7 +107,7 @@ impl From<costdb_testkit::Error> for Failure {
     fn from(e: costdb_testkit::Error) -> Self {
         match e {
             costdb_testkit::Error::Costdb(e) => Failure::Costdb(e),
-            other => Failure::Usage(costdb::error::report(&other)),
+            other => Failure::Usage(costdb::report(&other)),
         }
     }
 }
@@ -212,7 +212,7 @@ fn main() -> ExitCode {
         }
         Err(Failure::Output(e)) => format!("cannot write the output: {e}"),
         Err(Failure::Usage(message)) => message,
-        Err(Failure::Costdb(e)) => costdb::error::report(&e),
+        Err(Failure::Costdb(e)) => costdb::report(&e),
     };
     eprintln!("costdb: error: {message}");
     ExitCode::FAILURE

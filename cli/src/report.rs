@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use chrono::{NaiveDate, TimeZone, Utc};
 use costdb::db;
+use costdb::drivers::AnalyticsReadDriver;
 use costdb::drivers::{FeatureSpend, ModelSpend, SpendBucket, TimeWindow};
 use costdb::models::TimeBucket;
-use costdb::AnalyticsReadDriver;
 use diesel::{PgConnection, RunQueryDsl};
 use serde::Serialize;
 

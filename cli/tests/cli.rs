@@ -772,7 +772,7 @@ fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
     let past = chrono::Utc::now() - chrono::Duration::hours(1);
     let held = conn
         .transaction(|c| {
-            costdb::CostWriteDriver::new(c).create_or_update_budget(
+            costdb::drivers::CostWriteDriver::new(c).create_or_update_budget(
                 "acme",
                 &BudgetScope::Tenant,
                 &BudgetLimits {

@@ -1,19 +1,19 @@
 //! One driver per data-access role. Each borrows the caller's connection, runs its SQL at
 //! once, and never begins, commits or rolls back: the caller owns the transaction.
 
-pub mod alert;
-pub mod analytics_read;
-pub mod anomaly;
-pub mod audit;
-pub mod cost_write;
-pub mod patterns;
+pub(crate) mod alert;
+pub(crate) mod analytics_read;
+pub(crate) mod anomaly;
+pub(crate) mod audit;
+pub(crate) mod cost_write;
+pub(crate) mod patterns;
 pub(crate) mod prepared;
-pub mod provenance;
-pub mod worker_write;
+pub(crate) mod provenance;
+pub(crate) mod worker_write;
 
 pub use alert::{
     anomaly_alert_payload, next_step, AlertDriver, ClaimedAlert, NewAlert, NextStep, Outcome,
-    QueueStats,
+    QueueStats, DEFAULT_MAX_ATTEMPTS, MAX_BACKOFF, MAX_BATCH,
 };
 pub use analytics_read::{
     bucket_width, AnalyticsQuery, AnalyticsReadDriver, CountBucket, FeatureSpend, ModelBucket,
@@ -29,10 +29,11 @@ pub use cost_write::{
     RecordedCost, BULK_CHUNK,
 };
 pub use patterns::{
-    FeedbackInput, PatternDetectionDriver, PredictionDriver, PredictionFilter, PredictionInput,
-    PredictionSummary, WorkerRunTotal,
+    FeedbackInput, FeedbackQuery, PatternDetectionDriver, PredictionDriver, PredictionFilter,
+    PredictionInput, PredictionSummary, PredictionsQuery, RunsQuery, WorkerRunTotal, MAX_LIMIT,
 };
 pub use provenance::{
     BackfillStats, BaselineRecord, DriftStats, ProvenanceDriver, ProvenanceFilter, ProvenanceInput,
+    MAX_PAGE,
 };
 pub use worker_write::{BudgetSnapshot, CostAdvisory, RunCost, WorkerRunData, WorkerWriteService};

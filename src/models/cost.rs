@@ -5,10 +5,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
 use serde::Serialize;
 
-use super::enums::{AnomalyType, BreachType, BudgetType, DerivedCause, EntityType, Severity};
+use super::enums::{AnomalyType, BudgetType, DerivedCause, EntityType, Severity};
 use crate::schema::{
-    cost_anomalies, cost_breach_history, cost_budgets, cost_drift_tracking, cost_records,
-    feature_tags,
+    cost_anomalies, cost_budgets, cost_drift_tracking, cost_records, feature_tags,
 };
 
 /// One LLM call's cost (`cost_records`), append-only.
@@ -255,56 +254,6 @@ pub struct NewFeatureTag {
     pub budget_cents: Option<i32>,
 }
 
-/// One breach of a spike rule by one entity on one UTC day (`cost_breach_history`).
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]
-#[diesel(table_name = cost_breach_history, check_for_backend(diesel::pg::Pg))]
-pub struct BreachHistory {
-    /// `bh_` + 16 hex.
-    pub id: String,
-    /// Owning tenant.
-    pub tenant_id: String,
-    /// What breached.
-    pub entity_type: EntityType,
-    /// Which one.
-    pub entity_id: Option<String>,
-    /// Rule breached.
-    pub breach_type: BreachType,
-    /// UTC day of the breach.
-    pub breach_date: NaiveDate,
-    /// Deviation in percent.
-    pub deviation_pct: f64,
-    /// Observed spend in cents.
-    pub current_value_cents: f64,
-    /// Baseline in cents.
-    pub baseline_value_cents: f64,
-    /// Creation instant.
-    pub created_at: Option<DateTime<Utc>>,
-}
-
-/// A breach to insert.
-#[derive(Debug, Clone, PartialEq, Insertable)]
-#[diesel(table_name = cost_breach_history)]
-pub struct NewBreachHistory {
-    /// `bh_` + 16 hex.
-    pub id: String,
-    /// Owning tenant.
-    pub tenant_id: String,
-    /// What breached.
-    pub entity_type: EntityType,
-    /// Which one.
-    pub entity_id: Option<String>,
-    /// Rule breached.
-    pub breach_type: BreachType,
-    /// UTC day.
-    pub breach_date: NaiveDate,
-    /// Deviation in percent.
-    pub deviation_pct: f64,
-    /// Observed spend in cents.
-    pub current_value_cents: f64,
-    /// Baseline in cents.
-    pub baseline_value_cents: f64,
-}
-
 /// State of the sustained-drift detector for one entity (`cost_drift_tracking`).
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]
 #[diesel(table_name = cost_drift_tracking, check_for_backend(diesel::pg::Pg))]
@@ -335,30 +284,4 @@ pub struct DriftTracking {
     pub created_at: Option<DateTime<Utc>>,
     /// Last change.
     pub updated_at: Option<DateTime<Utc>>,
-}
-
-/// A drift-tracking row to insert.
-#[derive(Debug, Clone, PartialEq, Insertable)]
-#[diesel(table_name = cost_drift_tracking)]
-pub struct NewDriftTracking {
-    /// `dt_` + 16 hex.
-    pub id: String,
-    /// Owning tenant.
-    pub tenant_id: String,
-    /// What drifts.
-    pub entity_type: EntityType,
-    /// Which one.
-    pub entity_id: Option<String>,
-    /// Rolling average in cents.
-    pub rolling_7d_avg_cents: f64,
-    /// Baseline average in cents.
-    pub baseline_7d_avg_cents: f64,
-    /// Drift in percent.
-    pub drift_pct: f64,
-    /// Consecutive drift days.
-    pub drift_days_count: i32,
-    /// First day of the episode.
-    pub first_drift_date: NaiveDate,
-    /// Last day checked.
-    pub last_check_date: NaiveDate,
 }

@@ -121,22 +121,6 @@ pub struct QueuedAlert {
     pub anomaly_id: Option<String>,
 }
 
-/// An alert to enqueue.
-#[derive(Debug, Clone, PartialEq, Insertable)]
-#[diesel(table_name = costsim_alert_queue)]
-pub struct NewQueuedAlert {
-    /// Alert objects.
-    pub payload: serde_json::Value,
-    /// Kind.
-    pub alert_type: Option<AlertType>,
-    /// Circuit breaker.
-    pub circuit_breaker_name: Option<String>,
-    /// Incident.
-    pub incident_id: Option<String>,
-    /// Not before; `None` for `now()`.
-    pub next_attempt_at: Option<DateTime<Utc>>,
-}
-
 /// A circuit-breaker trip (`costsim_cb_incidents`).
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]
 #[diesel(table_name = costsim_cb_incidents, check_for_backend(diesel::pg::Pg))]
@@ -171,26 +155,4 @@ pub struct CbIncident {
     pub alert_sent_at: Option<DateTime<Utc>>,
     /// Alertmanager's answer.
     pub alert_response: Option<String>,
-}
-
-/// An incident to insert.
-#[derive(Debug, Clone, PartialEq, Insertable)]
-#[diesel(table_name = costsim_cb_incidents)]
-pub struct NewCbIncident {
-    /// Id, see [`super::ids::cb_incident_id`].
-    pub id: String,
-    /// Circuit breaker.
-    pub circuit_breaker_name: String,
-    /// When; `None` for `now()`.
-    pub timestamp: Option<DateTime<Utc>>,
-    /// Why.
-    pub reason: String,
-    /// Severity.
-    pub severity: IncidentSeverity,
-    /// Drift score.
-    pub drift_score: Option<f64>,
-    /// Samples.
-    pub sample_count: Option<i32>,
-    /// Details as JSON text.
-    pub details_json: Option<String>,
 }

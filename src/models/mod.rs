@@ -1,13 +1,13 @@
 //! Rows, new rows, closed-set enums and id generators, per table family.
 
-pub mod audit;
-pub mod cost;
-pub mod costsim;
-pub mod enums;
-pub mod feedback;
+pub(crate) mod audit;
+pub(crate) mod cost;
+pub(crate) mod costsim;
+pub(crate) mod enums;
+pub(crate) mod feedback;
 pub mod ids;
-pub mod sources;
-pub mod worker;
+pub(crate) mod sources;
+pub(crate) mod worker;
 
 pub use audit::*;
 pub use cost::*;

@@ -5,7 +5,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::schema::{aos_traces, leader_terms, runs};
+use crate::schema::{aos_traces, runs};
 
 /// An agent run, as far as analytics reads it (`runs`).
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]
@@ -63,30 +63,4 @@ pub struct NewAosTrace {
     pub tenant_id: String,
     /// Creation instant.
     pub created_at: DateTime<Utc>,
-}
-
-/// The latest fencing term of one advisory lock (`leader_terms`).
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]
-#[diesel(table_name = leader_terms, primary_key(lock_id), check_for_backend(diesel::pg::Pg))]
-pub struct LeaderTerm {
-    /// Advisory lock id.
-    pub lock_id: i64,
-    /// Term of the latest acquisition; only grows.
-    pub term: i64,
-    /// Who acquired it.
-    pub holder: String,
-    /// When.
-    pub acquired_at: DateTime<Utc>,
-}
-
-/// A term row to insert.
-#[derive(Debug, Clone, PartialEq, Insertable)]
-#[diesel(table_name = leader_terms)]
-pub struct NewLeaderTerm {
-    /// Advisory lock id.
-    pub lock_id: i64,
-    /// Term.
-    pub term: i64,
-    /// Holder.
-    pub holder: String,
 }
