@@ -28,6 +28,7 @@ use crate::drivers::cost_write::{CostInput, CostWriteDriver};
 use crate::drivers::prepared::{Param, Prepared};
 use crate::error::{Error, Result};
 use crate::models::{BudgetPeriod, BudgetType, CostRecord, ReservationStatus};
+use crate::types::limits;
 use crate::validate;
 
 /// What a request asks of its budgets, for [`BudgetGate::reserve`].
@@ -513,10 +514,10 @@ impl<'c> BudgetGate<'c> {
     /// has a reservation for `request_id` that is no longer held. A repeated request whose
     /// reservation is held gets that reservation back, charged once.
     pub fn reserve(&mut self, tenant_id: &str, input: &ReserveInput) -> Result<Admission> {
-        validate::required("tenant_id", tenant_id, 64)?;
-        validate::required("request_id", &input.request_id, 64)?;
-        validate::optional("feature_tag", input.feature_tag.as_deref(), 128)?;
-        validate::optional("user_id", input.user_id.as_deref(), 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+        validate::required("request_id", &input.request_id, limits::COST_ID)?;
+        validate::optional("feature_tag", input.feature_tag.as_deref(), limits::TAG)?;
+        validate::optional("user_id", input.user_id.as_deref(), limits::COST_ID)?;
         validate::amount("estimated_cents", input.estimated_cents)?;
         validate::instant("now", input.now)?;
         validate::instant("expires_at", input.expires_at)?;
@@ -614,8 +615,8 @@ impl<'c> BudgetGate<'c> {
 
     /// The tenant's reservation `id`, in whatever state it is.
     pub fn fetch_reservation(&mut self, tenant_id: &str, id: &str) -> Result<Option<Reservation>> {
-        validate::required("tenant_id", tenant_id, 64)?;
-        validate::required("id", id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+        validate::required("id", id, limits::COST_ID)?;
         Ok(diesel::sql_query(FETCH_RESERVATION)
             .bind::<Text, _>(tenant_id)
             .bind::<Text, _>(id)
@@ -744,7 +745,7 @@ impl<'c> BudgetGate<'c> {
     /// scope in those windows: a line that does not [`match`](ReconcileLine::matches)
     /// shows spend that bypassed the gate (or a counter that went wrong).
     pub fn reconcile(&mut self, tenant_id: &str, day: NaiveDate) -> Result<Vec<ReconcileLine>> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         Ok(diesel::sql_query(RECONCILE)
             .bind::<Text, _>(tenant_id)
             .bind::<Date, _>(day)
@@ -754,8 +755,8 @@ impl<'c> BudgetGate<'c> {
 
     /// Locks the reservation row for the rest of the transaction and reads it as it is.
     fn lock(&mut self, reservation: &Reservation) -> Result<Reservation> {
-        validate::required("tenant_id", &reservation.tenant_id, 64)?;
-        validate::required("id", &reservation.id, 64)?;
+        validate::required("tenant_id", &reservation.tenant_id, limits::TENANT_ID)?;
+        validate::required("id", &reservation.id, limits::COST_ID)?;
         let params = [
             Param::Text(&reservation.tenant_id),
             Param::Text(&reservation.id),

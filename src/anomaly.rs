@@ -19,15 +19,14 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use diesel::PgConnection;
 use serde::Serialize;
 
-use crate::drivers::cost_write::BudgetScope;
 use crate::drivers::{
     AnomalyInput, AnomalyKey, BreachInput, CostAnomalyDriver, DriftObservation, EntityColumn,
-    EntityKey,
 };
 use crate::error::{Error, Result};
 use crate::models::{
     AnomalyType, BreachType, BudgetType, CostAnomaly, DerivedCause, EntityType, Severity,
 };
+use crate::types::{BudgetScope, EntityKey};
 
 /// The detector's thresholds; `Default` is the original engine's constants.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -26,27 +26,8 @@ use serde::Serialize;
 use crate::connect::connect_within;
 use crate::db::require_transaction;
 use crate::error::{Error, Result};
-
-/// The daily canary run.
-pub const LOCK_CANARY_RUNNER: i64 = 7001;
-/// The CostSim alert-queue worker.
-pub const LOCK_ALERT_WORKER: i64 = 7002;
-/// The provenance archiver.
-pub const LOCK_PROVENANCE_ARCHIVER: i64 = 7003;
-/// The baseline backfill.
-pub const LOCK_BASELINE_BACKFILL: i64 = 7004;
-/// `costdb upkeep` (not in the original): reclaiming reservations, retrying and purging
-/// alerts.
-pub const LOCK_UPKEEP: i64 = 7005;
-
-/// The singleton jobs' locks and their names.
-pub const KNOWN_LOCKS: [(i64, &str); 5] = [
-    (LOCK_CANARY_RUNNER, "canary runner"),
-    (LOCK_ALERT_WORKER, "alert worker"),
-    (LOCK_PROVENANCE_ARCHIVER, "provenance archiver"),
-    (LOCK_BASELINE_BACKFILL, "baseline backfill"),
-    (LOCK_UPKEEP, "upkeep"),
-];
+use crate::types::limits;
+use crate::types::locks::{LOCK_ALERT_WORKER, LOCK_CANARY_RUNNER, LOCK_PROVENANCE_ARCHIVER};
 
 /// How long [`LeaderGuard::acquire`] waits by default, as the original did.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -200,7 +181,7 @@ impl LeaderGuard {
         holder: &str,
         timeout: Duration,
     ) -> Result<Option<LeaderGuard>> {
-        crate::validate::required("holder", holder, 256)?;
+        crate::validate::required("holder", holder, limits::HOLDER)?;
         if timeout.is_zero() {
             return Err(Error::invalid("timeout", "must be positive"));
         }

@@ -10,6 +10,8 @@
 //!   connection, runs its SQL at once and never begins, commits or rolls back: the caller
 //!   owns the transaction, and a write outside one is [`Error::NoTransaction`].
 //! - [`models`]: rows, new rows, closed-set enums and id formats.
+//! - [`types`]: what every layer shares: time windows, budget scopes, entity keys, lock
+//!   ids, column limits.
 //! - [`admission`]: budget reservations that keep hard limits exact under concurrency.
 //! - [`anomaly`]: the cost-anomaly detector's rules over the anomaly driver.
 //! - [`recorder`]: durable group commit for services that record each call as it happens.
@@ -59,6 +61,7 @@ pub mod models;
 pub mod recorder;
 #[allow(missing_docs)]
 pub mod schema;
+pub mod types;
 mod validate;
 
 pub use error::{report, BoxError, Error, Result};

@@ -436,8 +436,9 @@ fn upsert_spike(
     cents: f64,
     at: DateTime<Utc>,
 ) -> costdb::models::CostAnomaly {
-    use costdb::drivers::{AnomalyInput, AnomalyKey, EntityKey};
+    use costdb::drivers::{AnomalyInput, AnomalyKey};
     use costdb::models::{AnomalyType, DerivedCause, EntityType, Severity};
+    use costdb::types::EntityKey;
     costdb::drivers::CostAnomalyDriver::new(c)
         .upsert_anomaly(
             tenant,

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, DurationRound, TimeZone, Utc};
 use common::assert_invalid;
-use costdb::drivers::{AnalyticsQuery, CostInput, TimeWindow};
+use costdb::drivers::{AnalyticsQuery, CostInput};
 use costdb::models::{NewAosTrace, NewRun, TimeBucket};
 use costdb::schema::{aos_traces, runs};
+use costdb::types::TimeWindow;
 use costdb::{drivers::AnalyticsReadDriver, drivers::CostWriteDriver};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;

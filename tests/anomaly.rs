@@ -7,8 +7,9 @@ use std::sync::{Arc, Barrier};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use common::assert_invalid;
-use costdb::drivers::{AnomalyInput, AnomalyKey, BudgetLimits, BudgetScope, EntityKey};
+use costdb::drivers::{AnomalyInput, AnomalyKey, BudgetLimits};
 use costdb::models::{AnomalyType, DerivedCause, EntityType, Severity};
+use costdb::types::{BudgetScope, EntityKey};
 use costdb::{drivers::CostAnomalyDriver, drivers::CostWriteDriver, Error};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -639,7 +640,8 @@ fn history(conn: &mut PgConnection, tenant: &str) -> Vec<costdb::drivers::CostIn
 
 #[test]
 fn spend_baselines_and_cause_inputs_match_the_fixture() {
-    use costdb::drivers::{BudgetScope, CostInput, EntityColumn};
+    use costdb::drivers::{CostInput, EntityColumn};
+    use costdb::types::BudgetScope;
     let mut conn = common::test_conn();
     let tenant = common::tenant();
     let rows = history(&mut conn, &tenant);

@@ -7,9 +7,10 @@ use std::sync::{Arc, Barrier};
 
 use chrono::{TimeZone, Utc};
 use common::{assert_invalid, tx_now};
-use costdb::drivers::{BudgetLimits, BudgetScope, CostInput, FeatureTagChanges, FeatureTagInput};
+use costdb::drivers::{BudgetLimits, CostInput, FeatureTagChanges, FeatureTagInput};
 use costdb::models::{BudgetType, CostRecord};
 use costdb::schema::{cost_records, feature_tags};
+use costdb::types::BudgetScope;
 use costdb::{drivers::CostWriteDriver, Error};
 use diesel::prelude::*;
 
@@ -602,8 +603,8 @@ fn outside_a_transaction_nothing_is_written_and_a_rollback_leaves_nothing() {
 
 #[test]
 fn amounts_above_the_bound_are_refused_and_the_largest_ones_still_sum() {
-    use costdb::drivers::TimeWindow;
     use costdb::models::TimeBucket;
+    use costdb::types::TimeWindow;
     use costdb::MAX_AMOUNT_CENTS;
     let mut conn = common::test_conn();
     let tenant = common::tenant();
@@ -878,7 +879,7 @@ fn single_records_and_analytics_reuse_one_prepared_statement_per_connection() {
     }
     let mut conn = common::test_conn();
     let tenant = common::tenant();
-    let day = costdb::drivers::TimeWindow::new(
+    let day = costdb::types::TimeWindow::new(
         Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
         Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap(),
     )

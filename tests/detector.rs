@@ -6,8 +6,9 @@ mod common;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use costdb::anomaly::{severity_band, AnomalyDetector, DetectorConfig};
-use costdb::drivers::{BudgetLimits, BudgetScope, CostInput};
+use costdb::drivers::{BudgetLimits, CostInput};
 use costdb::models::{AnomalyType, CostAnomaly, DerivedCause, EntityType, Severity};
+use costdb::types::BudgetScope;
 use costdb::{drivers::CostWriteDriver, Error};
 use diesel::Connection;
 

@@ -197,7 +197,10 @@ fn terms_only_grow() {
 
 #[test]
 fn the_known_locks_are_distinct_and_in_the_7000_range() {
-    let ids: Vec<i64> = leader::KNOWN_LOCKS.iter().map(|(id, _)| *id).collect();
+    let ids: Vec<i64> = costdb::types::locks::KNOWN_LOCKS
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
     assert_eq!(ids, [7001, 7002, 7003, 7004, 7005]);
     let mut conn = common::conn();
     let status = leader::lock_status(&mut conn, &ids).unwrap();

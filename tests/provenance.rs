@@ -7,11 +7,10 @@ use std::sync::{Arc, Barrier, Once};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use common::assert_invalid;
-use costdb::drivers::{
-    BaselineRecord, ProvenanceDriver, ProvenanceFilter, ProvenanceInput, TimeWindow,
-};
+use costdb::drivers::{BaselineRecord, ProvenanceDriver, ProvenanceFilter, ProvenanceInput};
 use costdb::models::{Provenance, ProvenanceSource, VariantSlug};
 use costdb::schema::costsim_provenance as p;
+use costdb::types::TimeWindow;
 use costdb::Error;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeZone, Utc};
 use costdb::admission::{Admission, BudgetGate, ReserveInput};
 use costdb::drivers::{
-    BudgetLimits, BudgetScope, CostInput, FeatureTagInput, NewAlert, Outcome, ProvenanceInput,
+    BudgetLimits, CostInput, FeatureTagInput, NewAlert, Outcome, ProvenanceInput,
 };
 use costdb::leader::{self, LeaderGuard};
 use costdb::models::{AlertStatus, AlertType};
 use costdb::recorder::{CostRecorder, RecorderConfig};
+use costdb::types::BudgetScope;
 use costdb::{
     db, drivers::AlertDriver, drivers::CostWriteDriver, drivers::ProvenanceDriver, Error,
 };

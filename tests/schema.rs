@@ -358,3 +358,60 @@ fn a_pool_on_an_unreachable_server_fails_after_its_own_timeout_with_a_typed_caus
         "max_size",
     );
 }
+
+#[test]
+fn the_column_limits_are_the_migrated_varchar_sizes() {
+    use costdb::types::limits;
+    #[derive(QueryableByName)]
+    struct Len {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
+        n: Option<i32>,
+    }
+    let mut conn = common::conn();
+    let cases = [
+        ("cost_records", "tenant_id", limits::TENANT_ID),
+        ("cost_budgets", "tenant_id", limits::TENANT_ID),
+        ("cost_anomalies", "tenant_id", limits::TENANT_ID),
+        ("budget_reservations", "tenant_id", limits::TENANT_ID),
+        ("worker_runs", "tenant_id", limits::WORKER_RUN_ID),
+        ("worker_runs", "id", limits::WORKER_RUN_ID),
+        ("pattern_feedback", "tenant_id", limits::PATTERN_TENANT_ID),
+        ("prediction_events", "tenant_id", limits::PATTERN_TENANT_ID),
+        ("coordination_audit_records", "tenant_id", limits::AUDIT_ID),
+        (
+            "coordination_audit_records",
+            "envelope_id",
+            limits::AUDIT_ID,
+        ),
+        ("cost_records", "user_id", limits::COST_ID),
+        ("cost_records", "request_id", limits::COST_ID),
+        ("cost_records", "workflow_id", limits::COST_ID),
+        ("cost_records", "skill_id", limits::COST_ID),
+        ("cost_records", "model", limits::COST_ID),
+        ("cost_anomalies", "id", limits::COST_ID),
+        ("cost_budgets", "id", limits::COST_ID),
+        ("costsim_alert_queue", "anomaly_id", limits::COST_ID),
+        ("cost_records", "feature_tag", limits::TAG),
+        ("feature_tags", "tag", limits::TAG),
+        ("cost_breach_history", "entity_id", limits::TAG),
+        ("cost_drift_tracking", "entity_id", limits::TAG),
+        ("feature_tags", "display_name", limits::DISPLAY_NAME),
+        ("cost_breach_history", "id", limits::DETECTOR_ROW_ID),
+        ("cost_drift_tracking", "id", limits::DETECTOR_ROW_ID),
+        ("worker_runs", "worker_id", limits::WORKER_ID),
+        ("pattern_feedback", "signature", limits::PATTERN_TEXT),
+        ("prediction_events", "subject_id", limits::PATTERN_TEXT),
+        ("pattern_feedback", "threshold_used", limits::THRESHOLD_USED),
+    ];
+    for (table, column, limit) in cases {
+        let len: Len = diesel::sql_query(
+            "SELECT character_maximum_length AS n FROM information_schema.columns \
+             WHERE table_schema = 'public' AND table_name = $1 AND column_name = $2",
+        )
+        .bind::<diesel::sql_types::Text, _>(table)
+        .bind::<diesel::sql_types::Text, _>(column)
+        .get_result(&mut conn)
+        .unwrap_or_else(|e| panic!("{table}.{column}: {e}"));
+        assert_eq!(len.n, Some(limit as i32), "{table}.{column}");
+    }
+}

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use costdb::admission::{Admission, BudgetGate, ReserveInput};
 use costdb::anomaly::AnomalyDetector;
-use costdb::drivers::{
-    BudgetLimits, BudgetScope, CostInput, ProvenanceInput, RunCost, TimeWindow, WorkerRunData,
-};
-use costdb::leader::{self, LeaderGuard, LOCK_ALERT_WORKER};
+use costdb::drivers::{BudgetLimits, CostInput, ProvenanceInput, RunCost, WorkerRunData};
+use costdb::leader::{self, LeaderGuard};
 use costdb::models::{AnomalyType, CostAnomaly, TimeBucket, WorkerStatus};
 use costdb::recorder::{CostRecorder, RecorderConfig};
+use costdb::types::locks::LOCK_ALERT_WORKER;
+use costdb::types::{BudgetScope, TimeWindow};
 use costdb::{
     db, drivers::AlertDriver, drivers::AnalyticsReadDriver, drivers::CostAnomalyDriver,
     drivers::CostWriteDriver, drivers::ProvenanceDriver, drivers::WorkerWriteService,

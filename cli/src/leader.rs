@@ -4,7 +4,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use costdb::db;
-use costdb::leader::{self, LeaderGuard, KNOWN_LOCKS};
+use costdb::leader::{self, LeaderGuard};
+use costdb::types::locks::KNOWN_LOCKS;
 
 use crate::{require_url, say, Failure, Outcome, Target};
 

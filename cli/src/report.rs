@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use chrono::{NaiveDate, TimeZone, Utc};
 use costdb::db;
 use costdb::drivers::AnalyticsReadDriver;
-use costdb::drivers::{FeatureSpend, ModelSpend, SpendBucket, TimeWindow};
+use costdb::drivers::{FeatureSpend, ModelSpend, SpendBucket};
 use costdb::models::TimeBucket;
+use costdb::types::TimeWindow;
 use diesel::{PgConnection, RunQueryDsl};
 use serde::Serialize;
 

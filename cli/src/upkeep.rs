@@ -7,8 +7,9 @@ use chrono::{Duration, Utc};
 use costdb::admission::BudgetGate;
 use costdb::db;
 use costdb::drivers::AlertDriver;
-use costdb::leader::{self, LeaderGuard, LOCK_UPKEEP};
+use costdb::leader::{self, LeaderGuard};
 use costdb::models::AlertStatus;
+use costdb::types::locks::LOCK_UPKEEP;
 use diesel::Connection;
 
 use crate::{require_url, say, Failure, Outcome, Target};

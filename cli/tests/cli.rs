@@ -763,7 +763,8 @@ fn report_prints_tables_json_and_a_chart_and_refuses_bad_input() {
 #[test]
 fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
     use costdb::admission::{Admission, BudgetGate, ReserveInput};
-    use costdb::drivers::{BudgetLimits, BudgetScope};
+    use costdb::drivers::BudgetLimits;
+    use costdb::types::BudgetScope;
     use diesel::Connection;
     let url = common::fresh_database();
     let mut conn = costdb::db::connect(&url).unwrap();
@@ -813,7 +814,7 @@ fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
     // While another process leads upkeep, it stands by and changes nothing.
     let guard = costdb::leader::LeaderGuard::acquire(
         &url,
-        costdb::leader::LOCK_UPKEEP,
+        costdb::types::locks::LOCK_UPKEEP,
         "test",
         std::time::Duration::from_secs(5),
     )

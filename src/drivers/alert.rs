@@ -28,6 +28,7 @@ use crate::db::require_transaction;
 use crate::error::{Error, Result};
 use crate::models::{AlertStatus, AlertType, CostAnomaly, QueuedAlert};
 use crate::schema::{costsim_alert_queue as q, costsim_cb_incidents};
+use crate::types::limits;
 use crate::validate;
 
 /// The largest batch one fetch or claim takes.
@@ -475,8 +476,8 @@ impl<'c> AlertDriver<'c> {
         let payloads = anomalies
             .iter()
             .map(|a| {
-                validate::required("tenant_id", &a.tenant_id, 64)?;
-                validate::required("anomaly_id", &a.id, 64)?;
+                validate::required("tenant_id", &a.tenant_id, limits::TENANT_ID)?;
+                validate::required("anomaly_id", &a.id, limits::COST_ID)?;
                 let payload = anomaly_alert_payload(a);
                 validate::json("payload", &payload)?;
                 Ok(payload)

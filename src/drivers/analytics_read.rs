@@ -8,34 +8,10 @@ use diesel::sql_types::{BigInt, Double, Interval, Nullable, Text, Timestamptz};
 use serde::Serialize;
 
 use super::prepared::{Param, Prepared};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::models::TimeBucket;
+use crate::types::{limits, TimeWindow};
 use crate::validate;
-
-/// A half-open window `[from, to)` of instants; `from` must be before `to`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct TimeWindow {
-    /// First instant included.
-    pub from: DateTime<Utc>,
-    /// First instant excluded.
-    pub to: DateTime<Utc>,
-}
-
-impl TimeWindow {
-    /// `[from, to)`; an empty or reversed window, or one PostgreSQL cannot store, is
-    /// [`Error::InvalidInput`].
-    pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Result<Self> {
-        validate::instant("window.from", from)?;
-        validate::instant("window.to", to)?;
-        if from >= to {
-            return Err(Error::invalid(
-                "window",
-                format!("`from` ({from}) must be before `to` ({to})"),
-            ));
-        }
-        Ok(TimeWindow { from, to })
-    }
-}
 
 /// Requests and tokens in one bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, QueryableByName)]
@@ -309,7 +285,7 @@ impl<'c> AnalyticsReadDriver<'c> {
     where
         T: QueryableByName<Pg> + 'static,
     {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         TimeWindow::new(window.from, window.to)?;
         let Some(bucket) = bucket else {
             return Ok(diesel::sql_query(sql)
@@ -419,7 +395,7 @@ impl<'c> AnalyticsReadDriver<'c> {
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<String>> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         TimeWindow::new(window.from, window.to)?;
         let base = diesel::sql_query(format!("EXPLAIN {}", query.sql()))
             .bind::<Text, _>(tenant_id)

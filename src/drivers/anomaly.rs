@@ -8,13 +8,12 @@ use diesel::sql_types::{Double, Int4, Jsonb, Nullable, Text, Timestamptz};
 use serde::Serialize;
 
 use crate::db::require_transaction;
-use crate::drivers::cost_write::BudgetScope;
 use crate::error::{Error, Result};
 use crate::models::{
-    ids, AnomalyType, BreachType, CostAnomaly, CostBudget, DerivedCause, DriftTracking, EntityType,
-    Severity,
+    ids, AnomalyType, BreachType, CostAnomaly, CostBudget, DerivedCause, DriftTracking, Severity,
 };
 use crate::schema::{cost_anomalies as ca, cost_budgets, cost_drift_tracking as dt};
+use crate::types::{limits, BudgetScope, EntityKey};
 use crate::validate;
 
 /// Which anomaly: its type and the entity it is about.
@@ -97,23 +96,6 @@ DO UPDATE SET current_value_cents = EXCLUDED.current_value_cents, \
     derived_cause = EXCLUDED.derived_cause, metadata = EXCLUDED.metadata \
 RETURNING a.*";
 
-/// Whose breach or drift: an entity of a tenant (`entity_id: None` for the tenant as a
-/// whole; `Some("")`, as the original system wrote it, means the same).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct EntityKey {
-    /// What kind of entity.
-    pub entity_type: EntityType,
-    /// Which one (at most 128 characters).
-    pub entity_id: Option<String>,
-}
-
-impl EntityKey {
-    /// The entity id as stored: `None` for the tenant as a whole, also for `Some("")`.
-    pub fn id(&self) -> Option<&str> {
-        self.entity_id.as_deref().filter(|id| !id.is_empty())
-    }
-}
-
 /// One day's breach of a spike rule, for [`CostAnomalyDriver::insert_breach_history`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BreachInput {
@@ -154,7 +136,7 @@ impl DriftObservation {
 }
 
 fn entity(key: &EntityKey) -> Result<()> {
-    validate::optional("entity_id", key.id(), 128)
+    validate::optional("entity_id", key.id(), limits::TAG)
 }
 
 #[derive(QueryableByName)]
@@ -345,7 +327,7 @@ fn scoped_query<'a>(
         BudgetScope::User(u) => (Some(u.as_str()), None),
         BudgetScope::Feature(f) => (None, Some(f.as_str())),
     };
-    validate::optional("scope", user.or(feature), 128)?;
+    validate::optional("scope", user.or(feature), limits::TAG)?;
     Ok(diesel::sql_query(sql)
         .into_boxed()
         .bind::<Text, _>(tenant_id)
@@ -412,7 +394,7 @@ impl<'c> CostAnomalyDriver<'c> {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<EntitySpend>> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let (start, end) = days(from, to)?;
         self.entity_rows(column.baseline_sql(), tenant_id, start, end)
     }
@@ -425,7 +407,7 @@ impl<'c> CostAnomalyDriver<'c> {
         column: EntityColumn,
         today: NaiveDate,
     ) -> Result<Vec<EntitySpend>> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let (start, end) = days(today, today)?;
         self.entity_rows(column.spend_sql(), tenant_id, start, end)
     }
@@ -464,7 +446,7 @@ impl<'c> CostAnomalyDriver<'c> {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Option<f64>> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let avg = self.spend(BASELINE, tenant_id, days(from, to)?, &BudgetScope::Tenant)?;
         Ok(avg.filter(|a| *a > 0.0))
     }
@@ -482,7 +464,7 @@ impl<'c> CostAnomalyDriver<'c> {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<f64> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         Ok(self.period_spend(tenant_id, days(from, to)?, &BudgetScope::Tenant)? / 7.0)
     }
 
@@ -518,7 +500,7 @@ impl<'c> CostAnomalyDriver<'c> {
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<f64> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         self.period_spend(tenant_id, days(today, today)?, scope)
     }
 
@@ -530,7 +512,7 @@ impl<'c> CostAnomalyDriver<'c> {
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<f64> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let first = today.with_day(1).expect("every month has a first day");
         self.period_spend(tenant_id, days(first, today)?, scope)
     }
@@ -542,7 +524,7 @@ impl<'c> CostAnomalyDriver<'c> {
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<DayComparison> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let (yesterday, tomorrow) = days(
             today
                 .pred_opt()
@@ -606,7 +588,7 @@ impl<'c> CostAnomalyDriver<'c> {
         tenant_id: &str,
         today: NaiveDate,
     ) -> Result<FeatureConcentration> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let (start, end) = days(today, today)?;
         Ok(diesel::sql_query(
             "SELECT coalesce(sum(cents), 0)::float8 AS total_cents, \
@@ -630,7 +612,7 @@ impl<'c> CostAnomalyDriver<'c> {
         breach_type: BreachType,
         today: NaiveDate,
     ) -> Result<bool> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         entity(key)?;
         use crate::schema::cost_breach_history::dsl as b;
         let q = b::cost_breach_history
@@ -645,7 +627,7 @@ impl<'c> CostAnomalyDriver<'c> {
     /// Records the entity's breach of `input.breach_date` (an upsert on tenant, entity,
     /// rule and day: concurrent detectors leave one row). Returns whether the row is new.
     pub fn insert_breach_history(&mut self, tenant_id: &str, input: &BreachInput) -> Result<bool> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         entity(&input.entity)?;
         validate::finite("deviation_pct", input.deviation_pct)?;
         validate::amount("current_value_cents", input.current_value_cents)?;
@@ -681,7 +663,7 @@ impl<'c> CostAnomalyDriver<'c> {
         breach_type: BreachType,
         today: NaiveDate,
     ) -> Result<i32> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         entity(key)?;
         Ok(diesel::sql_query(CONSECUTIVE)
             .bind::<Text, _>(tenant_id)
@@ -699,7 +681,7 @@ impl<'c> CostAnomalyDriver<'c> {
         tenant_id: &str,
         key: &EntityKey,
     ) -> Result<Option<DriftTracking>> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         entity(key)?;
         Ok(dt::table
             .filter(dt::tenant_id.eq(tenant_id))
@@ -721,7 +703,7 @@ impl<'c> CostAnomalyDriver<'c> {
         key: &EntityKey,
         observation: &DriftObservation,
     ) -> Result<i32> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         entity(key)?;
         observation.validate()?;
         require_transaction(self.conn)?;
@@ -750,8 +732,8 @@ impl<'c> CostAnomalyDriver<'c> {
         drift_days_count: i32,
         observation: &DriftObservation,
     ) -> Result<DriftTracking> {
-        validate::required("tenant_id", tenant_id, 64)?;
-        validate::required("id", id, 32)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+        validate::required("id", id, limits::DETECTOR_ROW_ID)?;
         observation.validate()?;
         if drift_days_count < 1 {
             return Err(Error::invalid("drift_days_count", "must be at least 1"));
@@ -781,7 +763,7 @@ impl<'c> CostAnomalyDriver<'c> {
 
     /// Deactivates the entity's active tracker (drift ended); returns how many were.
     pub fn reset_drift_tracking(&mut self, tenant_id: &str, key: &EntityKey) -> Result<usize> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         entity(key)?;
         require_transaction(self.conn)?;
         Ok(diesel::update(
@@ -797,7 +779,7 @@ impl<'c> CostAnomalyDriver<'c> {
 
     /// The tenant's active budgets, by type and entity.
     pub fn fetch_active_budgets(&mut self, tenant_id: &str) -> Result<Vec<CostBudget>> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         use cost_budgets::dsl as b;
         Ok(b::cost_budgets
             .filter(b::tenant_id.eq(tenant_id))
@@ -815,7 +797,7 @@ impl<'c> CostAnomalyDriver<'c> {
         key: &AnomalyKey,
         since: DateTime<Utc>,
     ) -> Result<Option<CostAnomaly>> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         entity(&key.entity)?;
         validate::instant("since", since)?;
         Ok(ca::table
@@ -834,7 +816,7 @@ impl<'c> CostAnomalyDriver<'c> {
     /// Records the anomaly: one open row per tenant, key and UTC day of `detected_at`
     /// (see [`AnomalyInput`]). Returns the whole stored row.
     pub fn upsert_anomaly(&mut self, tenant_id: &str, input: &AnomalyInput) -> Result<CostAnomaly> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         input.validate()?;
         require_transaction(self.conn)?;
         Ok(diesel::sql_query(UPSERT)

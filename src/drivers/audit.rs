@@ -7,6 +7,7 @@ use crate::db::require_transaction;
 use crate::error::{Error, Result};
 use crate::models::{CoordinationAuditRecord, NewCoordinationAuditRecord};
 use crate::schema::coordination_audit_records;
+use crate::types::limits;
 use crate::validate;
 
 /// What [`AuditDriver::persist_audit_record`] did.
@@ -42,24 +43,24 @@ impl<'c> AuditDriver<'c> {
         record: &NewCoordinationAuditRecord,
         emit_traces: bool,
     ) -> Result<AuditOutcome> {
-        validate::required("envelope_id", &record.envelope_id, 100)?;
+        validate::required("envelope_id", &record.envelope_id, limits::AUDIT_ID)?;
         validate::text("reason", &record.reason)?;
         validate::instant("decision_timestamp", record.decision_timestamp)?;
         validate::optional(
             "conflicting_envelope_id",
             record.conflicting_envelope_id.as_deref(),
-            100,
+            limits::AUDIT_ID,
         )?;
         validate::optional(
             "preempting_envelope_id",
             record.preempting_envelope_id.as_deref(),
-            100,
+            limits::AUDIT_ID,
         )?;
         validate::non_negative(
             "active_envelopes_count",
             record.active_envelopes_count.into(),
         )?;
-        validate::optional("tenant_id", record.tenant_id.as_deref(), 100)?;
+        validate::optional("tenant_id", record.tenant_id.as_deref(), limits::AUDIT_ID)?;
         if !emit_traces {
             return Ok(AuditOutcome::Replayed);
         }

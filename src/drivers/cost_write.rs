@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 use crate::db::require_transaction;
 use crate::error::{Error, Result};
 use crate::models::{
-    ids, BudgetType, CostBudget, CostRecord, FeatureTag, NewCostBudget, NewCostRecord,
-    NewFeatureTag,
+    ids, CostBudget, CostRecord, FeatureTag, NewCostBudget, NewCostRecord, NewFeatureTag,
 };
 use crate::schema::{cost_budgets, cost_records, feature_tags};
+use crate::types::{limits, BudgetScope};
 use crate::validate;
 
 /// One LLM call's cost, as recorded by [`CostWriteDriver::create_cost_record`] and
@@ -85,13 +85,13 @@ impl CostInput {
     /// # Errors
     /// [`Error::InvalidInput`].
     pub fn validate(&self) -> Result<()> {
-        validate::required("tenant_id", &self.tenant_id, 64)?;
-        validate::optional("user_id", self.user_id.as_deref(), 64)?;
-        validate::optional("feature_tag", self.feature_tag.as_deref(), 128)?;
-        validate::optional("request_id", self.request_id.as_deref(), 64)?;
-        validate::optional("workflow_id", self.workflow_id.as_deref(), 64)?;
-        validate::optional("skill_id", self.skill_id.as_deref(), 64)?;
-        validate::required("model", &self.model, 64)?;
+        validate::required("tenant_id", &self.tenant_id, limits::TENANT_ID)?;
+        validate::optional("user_id", self.user_id.as_deref(), limits::COST_ID)?;
+        validate::optional("feature_tag", self.feature_tag.as_deref(), limits::TAG)?;
+        validate::optional("request_id", self.request_id.as_deref(), limits::COST_ID)?;
+        validate::optional("workflow_id", self.workflow_id.as_deref(), limits::COST_ID)?;
+        validate::optional("skill_id", self.skill_id.as_deref(), limits::COST_ID)?;
+        validate::required("model", &self.model, limits::COST_ID)?;
         validate::non_negative("input_tokens", self.input_tokens.into())?;
         validate::non_negative("output_tokens", self.output_tokens.into())?;
         validate::amount("cost_cents", self.cost_cents)?;
@@ -134,27 +134,6 @@ pub struct FeatureTagChanges {
     pub budget_cents: Option<Option<i32>>,
     /// Activate or deactivate.
     pub is_active: Option<bool>,
-}
-
-/// Who a budget applies to; the feature tag or user id travels with its scope.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BudgetScope {
-    /// The whole tenant.
-    Tenant,
-    /// One feature tag.
-    Feature(String),
-    /// One end user.
-    User(String),
-}
-
-impl BudgetScope {
-    fn parts(&self) -> (BudgetType, Option<&str>) {
-        match self {
-            BudgetScope::Tenant => (BudgetType::Tenant, None),
-            BudgetScope::Feature(tag) => (BudgetType::Feature, Some(tag)),
-            BudgetScope::User(user) => (BudgetType::User, Some(user)),
-        }
-    }
 }
 
 /// The limits of a budget.
@@ -317,9 +296,9 @@ impl<'c> CostWriteDriver<'c> {
         tenant_id: &str,
         input: &FeatureTagInput,
     ) -> Result<FeatureTag> {
-        validate::required("tenant_id", tenant_id, 64)?;
-        validate::required("tag", &input.tag, 128)?;
-        validate::required("display_name", &input.display_name, 256)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+        validate::required("tag", &input.tag, limits::TAG)?;
+        validate::required("display_name", &input.display_name, limits::DISPLAY_NAME)?;
         validate::optional_text("description", input.description.as_deref())?;
         if let Some(cents) = input.budget_cents {
             validate::non_negative("budget_cents", cents.into())?;
@@ -354,10 +333,10 @@ impl<'c> CostWriteDriver<'c> {
         id: &str,
         changes: &FeatureTagChanges,
     ) -> Result<FeatureTag> {
-        validate::required("tenant_id", tenant_id, 64)?;
-        validate::required("id", id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+        validate::required("id", id, limits::COST_ID)?;
         if let Some(name) = &changes.display_name {
-            validate::required("display_name", name, 256)?;
+            validate::required("display_name", name, limits::DISPLAY_NAME)?;
         }
         if let Some(Some(description)) = &changes.description {
             validate::text("description", description)?;
@@ -614,9 +593,9 @@ impl<'c> CostWriteDriver<'c> {
         scope: &BudgetScope,
         limits: &BudgetLimits,
     ) -> Result<CostBudget> {
-        validate::required("tenant_id", tenant_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let (budget_type, entity_id) = scope.parts();
-        validate::optional("entity_id", entity_id, 128)?;
+        validate::optional("entity_id", entity_id, limits::TAG)?;
         for (field, limit) in [
             ("daily_limit_cents", limits.daily_limit_cents),
             ("monthly_limit_cents", limits.monthly_limit_cents),

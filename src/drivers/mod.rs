@@ -17,16 +17,16 @@ pub use alert::{
 };
 pub use analytics_read::{
     bucket_width, AnalyticsQuery, AnalyticsReadDriver, CountBucket, FeatureSpend, ModelBucket,
-    ModelSpend, SpendBucket, TimeWindow, UsageBucket,
+    ModelSpend, SpendBucket, UsageBucket,
 };
 pub use anomaly::{
     AnomalyInput, AnomalyKey, BreachInput, CostAnomalyDriver, DayComparison, DriftObservation,
-    EntityColumn, EntityKey, EntitySpend, FeatureConcentration,
+    EntityColumn, EntitySpend, FeatureConcentration,
 };
 pub use audit::{AuditDriver, AuditOutcome};
 pub use cost_write::{
-    BudgetLimits, BudgetScope, CostInput, CostWriteDriver, FeatureTagChanges, FeatureTagInput,
-    RecordedCost, BULK_CHUNK,
+    BudgetLimits, CostInput, CostWriteDriver, FeatureTagChanges, FeatureTagInput, RecordedCost,
+    BULK_CHUNK,
 };
 pub use patterns::{
     FeedbackInput, FeedbackQuery, PatternDetectionDriver, PredictionDriver, PredictionFilter,

@@ -21,6 +21,7 @@ use crate::models::{
     PredictionEvent, PredictionType, SubjectType, WorkerRun, WorkerStatus,
 };
 use crate::schema::{pattern_feedback as pf, prediction_events as pe, worker_runs as wr};
+use crate::types::limits;
 use crate::validate;
 
 /// The largest `limit` a list takes.
@@ -37,7 +38,7 @@ fn limit(limit: i64) -> Result<i64> {
 }
 
 fn tenant(tenant_id: Option<&str>) -> Result<()> {
-    validate::optional("tenant_id", tenant_id, 255)
+    validate::optional("tenant_id", tenant_id, limits::PATTERN_TENANT_ID)
 }
 
 /// A query over worker runs.
@@ -61,7 +62,7 @@ fn runs(
 ) -> Result<RunsQuery> {
     tenant(tenant_id)?;
     validate::optional_instant("since", since)?;
-    validate::optional("worker_id", worker_id, 255)?;
+    validate::optional("worker_id", worker_id, limits::WORKER_ID)?;
     let mut q = wr::table
         .filter(wr::status.eq(status))
         .select(WorkerRun::as_select())
@@ -175,11 +176,15 @@ impl<'c> PatternDetectionDriver<'c> {
         tenant_id: &str,
         input: &FeedbackInput,
     ) -> Result<PatternFeedback> {
-        validate::required("tenant_id", tenant_id, 255)?;
+        validate::required("tenant_id", tenant_id, limits::PATTERN_TENANT_ID)?;
         validate::required("description", &input.description, usize::MAX)?;
-        validate::optional("signature", input.signature.as_deref(), 255)?;
+        validate::optional(
+            "signature",
+            input.signature.as_deref(),
+            limits::PATTERN_TEXT,
+        )?;
         for run in &input.provenance {
-            validate::required("provenance", run, 255)?;
+            validate::required("provenance", run, limits::PROVENANCE_RUN_ID)?;
         }
         if input.occurrence_count < 1 {
             return Err(Error::invalid("occurrence_count", "must be at least 1"));
@@ -189,7 +194,11 @@ impl<'c> PatternDetectionDriver<'c> {
                 return Err(Error::invalid("time_window_minutes", "must be positive"));
             }
         }
-        validate::optional("threshold_used", input.threshold_used.as_deref(), 100)?;
+        validate::optional(
+            "threshold_used",
+            input.threshold_used.as_deref(),
+            limits::THRESHOLD_USED,
+        )?;
         if let Some(m) = &input.metadata {
             validate::json("metadata", m)?;
         }
@@ -442,7 +451,7 @@ impl<'c> PredictionDriver<'c> {
         tenant_id: &str,
         id: Uuid,
     ) -> Result<Option<PredictionEvent>> {
-        validate::required("tenant_id", tenant_id, 255)?;
+        validate::required("tenant_id", tenant_id, limits::PATTERN_TENANT_ID)?;
         Ok(pe::table
             .filter(pe::tenant_id.eq(tenant_id))
             .filter(pe::id.eq(id))
@@ -459,7 +468,11 @@ impl<'c> PredictionDriver<'c> {
     ) -> Result<Vec<PredictionSummary>> {
         use diesel::sql_types::{Nullable, Text, Timestamptz};
         tenant(filter.tenant_id.as_deref())?;
-        validate::optional("subject_id", filter.subject_id.as_deref(), 255)?;
+        validate::optional(
+            "subject_id",
+            filter.subject_id.as_deref(),
+            limits::PATTERN_TEXT,
+        )?;
         validate::optional_instant("valid_at", filter.valid_at)?;
         Ok(diesel::sql_query(
             "SELECT prediction_type, count(*) AS predictions, \
@@ -486,8 +499,8 @@ impl<'c> PredictionDriver<'c> {
         tenant_id: &str,
         input: &PredictionInput,
     ) -> Result<PredictionEvent> {
-        validate::required("tenant_id", tenant_id, 255)?;
-        validate::required("subject_id", &input.subject_id, 255)?;
+        validate::required("tenant_id", tenant_id, limits::PATTERN_TENANT_ID)?;
+        validate::required("subject_id", &input.subject_id, limits::PATTERN_TEXT)?;
         if !(0.0..=1.0).contains(&input.confidence_score) {
             return Err(Error::invalid(
                 "confidence_score",
@@ -540,7 +553,11 @@ impl<'c> PredictionDriver<'c> {
 /// The predictions `filter` selects.
 fn filtered(filter: &PredictionFilter) -> Result<pe::BoxedQuery<'static, Pg>> {
     tenant(filter.tenant_id.as_deref())?;
-    validate::optional("subject_id", filter.subject_id.as_deref(), 255)?;
+    validate::optional(
+        "subject_id",
+        filter.subject_id.as_deref(),
+        limits::PATTERN_TEXT,
+    )?;
     validate::optional_instant("valid_at", filter.valid_at)?;
     let mut q = pe::table.into_boxed();
     if let Some(t) = &filter.tenant_id {

@@ -7,11 +7,11 @@ use diesel::sql_types::{Array, BigInt, Double, Float8, Int4, Jsonb, Nullable, Te
 use serde::{Deserialize, Serialize};
 
 use crate::db::require_transaction;
-use crate::drivers::analytics_read::TimeWindow;
 use crate::error::{Error, Result};
-use crate::leader::LOCK_BASELINE_BACKFILL;
 use crate::models::{NewProvenance, Provenance, ProvenanceSource, VariantSlug};
 use crate::schema::costsim_provenance;
+use crate::types::locks::LOCK_BASELINE_BACKFILL;
+use crate::types::TimeWindow;
 use crate::validate;
 
 /// The largest page [`ProvenanceDriver::query_provenance`] returns.

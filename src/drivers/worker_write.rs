@@ -12,6 +12,7 @@ use crate::models::{
     WorkerStatus,
 };
 use crate::schema::{cost_anomalies, worker_runs};
+use crate::types::limits;
 use crate::validate;
 
 /// What a worker reports about a run. `None` leaves a column as it is (on insert: its
@@ -164,8 +165,8 @@ impl<'c> WorkerWriteService<'c> {
         run_id: &str,
         data: &WorkerRunData,
     ) -> Result<WorkerRun> {
-        validate::required("tenant_id", tenant_id, 36)?;
-        validate::required("run_id", run_id, 36)?;
+        validate::required("tenant_id", tenant_id, limits::WORKER_RUN_ID)?;
+        validate::required("run_id", run_id, limits::WORKER_RUN_ID)?;
         data.validate()?;
         let output = json_text("artifacts", &data.artifacts)?;
         let replay = json_text("replay_token", &data.replay_token)?;
@@ -223,7 +224,7 @@ impl<'c> WorkerWriteService<'c> {
         run_id: &str,
         cost: &RunCost,
     ) -> Result<CostRecord> {
-        validate::required("run_id", run_id, 64)?;
+        validate::required("run_id", run_id, limits::COST_ID)?;
         CostWriteDriver::new(self.conn).create_cost_record(&CostInput {
             tenant_id: tenant_id.into(),
             request_id: Some(run_id.into()),
@@ -254,11 +255,11 @@ impl<'c> WorkerWriteService<'c> {
         advisory: &CostAdvisory,
     ) -> Result<CostAnomaly> {
         let budget = &advisory.budget;
-        validate::required("tenant_id", tenant_id, 64)?;
-        validate::required("run_id", run_id, 64)?;
+        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+        validate::required("run_id", run_id, limits::COST_ID)?;
         validate::non_negative("daily_spend_cents", advisory.daily_spend_cents)?;
         validate::amount("warn_threshold_cents", advisory.warn_threshold_cents)?;
-        validate::required("budget.budget_id", &budget.budget_id, 64)?;
+        validate::required("budget.budget_id", &budget.budget_id, limits::COST_ID)?;
         validate::percent("budget.warn_threshold_pct", budget.warn_threshold_pct)?;
         let spend = advisory.daily_spend_cents as f64;
         let threshold = advisory.warn_threshold_cents + 0.0;
@@ -315,8 +316,8 @@ impl<'c> WorkerWriteService<'c> {
 
     /// Deletes the tenant's run; [`Error::NotFound`] if the tenant has no such run.
     pub fn delete_worker_run(&mut self, tenant_id: &str, run_id: &str) -> Result<()> {
-        validate::required("tenant_id", tenant_id, 36)?;
-        validate::required("run_id", run_id, 36)?;
+        validate::required("tenant_id", tenant_id, limits::WORKER_RUN_ID)?;
+        validate::required("run_id", run_id, limits::WORKER_RUN_ID)?;
         require_transaction(self.conn)?;
         let deleted = diesel::delete(
             worker_runs::table
@@ -335,8 +336,8 @@ impl<'c> WorkerWriteService<'c> {
 
     /// The tenant's run, or `None` (also when the id belongs to another tenant).
     pub fn get_worker_run(&mut self, tenant_id: &str, run_id: &str) -> Result<Option<WorkerRun>> {
-        validate::required("tenant_id", tenant_id, 36)?;
-        validate::required("run_id", run_id, 36)?;
+        validate::required("tenant_id", tenant_id, limits::WORKER_RUN_ID)?;
+        validate::required("run_id", run_id, limits::WORKER_RUN_ID)?;
         Ok(worker_runs::table
             .filter(worker_runs::id.eq(run_id))
             .filter(worker_runs::tenant_id.eq(tenant_id))

@@ -10,7 +10,8 @@ use diesel::prelude::*;
 use super::{percentile, pgbench, Ctx, Scale, Target, Workload};
 use costdb::admission::{Admission, BudgetGate, ReserveInput};
 use costdb::db;
-use costdb::drivers::{BudgetLimits, BudgetScope, CostInput, CostWriteDriver};
+use costdb::drivers::{BudgetLimits, CostInput, CostWriteDriver};
+use costdb::types::BudgetScope;
 use costdb::Error;
 use costdb_testkit::Result;
 

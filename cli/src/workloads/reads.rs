@@ -8,8 +8,9 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Interval, Json, Text, Timestamptz};
 
 use super::{Combine, Ctx, Direction, Scale, Target, Workload};
-use costdb::drivers::{bucket_width, AnalyticsQuery, AnalyticsReadDriver, TimeWindow};
+use costdb::drivers::{bucket_width, AnalyticsQuery, AnalyticsReadDriver};
 use costdb::models::TimeBucket;
+use costdb::types::TimeWindow;
 use costdb::Error;
 use costdb_testkit::Result;
 
