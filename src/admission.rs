@@ -3,7 +3,7 @@
 //!
 //! Each active budget has two counters per window, `daily` for a UTC day and `monthly` for
 //! a UTC month, holding exact decimal sums of spend and of outstanding reservations. A
-//! [`BudgetGate::reserve`] decides in one statement: it locks every counter of the
+//! [`AdmissionDriver::reserve`] decides in one statement: it locks every counter of the
 //! request's budgets in one fixed order (budget id, period, window), checks that each hard
 //! limit still has room for the estimate, and only then adds the estimate to all of them
 //! and stores the reservation: all scopes or none, and never read-then-write. A new day or
@@ -15,7 +15,7 @@
 //! transactions a concurrent reservation of the same budget fails with a serialization
 //! error, which the caller retries; the default `READ COMMITTED` waits instead.
 //!
-//! Counters count what goes through the gate; [`BudgetGate::reconcile`] compares them with
+//! Counters count what goes through the gate; [`AdmissionDriver::reconcile`] compares them with
 //! the cost records of each budget's scope and shows spend that bypassed it.
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
@@ -31,7 +31,7 @@ use crate::models::{BudgetPeriod, BudgetType, CostRecord, ReservationStatus};
 use crate::types::limits;
 use crate::validate;
 
-/// What a request asks of its budgets, for [`BudgetGate::reserve`].
+/// What a request asks of its budgets, for [`AdmissionDriver::reserve`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReserveInput {
     /// The call's idempotency key (at most 64 characters): one reservation, and later one
@@ -113,7 +113,7 @@ pub struct BudgetUse {
     pub reserved_cents: f64,
 }
 
-/// The verdict of [`BudgetGate::reserve`].
+/// The verdict of [`AdmissionDriver::reserve`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Admission {
     /// The estimate is held against every applicable budget.
@@ -131,7 +131,7 @@ pub enum Admission {
     },
 }
 
-/// What [`BudgetGate::settle`] did.
+/// What [`AdmissionDriver::settle`] did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Settlement {
     /// The request's cost record (the earlier one when it was already billed).
@@ -491,14 +491,14 @@ fn month_of(day: NaiveDate) -> NaiveDate {
 
 /// Budget admission over the caller's connection and transaction (see the
 /// [module docs](self)).
-pub struct BudgetGate<'c> {
+pub struct AdmissionDriver<'c> {
     conn: &'c mut PgConnection,
 }
 
-impl<'c> BudgetGate<'c> {
+impl<'c> AdmissionDriver<'c> {
     /// Wraps the caller's connection.
     pub fn new(conn: &'c mut PgConnection) -> Self {
-        BudgetGate { conn }
+        AdmissionDriver { conn }
     }
 
     /// Reserves `estimated_cents` against every active budget of the tenant that applies

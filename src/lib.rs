@@ -13,7 +13,7 @@
 //! - [`types`]: what every layer shares: time windows, budget scopes, entity keys, lock
 //!   ids, column limits.
 //! - [`admission`]: budget reservations that keep hard limits exact under concurrency.
-//! - [`anomaly`]: the cost-anomaly detector's rules over the anomaly driver.
+//! - [`detector`]: the cost-anomaly detector's rules over the anomaly driver.
 //! - [`recorder`]: durable group commit for services that record each call as it happens.
 //! - [`leader`]: leader election among processes on advisory locks, with fencing terms.
 //!
@@ -50,9 +50,9 @@
 #![warn(missing_docs)]
 
 pub mod admission;
-pub mod anomaly;
 pub mod connect;
 pub mod db;
+pub mod detector;
 pub mod drivers;
 pub(crate) mod error;
 pub mod input_hash;

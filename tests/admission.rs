@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use common::assert_invalid;
-use costdb::admission::{Admission, BudgetGate, Reservation, ReserveInput};
+use costdb::admission::{Admission, AdmissionDriver, Reservation, ReserveInput};
 use costdb::drivers::{BudgetLimits, CostInput};
 use costdb::models::{BudgetPeriod, BudgetType, ReservationStatus};
 use costdb::types::BudgetScope;
@@ -56,7 +56,7 @@ fn budget(
 ) -> String {
     let mut conn = common::conn();
     conn.transaction(|c| {
-        CostWriteDriver::new(c).create_or_update_budget(
+        CostWriteDriver::new(c).upsert_budget(
             tenant,
             &scope,
             &BudgetLimits {
@@ -77,7 +77,7 @@ fn reserve(
     tenant: &str,
     input: &ReserveInput,
 ) -> costdb::Result<Admission> {
-    conn.transaction(|c| BudgetGate::new(c).reserve(tenant, input))
+    conn.transaction(|c| AdmissionDriver::new(c).reserve(tenant, input))
 }
 
 fn admitted(a: Admission) -> Reservation {
@@ -139,7 +139,7 @@ fn sixty_four_racers_never_pass_a_hard_limit() {
         let pre = f64::from(100 + 13 * rep);
         let r = admitted(reserve(&mut setup, &tenant, &ask("pre", pre, now)).unwrap());
         setup
-            .transaction(|c| BudgetGate::new(c).settle(&r, &actual(&r, pre, now)))
+            .transaction(|c| AdmissionDriver::new(c).settle(&r, &actual(&r, pre, now)))
             .unwrap();
         let estimate = f64::from(17 + 3 * rep);
         let left = f64::from(limit) - pre;
@@ -201,7 +201,7 @@ fn a_vanished_holder_is_reclaimed_after_expiry_and_nothing_counts_twice() {
         let mut holder = db::connect(common::database_url()).unwrap();
         holder.begin_test_transaction().unwrap();
         admitted(
-            BudgetGate::new(&mut holder)
+            AdmissionDriver::new(&mut holder)
                 .reserve(&tenant, &ask("uncommitted", 10.0, now))
                 .unwrap(),
         );
@@ -218,7 +218,7 @@ fn a_vanished_holder_is_reclaimed_after_expiry_and_nothing_counts_twice() {
         Admission::Refused { .. }
     ));
     let reclaim = |conn: &mut PgConnection, at: DateTime<Utc>| {
-        conn.transaction(|c| BudgetGate::new(c).reclaim_expired(at, 100))
+        conn.transaction(|c| AdmissionDriver::new(c).reclaim_expired(at, 100))
             .unwrap()
     };
     assert_eq!(
@@ -243,7 +243,7 @@ fn a_vanished_holder_is_reclaimed_after_expiry_and_nothing_counts_twice() {
         Some((0.0, 0.0))
     );
     let stored = conn
-        .transaction(|c| BudgetGate::new(c).fetch_reservation(&tenant, &reservation.id))
+        .transaction(|c| AdmissionDriver::new(c).fetch_reservation(&tenant, &reservation.id))
         .unwrap()
         .unwrap();
     assert_eq!(stored.status, ReservationStatus::Expired);
@@ -252,21 +252,23 @@ fn a_vanished_holder_is_reclaimed_after_expiry_and_nothing_counts_twice() {
     // The lost holder comes back late: its call is billed once, its estimate is not given
     // back a second time, and releasing it again changes nothing.
     let late = conn
-        .transaction(|c| BudgetGate::new(c).settle(&reservation, &actual(&reservation, 70.0, now)))
+        .transaction(|c| {
+            AdmissionDriver::new(c).settle(&reservation, &actual(&reservation, 70.0, now))
+        })
         .unwrap();
     assert!(late.charged && !late.released);
     assert!(!conn
-        .transaction(|c| BudgetGate::new(c).release(&reservation))
+        .transaction(|c| AdmissionDriver::new(c).release(&reservation))
         .unwrap());
     assert!(conn
-        .transaction(|c| BudgetGate::new(c).release(&again))
+        .transaction(|c| AdmissionDriver::new(c).release(&again))
         .unwrap());
     assert_eq!(
         counter(&mut conn, &b, "daily", now.date_naive()),
         Some((70.0, 0.0))
     );
     let lines = conn
-        .transaction(|c| BudgetGate::new(c).reconcile(&tenant, now.date_naive()))
+        .transaction(|c| AdmissionDriver::new(c).reconcile(&tenant, now.date_naive()))
         .unwrap();
     assert_eq!(lines.len(), 2);
     assert!(
@@ -285,7 +287,7 @@ fn settling_a_request_already_billed_charges_nothing_and_releases() {
     let mut conn = common::conn();
     // The request was billed before, outside the gate.
     conn.transaction(|c| {
-        CostWriteDriver::new(c).create_cost_record(&CostInput {
+        CostWriteDriver::new(c).insert_cost_record(&CostInput {
             tenant_id: tenant.clone(),
             request_id: Some("req".into()),
             model: "m".into(),
@@ -297,7 +299,7 @@ fn settling_a_request_already_billed_charges_nothing_and_releases() {
     .unwrap();
     let r = admitted(reserve(&mut conn, &tenant, &ask("req", 50.0, now)).unwrap());
     let s = conn
-        .transaction(|c| BudgetGate::new(c).settle(&r, &actual(&r, 50.0, now)))
+        .transaction(|c| AdmissionDriver::new(c).settle(&r, &actual(&r, 50.0, now)))
         .unwrap();
     assert!(!s.charged && s.released);
     assert_eq!(s.cost.cost_cents, 42.0, "the first record stands");
@@ -311,7 +313,7 @@ fn settling_a_request_already_billed_charges_nothing_and_releases() {
     );
     // Settling again is a no-op too.
     let twice = conn
-        .transaction(|c| BudgetGate::new(c).settle(&r, &actual(&r, 50.0, now)))
+        .transaction(|c| AdmissionDriver::new(c).settle(&r, &actual(&r, 50.0, now)))
         .unwrap();
     assert!(!twice.charged && !twice.released);
     assert_eq!(
@@ -320,7 +322,7 @@ fn settling_a_request_already_billed_charges_nothing_and_releases() {
     );
     // The record bypassed the gate: reconcile shows it.
     let lines = conn
-        .transaction(|c| BudgetGate::new(c).reconcile(&tenant, now.date_naive()))
+        .transaction(|c| AdmissionDriver::new(c).reconcile(&tenant, now.date_naive()))
         .unwrap();
     let daily = lines
         .iter()
@@ -394,7 +396,7 @@ fn a_settlement_after_midnight_charges_the_new_day() {
     let evening = at(2026, 6, 30, 23);
     let r = admitted(reserve(&mut conn, &tenant, &ask("late", 40.0, evening)).unwrap());
     let next = at(2026, 7, 1, 0) + chrono::Duration::seconds(5);
-    conn.transaction(|c| BudgetGate::new(c).settle(&r, &actual(&r, 30.0, next)))
+    conn.transaction(|c| AdmissionDriver::new(c).settle(&r, &actual(&r, 30.0, next)))
         .unwrap();
     assert_eq!(
         counter(&mut conn, &b, "daily", day(2026, 6, 30)),
@@ -410,7 +412,7 @@ fn a_settlement_after_midnight_charges_the_new_day() {
     );
     for d in [day(2026, 6, 30), day(2026, 7, 1)] {
         let lines = conn
-            .transaction(|c| BudgetGate::new(c).reconcile(&tenant, d))
+            .transaction(|c| AdmissionDriver::new(c).reconcile(&tenant, d))
             .unwrap();
         assert!(lines.iter().all(|l| l.matches()), "{d}: {lines:?}");
     }
@@ -561,7 +563,7 @@ fn a_repeated_request_gets_its_reservation_once() {
     };
     let first = admitted(reserve(&mut conn, &tenant, &odd).unwrap());
     let stored = conn
-        .transaction(|c| BudgetGate::new(c).fetch_reservation(&tenant, &first.id))
+        .transaction(|c| AdmissionDriver::new(c).fetch_reservation(&tenant, &first.id))
         .unwrap()
         .unwrap();
     assert_eq!(first, stored);
@@ -573,10 +575,10 @@ fn a_repeated_request_gets_its_reservation_once() {
         Some((0.0, 0.3))
     );
     assert!(conn
-        .transaction(|c| BudgetGate::new(c).release(&first))
+        .transaction(|c| AdmissionDriver::new(c).release(&first))
         .unwrap());
     assert!(!conn
-        .transaction(|c| BudgetGate::new(c).release(&first))
+        .transaction(|c| AdmissionDriver::new(c).release(&first))
         .unwrap());
     assert_eq!(
         counter(&mut conn, &b, "daily", now.date_naive()),
@@ -608,7 +610,7 @@ fn fractional_cents_add_up_exactly() {
         Admission::Refused { .. }
     ));
     for r in &held {
-        conn.transaction(|c| BudgetGate::new(c).settle(r, &actual(r, 0.1, now)))
+        conn.transaction(|c| AdmissionDriver::new(c).settle(r, &actual(r, 0.1, now)))
             .unwrap();
     }
     assert_eq!(
@@ -616,7 +618,7 @@ fn fractional_cents_add_up_exactly() {
         Some((1.0, 0.0))
     );
     let lines = conn
-        .transaction(|c| BudgetGate::new(c).reconcile(&tenant, now.date_naive()))
+        .transaction(|c| AdmissionDriver::new(c).reconcile(&tenant, now.date_naive()))
         .unwrap();
     assert!(lines.iter().all(|l| l.matches()), "{lines:?}");
 }
@@ -627,7 +629,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     let now = at(2026, 12, 1, 0);
     let b = budget(&tenant, BudgetScope::Tenant, Some(100), None, true);
     let mut conn = common::test_conn();
-    let mut gate = BudgetGate::new(&mut conn);
+    let mut gate = AdmissionDriver::new(&mut conn);
     let base = ask("ok", 1.0, now);
     let cases: Vec<(ReserveInput, &str)> = vec![
         (
@@ -767,11 +769,11 @@ fn bad_input_is_refused_and_changes_nothing() {
     // Outside a transaction, nothing is written.
     let mut plain = common::conn();
     assert!(matches!(
-        BudgetGate::new(&mut plain).reserve(&tenant, &ask("nt", 1.0, now)),
+        AdmissionDriver::new(&mut plain).reserve(&tenant, &ask("nt", 1.0, now)),
         Err(Error::NoTransaction)
     ));
     assert!(matches!(
-        BudgetGate::new(&mut plain).release(&r),
+        AdmissionDriver::new(&mut plain).release(&r),
         Err(Error::NoTransaction)
     ));
     assert_eq!(reservations_of(&mut plain, &tenant), 0);
@@ -828,7 +830,7 @@ fn overlapping_scope_sets_in_any_order_never_deadlock_and_reconcile() {
                         Admission::Admitted { reservation, .. } => {
                             admitted_n += 1;
                             conn.transaction(|c| {
-                                let mut gate = BudgetGate::new(c);
+                                let mut gate = AdmissionDriver::new(c);
                                 if n % 5 == 0 {
                                     gate.release(&reservation).map(|_| ())
                                 } else {
@@ -858,7 +860,7 @@ fn overlapping_scope_sets_in_any_order_never_deadlock_and_reconcile() {
     );
     let mut conn = common::conn();
     let lines = conn
-        .transaction(|c| BudgetGate::new(c).reconcile(&tenant, now.date_naive()))
+        .transaction(|c| AdmissionDriver::new(c).reconcile(&tenant, now.date_naive()))
         .unwrap();
     assert_eq!(lines.len(), budgets.len() * 2);
     for l in &lines {

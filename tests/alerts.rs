@@ -326,8 +326,8 @@ fn sent_alerts_mark_their_incident() {
         .transaction::<_, Error, _>(|c| {
             let mut d = AlertDriver::new(c);
             Ok((
-                d.mark_incident_alert_sent("1b9d6bcd-bbf", at)?,
-                d.mark_incident_alert_sent("nope", at)?,
+                d.update_incident_alert_sent("1b9d6bcd-bbf", at)?,
+                d.update_incident_alert_sent("nope", at)?,
             ))
         })
         .unwrap();

@@ -206,23 +206,22 @@ fn finding_and_budgets_are_scoped() {
         entity: who(entity),
     };
     assert_eq!(
-        d.find_existing_anomaly(&tenant, &key(Some("u1")), day(6))
+        d.fetch_open_anomaly(&tenant, &key(Some("u1")), day(6))
             .unwrap(),
         Some(user.clone())
     );
     assert_eq!(
-        d.find_existing_anomaly(&tenant, &key(None), day(6))
-            .unwrap(),
+        d.fetch_open_anomaly(&tenant, &key(None), day(6)).unwrap(),
         Some(whole)
     );
     let after = day(6) + Duration::hours(8) + Duration::microseconds(1);
     assert_eq!(
-        d.find_existing_anomaly(&tenant, &key(Some("u1")), after)
+        d.fetch_open_anomaly(&tenant, &key(Some("u1")), after)
             .unwrap(),
         None
     );
     assert_eq!(
-        d.find_existing_anomaly(&common::tenant(), &key(Some("u1")), day(6))
+        d.fetch_open_anomaly(&common::tenant(), &key(Some("u1")), day(6))
             .unwrap(),
         None
     );
@@ -233,7 +232,7 @@ fn finding_and_budgets_are_scoped() {
     .unwrap();
     assert_eq!(
         CostAnomalyDriver::new(&mut conn)
-            .find_existing_anomaly(&tenant, &key(Some("u1")), day(6))
+            .fetch_open_anomaly(&tenant, &key(Some("u1")), day(6))
             .unwrap(),
         None
     );
@@ -246,15 +245,15 @@ fn finding_and_budgets_are_scoped() {
     };
     let mut w = CostWriteDriver::new(&mut conn);
     let t = w
-        .create_or_update_budget(&tenant, &BudgetScope::Tenant, &limits)
+        .upsert_budget(&tenant, &BudgetScope::Tenant, &limits)
         .unwrap();
     let f = w
-        .create_or_update_budget(&tenant, &BudgetScope::Feature("a.b".into()), &limits)
+        .upsert_budget(&tenant, &BudgetScope::Feature("a.b".into()), &limits)
         .unwrap();
     let u = w
-        .create_or_update_budget(&tenant, &BudgetScope::User("u9".into()), &limits)
+        .upsert_budget(&tenant, &BudgetScope::User("u9".into()), &limits)
         .unwrap();
-    w.create_or_update_budget(&common::tenant(), &BudgetScope::Tenant, &limits)
+    w.upsert_budget(&common::tenant(), &BudgetScope::Tenant, &limits)
         .unwrap();
     conn.batch_execute(&format!(
         "UPDATE cost_budgets SET is_active = false WHERE id = '{}'",

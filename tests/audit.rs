@@ -44,7 +44,7 @@ fn a_record_keeps_every_field_and_replay_writes_nothing() {
     let tenant = common::tenant();
     let input = decision(&tenant);
     let out = AuditDriver::new(&mut conn)
-        .persist_audit_record(&input, true)
+        .insert_audit_record(&input, true)
         .unwrap();
     let now = common::tx_now(&mut conn);
     let AuditOutcome::Recorded(row) = out else {
@@ -69,7 +69,7 @@ fn a_record_keeps_every_field_and_replay_writes_nothing() {
     assert_eq!(stored(&mut conn, &tenant), vec![row]);
 
     let replay = AuditDriver::new(&mut conn)
-        .persist_audit_record(&decision(&tenant), false)
+        .insert_audit_record(&decision(&tenant), false)
         .unwrap();
     assert_eq!(replay, AuditOutcome::Replayed);
     assert_eq!(stored(&mut conn, &tenant).len(), 1);
@@ -81,17 +81,17 @@ fn a_duplicate_is_a_typed_error_and_the_callers_other_work_stays() {
     let mut conn = common::conn();
     let input = decision(&tenant);
     let outcome = conn.transaction::<_, Error, _>(|c| {
-        let cost = CostWriteDriver::new(c).create_cost_record(&CostInput {
+        let cost = CostWriteDriver::new(c).insert_cost_record(&CostInput {
             tenant_id: tenant.clone(),
             model: "m".into(),
             cost_cents: 1.0,
             ..Default::default()
         })?;
-        AuditDriver::new(c).persist_audit_record(&input, true)?;
-        let again = AuditDriver::new(c).persist_audit_record(&input, true);
+        AuditDriver::new(c).insert_audit_record(&input, true)?;
+        let again = AuditDriver::new(c).insert_audit_record(&input, true);
         assert!(matches!(again, Err(Error::Conflict(_))), "{again:?}");
         // The transaction is usable after the refusal.
-        let other = AuditDriver::new(c).persist_audit_record(&decision(&tenant), true)?;
+        let other = AuditDriver::new(c).insert_audit_record(&decision(&tenant), true)?;
         Ok((cost, other))
     });
     outcome.unwrap();
@@ -167,12 +167,12 @@ fn bad_input_is_refused_before_sql_and_writes_need_a_transaction() {
     ];
     let mut d = AuditDriver::new(&mut conn);
     for (bad, field) in cases {
-        assert_invalid(d.persist_audit_record(&bad, true), field);
+        assert_invalid(d.insert_audit_record(&bad, true), field);
     }
     assert!(stored(&mut conn, &tenant).is_empty());
     let mut bare = costdb::db::connect(common::database_url()).unwrap();
     assert!(matches!(
-        AuditDriver::new(&mut bare).persist_audit_record(&ok, true),
+        AuditDriver::new(&mut bare).insert_audit_record(&ok, true),
         Err(Error::NoTransaction)
     ));
     assert!(stored(&mut bare, &tenant).is_empty());

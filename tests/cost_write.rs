@@ -55,7 +55,7 @@ fn feature_tags_are_created_once_per_tenant() {
     let now = tx_now(&mut conn);
     let mut w = CostWriteDriver::new(&mut conn);
     let tag = w
-        .create_feature_tag(
+        .insert_feature_tag(
             &tenant,
             &tag_input("support.chat", "Support chat", Some("bot"), Some(5000)),
         )
@@ -76,12 +76,12 @@ fn feature_tags_are_created_once_per_tenant() {
     assert!(tag.is_active);
     assert_eq!((tag.created_at, tag.updated_at), (now, now));
 
-    match w.create_feature_tag(&tenant, &tag_input("support.chat", "Again", None, None)) {
+    match w.insert_feature_tag(&tenant, &tag_input("support.chat", "Again", None, None)) {
         Err(Error::Conflict(msg)) => assert!(msg.contains("support.chat")),
         other => panic!("expected Conflict, got {other:?}"),
     }
     // Another tenant may use the same tag, and the transaction is still usable.
-    w.create_feature_tag(&other, &tag_input("support.chat", "Theirs", None, None))
+    w.insert_feature_tag(&other, &tag_input("support.chat", "Theirs", None, None))
         .unwrap();
     let n: i64 = common::count_for_tenant(&mut conn, "feature_tags", &tenant);
     assert_eq!(n, 1);
@@ -93,7 +93,7 @@ fn feature_tag_updates_change_only_the_given_fields() {
     let tenant = common::tenant();
     let mut w = CostWriteDriver::new(&mut conn);
     let tag = w
-        .create_feature_tag(
+        .insert_feature_tag(
             &tenant,
             &tag_input("search.rank", "Ranking", Some("desc"), Some(100)),
         )
@@ -177,7 +177,7 @@ fn a_cost_record_keeps_every_field() {
         created_at: Some(at),
     };
     let rec = CostWriteDriver::new(&mut conn)
-        .create_cost_record(&input)
+        .insert_cost_record(&input)
         .unwrap();
     assert!(rec.id.starts_with("cr_"));
     assert_eq!(records_of(&mut conn, &tenant), vec![rec.clone()]);
@@ -197,7 +197,7 @@ fn a_cost_record_keeps_every_field() {
 
     // Recording the same request again returns the first record and adds nothing.
     let again = CostWriteDriver::new(&mut conn)
-        .create_cost_record(&CostInput {
+        .insert_cost_record(&CostInput {
             cost_cents: 99.0,
             ..input
         })
@@ -206,8 +206,8 @@ fn a_cost_record_keeps_every_field() {
     assert_eq!(records_of(&mut conn, &tenant).len(), 1);
     // Without a request id, every call records.
     let mut w = CostWriteDriver::new(&mut conn);
-    w.create_cost_record(&cost(&tenant, None, 1.0)).unwrap();
-    w.create_cost_record(&cost(&tenant, None, 1.0)).unwrap();
+    w.insert_cost_record(&cost(&tenant, None, 1.0)).unwrap();
+    w.insert_cost_record(&cost(&tenant, None, 1.0)).unwrap();
     assert_eq!(records_of(&mut conn, &tenant).len(), 3);
 }
 
@@ -218,7 +218,7 @@ fn bulk_ingestion_returns_ids_in_input_order_and_skips_repeats() {
     let now = tx_now(&mut conn);
     let mut w = CostWriteDriver::new(&mut conn);
     let earlier = w
-        .create_cost_record(&cost(&tenant, Some("req-7"), 1.0))
+        .insert_cost_record(&cost(&tenant, Some("req-7"), 1.0))
         .unwrap();
 
     let mut batch: Vec<CostInput> = (0..3000)
@@ -286,7 +286,7 @@ fn the_same_request_recorded_concurrently_yields_exactly_one_row() {
                 barrier.wait();
                 conn.transaction(|c| {
                     let mut w = CostWriteDriver::new(c);
-                    let single = w.create_cost_record(&cost(&tenant, Some("dup"), 1.0))?;
+                    let single = w.insert_cost_record(&cost(&tenant, Some("dup"), 1.0))?;
                     let bulk = w.record_costs(&[
                         cost(&tenant, Some("dup-bulk"), 1.0),
                         cost(&tenant, Some(&format!("own-{i}")), 1.0),
@@ -338,7 +338,7 @@ fn budgets_are_one_upsert_per_tenant_type_and_entity() {
     };
     let mut w = CostWriteDriver::new(&mut conn);
     let first = w
-        .create_or_update_budget(&tenant, &BudgetScope::Tenant, &limits(Some(1000), 80))
+        .upsert_budget(&tenant, &BudgetScope::Tenant, &limits(Some(1000), 80))
         .unwrap();
     assert!(first.id.starts_with("cb_"));
     assert_eq!(
@@ -359,7 +359,7 @@ fn budgets_are_one_upsert_per_tenant_type_and_entity() {
     );
 
     let updated = w
-        .create_or_update_budget(
+        .upsert_budget(
             &tenant,
             &BudgetScope::Tenant,
             &BudgetLimits {
@@ -387,14 +387,14 @@ fn budgets_are_one_upsert_per_tenant_type_and_entity() {
     );
 
     let feature = w
-        .create_or_update_budget(
+        .upsert_budget(
             &tenant,
             &BudgetScope::Feature("a.b".into()),
             &limits(Some(5), 50),
         )
         .unwrap();
     let user = w
-        .create_or_update_budget(
+        .upsert_budget(
             &tenant,
             &BudgetScope::User("a.b".into()),
             &limits(Some(6), 50),
@@ -501,20 +501,20 @@ fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
             "cost_cents",
         ),
     ] {
-        assert_invalid(w.create_cost_record(&bad), field);
+        assert_invalid(w.insert_cost_record(&bad), field);
         // One bad record refuses the whole batch.
         assert_invalid(w.record_costs(&[ok.clone(), bad]), field);
     }
     assert_invalid(
-        w.create_feature_tag(&tenant, &tag_input("", "x", None, None)),
+        w.insert_feature_tag(&tenant, &tag_input("", "x", None, None)),
         "tag",
     );
     assert_invalid(
-        w.create_feature_tag(&tenant, &tag_input("a.b", "", None, None)),
+        w.insert_feature_tag(&tenant, &tag_input("a.b", "", None, None)),
         "display_name",
     );
     assert_invalid(
-        w.create_feature_tag(&tenant, &tag_input("a.b", "x", None, Some(-1))),
+        w.insert_feature_tag(&tenant, &tag_input("a.b", "x", None, Some(-1))),
         "budget_cents",
     );
     assert_invalid(
@@ -535,7 +535,7 @@ fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
         hard_limit_enabled: false,
     };
     assert_invalid(
-        w.create_or_update_budget(&tenant, &BudgetScope::Tenant, &limits),
+        w.upsert_budget(&tenant, &BudgetScope::Tenant, &limits),
         "daily_limit_cents",
     );
     let limits = BudgetLimits {
@@ -544,7 +544,7 @@ fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
         ..limits
     };
     assert_invalid(
-        w.create_or_update_budget(&tenant, &BudgetScope::Tenant, &limits),
+        w.upsert_budget(&tenant, &BudgetScope::Tenant, &limits),
         "warn_threshold_pct",
     );
     let limits = BudgetLimits {
@@ -552,7 +552,7 @@ fn every_kind_of_bad_input_is_refused_and_changes_nothing() {
         ..limits
     };
     assert_invalid(
-        w.create_or_update_budget(&tenant, &BudgetScope::User(String::new()), &limits),
+        w.upsert_budget(&tenant, &BudgetScope::User(String::new()), &limits),
         "entity_id",
     );
     assert!(records_of(&mut conn, &tenant).is_empty());
@@ -567,7 +567,7 @@ fn outside_a_transaction_nothing_is_written_and_a_rollback_leaves_nothing() {
     let mut conn = common::conn();
     let mut w = CostWriteDriver::new(&mut conn);
     assert!(matches!(
-        w.create_cost_record(&cost(&tenant, None, 1.0)),
+        w.insert_cost_record(&cost(&tenant, None, 1.0)),
         Err(Error::NoTransaction)
     ));
     assert!(matches!(
@@ -575,7 +575,7 @@ fn outside_a_transaction_nothing_is_written_and_a_rollback_leaves_nothing() {
         Err(Error::NoTransaction)
     ));
     assert!(matches!(
-        w.create_feature_tag(&tenant, &tag_input("a.b", "x", None, None)),
+        w.insert_feature_tag(&tenant, &tag_input("a.b", "x", None, None)),
         Err(Error::NoTransaction)
     ));
     let limits = BudgetLimits {
@@ -585,14 +585,14 @@ fn outside_a_transaction_nothing_is_written_and_a_rollback_leaves_nothing() {
         hard_limit_enabled: false,
     };
     assert!(matches!(
-        w.create_or_update_budget(&tenant, &BudgetScope::Tenant, &limits),
+        w.upsert_budget(&tenant, &BudgetScope::Tenant, &limits),
         Err(Error::NoTransaction)
     ));
     let rolled_back: Result<(), Error> = conn.transaction(|c| {
         let mut w = CostWriteDriver::new(c);
         w.record_costs(&[cost(&tenant, Some("x"), 1.0), cost(&tenant, None, 2.0)])?;
-        w.create_feature_tag(&tenant, &tag_input("a.b", "x", None, None))?;
-        w.create_or_update_budget(&tenant, &BudgetScope::Tenant, &limits)?;
+        w.insert_feature_tag(&tenant, &tag_input("a.b", "x", None, None))?;
+        w.upsert_budget(&tenant, &BudgetScope::Tenant, &limits)?;
         Err(Error::Conflict("roll back".into()))
     });
     assert!(rolled_back.is_err());
@@ -616,7 +616,7 @@ fn amounts_above_the_bound_are_refused_and_the_largest_ones_still_sum() {
             ..cost(&tenant, None, cents)
         };
         assert_invalid(w.record_costs(std::slice::from_ref(&bad)), "cost_cents");
-        assert_invalid(w.create_cost_record(&bad), "cost_cents");
+        assert_invalid(w.insert_cost_record(&bad), "cost_cents");
     }
     assert!(records_of(&mut conn, &tenant).is_empty());
 
@@ -653,7 +653,7 @@ fn negative_zero_is_stored_as_zero() {
     let mut conn = common::test_conn();
     let tenant = common::tenant();
     let mut w = CostWriteDriver::new(&mut conn);
-    w.create_cost_record(&cost(&tenant, Some("single"), -0.0))
+    w.insert_cost_record(&cost(&tenant, Some("single"), -0.0))
         .unwrap();
     w.record_costs(&[cost(&tenant, Some("bulk"), -0.0)])
         .unwrap();
@@ -712,19 +712,19 @@ fn nul_characters_and_instants_postgres_cannot_store_are_refused_before_sql() {
         ),
     ];
     for (bad, field) in cases {
-        assert_invalid(w.create_cost_record(&bad), field);
+        assert_invalid(w.insert_cost_record(&bad), field);
         assert_invalid(w.record_costs(&[ok.clone(), bad]), field);
     }
     assert_invalid(
-        w.create_feature_tag(&tenant, &tag_input("a.b", "x", Some("d\0"), None)),
+        w.insert_feature_tag(&tenant, &tag_input("a.b", "x", Some("d\0"), None)),
         "description",
     );
     assert_invalid(
-        w.create_feature_tag(&tenant, &tag_input("a\0b", "x", None, None)),
+        w.insert_feature_tag(&tenant, &tag_input("a\0b", "x", None, None)),
         "tag",
     );
     // The transaction is still usable: nothing reached PostgreSQL.
-    let first = w.create_cost_record(&ok).unwrap();
+    let first = w.insert_cost_record(&ok).unwrap();
     assert_eq!(records_of(&mut conn, &tenant), vec![first]);
     assert_eq!(
         common::count_for_tenant(&mut conn, "feature_tags", &tenant),
@@ -789,7 +789,7 @@ fn a_batch_that_meets_stored_requests_keeps_the_callers_earlier_work() {
         .transaction(|c| {
             let mut w = CostWriteDriver::new(c);
             // Work the caller did before, in the same transaction.
-            let earlier = w.create_cost_record(&cost(&tenant, Some("before"), 2.0))?;
+            let earlier = w.insert_cost_record(&cost(&tenant, Some("before"), 2.0))?;
             // New requests, one stored one, and records stamped with the transaction's now().
             let batch = w.record_costs(&[
                 cost(&tenant, Some("new-1"), 3.0),
@@ -886,7 +886,7 @@ fn single_records_and_analytics_reuse_one_prepared_statement_per_connection() {
     .unwrap();
     for i in 0..3 {
         CostWriteDriver::new(&mut conn)
-            .create_cost_record(&cost(&tenant, Some(&format!("r{i}")), 1.0))
+            .insert_cost_record(&cost(&tenant, Some(&format!("r{i}")), 1.0))
             .unwrap();
         costdb::drivers::AnalyticsReadDriver::new(&mut conn)
             .fetch_cost_spend(&tenant, day, costdb::models::TimeBucket::Hour)
@@ -926,13 +926,13 @@ fn the_returned_record_is_the_stored_one_to_the_microsecond() {
         };
         returned.push(
             CostWriteDriver::new(&mut conn)
-                .create_cost_record(&input)
+                .insert_cost_record(&input)
                 .unwrap(),
         );
     }
     returned.push(
         CostWriteDriver::new(&mut conn)
-            .create_cost_record(&cost(&tenant, Some("now"), 1.0))
+            .insert_cost_record(&cost(&tenant, Some("now"), 1.0))
             .unwrap(),
     );
     let mut stored = records_of(&mut conn, &tenant);

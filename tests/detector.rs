@@ -5,7 +5,7 @@
 mod common;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
-use costdb::anomaly::{severity_band, AnomalyDetector, DetectorConfig};
+use costdb::detector::{severity_band, AnomalyDetector, DetectorConfig};
 use costdb::drivers::{BudgetLimits, CostInput};
 use costdb::models::{AnomalyType, CostAnomaly, DerivedCause, EntityType, Severity};
 use costdb::types::BudgetScope;
@@ -144,9 +144,9 @@ fn fixture(conn: &mut diesel::PgConnection) -> Tenants {
             warn_threshold_pct: warn,
             hard_limit_enabled: true,
         };
-        w.create_or_update_budget(&t.budget, &BudgetScope::Tenant, &limits(1_100, 95))?;
-        w.create_or_update_budget(&t.calm, &BudgetScope::Tenant, &limits(5_000, 80))?;
-        w.create_or_update_budget(&t.calm, &BudgetScope::User("u3".into()), &limits(1_000, 80))?;
+        w.upsert_budget(&t.budget, &BudgetScope::Tenant, &limits(1_100, 95))?;
+        w.upsert_budget(&t.calm, &BudgetScope::Tenant, &limits(5_000, 80))?;
+        w.upsert_budget(&t.calm, &BudgetScope::User("u3".into()), &limits(1_000, 80))?;
         Ok(())
     })
     .unwrap();
@@ -306,7 +306,7 @@ fn a_budget_just_under_its_limit_never_reads_as_reached() {
     conn.transaction::<_, Error, _>(|c| {
         let mut w = CostWriteDriver::new(c);
         w.record_costs(&rows)?;
-        w.create_or_update_budget(
+        w.upsert_budget(
             &tenant,
             &BudgetScope::Tenant,
             &BudgetLimits {
@@ -334,7 +334,7 @@ fn a_budget_just_under_its_limit_never_reads_as_reached() {
 
 #[test]
 fn percentages_never_round_across_their_ceiling() {
-    use costdb::anomaly::percent_text;
+    use costdb::detector::percent_text;
     assert_eq!(percent_text(99.999, Some(100.0)), "99.9");
     assert_eq!(percent_text(99.95, Some(100.0)), "99.9");
     assert_eq!(percent_text(99.94, Some(100.0)), "99.9");

@@ -108,12 +108,12 @@ fn run_reads_match_the_fixture_and_isolate_tenants() {
         })
         .collect();
     let got = PatternDetectionDriver::new(&mut conn)
-        .fetch_failed_runs(Some(&tenants[0]), since, 100)
+        .fetch_failed_runs_with_error(Some(&tenants[0]), since, 100)
         .unwrap();
     assert!(!failed_with_error.is_empty());
     assert_eq!(ids(got), newest_first(failed_with_error.clone()));
     let two = PatternDetectionDriver::new(&mut conn)
-        .fetch_failed_runs(Some(&tenants[0]), since, 2)
+        .fetch_failed_runs_with_error(Some(&tenants[0]), since, 2)
         .unwrap();
     assert_eq!(ids(two), newest_first(failed_with_error)[..2]);
 
@@ -370,7 +370,7 @@ fn predictions_round_trip_expire_and_summarise() {
     };
     assert_eq!(got, expected);
     assert_eq!(
-        p.count_predictions(&valid(t0() + Duration::hours(1)))
+        p.fetch_prediction_count(&valid(t0() + Duration::hours(1)))
             .unwrap(),
         2
     );
@@ -381,7 +381,7 @@ fn predictions_round_trip_expire_and_summarise() {
         prediction_type: Some(PredictionType::CostOverrun),
         ..Default::default()
     };
-    assert_eq!(p.count_predictions(&subject).unwrap(), 2);
+    assert_eq!(p.fetch_prediction_count(&subject).unwrap(), 2);
     assert_eq!(p.fetch_predictions(&subject, 1, 1).unwrap().len(), 1);
 
     let stats = p
@@ -434,7 +434,7 @@ fn with_sequential_scans_off_tenant_queries_use_a_tenant_index() {
     let plans = [
         db::explain(
             &mut conn,
-            &PatternDetectionDriver::failed_runs_query(Some(tenant), t0(), 50).unwrap(),
+            &PatternDetectionDriver::failed_runs_with_error_query(Some(tenant), t0(), 50).unwrap(),
         ),
         db::explain(
             &mut conn,
@@ -470,7 +470,10 @@ fn bad_input_is_refused_and_nothing_is_written() {
     let tenant = common::tenant();
     let ok = feedback(PatternType::FailurePattern, t0());
     let mut d = PatternDetectionDriver::new(&mut conn);
-    assert_invalid(d.fetch_failed_runs(Some(&tenant), t0(), 0), "limit");
+    assert_invalid(
+        d.fetch_failed_runs_with_error(Some(&tenant), t0(), 0),
+        "limit",
+    );
     assert_invalid(d.fetch_completed_runs_with_costs(None, 1_001), "limit");
     assert_invalid(d.fetch_feedback_records(Some(""), None, 5), "tenant_id");
     assert_invalid(d.insert_feedback("", &ok), "tenant_id");

@@ -62,9 +62,9 @@ fn a_write_keeps_every_field_and_a_missing_payload_is_sql_null() {
         runtime_ms: Some(37),
     };
     let mut d = ProvenanceDriver::new(&mut conn);
-    let id = d.write_provenance(&full).unwrap();
+    let id = d.insert_provenance(&full).unwrap();
     let bare = d
-        .write_provenance(&input(&tenant, "run-2", Some(1.0), None))
+        .insert_provenance(&input(&tenant, "run-2", Some(1.0), None))
         .unwrap();
     assert!(bare > id);
     let now = common::tx_now(&mut conn);
@@ -137,8 +137,8 @@ fn a_batch_returns_the_real_ids_in_input_order() {
         })
         .collect();
     let mut d = ProvenanceDriver::new(&mut conn);
-    assert_eq!(d.write_provenance_batch(&[]).unwrap(), Vec::<i64>::new());
-    let ids = d.write_provenance_batch(&inputs).unwrap();
+    assert_eq!(d.insert_provenance_batch(&[]).unwrap(), Vec::<i64>::new());
+    let ids = d.insert_provenance_batch(&inputs).unwrap();
     assert_eq!(ids.len(), 7);
     for (id, input) in ids.iter().zip(&inputs) {
         let row: Provenance = p::table
@@ -160,10 +160,10 @@ fn a_batch_returns_the_real_ids_in_input_order() {
     }
     let zero = input(&tenant, "zero", Some(-0.0), Some(1.0));
     let single = ProvenanceDriver::new(&mut conn)
-        .write_provenance(&zero)
+        .insert_provenance(&zero)
         .unwrap();
     let batch = ProvenanceDriver::new(&mut conn)
-        .write_provenance_batch(&[zero])
+        .insert_provenance_batch(&[zero])
         .unwrap();
     for id in [single, batch[0]] {
         let shown: Shown =
@@ -196,7 +196,7 @@ fn queries_filter_page_newest_first_and_windows_are_half_open() {
         one.input_hash = Some(format!("h{}", i % 3));
         ids.push(
             ProvenanceDriver::new(&mut conn)
-                .write_provenance(&one)
+                .insert_provenance(&one)
                 .unwrap(),
         );
     }
@@ -217,24 +217,24 @@ fn queries_filter_page_newest_first_and_windows_are_half_open() {
         rows.into_iter().map(|r| r.run_id.unwrap()).collect()
     };
     assert_eq!(
-        runs(d.query_provenance(&all, 100, 0).unwrap()),
+        runs(d.fetch_provenance(&all, 100, 0).unwrap()),
         ["r5", "r4", "r3", "r2", "r1", "r0"]
     );
-    assert_eq!(runs(d.query_provenance(&all, 2, 3).unwrap()), ["r2", "r1"]);
-    assert_eq!(d.count_provenance(&all).unwrap(), 6);
+    assert_eq!(runs(d.fetch_provenance(&all, 2, 3).unwrap()), ["r2", "r1"]);
+    assert_eq!(d.fetch_provenance_count(&all).unwrap(), 6);
 
     let v1_canary = ProvenanceFilter {
         variant_slug: Some(VariantSlug::V1),
         source: Some(ProvenanceSource::Canary),
         ..all.clone()
     };
-    assert_eq!(runs(d.query_provenance(&v1_canary, 10, 0).unwrap()), ["r4"]);
+    assert_eq!(runs(d.fetch_provenance(&v1_canary, 10, 0).unwrap()), ["r4"]);
     let by_hash = ProvenanceFilter {
         input_hash: Some("h1".into()),
         ..all.clone()
     };
     assert_eq!(
-        runs(d.query_provenance(&by_hash, 10, 0).unwrap()),
+        runs(d.fetch_provenance(&by_hash, 10, 0).unwrap()),
         ["r4", "r1"]
     );
 
@@ -247,25 +247,31 @@ fn queries_filter_page_newest_first_and_windows_are_half_open() {
     let from = base + Duration::hours(1);
     let to = base + Duration::hours(3);
     assert_eq!(
-        runs(d.query_provenance(&window(from, to), 10, 0).unwrap()),
+        runs(d.fetch_provenance(&window(from, to), 10, 0).unwrap()),
         ["r3", "r2"]
     );
     assert_eq!(
-        d.count_provenance(&window(from + micro, to + micro))
+        d.fetch_provenance_count(&window(from + micro, to + micro))
             .unwrap(),
         2
     );
-    assert_eq!(d.count_provenance(&window(from, to - micro)).unwrap(), 2);
-    assert_eq!(d.count_provenance(&window(from + micro, to)).unwrap(), 1);
+    assert_eq!(
+        d.fetch_provenance_count(&window(from, to - micro)).unwrap(),
+        2
+    );
+    assert_eq!(
+        d.fetch_provenance_count(&window(from + micro, to)).unwrap(),
+        1
+    );
 
     let other = ProvenanceFilter {
         tenant_id: Some(common::tenant()),
         ..Default::default()
     };
-    assert_eq!(d.count_provenance(&other).unwrap(), 0);
-    assert_invalid(d.query_provenance(&all, 0, 0), "limit");
-    assert_invalid(d.query_provenance(&all, 10_001, 0), "limit");
-    assert_invalid(d.query_provenance(&all, 10, -1), "offset");
+    assert_eq!(d.fetch_provenance_count(&other).unwrap(), 0);
+    assert_invalid(d.fetch_provenance(&all, 0, 0), "limit");
+    assert_invalid(d.fetch_provenance(&all, 10_001, 0), "limit");
+    assert_invalid(d.fetch_provenance(&all, 10, -1), "offset");
 }
 
 #[test]
@@ -277,7 +283,7 @@ fn drift_statistics_match_the_fixture() {
         .unwrap();
     let tenant = common::tenant();
     let mut d = ProvenanceDriver::new(&mut conn);
-    let empty = d.get_drift_stats(None).unwrap();
+    let empty = d.fetch_drift_stats(None).unwrap();
     assert_eq!(
         (
             empty.total,
@@ -290,19 +296,19 @@ fn drift_statistics_match_the_fixture() {
     );
     let pairs = [(10.0, 12.0), (5.0, 4.0), (8.0, 8.5), (1.0, 7.0)];
     for (i, (v1, v2)) in pairs.iter().enumerate() {
-        d.write_provenance(&input(&tenant, &format!("r{i}"), Some(*v1), Some(*v2)))
+        d.insert_provenance(&input(&tenant, &format!("r{i}"), Some(*v1), Some(*v2)))
             .unwrap();
     }
     // Rows without both costs are not counted.
-    d.write_provenance(&input(&tenant, "half", Some(3.0), None))
+    d.insert_provenance(&input(&tenant, "half", Some(3.0), None))
         .unwrap();
-    d.write_provenance(&input(&tenant, "none", None, None))
+    d.insert_provenance(&input(&tenant, "none", None, None))
         .unwrap();
     let deltas: Vec<f64> = pairs.iter().map(|(a, b)| b - a).collect();
     let n = deltas.len() as f64;
     let mean = deltas.iter().sum::<f64>() / n;
     let var = deltas.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    let s = d.get_drift_stats(None).unwrap();
+    let s = d.fetch_drift_stats(None).unwrap();
     assert_eq!(s.total, 4);
     assert!((s.avg_delta - mean).abs() < 1e-12);
     assert_eq!((s.min_delta, s.max_delta), (-1.0, 6.0));
@@ -311,13 +317,13 @@ fn drift_statistics_match_the_fixture() {
     // A window that holds nothing, and one row alone (no sample deviation).
     let future = Utc::now() + Duration::days(365);
     let none = d
-        .get_drift_stats(Some(
+        .fetch_drift_stats(Some(
             TimeWindow::new(future, future + Duration::days(1)).unwrap(),
         ))
         .unwrap();
     assert_eq!(none.total, 0);
     let only = ProvenanceDriver::new(&mut conn)
-        .query_provenance(
+        .fetch_provenance(
             &ProvenanceFilter {
                 tenant_id: Some(tenant.clone()),
                 ..Default::default()
@@ -334,7 +340,7 @@ fn drift_statistics_match_the_fixture() {
     let old = Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap();
     set_created(&mut conn, first, old);
     let one = ProvenanceDriver::new(&mut conn)
-        .get_drift_stats(Some(
+        .fetch_drift_stats(Some(
             TimeWindow::new(old, old + Duration::seconds(1)).unwrap(),
         ))
         .unwrap();
@@ -377,7 +383,7 @@ fn the_backfill_skips_known_hashes_and_a_failing_record_spoils_nothing_else() {
     let mut d = ProvenanceDriver::new(&mut conn);
     // Stored before: h(0), by a sandbox run.
     let earlier = d
-        .write_provenance(&ProvenanceInput {
+        .insert_provenance(&ProvenanceInput {
             input_hash: Some(h(0)),
             ..input("other", "live", Some(1.0), Some(1.0))
         })
@@ -535,19 +541,19 @@ fn bad_input_is_refused_and_nothing_is_written() {
     ];
     let mut d = ProvenanceDriver::new(&mut conn);
     for (bad, field) in cases {
-        assert_invalid(d.write_provenance(&bad), field);
-        assert_invalid(d.write_provenance_batch(&[ok.clone(), bad]), field);
+        assert_invalid(d.insert_provenance(&bad), field);
+        assert_invalid(d.insert_provenance_batch(&[ok.clone(), bad]), field);
     }
     assert_invalid(d.check_duplicate(""), "input_hash");
     assert!(rows_of(&mut conn, &tenant).is_empty());
     // Outside a transaction nothing is written.
     let mut bare = costdb::db::connect(common::database_url()).unwrap();
     assert!(matches!(
-        ProvenanceDriver::new(&mut bare).write_provenance(&ok),
+        ProvenanceDriver::new(&mut bare).insert_provenance(&ok),
         Err(Error::NoTransaction)
     ));
     assert!(matches!(
-        ProvenanceDriver::new(&mut bare).write_provenance_batch(&[ok]),
+        ProvenanceDriver::new(&mut bare).insert_provenance_batch(&[ok]),
         Err(Error::NoTransaction)
     ));
     assert!(rows_of(&mut bare, &tenant).is_empty());

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
-use costdb::admission::{Admission, BudgetGate, ReserveInput};
+use costdb::admission::{Admission, AdmissionDriver, ReserveInput};
 use costdb::drivers::{
     BudgetLimits, CostInput, FeatureTagInput, NewAlert, Outcome, ProvenanceInput,
 };
@@ -56,7 +56,7 @@ fn call(tenant: &str, request: String, cents: f64) -> CostInput {
 
 fn hard_budget(conn: &mut PgConnection, tenant: &str, daily: i32) {
     conn.transaction(|c| {
-        CostWriteDriver::new(c).create_or_update_budget(
+        CostWriteDriver::new(c).upsert_budget(
             tenant,
             &BudgetScope::Tenant,
             &BudgetLimits {
@@ -210,7 +210,7 @@ fn a_server_restart_in_the_middle_of_all_traffic_loses_and_doubles_nothing() {
                 };
                 let Ok(mut c) = pool.get() else { continue };
                 let Ok(Admission::Admitted { reservation, .. }) =
-                    c.transaction(|c| BudgetGate::new(c).reserve(&tenant, &ask))
+                    c.transaction(|c| AdmissionDriver::new(c).reserve(&tenant, &ask))
                 else {
                     continue;
                 };
@@ -218,7 +218,8 @@ fn a_server_restart_in_the_middle_of_all_traffic_loses_and_doubles_nothing() {
                     created_at: Some(now),
                     ..call(&tenant, request.clone(), 7.0)
                 };
-                let settled = c.transaction(|c| BudgetGate::new(c).settle(&reservation, &actual));
+                let settled =
+                    c.transaction(|c| AdmissionDriver::new(c).settle(&reservation, &actual));
                 if let Ok(s) = &settled {
                     if s.charged {
                         *admitted.lock().unwrap() += 7.0;
@@ -324,7 +325,7 @@ fn a_server_restart_in_the_middle_of_all_traffic_loses_and_doubles_nothing() {
     assert!(stats.sent as usize >= distinct.len());
     // The budget: counters equal the records settled through it, never over the limit.
     let lines = conn
-        .transaction(|c| BudgetGate::new(c).reconcile(&tenant, Utc::now().date_naive()))
+        .transaction(|c| AdmissionDriver::new(c).reconcile(&tenant, Utc::now().date_naive()))
         .unwrap();
     let daily = lines
         .iter()
@@ -458,7 +459,7 @@ fn killed_backends_lose_leadership_and_give_back_claims_and_reservations() {
     };
     assert!(matches!(
         holder
-            .transaction(|c| BudgetGate::new(c).reserve(&tenant, &ask))
+            .transaction(|c| AdmissionDriver::new(c).reserve(&tenant, &ask))
             .unwrap(),
         Admission::Admitted { .. }
     ));
@@ -470,19 +471,19 @@ fn killed_backends_lose_leadership_and_give_back_claims_and_reservations() {
     };
     assert!(matches!(
         setup
-            .transaction(|c| BudgetGate::new(c).reserve(&tenant, &full))
+            .transaction(|c| AdmissionDriver::new(c).reserve(&tenant, &full))
             .unwrap(),
         Admission::Refused { .. }
     ));
     let back = setup
         .transaction(|c| {
-            BudgetGate::new(c).reclaim_expired(at + chrono::Duration::seconds(10), 1_000)
+            AdmissionDriver::new(c).reclaim_expired(at + chrono::Duration::seconds(10), 1_000)
         })
         .unwrap();
     assert!(back >= 1);
     assert!(matches!(
         setup
-            .transaction(|c| BudgetGate::new(c).reserve(&tenant, &full))
+            .transaction(|c| AdmissionDriver::new(c).reserve(&tenant, &full))
             .unwrap(),
         Admission::Admitted { .. }
     ));
@@ -573,14 +574,14 @@ fn mixed_load_for_a_bounded_time_keeps_every_promise() {
                     now,
                 };
                 if let Admission::Admitted { reservation, .. } = conn
-                    .transaction(|c| BudgetGate::new(c).reserve(tenant, &ask))
+                    .transaction(|c| AdmissionDriver::new(c).reserve(tenant, &ask))
                     .unwrap()
                 {
                     let actual = CostInput {
                         created_at: Some(now),
                         ..call(tenant, ask.request_id.clone(), 9.0)
                     };
-                    conn.transaction(|c| BudgetGate::new(c).settle(&reservation, &actual))
+                    conn.transaction(|c| AdmissionDriver::new(c).settle(&reservation, &actual))
                         .unwrap();
                 }
             }
@@ -650,7 +651,7 @@ fn mixed_load_for_a_bounded_time_keeps_every_promise() {
     // No budget over its limit; counters match the records.
     for b in &budgets {
         let lines = setup
-            .transaction(|c| BudgetGate::new(c).reconcile(b, Utc::now().date_naive()))
+            .transaction(|c| AdmissionDriver::new(c).reconcile(b, Utc::now().date_naive()))
             .unwrap();
         for l in lines
             .iter()
@@ -713,12 +714,12 @@ fn hostile_text_is_stored_exactly_or_refused_naming_the_field() {
             ..call(&tenant, format!("{text}-{i}"), 1.0)
         };
         let stored = CostWriteDriver::new(&mut conn)
-            .create_cost_record(&cost)
+            .insert_cost_record(&cost)
             .unwrap();
         assert_eq!(stored.model, *text);
         assert_eq!(stored.user_id.as_deref(), Some(*text));
         let tag = CostWriteDriver::new(&mut conn)
-            .create_feature_tag(
+            .insert_feature_tag(
                 &tenant,
                 &FeatureTagInput {
                     tag: format!("{i}{text}"),
@@ -738,7 +739,7 @@ fn hostile_text_is_stored_exactly_or_refused_naming_the_field() {
     let at_limit = "𝄞".repeat(64);
     let over = "𝄞".repeat(65);
     let ok = CostWriteDriver::new(&mut conn)
-        .create_cost_record(&CostInput {
+        .insert_cost_record(&CostInput {
             model: at_limit.clone(),
             ..call(&tenant, "len".into(), 1.0)
         })
@@ -747,18 +748,18 @@ fn hostile_text_is_stored_exactly_or_refused_naming_the_field() {
     let before = common::count_for_tenant(&mut conn, "cost_records", &tenant);
     let mut w = CostWriteDriver::new(&mut conn);
     common::assert_invalid(
-        w.create_cost_record(&CostInput {
+        w.insert_cost_record(&CostInput {
             model: over.clone(),
             ..call(&tenant, "o".into(), 1.0)
         }),
         "model",
     );
     common::assert_invalid(
-        w.create_cost_record(&call(&over, "o".into(), 1.0)),
+        w.insert_cost_record(&call(&over, "o".into(), 1.0)),
         "tenant_id",
     );
     common::assert_invalid(
-        w.create_cost_record(&call(&tenant, "a\0b".into(), 1.0)),
+        w.insert_cost_record(&call(&tenant, "a\0b".into(), 1.0)),
         "request_id",
     );
     common::assert_invalid(
@@ -780,12 +781,12 @@ fn hostile_text_is_stored_exactly_or_refused_naming_the_field() {
         f64::MAX,
     ] {
         common::assert_invalid(
-            w.create_cost_record(&call(&tenant, "c".into(), cents)),
+            w.insert_cost_record(&call(&tenant, "c".into(), cents)),
             "cost_cents",
         );
     }
     common::assert_invalid(
-        w.create_cost_record(&CostInput {
+        w.insert_cost_record(&CostInput {
             input_tokens: -1,
             ..call(&tenant, "t".into(), 1.0)
         }),
@@ -794,14 +795,14 @@ fn hostile_text_is_stored_exactly_or_refused_naming_the_field() {
     // Instants at the edges: the first PostgreSQL holds is stored; one before is refused.
     let first = Utc.with_ymd_and_hms(-4713, 11, 24, 0, 0, 0).unwrap();
     let edge = w
-        .create_cost_record(&CostInput {
+        .insert_cost_record(&CostInput {
             created_at: Some(first),
             ..call(&tenant, "edge".into(), 0.0)
         })
         .unwrap();
     assert_eq!(edge.created_at, first);
     common::assert_invalid(
-        w.create_cost_record(&CostInput {
+        w.insert_cost_record(&CostInput {
             created_at: Some(first - chrono::Duration::microseconds(1)),
             ..call(&tenant, "edge2".into(), 0.0)
         }),
@@ -809,7 +810,7 @@ fn hostile_text_is_stored_exactly_or_refused_naming_the_field() {
     );
     let last: DateTime<Utc> = DateTime::<Utc>::MAX_UTC;
     let far = w
-        .create_cost_record(&CostInput {
+        .insert_cost_record(&CostInput {
             created_at: Some(last),
             ..call(&tenant, "far".into(), 0.0)
         })
@@ -821,7 +822,7 @@ fn hostile_text_is_stored_exactly_or_refused_naming_the_field() {
     );
     // Zero and huge-but-allowed amounts are stored exactly.
     let big = CostWriteDriver::new(&mut conn)
-        .create_cost_record(&call(&tenant, "big".into(), 1e12))
+        .insert_cost_record(&call(&tenant, "big".into(), 1e12))
         .unwrap();
     assert_eq!(big.cost_cents, 1e12);
 }
@@ -869,13 +870,13 @@ fn json_nested_thousands_deep_is_hashed_and_refused_or_stored_exactly() {
         ..ProvenanceInput::default()
     };
     common::assert_invalid(
-        ProvenanceDriver::new(&mut conn).write_provenance(&input),
+        ProvenanceDriver::new(&mut conn).insert_provenance(&input),
         "payload",
     );
     dismantle(input.payload.unwrap());
     let over = nested(costdb::MAX_JSON_DEPTH);
     common::assert_invalid(
-        ProvenanceDriver::new(&mut conn).write_provenance(&ProvenanceInput {
+        ProvenanceDriver::new(&mut conn).insert_provenance(&ProvenanceInput {
             payload: Some(over),
             ..ProvenanceInput::default()
         }),
@@ -884,7 +885,7 @@ fn json_nested_thousands_deep_is_hashed_and_refused_or_stored_exactly() {
     // At the bound it is stored and read back exactly.
     let ok = nested(costdb::MAX_JSON_DEPTH - 1);
     let id = ProvenanceDriver::new(&mut conn)
-        .write_provenance(&ProvenanceInput {
+        .insert_provenance(&ProvenanceInput {
             payload: Some(ok.clone()),
             ..ProvenanceInput::default()
         })
@@ -901,7 +902,7 @@ fn json_nested_thousands_deep_is_hashed_and_refused_or_stored_exactly() {
     assert_eq!(back.payload, ok);
     // NUL in a JSON key is refused before SQL, naming the field.
     common::assert_invalid(
-        ProvenanceDriver::new(&mut conn).write_provenance(&ProvenanceInput {
+        ProvenanceDriver::new(&mut conn).insert_provenance(&ProvenanceInput {
             payload: Some(serde_json::json!({ "a\u{0}b": 1 })),
             ..ProvenanceInput::default()
         }),
@@ -914,13 +915,13 @@ fn hostile_text_through_the_other_write_methods_is_stored_exactly() {
     use costdb::drivers::{FeedbackInput, PredictionInput, WorkerRunData};
     use costdb::models::{PatternSeverity, PatternType, PredictionType, SubjectType};
     use costdb::{
-        drivers::PatternDetectionDriver, drivers::PredictionDriver, drivers::WorkerWriteService,
+        drivers::PatternDetectionDriver, drivers::PredictionDriver, drivers::WorkerWriteDriver,
     };
     let mut conn = common::test_conn();
     let tenant = common::tenant();
     for (i, text) in HOSTILE.iter().enumerate() {
         let run_id = format!("run-{i}");
-        let run = WorkerWriteService::new(&mut conn)
+        let run = WorkerWriteDriver::new(&mut conn)
             .upsert_worker_run(
                 &tenant,
                 &run_id,
@@ -936,7 +937,7 @@ fn hostile_text_through_the_other_write_methods_is_stored_exactly() {
             (*text, Some(*text))
         );
         let budget = CostWriteDriver::new(&mut conn)
-            .create_or_update_budget(
+            .upsert_budget(
                 &tenant,
                 &BudgetScope::Feature((*text).into()),
                 &BudgetLimits {
@@ -1004,7 +1005,7 @@ fn hostile_text_through_the_other_write_methods_is_stored_exactly() {
     // NUL is refused before SQL in each of them, naming the field, and nothing is added.
     let runs_before = common::count_for_tenant(&mut conn, "worker_runs", &tenant);
     common::assert_invalid(
-        WorkerWriteService::new(&mut conn).upsert_worker_run(
+        WorkerWriteDriver::new(&mut conn).upsert_worker_run(
             &tenant,
             "nul",
             &WorkerRunData {
@@ -1015,7 +1016,7 @@ fn hostile_text_through_the_other_write_methods_is_stored_exactly() {
         "task",
     );
     common::assert_invalid(
-        CostWriteDriver::new(&mut conn).create_or_update_budget(
+        CostWriteDriver::new(&mut conn).upsert_budget(
             &tenant,
             &BudgetScope::User("\0".into()),
             &BudgetLimits {
@@ -1056,7 +1057,7 @@ mod properties {
             let tenant = common::tenant();
             let cost = CostInput { model: model.clone(), user_id: Some(user.clone()), ..call(&tenant, "p".into(), cents) };
             let valid_text = |s: &str| !s.trim().is_empty() && s.chars().count() <= 64 && !s.contains('\0');
-            let result = CostWriteDriver::new(&mut conn).create_cost_record(&cost);
+            let result = CostWriteDriver::new(&mut conn).insert_cost_record(&cost);
             // Fields are checked in declaration order: the user before the model.
             if !valid_text(&user) {
                 prop_assert!(matches!(result, Err(Error::InvalidInput { field: "user_id", .. })), "{:?}", result);

@@ -320,8 +320,8 @@ fn an_unknown_stored_value_is_a_clear_error_when_read() {
     .bind::<Text, _>(&tenant)
     .execute(&mut conn)
     .unwrap();
-    let err = costdb::drivers::WorkerWriteService::new(&mut conn)
-        .get_worker_run(&tenant, &id)
+    let err = costdb::drivers::WorkerWriteDriver::new(&mut conn)
+        .fetch_worker_run(&tenant, &id)
         .unwrap_err();
     // The cause is kept typed and printed once in the report.
     let report = costdb::report(&err);

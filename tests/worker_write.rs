@@ -1,4 +1,4 @@
-//! WorkerWriteService against a real PostgreSQL.
+//! WorkerWriteDriver against a real PostgreSQL.
 
 mod common;
 
@@ -6,7 +6,7 @@ use common::{assert_invalid, tx_now};
 use costdb::drivers::{BudgetSnapshot, CostAdvisory, RunCost, WorkerRunData};
 use costdb::models::{AnomalyType, EntityType, Severity, WorkerStatus};
 use costdb::schema::worker_runs;
-use costdb::{drivers::WorkerWriteService, Error};
+use costdb::{drivers::WorkerWriteDriver, Error};
 use diesel::dsl::count_star;
 use diesel::prelude::*;
 use serde_json::json;
@@ -56,7 +56,7 @@ fn a_new_run_gets_the_insert_defaults() {
     let mut conn = common::test_conn();
     let (tenant, id) = (common::tenant(), run_id());
     let now = tx_now(&mut conn);
-    let run = WorkerWriteService::new(&mut conn)
+    let run = WorkerWriteDriver::new(&mut conn)
         .upsert_worker_run(&tenant, &id, &queued("write a plan"))
         .unwrap();
     assert_eq!(run.id, id);
@@ -79,8 +79,8 @@ fn a_new_run_gets_the_insert_defaults() {
         (1, false, false)
     );
     // What the call returned is what the table holds.
-    let stored = WorkerWriteService::new(&mut conn)
-        .get_worker_run(&tenant, &id)
+    let stored = WorkerWriteDriver::new(&mut conn)
+        .fetch_worker_run(&tenant, &id)
         .unwrap()
         .unwrap();
     assert_eq!(stored, run);
@@ -91,7 +91,7 @@ fn a_run_created_running_or_finished_is_stamped() {
     let mut conn = common::test_conn();
     let tenant = &common::tenant();
     let now = tx_now(&mut conn);
-    let mut svc = WorkerWriteService::new(&mut conn);
+    let mut svc = WorkerWriteDriver::new(&mut conn);
     let running = svc
         .upsert_worker_run(
             tenant,
@@ -127,7 +127,7 @@ fn updates_change_exactly_the_fields_given() {
     let mut conn = common::test_conn();
     let (tenant, id) = (common::tenant(), run_id());
     let now = tx_now(&mut conn);
-    let mut svc = WorkerWriteService::new(&mut conn);
+    let mut svc = WorkerWriteDriver::new(&mut conn);
     let created = svc.upsert_worker_run(&tenant, &id, &queued("t")).unwrap();
 
     // running: status changes, started_at is stamped; nothing else moves.
@@ -233,7 +233,7 @@ fn updates_change_exactly_the_fields_given() {
 fn a_finished_run_is_refused_with_a_typed_error_and_left_unchanged() {
     let mut conn = common::test_conn();
     let (tenant, id) = (common::tenant(), run_id());
-    let mut svc = WorkerWriteService::new(&mut conn);
+    let mut svc = WorkerWriteDriver::new(&mut conn);
     let done = svc
         .upsert_worker_run(
             &tenant,
@@ -270,17 +270,17 @@ fn a_finished_run_is_refused_with_a_typed_error_and_left_unchanged() {
         }
     }
     // The transaction is still usable and the row is as it was.
-    assert_eq!(svc.get_worker_run(&tenant, &id).unwrap(), Some(done));
+    assert_eq!(svc.fetch_worker_run(&tenant, &id).unwrap(), Some(done));
 }
 
 #[test]
 fn one_tenant_can_neither_read_update_nor_delete_another_tenants_run() {
     let mut conn = common::test_conn();
     let (owner, other, id) = (common::tenant(), common::tenant(), run_id());
-    let mut svc = WorkerWriteService::new(&mut conn);
+    let mut svc = WorkerWriteDriver::new(&mut conn);
     let original = svc.upsert_worker_run(&owner, &id, &queued("mine")).unwrap();
 
-    assert_eq!(svc.get_worker_run(&other, &id).unwrap(), None);
+    assert_eq!(svc.fetch_worker_run(&other, &id).unwrap(), None);
     let hijack = WorkerRunData {
         status: Some(WorkerStatus::Failed),
         error: Some(Some("x".into())),
@@ -294,12 +294,12 @@ fn one_tenant_can_neither_read_update_nor_delete_another_tenants_run() {
         svc.delete_worker_run(&other, &id),
         Err(Error::NotFound { .. })
     ));
-    assert_eq!(svc.get_worker_run(&owner, &id).unwrap(), Some(original));
+    assert_eq!(svc.fetch_worker_run(&owner, &id).unwrap(), Some(original));
     assert_eq!(runs_of(&mut conn, &other), 0);
 
-    let mut svc = WorkerWriteService::new(&mut conn);
+    let mut svc = WorkerWriteDriver::new(&mut conn);
     svc.delete_worker_run(&owner, &id).unwrap();
-    assert_eq!(svc.get_worker_run(&owner, &id).unwrap(), None);
+    assert_eq!(svc.fetch_worker_run(&owner, &id).unwrap(), None);
     assert!(matches!(
         svc.delete_worker_run(&owner, &id),
         Err(Error::NotFound { .. })
@@ -311,7 +311,7 @@ fn cost_records_and_advisories_of_a_run() {
     let mut conn = common::test_conn();
     let (tenant, id) = (common::tenant(), run_id());
     let now = tx_now(&mut conn);
-    let mut svc = WorkerWriteService::new(&mut conn);
+    let mut svc = WorkerWriteDriver::new(&mut conn);
     let rec = svc
         .insert_cost_record(
             &tenant,
@@ -396,7 +396,7 @@ fn a_callers_rollback_leaves_nothing_and_no_driver_commits() {
     let (tenant, id) = (common::tenant(), run_id());
     let mut conn = common::conn();
     let outcome: Result<(), Error> = conn.transaction(|c| {
-        let mut svc = WorkerWriteService::new(c);
+        let mut svc = WorkerWriteDriver::new(c);
         svc.upsert_worker_run(&tenant, &id, &queued("t"))?;
         svc.insert_cost_record(&tenant, &id, &run_cost("m", 1, 1, 1.0))?;
         let snapshot = BudgetSnapshot {
@@ -420,7 +420,7 @@ fn a_callers_rollback_leaves_nothing_and_no_driver_commits() {
 fn writes_outside_a_transaction_are_refused_and_write_nothing() {
     let (tenant, id) = (common::tenant(), run_id());
     let mut conn = common::conn();
-    let mut svc = WorkerWriteService::new(&mut conn);
+    let mut svc = WorkerWriteDriver::new(&mut conn);
     assert!(matches!(
         svc.upsert_worker_run(&tenant, &id, &queued("t")),
         Err(Error::NoTransaction)
@@ -434,7 +434,7 @@ fn writes_outside_a_transaction_are_refused_and_write_nothing() {
         Err(Error::NoTransaction)
     ));
     // Reads need no transaction.
-    assert_eq!(svc.get_worker_run(&tenant, &id).unwrap(), None);
+    assert_eq!(svc.fetch_worker_run(&tenant, &id).unwrap(), None);
     assert_eq!(runs_of(&mut conn, &tenant), 0);
 }
 
@@ -442,7 +442,7 @@ fn writes_outside_a_transaction_are_refused_and_write_nothing() {
 fn bad_input_is_refused_before_any_sql() {
     let mut conn = common::test_conn();
     let tenant = common::tenant();
-    let mut svc = WorkerWriteService::new(&mut conn);
+    let mut svc = WorkerWriteDriver::new(&mut conn);
     let ok = queued("t");
     assert_invalid(svc.upsert_worker_run(&tenant, "", &ok), "run_id");
     assert_invalid(
@@ -525,7 +525,7 @@ fn bad_input_is_refused_before_any_sql() {
         svc.insert_cost_advisory(&tenant, &id, &advisory(1, f64::INFINITY, &snapshot)),
         "warn_threshold_cents",
     );
-    assert_invalid(svc.get_worker_run(&tenant, ""), "run_id");
+    assert_invalid(svc.fetch_worker_run(&tenant, ""), "run_id");
     assert_eq!(runs_of(&mut conn, &tenant), 0);
     let costs: i64 = common::count_for_tenant(&mut conn, "cost_records", &tenant);
     assert_eq!(costs, 0);
@@ -555,7 +555,7 @@ fn concurrent_advisories_for_one_run_leave_one_row() {
                 let mut conn = costdb::db::connect(common::database_url()).unwrap();
                 conn.transaction(|c| {
                     barrier.wait();
-                    WorkerWriteService::new(c).insert_cost_advisory(
+                    WorkerWriteDriver::new(c).insert_cost_advisory(
                         &tenant,
                         &id,
                         &advisory(90 + i, 80.0, &snapshot),
@@ -587,7 +587,7 @@ fn an_advisory_whose_deviation_would_not_be_finite_is_refused() {
         warn_threshold_pct: 80,
         hard_limit_enabled: false,
     };
-    let mut svc = WorkerWriteService::new(&mut conn);
+    let mut svc = WorkerWriteDriver::new(&mut conn);
     for threshold in [5e-324, f64::MIN_POSITIVE] {
         assert_invalid(
             svc.insert_cost_advisory(&tenant, &id, &advisory(1_000, threshold, &snapshot)),
@@ -612,7 +612,7 @@ fn an_advisory_whose_deviation_would_not_be_finite_is_refused() {
 fn nul_characters_in_run_reports_are_refused() {
     let mut conn = common::test_conn();
     let tenant = common::tenant();
-    let mut svc = WorkerWriteService::new(&mut conn);
+    let mut svc = WorkerWriteDriver::new(&mut conn);
     assert_invalid(
         svc.upsert_worker_run(&tenant, &run_id(), &queued("a\0b")),
         "task",

@@ -9,8 +9,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use costdb::admission::{Admission, BudgetGate, ReserveInput};
-use costdb::anomaly::AnomalyDetector;
+use costdb::admission::{Admission, AdmissionDriver, ReserveInput};
+use costdb::detector::AnomalyDetector;
 use costdb::drivers::{BudgetLimits, CostInput, ProvenanceInput, RunCost, WorkerRunData};
 use costdb::leader::{self, LeaderGuard};
 use costdb::models::{AnomalyType, CostAnomaly, TimeBucket, WorkerStatus};
@@ -19,7 +19,7 @@ use costdb::types::locks::LOCK_ALERT_WORKER;
 use costdb::types::{BudgetScope, TimeWindow};
 use costdb::{
     db, drivers::AlertDriver, drivers::AnalyticsReadDriver, drivers::CostAnomalyDriver,
-    drivers::CostWriteDriver, drivers::ProvenanceDriver, drivers::WorkerWriteService,
+    drivers::CostWriteDriver, drivers::ProvenanceDriver, drivers::WorkerWriteDriver,
 };
 use costdb_testkit::EmbeddedPostgres;
 use costdb_testkit::ScratchDatabase;
@@ -381,17 +381,17 @@ fn budgets(conn: &mut PgConnection, p: &Platform) -> costdb::Result<()> {
     };
     conn.transaction(|c| {
         let mut w = CostWriteDriver::new(c);
-        w.create_or_update_budget(
+        w.upsert_budget(
             &p.tenants[0],
             &BudgetScope::Tenant,
             &limits(5_000, Some(120_000), 80, true),
         )?;
-        w.create_or_update_budget(
+        w.upsert_budget(
             &p.tenants[0],
             &BudgetScope::Feature(EXPORT.into()),
             &limits(35, None, 90, true),
         )?;
-        w.create_or_update_budget(
+        w.upsert_budget(
             &p.tenants[3],
             &BudgetScope::Tenant,
             &limits(p.soft_limit_cents(), None, 95, false),
@@ -424,14 +424,14 @@ fn today(
             expires_at: at + chrono::Duration::minutes(5),
             now: at,
         };
-        match conn.transaction(|c| BudgetGate::new(c).reserve(&call.tenant_id, &ask))? {
+        match conn.transaction(|c| AdmissionDriver::new(c).reserve(&call.tenant_id, &ask))? {
             Admission::Admitted {
                 reservation,
                 warnings,
             } => {
                 found.admitted += 1;
                 found.warned += usize::from(!warnings.is_empty());
-                conn.transaction(|c| BudgetGate::new(c).settle(&reservation, call))?;
+                conn.transaction(|c| AdmissionDriver::new(c).settle(&reservation, call))?;
             }
             Admission::Refused { .. } => found.refused += 1,
         }
@@ -473,7 +473,7 @@ fn today(
 
     // Three short worker runs per tenant, each billed once.
     conn.transaction(|c| {
-        let mut workers = WorkerWriteService::new(c);
+        let mut workers = WorkerWriteDriver::new(c);
         for tenant in &p.tenants {
             for i in 0..3 {
                 let run_id = uuid::Uuid::new_v4().to_string();
@@ -612,7 +612,7 @@ fn provenance(conn: &mut PgConnection, p: &Platform, found: &mut Findings) -> co
         }
     }
     found.simulations = conn
-        .transaction(|c| ProvenanceDriver::new(c).write_provenance_batch(&runs))?
+        .transaction(|c| ProvenanceDriver::new(c).insert_provenance_batch(&runs))?
         .len();
     Ok(())
 }
@@ -624,7 +624,7 @@ fn dollars(cents: f64) -> String {
 /// A percentage with one decimal that never rounds up to `ceiling` when it is below it
 /// (99.96 % of a budget is not 100.0 %).
 fn percent(value: f64, ceiling: Option<f64>) -> String {
-    costdb::anomaly::percent_text(value, ceiling)
+    costdb::detector::percent_text(value, ceiling)
 }
 
 fn report(conn: &mut PgConnection, p: &Platform, found: &Findings) -> Outcome {
@@ -668,7 +668,7 @@ fn report(conn: &mut PgConnection, p: &Platform, found: &Findings) -> Outcome {
         if budgets.is_empty() {
             continue;
         }
-        let lines = conn.transaction(|c| BudgetGate::new(c).reconcile(tenant, p.last))?;
+        let lines = conn.transaction(|c| AdmissionDriver::new(c).reconcile(tenant, p.last))?;
         for b in &budgets {
             for l in lines.iter().filter(|l| l.budget_id == b.id) {
                 let limit = match l.period {
@@ -760,7 +760,7 @@ fn report(conn: &mut PgConnection, p: &Platform, found: &Findings) -> Outcome {
         )?;
     }
 
-    let drift = ProvenanceDriver::new(conn).get_drift_stats(None)?;
+    let drift = ProvenanceDriver::new(conn).fetch_drift_stats(None)?;
     say!(
         "\nCostSim V2 vs V1 over {} simulations: mean Δ {:+.2}¢, min {:+.2}¢, max {:+.2}¢, σ {:.2}¢",
         drift.total, drift.avg_delta, drift.min_delta, drift.max_delta, drift.stddev_delta

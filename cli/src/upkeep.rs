@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use chrono::{Duration, Utc};
-use costdb::admission::BudgetGate;
+use costdb::admission::AdmissionDriver;
 use costdb::db;
 use costdb::drivers::AlertDriver;
 use costdb::leader::{self, LeaderGuard};
@@ -54,7 +54,7 @@ pub fn run(options: Options) -> Outcome {
     loop {
         let n = conn.transaction(|c| {
             leader::check_term(c, LOCK_UPKEEP, term)?;
-            BudgetGate::new(c).reclaim_expired(now, RECLAIM_BATCH)
+            AdmissionDriver::new(c).reclaim_expired(now, RECLAIM_BATCH)
         })?;
         reclaimed += n;
         if n == 0 {

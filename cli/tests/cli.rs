@@ -762,7 +762,7 @@ fn report_prints_tables_json_and_a_chart_and_refuses_bad_input() {
 
 #[test]
 fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
-    use costdb::admission::{Admission, BudgetGate, ReserveInput};
+    use costdb::admission::{Admission, AdmissionDriver, ReserveInput};
     use costdb::drivers::BudgetLimits;
     use costdb::types::BudgetScope;
     use diesel::Connection;
@@ -773,7 +773,7 @@ fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
     let past = chrono::Utc::now() - chrono::Duration::hours(1);
     let held = conn
         .transaction(|c| {
-            costdb::drivers::CostWriteDriver::new(c).create_or_update_budget(
+            costdb::drivers::CostWriteDriver::new(c).upsert_budget(
                 "acme",
                 &BudgetScope::Tenant,
                 &BudgetLimits {
@@ -783,7 +783,7 @@ fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
                     hard_limit_enabled: true,
                 },
             )?;
-            BudgetGate::new(c).reserve(
+            AdmissionDriver::new(c).reserve(
                 "acme",
                 &ReserveInput {
                     request_id: "gone".into(),
@@ -807,7 +807,7 @@ fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
         "{text}"
     );
     let stored = conn
-        .transaction(|c| BudgetGate::new(c).fetch_reservation("acme", &reservation.id))
+        .transaction(|c| AdmissionDriver::new(c).fetch_reservation("acme", &reservation.id))
         .unwrap()
         .unwrap();
     assert_eq!(stored.status, costdb::models::ReservationStatus::Expired);

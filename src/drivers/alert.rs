@@ -400,7 +400,8 @@ impl<'c> AlertDriver<'c> {
 
     /// Sets the incident's `alert_sent` flag and time; `false` when there is no such
     /// incident.
-    pub fn mark_incident_alert_sent(
+    #[doc(alias = "mark_incident_alert_sent")]
+    pub fn update_incident_alert_sent(
         &mut self,
         incident_id: &str,
         sent_at: DateTime<Utc>,

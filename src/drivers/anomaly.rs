@@ -791,7 +791,8 @@ impl<'c> CostAnomalyDriver<'c> {
 
     /// The tenant's open anomaly with this key detected at or after `since`, the newest if
     /// there are several.
-    pub fn find_existing_anomaly(
+    #[doc(alias = "find_existing_anomaly")]
+    pub fn fetch_open_anomaly(
         &mut self,
         tenant_id: &str,
         key: &AnomalyKey,

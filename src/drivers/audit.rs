@@ -10,7 +10,7 @@ use crate::schema::coordination_audit_records;
 use crate::types::limits;
 use crate::validate;
 
-/// What [`AuditDriver::persist_audit_record`] did.
+/// What [`AuditDriver::insert_audit_record`] did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum AuditOutcome {
     /// The record was written (in the caller's transaction).
@@ -38,7 +38,8 @@ impl<'c> AuditDriver<'c> {
     /// [`Error::InvalidInput`] before any SQL; [`Error::Conflict`] when a record with the
     /// same `audit_id` exists. Neither disturbs the caller's transaction: its other work
     /// stays, and it can go on.
-    pub fn persist_audit_record(
+    #[doc(alias = "persist_audit_record")]
+    pub fn insert_audit_record(
         &mut self,
         record: &NewCoordinationAuditRecord,
         emit_traces: bool,

@@ -20,7 +20,7 @@ use crate::schema::{cost_budgets, cost_records, feature_tags};
 use crate::types::{limits, BudgetScope};
 use crate::validate;
 
-/// One LLM call's cost, as recorded by [`CostWriteDriver::create_cost_record`] and
+/// One LLM call's cost, as recorded by [`CostWriteDriver::insert_cost_record`] and
 /// [`CostWriteDriver::record_costs`].
 ///
 /// A record with a `request_id` is recorded at most once per tenant: recording it again
@@ -108,7 +108,7 @@ pub struct RecordedCost {
     pub inserted: bool,
 }
 
-/// A new feature tag, for [`CostWriteDriver::create_feature_tag`].
+/// A new feature tag, for [`CostWriteDriver::insert_feature_tag`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeatureTagInput {
     /// The tag as records carry it, e.g. `support.chat` (at most 128 characters).
@@ -291,7 +291,8 @@ impl<'c> CostWriteDriver<'c> {
 
     /// Registers a feature tag for a tenant; a tag the tenant already has is
     /// [`Error::Conflict`] and leaves the transaction usable.
-    pub fn create_feature_tag(
+    #[doc(alias = "create_feature_tag")]
+    pub fn insert_feature_tag(
         &mut self,
         tenant_id: &str,
         input: &FeatureTagInput,
@@ -364,13 +365,14 @@ impl<'c> CostWriteDriver<'c> {
     /// recorded, returns the existing row and adds nothing.
     ///
     /// The statement has a fixed text, so it is prepared once per connection and reused.
-    pub fn create_cost_record(&mut self, cost: &CostInput) -> Result<CostRecord> {
+    #[doc(alias = "create_cost_record")]
+    pub fn insert_cost_record(&mut self, cost: &CostInput) -> Result<CostRecord> {
         cost.validate()?;
         require_transaction(self.conn)?;
         Ok(self.insert_one(cost)?.0)
     }
 
-    /// [`Self::create_cost_record`] after validation, saying whether this call inserted
+    /// [`Self::insert_cost_record`] after validation, saying whether this call inserted
     /// the row (false: the request id was recorded before).
     pub(crate) fn insert_one(&mut self, cost: &CostInput) -> Result<(CostRecord, bool)> {
         let id = ids::cost_record_id();
@@ -587,7 +589,8 @@ impl<'c> CostWriteDriver<'c> {
 
     /// Creates the tenant's budget for `scope`, or updates its limits if it exists (one
     /// upsert on tenant, budget type and entity).
-    pub fn create_or_update_budget(
+    #[doc(alias = "create_or_update_budget")]
+    pub fn upsert_budget(
         &mut self,
         tenant_id: &str,
         scope: &BudgetScope,

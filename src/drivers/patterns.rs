@@ -131,8 +131,8 @@ impl<'c> PatternDetectionDriver<'c> {
         PatternDetectionDriver { conn }
     }
 
-    /// [`fetch_failed_runs`](Self::fetch_failed_runs) as a query.
-    pub fn failed_runs_query(
+    /// [`fetch_failed_runs_with_error`](Self::fetch_failed_runs_with_error) as a query.
+    pub fn failed_runs_with_error_query(
         tenant_id: Option<&str>,
         since: DateTime<Utc>,
         limit: i64,
@@ -143,14 +143,16 @@ impl<'c> PatternDetectionDriver<'c> {
         )
     }
 
-    /// Failed runs with an error text, created at or after `since`, newest first.
-    pub fn fetch_failed_runs(
+    /// Failed runs with an error text, created at or after `since`, newest first (the
+    /// prediction driver's `fetch_failed_runs` also takes those without one).
+    #[doc(alias = "fetch_failed_runs")]
+    pub fn fetch_failed_runs_with_error(
         &mut self,
         tenant_id: Option<&str>,
         since: DateTime<Utc>,
         limit: i64,
     ) -> Result<Vec<WorkerRun>> {
-        Ok(Self::failed_runs_query(tenant_id, since, limit)?.load(self.conn)?)
+        Ok(Self::failed_runs_with_error_query(tenant_id, since, limit)?.load(self.conn)?)
     }
 
     /// [`fetch_completed_runs_with_costs`](Self::fetch_completed_runs_with_costs) as a query.
@@ -440,7 +442,8 @@ impl<'c> PredictionDriver<'c> {
     }
 
     /// How many predictions match `filter`.
-    pub fn count_predictions(&mut self, filter: &PredictionFilter) -> Result<i64> {
+    #[doc(alias = "count_predictions")]
+    pub fn fetch_prediction_count(&mut self, filter: &PredictionFilter) -> Result<i64> {
         Ok(filtered(filter)?.count().get_result(self.conn)?)
     }
 

@@ -14,10 +14,10 @@ use crate::types::locks::LOCK_BASELINE_BACKFILL;
 use crate::types::TimeWindow;
 use crate::validate;
 
-/// The largest page [`ProvenanceDriver::query_provenance`] returns.
+/// The largest page [`ProvenanceDriver::fetch_provenance`] returns.
 pub const MAX_PAGE: i64 = 10_000;
 
-/// One simulation to record, for [`ProvenanceDriver::write_provenance`].
+/// One simulation to record, for [`ProvenanceDriver::insert_provenance`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProvenanceInput {
     /// Run simulated.
@@ -263,7 +263,8 @@ impl<'c> ProvenanceDriver<'c> {
     }
 
     /// Records one simulation and returns its id.
-    pub fn write_provenance(&mut self, input: &ProvenanceInput) -> Result<i64> {
+    #[doc(alias = "write_provenance")]
+    pub fn insert_provenance(&mut self, input: &ProvenanceInput) -> Result<i64> {
         input.validate()?;
         require_transaction(self.conn)?;
         Ok(diesel::insert_into(costsim_provenance::table)
@@ -274,7 +275,8 @@ impl<'c> ProvenanceDriver<'c> {
 
     /// Records many simulations in one statement and returns their ids in input order
     /// (the original returned `0..n`). An empty batch runs no SQL.
-    pub fn write_provenance_batch(&mut self, inputs: &[ProvenanceInput]) -> Result<Vec<i64>> {
+    #[doc(alias = "write_provenance_batch")]
+    pub fn insert_provenance_batch(&mut self, inputs: &[ProvenanceInput]) -> Result<Vec<i64>> {
         for input in inputs {
             input.validate()?;
         }
@@ -321,7 +323,8 @@ impl<'c> ProvenanceDriver<'c> {
 
     /// Rows matching `filter`, newest first (ties by id, newest first), `limit` (1 to
     /// [`MAX_PAGE`]) after skipping `offset`.
-    pub fn query_provenance(
+    #[doc(alias = "query_provenance")]
+    pub fn fetch_provenance(
         &mut self,
         filter: &ProvenanceFilter,
         limit: i64,
@@ -346,14 +349,16 @@ impl<'c> ProvenanceDriver<'c> {
     }
 
     /// How many rows match `filter`.
-    pub fn count_provenance(&mut self, filter: &ProvenanceFilter) -> Result<i64> {
+    #[doc(alias = "count_provenance")]
+    pub fn fetch_provenance_count(&mut self, filter: &ProvenanceFilter) -> Result<i64> {
         Ok(filtered(filter)?.count().get_result(self.conn)?)
     }
 
     /// Count, mean, min, max and sample standard deviation of `cost_delta` over the rows
     /// with both costs, created in `window` (all rows when `None`); zeros when there are
     /// none.
-    pub fn get_drift_stats(&mut self, window: Option<TimeWindow>) -> Result<DriftStats> {
+    #[doc(alias = "get_drift_stats")]
+    pub fn fetch_drift_stats(&mut self, window: Option<TimeWindow>) -> Result<DriftStats> {
         if let Some(w) = window {
             TimeWindow::new(w.from, w.to)?;
         }

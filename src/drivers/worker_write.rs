@@ -1,4 +1,4 @@
-//! `WorkerWriteService`: worker runs, their cost records and budget advisories.
+//! `WorkerWriteDriver`: worker runs, their cost records and budget advisories.
 
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Int4, Nullable, Text};
@@ -59,7 +59,7 @@ pub struct BudgetSnapshot {
     pub hard_limit_enabled: bool,
 }
 
-/// The LLM cost of one worker run, for [`WorkerWriteService::insert_cost_record`].
+/// The LLM cost of one worker run, for [`WorkerWriteDriver::insert_cost_record`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunCost {
     /// Model name (at most 64 characters).
@@ -73,7 +73,7 @@ pub struct RunCost {
 }
 
 /// A tenant's daily spend that crossed its warning threshold, for
-/// [`WorkerWriteService::insert_cost_advisory`].
+/// [`WorkerWriteDriver::insert_cost_advisory`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CostAdvisory {
     /// The tenant's spend today, in cents, not negative.
@@ -88,7 +88,8 @@ pub struct CostAdvisory {
 ///
 /// Borrows the caller's connection; writes refuse to run outside a transaction and never
 /// commit. Every method is scoped by tenant.
-pub struct WorkerWriteService<'c> {
+#[doc(alias = "WorkerWriteService")]
+pub struct WorkerWriteDriver<'c> {
     conn: &'c mut PgConnection,
 }
 
@@ -149,10 +150,10 @@ impl WorkerRunData {
     }
 }
 
-impl<'c> WorkerWriteService<'c> {
+impl<'c> WorkerWriteDriver<'c> {
     /// Wraps the caller's connection.
     pub fn new(conn: &'c mut PgConnection) -> Self {
-        WorkerWriteService { conn }
+        WorkerWriteDriver { conn }
     }
 
     /// Creates the run, or applies `data` to it, in one statement.
@@ -225,7 +226,7 @@ impl<'c> WorkerWriteService<'c> {
         cost: &RunCost,
     ) -> Result<CostRecord> {
         validate::required("run_id", run_id, limits::COST_ID)?;
-        CostWriteDriver::new(self.conn).create_cost_record(&CostInput {
+        CostWriteDriver::new(self.conn).insert_cost_record(&CostInput {
             tenant_id: tenant_id.into(),
             request_id: Some(run_id.into()),
             workflow_id: Some("business-builder".into()),
@@ -335,7 +336,8 @@ impl<'c> WorkerWriteService<'c> {
     }
 
     /// The tenant's run, or `None` (also when the id belongs to another tenant).
-    pub fn get_worker_run(&mut self, tenant_id: &str, run_id: &str) -> Result<Option<WorkerRun>> {
+    #[doc(alias = "get_worker_run")]
+    pub fn fetch_worker_run(&mut self, tenant_id: &str, run_id: &str) -> Result<Option<WorkerRun>> {
         validate::required("tenant_id", tenant_id, limits::WORKER_RUN_ID)?;
         validate::required("run_id", run_id, limits::WORKER_RUN_ID)?;
         Ok(worker_runs::table

@@ -37,7 +37,7 @@ pub struct CoordinationAuditRecord {
 }
 
 /// A coordination decision to append, for
-/// [`AuditDriver::persist_audit_record`](crate::drivers::AuditDriver::persist_audit_record).
+/// [`AuditDriver::insert_audit_record`](crate::drivers::AuditDriver::insert_audit_record).
 #[derive(Debug, Clone, PartialEq, Eq, Insertable, Serialize, Deserialize)]
 #[diesel(table_name = coordination_audit_records)]
 pub struct NewCoordinationAuditRecord {

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
 use super::{percentile, pgbench, Ctx, Scale, Target, Workload};
-use costdb::admission::{Admission, BudgetGate, ReserveInput};
+use costdb::admission::{Admission, AdmissionDriver, ReserveInput};
 use costdb::db;
 use costdb::drivers::{BudgetLimits, CostInput, CostWriteDriver};
 use costdb::types::BudgetScope;
@@ -34,7 +34,7 @@ struct HotBudget {
 fn hard_budget(conn: &mut PgConnection, tenant: &str) -> Result<String> {
     conn.transaction(|c| {
         Ok(CostWriteDriver::new(c)
-            .create_or_update_budget(
+            .upsert_budget(
                 tenant,
                 &BudgetScope::Tenant,
                 &BudgetLimits {
@@ -59,7 +59,7 @@ fn admit(conn: &mut PgConnection, request: String, now: DateTime<Utc>) -> Result
         expires_at: now + chrono::Duration::minutes(10),
         now,
     };
-    let reservation = match conn.transaction(|c| BudgetGate::new(c).reserve(TENANT, &input))? {
+    let reservation = match conn.transaction(|c| AdmissionDriver::new(c).reserve(TENANT, &input))? {
         Admission::Admitted { reservation, .. } => reservation,
         Admission::Refused { budget } => {
             return Err(Error::Conflict(format!("refused by {}", budget.budget_id)).into())
@@ -74,7 +74,7 @@ fn admit(conn: &mut PgConnection, request: String, now: DateTime<Utc>) -> Result
         created_at: Some(now),
         ..CostInput::default()
     };
-    conn.transaction(|c| BudgetGate::new(c).settle(&reservation, &actual))?;
+    conn.transaction(|c| AdmissionDriver::new(c).settle(&reservation, &actual))?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text, Timestamptz};
 
 use super::{Ctx, Scale, Target, Workload};
-use costdb::anomaly::AnomalyDetector;
+use costdb::detector::AnomalyDetector;
 use costdb_testkit::Result;
 
 /// 50 calls a day for 30 days for each tenant `det-tenant-<n>`, 5 users, 6 features; every

@@ -80,7 +80,7 @@ struct CopyRow<'a> {
     created_at: DateTime<Utc>,
 }
 
-/// `provenance batch`: `write_provenance_batch` against binary COPY of the same rows.
+/// `provenance batch`: `insert_provenance_batch` against binary COPY of the same rows.
 struct Batch {
     rows: usize,
     inputs: Vec<ProvenanceInput>,
@@ -103,7 +103,7 @@ impl Workload for Batch {
     fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
         let inputs = &self.inputs;
         rolled_back(&mut ctx.conn, |c| {
-            ProvenanceDriver::new(c).write_provenance_batch(inputs)?;
+            ProvenanceDriver::new(c).insert_provenance_batch(inputs)?;
             Ok(())
         })
     }

@@ -7,7 +7,7 @@ use chrono::Utc;
 use diesel::prelude::*;
 
 use super::{Ctx, Scale, Target, Workload};
-use costdb::drivers::{CostInput, CostWriteDriver, RunCost, WorkerWriteService};
+use costdb::drivers::{CostInput, CostWriteDriver, RunCost, WorkerWriteDriver};
 use costdb::models::ids;
 use costdb::schema::cost_records;
 use costdb::Error;
@@ -93,7 +93,7 @@ fn record_run_cost(conn: &mut PgConnection, cost: &CostInput) -> Result<()> {
         cost_cents: cost.cost_cents,
     };
     let run_id = cost.request_id.as_deref().unwrap_or_default();
-    WorkerWriteService::new(conn).insert_cost_record(&cost.tenant_id, run_id, &run)?;
+    WorkerWriteDriver::new(conn).insert_cost_record(&cost.tenant_id, run_id, &run)?;
     Ok(())
 }
 
@@ -107,7 +107,7 @@ impl Workload for PerRow {
     fn name(&self) -> String {
         if self.worker {
             format!(
-                "per-row {WRITE_ROUNDS}×{}: WorkerWriteService::insert_cost_record",
+                "per-row {WRITE_ROUNDS}×{}: WorkerWriteDriver::insert_cost_record",
                 self.rows / WRITE_ROUNDS
             )
         } else {
@@ -134,7 +134,7 @@ impl Workload for PerRow {
                 if worker {
                     record_run_cost(c, cost)?;
                 } else {
-                    CostWriteDriver::new(c).create_cost_record(cost)?;
+                    CostWriteDriver::new(c).insert_cost_record(cost)?;
                 }
             }
             Ok(())
@@ -238,7 +238,7 @@ impl Fenced {
                 if fenced {
                     costdb::leader::check_term(c, FENCED_LOCK, term)?;
                 }
-                CostWriteDriver::new(c).create_cost_record(cost)
+                CostWriteDriver::new(c).insert_cost_record(cost)
             })?;
         }
         Ok(started.elapsed())
