@@ -19,37 +19,23 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use diesel::dsl::{exists, now};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Int4, Nullable, Text, Timestamptz};
+use diesel::upsert::excluded;
 use serde::Serialize;
 
 use crate::connect::connect_within;
 use crate::db::require_transaction;
 use crate::error::{Error, Result};
+use crate::sql_fns::{
+    current_database, pg_advisory_unlock, pg_backend_pid, pg_database, pg_locks,
+    pg_try_advisory_lock, pg_try_advisory_xact_lock, set_config,
+};
 use crate::types::limits;
 use crate::types::locks::{LOCK_ALERT_WORKER, LOCK_CANARY_RUNNER, LOCK_PROVENANCE_ARCHIVER};
 
 /// How long [`LeaderGuard::acquire`] waits by default, as the original did.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-
-#[derive(QueryableByName)]
-struct Flag {
-    #[diesel(sql_type = Bool)]
-    ok: bool,
-}
-
-#[derive(QueryableByName)]
-struct Term {
-    #[diesel(sql_type = BigInt)]
-    term: i64,
-}
-
-fn flag(conn: &mut PgConnection, sql: &str, lock_id: i64) -> Result<bool> {
-    Ok(diesel::sql_query(sql)
-        .bind::<BigInt, _>(lock_id)
-        .get_result::<Flag>(conn)?
-        .ok)
-}
 
 /// Takes the session-level lock `lock_id` on `conn` if no other session holds it; never
 /// waits. Taking it twice on one session needs two releases.
@@ -58,38 +44,53 @@ fn flag(conn: &mut PgConnection, sql: &str, lock_id: i64) -> Result<bool> {
 /// stays behind when the connection goes back to the pool. Hold it on a dedicated
 /// connection ([`LeaderGuard`]) or release it before giving the connection back.
 pub fn try_acquire_leader_lock(conn: &mut PgConnection, lock_id: i64) -> Result<bool> {
-    flag(conn, "SELECT pg_try_advisory_lock($1) AS ok", lock_id)
+    Ok(diesel::select(pg_try_advisory_lock(lock_id)).get_result(conn)?)
 }
 
 /// Releases one hold of the session-level lock `lock_id`; `false` when this session did
 /// not hold it.
 pub fn release_leader_lock(conn: &mut PgConnection, lock_id: i64) -> Result<bool> {
-    flag(conn, "SELECT pg_advisory_unlock($1) AS ok", lock_id)
+    Ok(diesel::select(pg_advisory_unlock(lock_id)).get_result(conn)?)
 }
 
-/// The exact `pg_locks` row of the single-key advisory lock `lock_id` in this database:
-/// `classid` is the high 32 bits, `objid` the low 32 bits, `objsubid` 1.
-const HELD: &str = "\
-SELECT EXISTS ( \
-    SELECT 1 FROM pg_locks \
-    WHERE locktype = 'advisory' AND granted \
-      AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-      AND classid = (($1 >> 32) & 4294967295)::oid AND objid = ($1 & 4294967295)::oid \
-      AND objsubid = 1";
+/// The two halves of a single-key advisory lock as `pg_locks` shows them: `classid` is
+/// the high 32 bits, `objid` the low 32 bits (and `objsubid` is 1).
+fn halves(lock_id: i64) -> (u32, u32) {
+    ((lock_id as u64 >> 32) as u32, lock_id as u32)
+}
+
+/// Whether a session of this database (this very session, with `own_session`) holds the
+/// single-key advisory lock `lock_id`: its exact `pg_locks` row.
+fn held(conn: &mut PgConnection, lock_id: i64, own_session: bool) -> Result<bool> {
+    let (high, low) = halves(lock_id);
+    let this_database = pg_database::table
+        .filter(pg_database::datname.eq(current_database()))
+        .select(pg_database::oid)
+        .single_value();
+    let rows = pg_locks::table
+        .filter(pg_locks::locktype.eq("advisory"))
+        .filter(pg_locks::granted)
+        .filter(pg_locks::objsubid.eq(1i16))
+        .filter(pg_locks::database.eq(this_database))
+        .filter(pg_locks::classid.eq(high))
+        .filter(pg_locks::objid.eq(low));
+    Ok(if own_session {
+        let mine = rows.filter(pg_locks::pid.eq(pg_backend_pid().nullable()));
+        diesel::select(exists(mine)).get_result(conn)?
+    } else {
+        diesel::select(exists(rows)).get_result(conn)?
+    })
+}
 
 /// Whether any session of this database holds the lock `lock_id` (informational: the
 /// answer may change at once).
 pub fn is_lock_held(conn: &mut PgConnection, lock_id: i64) -> Result<bool> {
-    flag(conn, &format!("{HELD}) AS ok"), lock_id)
+    held(conn, lock_id, false)
 }
 
 /// Whether this very session holds the lock `lock_id`.
 pub fn holds_lock(conn: &mut PgConnection, lock_id: i64) -> Result<bool> {
-    flag(
-        conn,
-        &format!("{HELD} AND pid = pg_backend_pid()) AS ok"),
-        lock_id,
-    )
+    held(conn, lock_id, true)
 }
 
 /// Takes the lock `lock_id` until the caller's transaction ends (commit or rollback); never
@@ -99,16 +100,25 @@ pub fn holds_lock(conn: &mut PgConnection, lock_id: i64) -> Result<bool> {
 /// [`Error::NoTransaction`] outside a transaction, where the lock would end at once.
 pub fn try_acquire_xact_lock(conn: &mut PgConnection, lock_id: i64) -> Result<bool> {
     require_transaction(conn)?;
-    flag(conn, "SELECT pg_try_advisory_xact_lock($1) AS ok", lock_id)
+    Ok(diesel::select(pg_try_advisory_xact_lock(lock_id)).get_result(conn)?)
 }
 
 /// Starts a new term of `lock_id` for `holder` and returns it: one more than the last.
 /// Call it only while holding the lock.
-const NEXT_TERM: &str = "\
-INSERT INTO leader_terms AS t (lock_id, term, holder) VALUES ($1, 1, $2) \
-ON CONFLICT (lock_id) DO UPDATE SET term = t.term + 1, holder = EXCLUDED.holder, \
-    acquired_at = now() \
-RETURNING term";
+fn next_term(conn: &mut PgConnection, lock_id: i64, holder: &str) -> Result<i64> {
+    use crate::schema::leader_terms::dsl as t;
+    Ok(diesel::insert_into(t::leader_terms)
+        .values((t::lock_id.eq(lock_id), t::term.eq(1i64), t::holder.eq(holder)))
+        .on_conflict(t::lock_id)
+        .do_update()
+        .set((
+            t::term.eq(t::term + 1i64),
+            t::holder.eq(excluded(t::holder)),
+            t::acquired_at.eq(now),
+        ))
+        .returning(t::term)
+        .get_result(conn)?)
+}
 
 /// Refuses to go on unless `term` is still the latest term of `lock_id`.
 ///
@@ -121,11 +131,14 @@ RETURNING term";
 /// [`Error::NoTransaction`] outside a transaction.
 pub fn check_term(conn: &mut PgConnection, lock_id: i64, term: i64) -> Result<()> {
     require_transaction(conn)?;
-    let current = diesel::sql_query("SELECT term FROM leader_terms WHERE lock_id = $1 FOR SHARE")
-        .bind::<BigInt, _>(lock_id)
-        .get_result::<Term>(conn)
+    use crate::schema::leader_terms::dsl as t;
+    let current = t::leader_terms
+        .filter(t::lock_id.eq(lock_id))
+        .select(t::term)
+        .for_share()
+        .get_result::<i64>(conn)
         .optional()?
-        .map_or(0, |t| t.term);
+        .unwrap_or(0);
     if current != term {
         return Err(Error::StaleTerm {
             lock_id,
@@ -158,11 +171,6 @@ impl std::fmt::Debug for LeaderGuard {
     }
 }
 
-#[derive(QueryableByName)]
-struct Pid {
-    #[diesel(sql_type = Int4)]
-    pid: i32,
-}
 
 impl LeaderGuard {
     /// Opens a dedicated connection to `database_url` and tries once to take `lock_id`;
@@ -188,22 +196,15 @@ impl LeaderGuard {
         let deadline = Instant::now() + timeout;
         let mut conn = connect_within(database_url, timeout)?;
         let left = deadline.saturating_duration_since(Instant::now());
-        diesel::sql_query("SELECT set_config('statement_timeout', $1, false)")
-            .bind::<Text, _>(left.as_millis().max(1).to_string())
-            .execute(&mut conn)?;
+        let millis = left.as_millis().max(1).to_string();
+        diesel::select(set_config("statement_timeout", millis, false)).execute(&mut conn)?;
         if !try_acquire_leader_lock(&mut conn, lock_id)? {
             return Ok(None);
         }
         // From here on the lock is held: a failure drops `conn`, which ends the session
         // and with it the lock.
-        let term = diesel::sql_query(NEXT_TERM)
-            .bind::<BigInt, _>(lock_id)
-            .bind::<Text, _>(holder)
-            .get_result::<Term>(&mut conn)?
-            .term;
-        let pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
-            .get_result::<Pid>(&mut conn)?
-            .pid;
+        let term = next_term(&mut conn, lock_id, holder)?;
+        let pid = diesel::select(pg_backend_pid()).get_result(&mut conn)?;
         Ok(Some(LeaderGuard {
             conn,
             lock_id,
@@ -301,37 +302,57 @@ pub fn with_archiver_lock<T, E: From<Error>>(
 }
 
 /// One lock as `costdb leader status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, QueryableByName)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LockStatus {
     /// The lock id.
-    #[diesel(sql_type = BigInt)]
     pub lock_id: i64,
     /// Server process id of the session holding it, if one does.
-    #[diesel(sql_type = Nullable<Int4>)]
     pub holder_pid: Option<i32>,
     /// The latest term, if the lock was ever taken through [`LeaderGuard`].
-    #[diesel(sql_type = Nullable<BigInt>)]
     pub term: Option<i64>,
     /// Who took the latest term.
-    #[diesel(sql_type = Nullable<Text>)]
     pub holder: Option<String>,
     /// When the latest term began.
-    #[diesel(sql_type = Nullable<Timestamptz>)]
     pub since: Option<DateTime<Utc>>,
 }
 
 /// Holder and latest term of each of `lock_ids` in this database, in the order given.
 pub fn lock_status(conn: &mut PgConnection, lock_ids: &[i64]) -> Result<Vec<LockStatus>> {
-    Ok(diesel::sql_query(
-        "SELECT k.lock_id, l.pid AS holder_pid, t.term, t.holder, t.acquired_at AS since \
-         FROM unnest($1::bigint[]) WITH ORDINALITY AS k(lock_id, n) \
-         LEFT JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
-              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-              AND l.classid = ((k.lock_id >> 32) & 4294967295)::oid \
-              AND l.objid = (k.lock_id & 4294967295)::oid \
-         LEFT JOIN leader_terms t ON t.lock_id = k.lock_id \
-         ORDER BY k.n",
-    )
-    .bind::<diesel::sql_types::Array<BigInt>, _>(lock_ids)
-    .load(conn)?)
+    use crate::schema::leader_terms::dsl as t;
+    let (highs, lows): (Vec<u32>, Vec<u32>) = lock_ids.iter().map(|&id| halves(id)).unzip();
+    let this_database = pg_database::table
+        .filter(pg_database::datname.eq(current_database()))
+        .select(pg_database::oid)
+        .single_value();
+    let held: Vec<(Option<u32>, Option<u32>, Option<i32>)> = pg_locks::table
+        .filter(pg_locks::locktype.eq("advisory"))
+        .filter(pg_locks::granted)
+        .filter(pg_locks::objsubid.eq(1i16))
+        .filter(pg_locks::database.eq(this_database))
+        .filter(pg_locks::classid.eq_any(&highs))
+        .filter(pg_locks::objid.eq_any(&lows))
+        .select((pg_locks::classid, pg_locks::objid, pg_locks::pid))
+        .load(conn)?;
+    let terms: Vec<(i64, i64, String, DateTime<Utc>)> = t::leader_terms
+        .filter(t::lock_id.eq_any(lock_ids))
+        .select((t::lock_id, t::term, t::holder, t::acquired_at))
+        .load(conn)?;
+    Ok(lock_ids
+        .iter()
+        .map(|&lock_id| {
+            let (high, low) = halves(lock_id);
+            let holder_pid = held
+                .iter()
+                .find(|(c, o, _)| (*c, *o) == (Some(high), Some(low)))
+                .and_then(|(_, _, pid)| *pid);
+            let term = terms.iter().find(|(id, ..)| *id == lock_id);
+            LockStatus {
+                lock_id,
+                holder_pid,
+                term: term.map(|t| t.1),
+                holder: term.map(|t| t.2.clone()),
+                since: term.map(|t| t.3),
+            }
+        })
+        .collect())
 }

@@ -61,6 +61,7 @@ pub mod models;
 pub mod recorder;
 #[allow(missing_docs)]
 pub mod schema;
+pub(crate) mod sql_fns;
 pub mod types;
 mod validate;
 

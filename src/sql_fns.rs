@@ -1,0 +1,64 @@
+//! The SQL functions and catalog views the queries use, declared for Diesel's DSL.
+//!
+//! `schema.rs` holds the migrated tables; the two system views here are the part of
+//! PostgreSQL's catalog that leader election reads.
+#![allow(missing_docs)]
+
+use diesel::sql_types::{BigInt, Bool, Interval, Text, Timestamptz};
+
+
+diesel::define_sql_function! {
+    /// Takes a session-level advisory lock if it is free.
+    fn pg_try_advisory_lock(key: BigInt) -> Bool;
+}
+diesel::define_sql_function! {
+    /// Releases one hold of a session-level advisory lock.
+    fn pg_advisory_unlock(key: BigInt) -> Bool;
+}
+diesel::define_sql_function! {
+    /// Takes a transaction-level advisory lock if it is free.
+    fn pg_try_advisory_xact_lock(key: BigInt) -> Bool;
+}
+diesel::define_sql_function! {
+    /// Takes a transaction-level advisory lock, waiting for it.
+    fn pg_advisory_xact_lock(key: BigInt);
+}
+diesel::define_sql_function! {
+    /// The server process id of this session.
+    fn pg_backend_pid() -> Int4;
+}
+diesel::define_sql_function! {
+    /// The current database's name.
+    fn current_database() -> Text;
+}
+diesel::define_sql_function! {
+    /// Sets a run-time parameter; `is_local` limits it to the transaction.
+    fn set_config(name: Text, value: Text, is_local: Bool) -> Text;
+}
+diesel::define_sql_function! {
+    /// The start of the bucket of width `stride` that holds `source`, counted from `origin`.
+    fn date_bin(stride: Interval, source: Timestamptz, origin: Timestamptz) -> Timestamptz;
+}
+
+diesel::table! {
+    /// Locks held or awaited by active sessions (read-only).
+    pg_catalog.pg_locks (pid) {
+        locktype -> Text,
+        database -> Nullable<Oid>,
+        classid -> Nullable<Oid>,
+        objid -> Nullable<Oid>,
+        objsubid -> Nullable<Int2>,
+        pid -> Nullable<Int4>,
+        granted -> Bool,
+    }
+}
+
+diesel::table! {
+    /// The databases of the cluster (read-only).
+    pg_catalog.pg_database (oid) {
+        oid -> Oid,
+        datname -> Text,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(pg_locks, pg_database);
