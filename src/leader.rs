@@ -108,7 +108,11 @@ pub fn try_acquire_xact_lock(conn: &mut PgConnection, lock_id: i64) -> Result<bo
 fn next_term(conn: &mut PgConnection, lock_id: i64, holder: &str) -> Result<i64> {
     use crate::schema::leader_terms::dsl as t;
     Ok(diesel::insert_into(t::leader_terms)
-        .values((t::lock_id.eq(lock_id), t::term.eq(1i64), t::holder.eq(holder)))
+        .values((
+            t::lock_id.eq(lock_id),
+            t::term.eq(1i64),
+            t::holder.eq(holder),
+        ))
         .on_conflict(t::lock_id)
         .do_update()
         .set((
@@ -170,7 +174,6 @@ impl std::fmt::Debug for LeaderGuard {
             .finish()
     }
 }
-
 
 impl LeaderGuard {
     /// Opens a dedicated connection to `database_url` and tries once to take `lock_id`;

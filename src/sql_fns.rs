@@ -4,8 +4,7 @@
 //! PostgreSQL's catalog that leader election reads.
 #![allow(missing_docs)]
 
-use diesel::sql_types::{BigInt, Bool, Interval, Text, Timestamptz};
-
+use diesel::sql_types::{BigInt, Bool, Interval, Nullable, Text, Timestamptz};
 
 diesel::define_sql_function! {
     /// Takes a session-level advisory lock if it is free.
@@ -34,6 +33,16 @@ diesel::define_sql_function! {
 diesel::define_sql_function! {
     /// Sets a run-time parameter; `is_local` limits it to the transaction.
     fn set_config(name: Text, value: Text, is_local: Bool) -> Text;
+}
+diesel::define_sql_function! {
+    /// The first of two texts that is not NULL.
+    #[sql_name = "coalesce"]
+    fn coalesce_text(first: Nullable<Text>, second: Nullable<Text>) -> Nullable<Text>;
+}
+diesel::define_sql_function! {
+    /// The first of two instants that is not NULL.
+    #[sql_name = "coalesce"]
+    fn coalesce_instant(first: Nullable<Timestamptz>, second: Timestamptz) -> Timestamptz;
 }
 diesel::define_sql_function! {
     /// The start of the bucket of width `stride` that holds `source`, counted from `origin`.

@@ -415,3 +415,36 @@ fn the_column_limits_are_the_migrated_varchar_sizes() {
         assert_eq!(len.n, Some(limit as i32), "{table}.{column}");
     }
 }
+
+/// Every `.sql` file under `dir`, recursively.
+fn sql_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            sql_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "sql") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_statement_held_as_sql_text_prepares_against_the_migrated_schema() {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sql_files(&src, &mut files);
+    files.sort();
+    assert!(!files.is_empty());
+    let mut conn = common::test_conn();
+    for (i, file) in files.iter().enumerate() {
+        let sql = std::fs::read_to_string(file).unwrap();
+        // PREPARE parses, resolves every table, column and function and types every
+        // parameter, without running the statement.
+        diesel::sql_query(format!("PREPARE costdb_check_{i} AS {sql}"))
+            .execute(&mut conn)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        diesel::sql_query(format!("DEALLOCATE costdb_check_{i}"))
+            .execute(&mut conn)
+            .unwrap();
+    }
+}

@@ -20,14 +20,16 @@
 
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Interval, Nullable, Text, Timestamptz};
+use diesel::sql_types::Bool;
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::db::require_transaction;
+use crate::drivers::prepared::{Param, Prepared};
 use crate::error::{Error, Result};
 use crate::models::{AlertStatus, AlertType, CostAnomaly, QueuedAlert};
 use crate::schema::{costsim_alert_queue as q, costsim_cb_incidents};
+use crate::sql_fns::{coalesce_instant, coalesce_text};
 use crate::types::limits;
 use crate::validate;
 
@@ -81,22 +83,17 @@ pub fn anomaly_alert_payload(a: &CostAnomaly) -> serde_json::Value {
 }
 
 /// Counts of the queue, from one snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, QueryableByName)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct QueueStats {
     /// Waiting (due or not, leased or not).
-    #[diesel(sql_type = BigInt)]
     pub pending: i64,
     /// Delivered.
-    #[diesel(sql_type = BigInt)]
     pub sent: i64,
     /// Dead letters.
-    #[diesel(sql_type = BigInt)]
     pub failed: i64,
     /// Pending alerts a worker holds a lease on.
-    #[diesel(sql_type = BigInt)]
     pub claimed: i64,
     /// Creation instant of the oldest pending alert.
-    #[diesel(sql_type = Nullable<Timestamptz>)]
     pub oldest_pending: Option<DateTime<Utc>>,
 }
 
@@ -186,35 +183,9 @@ fn error_text(error: &Option<String>) -> Result<()> {
     validate::optional_text("error", error.as_deref())
 }
 
-/// Takes up to `$2` due alerts, oldest first, skipping those another transaction holds,
-/// and leases them until `$1 + $3`; a new token marks the claim.
-const CLAIM: &str = "\
-UPDATE costsim_alert_queue q \
-SET next_attempt_at = $1 + $3, claim_token = gen_random_uuid() \
-FROM ( \
-    SELECT id FROM costsim_alert_queue \
-    WHERE status = 'pending' AND next_attempt_at <= $1 \
-    ORDER BY next_attempt_at, id \
-    LIMIT $2 \
-    FOR UPDATE SKIP LOCKED \
-) due \
-WHERE q.id = due.id \
-RETURNING q.*";
-
-/// Applies an outcome to the pending alert `$1` (held by claim `$2`, when given): the new
-/// status `$3`; a failure (any status but `sent`) counts an attempt at `$4`, a delivery
-/// stamps `sent_at` with it; `$5` is the next attempt for a retry; an empty or missing
-/// error `$6` keeps the last one; the claim ends either way.
-const RECORD: &str = "\
-UPDATE costsim_alert_queue SET \
-    status = $3, \
-    attempts = attempts + CASE WHEN $3 = 'sent' THEN 0 ELSE 1 END, \
-    last_attempt_at = CASE WHEN $3 = 'sent' THEN last_attempt_at ELSE $4 END, \
-    sent_at = CASE WHEN $3 = 'sent' THEN $4 ELSE sent_at END, \
-    next_attempt_at = coalesce($5, next_attempt_at), \
-    last_error = coalesce(nullif($6, ''), last_error), \
-    claim_token = NULL \
-WHERE id = $1 AND status = 'pending' AND ($2::uuid IS NULL OR claim_token = $2)";
+/// Takes up to `$2` due alerts at `$1` and leases them until `$1 + $3` (`FOR UPDATE SKIP
+/// LOCKED` in an `UPDATE … FROM`, which Diesel's DSL cannot say).
+const CLAIM: &str = include_str!("alert/claim.sql");
 
 impl<'c> AlertDriver<'c> {
     /// Wraps the caller's connection.
@@ -251,16 +222,33 @@ impl<'c> AlertDriver<'c> {
     /// Pending, sent, failed and leased counts and the oldest pending alert, in one
     /// statement (one snapshot).
     pub fn fetch_queue_stats(&mut self) -> Result<QueueStats> {
-        Ok(diesel::sql_query(
-            "SELECT count(*) FILTER (WHERE status = 'pending') AS pending, \
-                    count(*) FILTER (WHERE status = 'sent') AS sent, \
-                    count(*) FILTER (WHERE status = 'failed') AS failed, \
-                    count(*) FILTER (WHERE status = 'pending' AND claim_token IS NOT NULL) \
-                        AS claimed, \
-                    min(created_at) FILTER (WHERE status = 'pending') AS oldest_pending \
-             FROM costsim_alert_queue",
-        )
-        .get_result(self.conn)?)
+        use diesel::dsl::{count, count_star, min};
+        let groups: Vec<(AlertStatus, i64, i64, Option<DateTime<Utc>>)> = q::table
+            .group_by(q::status)
+            .select((
+                q::status,
+                count_star(),
+                count(q::claim_token),
+                min(q::created_at),
+            ))
+            .load(self.conn)?;
+        let mut stats = QueueStats {
+            pending: 0,
+            sent: 0,
+            failed: 0,
+            claimed: 0,
+            oldest_pending: None,
+        };
+        for (status, n, claimed, oldest) in groups {
+            match status {
+                AlertStatus::Pending => {
+                    (stats.pending, stats.claimed, stats.oldest_pending) = (n, claimed, oldest)
+                }
+                AlertStatus::Sent => stats.sent = n,
+                AlertStatus::Failed => stats.failed = n,
+            }
+        }
+        Ok(stats)
     }
 
     /// Marks the alert delivered at `sent_at` (the original lost `sent_at`).
@@ -340,11 +328,15 @@ impl<'c> AlertDriver<'c> {
         let lease = diesel::pg::data_types::PgInterval::from_microseconds(
             lease.num_microseconds().unwrap_or(i64::MAX),
         );
-        let mut claimed: Vec<QueuedAlert> = diesel::sql_query(CLAIM)
-            .bind::<Timestamptz, _>(now)
-            .bind::<BigInt, _>(batch_size)
-            .bind::<Interval, _>(lease)
-            .load(self.conn)?;
+        let mut claimed: Vec<QueuedAlert> = Prepared {
+            sql: CLAIM,
+            params: &[
+                Param::Instant(&now),
+                Param::Int(batch_size),
+                Param::Interval(lease),
+            ],
+        }
+        .load(self.conn)?;
         claimed.sort_by_key(|a| a.id);
         Ok(claimed
             .into_iter()
@@ -381,14 +373,37 @@ impl<'c> AlertDriver<'c> {
         validate::optional_instant("next_attempt_at", next)?;
         error_text(error)?;
         require_transaction(self.conn)?;
-        let updated = diesel::sql_query(RECORD)
-            .bind::<BigInt, _>(id)
-            .bind::<Nullable<diesel::sql_types::Uuid>, _>(token)
-            .bind::<Text, _>(status)
-            .bind::<Timestamptz, _>(at)
-            .bind::<Nullable<Timestamptz>, _>(next)
-            .bind::<Nullable<Text>, _>(error.as_deref())
-            .execute(self.conn)?;
+        // The pending alert, and the claim when one is given.
+        let target = q::table
+            .filter(q::id.eq(id))
+            .filter(q::status.eq(AlertStatus::Pending))
+            .filter(
+                token
+                    .is_none()
+                    .into_sql::<Bool>()
+                    .or(q::claim_token.eq(token)),
+            );
+        // An empty or missing error keeps the last one.
+        let error = error.as_deref().filter(|e| !e.is_empty());
+        let updated = match outcome {
+            Outcome::Sent { .. } => diesel::update(target)
+                .set((
+                    q::status.eq(status),
+                    q::sent_at.eq(at),
+                    q::claim_token.eq(None::<Uuid>),
+                ))
+                .execute(self.conn)?,
+            Outcome::Retry { .. } | Outcome::Failed { .. } => diesel::update(target)
+                .set((
+                    q::status.eq(status),
+                    q::attempts.eq(q::attempts + 1),
+                    q::last_attempt_at.eq(at),
+                    q::next_attempt_at.eq(coalesce_instant(next, q::next_attempt_at)),
+                    q::last_error.eq(coalesce_text(error, q::last_error)),
+                    q::claim_token.eq(None::<Uuid>),
+                ))
+                .execute(self.conn)?,
+        };
         if updated == 0 {
             return Err(Error::NotFound {
                 entity: "pending alert",
