@@ -310,16 +310,13 @@ pub struct WorkerRunTotal {
 }
 
 /// Predictions of one type.
-#[derive(Debug, Clone, PartialEq, Serialize, QueryableByName)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PredictionSummary {
     /// The type.
-    #[diesel(sql_type = diesel::sql_types::Text)]
     pub prediction_type: PredictionType,
     /// How many.
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub predictions: i64,
     /// Their mean confidence.
-    #[diesel(sql_type = diesel::sql_types::Double)]
     pub avg_confidence: f64,
 }
 
@@ -469,7 +466,6 @@ impl<'c> PredictionDriver<'c> {
         &mut self,
         filter: &PredictionFilter,
     ) -> Result<Vec<PredictionSummary>> {
-        use diesel::sql_types::{Nullable, Text, Timestamptz};
         tenant(filter.tenant_id.as_deref())?;
         validate::optional(
             "subject_id",
@@ -477,23 +473,37 @@ impl<'c> PredictionDriver<'c> {
             limits::PATTERN_TEXT,
         )?;
         validate::optional_instant("valid_at", filter.valid_at)?;
-        Ok(diesel::sql_query(
-            "SELECT prediction_type, count(*) AS predictions, \
-                    avg(confidence_score)::float8 AS avg_confidence \
-             FROM prediction_events \
-             WHERE ($1::text IS NULL OR tenant_id = $1) \
-               AND ($2::text IS NULL OR prediction_type = $2) \
-               AND ($3::text IS NULL OR subject_type = $3) \
-               AND ($4::text IS NULL OR subject_id = $4) \
-               AND ($5::timestamptz IS NULL OR expires_at > $5) \
-             GROUP BY prediction_type ORDER BY prediction_type",
-        )
-        .bind::<Nullable<Text>, _>(filter.tenant_id.as_deref())
-        .bind::<Nullable<Text>, _>(filter.prediction_type)
-        .bind::<Nullable<Text>, _>(filter.subject_type)
-        .bind::<Nullable<Text>, _>(filter.subject_id.as_deref())
-        .bind::<Nullable<Timestamptz>, _>(filter.valid_at)
-        .load(self.conn)?)
+        use crate::schema::prediction_events::dsl as pe;
+        use diesel::dsl::{avg, count_star};
+        let mut q = pe::prediction_events
+            .group_by(pe::prediction_type)
+            .select((pe::prediction_type, count_star(), avg(pe::confidence_score)))
+            .order(pe::prediction_type)
+            .into_boxed();
+        if let Some(tenant_id) = &filter.tenant_id {
+            q = q.filter(pe::tenant_id.eq(tenant_id.clone()));
+        }
+        if let Some(prediction_type) = filter.prediction_type {
+            q = q.filter(pe::prediction_type.eq(prediction_type));
+        }
+        if let Some(subject_type) = filter.subject_type {
+            q = q.filter(pe::subject_type.eq(subject_type));
+        }
+        if let Some(subject_id) = &filter.subject_id {
+            q = q.filter(pe::subject_id.eq(subject_id.clone()));
+        }
+        if let Some(valid_at) = filter.valid_at {
+            q = q.filter(pe::expires_at.gt(valid_at));
+        }
+        let rows: Vec<(PredictionType, i64, Option<f64>)> = q.load(self.conn)?;
+        Ok(rows
+            .into_iter()
+            .map(|(prediction_type, predictions, avg)| PredictionSummary {
+                prediction_type,
+                predictions,
+                avg_confidence: avg.unwrap_or(0.0),
+            })
+            .collect())
     }
 
     /// Records an advisory prediction (`is_advisory` is always true) and returns it.

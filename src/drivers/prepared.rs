@@ -9,7 +9,7 @@ use diesel::pg::data_types::PgInterval;
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{
-    Array, BigInt, Bool, Date, Double, Interval, Nullable, Text, Timestamptz, Untyped,
+    Array, BigInt, Bool, Date, Double, Int4, Interval, Nullable, Text, Timestamptz, Untyped,
 };
 use diesel::{PgConnection, QueryResult, RunQueryDsl};
 
@@ -25,6 +25,8 @@ pub(crate) enum Param<'a> {
     Float(f64),
     OptFloat(Option<f64>),
     Flag(bool),
+    OptFlag(Option<bool>),
+    OptInt4(Option<i32>),
     Int(i64),
 }
 
@@ -72,6 +74,8 @@ impl QueryFragment<Pg> for Prepared<'_> {
                 Param::Float(v) => out.push_bind_param::<Double, _>(v)?,
                 Param::OptFloat(v) => out.push_bind_param::<Nullable<Double>, _>(v)?,
                 Param::Flag(v) => out.push_bind_param::<Bool, _>(v)?,
+                Param::OptFlag(v) => out.push_bind_param::<Nullable<Bool>, _>(v)?,
+                Param::OptInt4(v) => out.push_bind_param::<Nullable<Int4>, _>(v)?,
                 Param::Int(v) => out.push_bind_param::<BigInt, _>(v)?,
             }
             rest = &rest[at + 1 + digits..];

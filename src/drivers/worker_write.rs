@@ -1,10 +1,10 @@
 //! `WorkerWriteDriver`: worker runs, their cost records and budget advisories.
 
 use diesel::prelude::*;
-use diesel::sql_types::{Bool, Int4, Nullable, Text};
 use serde::{Deserialize, Serialize};
 
 use crate::db::require_transaction;
+use crate::drivers::prepared::{Param, Prepared};
 use crate::drivers::cost_write::{CostInput, CostWriteDriver};
 use crate::error::{Error, Result};
 use crate::models::{
@@ -95,31 +95,7 @@ pub struct WorkerWriteDriver<'c> {
 
 /// One statement: insert, or update a run of the same tenant that is not finished. The
 /// pairs ($6,$7), ($8,$9)… are "set this column?" and its value.
-const UPSERT: &str = "\
-INSERT INTO worker_runs AS w (id, tenant_id, task, input_json, status, success, error, \
-    output_json, replay_token_json, total_tokens, total_latency_ms, policy_violations, \
-    recoveries, cost_cents, started_at, completed_at) \
-VALUES ($1, $2, $3, $4, coalesce($5, 'queued'), $7, $9, $11, $13, $15, $17, \
-    coalesce($18, 0), coalesce($19, 0), $20, \
-    CASE WHEN $5 = 'running' THEN now() END, \
-    CASE WHEN $5 IN ('completed', 'failed', 'crashed') THEN now() END) \
-ON CONFLICT (id) DO UPDATE SET \
-    status            = coalesce($5, w.status), \
-    success           = CASE WHEN $6 THEN $7 ELSE w.success END, \
-    error             = CASE WHEN $8 THEN $9 ELSE w.error END, \
-    output_json       = CASE WHEN $10 THEN $11 ELSE w.output_json END, \
-    replay_token_json = CASE WHEN $12 THEN $13 ELSE w.replay_token_json END, \
-    total_tokens      = CASE WHEN $14 THEN $15 ELSE w.total_tokens END, \
-    total_latency_ms  = CASE WHEN $16 THEN $17 ELSE w.total_latency_ms END, \
-    policy_violations = coalesce($18, w.policy_violations), \
-    recoveries        = coalesce($19, w.recoveries), \
-    cost_cents        = coalesce($20, w.cost_cents), \
-    started_at        = CASE WHEN $5 = 'running' \
-                             THEN coalesce(w.started_at, now()) ELSE w.started_at END, \
-    completed_at      = CASE WHEN $5 IN ('completed', 'failed', 'crashed') \
-                             THEN coalesce(w.completed_at, now()) ELSE w.completed_at END \
-WHERE w.tenant_id = EXCLUDED.tenant_id AND w.status NOT IN ('completed', 'failed', 'crashed') \
-RETURNING w.*";
+const UPSERT: &str = include_str!("worker_write/upsert_run.sql");
 
 fn json_text(field: &'static str, v: &Option<Option<serde_json::Value>>) -> Result<Option<String>> {
     match v {
@@ -174,29 +150,34 @@ impl<'c> WorkerWriteDriver<'c> {
         require_transaction(self.conn)?;
         let task = data.task.clone().unwrap_or_default();
         let input_json = serde_json::json!({ "task": task }).to_string();
-        let row = diesel::sql_query(UPSERT)
-            .bind::<Text, _>(run_id)
-            .bind::<Text, _>(tenant_id)
-            .bind::<Text, _>(&task)
-            .bind::<Text, _>(&input_json)
-            .bind::<Nullable<Text>, _>(data.status)
-            .bind::<Bool, _>(data.success.is_some())
-            .bind::<Nullable<Bool>, _>(data.success.flatten())
-            .bind::<Bool, _>(data.error.is_some())
-            .bind::<Nullable<Text>, _>(data.error.clone().flatten())
-            .bind::<Bool, _>(data.artifacts.is_some())
-            .bind::<Nullable<Text>, _>(output)
-            .bind::<Bool, _>(data.replay_token.is_some())
-            .bind::<Nullable<Text>, _>(replay)
-            .bind::<Bool, _>(data.total_tokens_used.is_some())
-            .bind::<Nullable<Int4>, _>(data.total_tokens_used.flatten())
-            .bind::<Bool, _>(data.total_latency_ms.is_some())
-            .bind::<Nullable<Int4>, _>(data.total_latency_ms.flatten())
-            .bind::<Nullable<Int4>, _>(data.policy_violations)
-            .bind::<Nullable<Int4>, _>(data.recoveries)
-            .bind::<Nullable<Int4>, _>(data.cost_cents)
-            .get_result::<WorkerRun>(self.conn)
-            .optional()?;
+        let error = data.error.clone().flatten();
+        let row = Prepared {
+            sql: UPSERT,
+            params: &[
+                Param::Text(run_id),
+                Param::Text(tenant_id),
+                Param::Text(&task),
+                Param::Text(&input_json),
+                Param::OptText(data.status.map(WorkerStatus::as_str)),
+                Param::Flag(data.success.is_some()),
+                Param::OptFlag(data.success.flatten()),
+                Param::Flag(data.error.is_some()),
+                Param::OptText(error.as_deref()),
+                Param::Flag(data.artifacts.is_some()),
+                Param::OptText(output.as_deref()),
+                Param::Flag(data.replay_token.is_some()),
+                Param::OptText(replay.as_deref()),
+                Param::Flag(data.total_tokens_used.is_some()),
+                Param::OptInt4(data.total_tokens_used.flatten()),
+                Param::Flag(data.total_latency_ms.is_some()),
+                Param::OptInt4(data.total_latency_ms.flatten()),
+                Param::OptInt4(data.policy_violations),
+                Param::OptInt4(data.recoveries),
+                Param::OptInt4(data.cost_cents),
+            ],
+        }
+        .get_result::<WorkerRun>(self.conn)
+        .optional()?;
         if let Some(run) = row {
             return Ok(run);
         }
