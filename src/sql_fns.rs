@@ -4,7 +4,7 @@
 //! PostgreSQL's catalog that leader election reads.
 #![allow(missing_docs)]
 
-use diesel::sql_types::{BigInt, Bool, Interval, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Bool, Double, Interval, Nullable, Text, Timestamptz};
 
 diesel::define_sql_function! {
     /// Takes a session-level advisory lock if it is free.
@@ -33,6 +33,11 @@ diesel::define_sql_function! {
 diesel::define_sql_function! {
     /// Sets a run-time parameter; `is_local` limits it to the transaction.
     fn set_config(name: Text, value: Text, is_local: Bool) -> Text;
+}
+diesel::define_sql_function! {
+    /// The sample standard deviation of a column (an aggregate).
+    #[aggregate]
+    fn stddev_samp(x: Nullable<Double>) -> Nullable<Double>;
 }
 diesel::define_sql_function! {
     /// The first of two texts that is not NULL.

@@ -9,7 +9,7 @@ use diesel::pg::data_types::PgInterval;
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{
-    Array, BigInt, Bool, Date, Double, Int4, Interval, Nullable, Text, Timestamptz, Untyped,
+    Array, BigInt, Bool, Date, Double, Int4, Interval, Jsonb, Nullable, Text, Timestamptz, Untyped,
 };
 use diesel::{PgConnection, QueryResult, RunQueryDsl};
 
@@ -19,6 +19,10 @@ pub(crate) enum Param<'a> {
     Text(&'a str),
     OptText(Option<&'a str>),
     Texts(&'a [String]),
+    OptTexts(&'a [Option<&'a str>]),
+    OptFloats(&'a [Option<f64>]),
+    OptInt4s(&'a [Option<i32>]),
+    OptJsons(&'a [Option<&'a serde_json::Value>]),
     Instant(&'a DateTime<Utc>),
     Interval(PgInterval),
     Day(NaiveDate),
@@ -68,6 +72,10 @@ impl QueryFragment<Pg> for Prepared<'_> {
                 Param::Text(v) => out.push_bind_param::<Text, _>(*v)?,
                 Param::OptText(v) => out.push_bind_param::<Nullable<Text>, _>(v)?,
                 Param::Texts(v) => out.push_bind_param::<Array<Text>, _>(*v)?,
+                Param::OptTexts(v) => out.push_bind_param::<Array<Nullable<Text>>, _>(*v)?,
+                Param::OptFloats(v) => out.push_bind_param::<Array<Nullable<Double>>, _>(*v)?,
+                Param::OptInt4s(v) => out.push_bind_param::<Array<Nullable<Int4>>, _>(*v)?,
+                Param::OptJsons(v) => out.push_bind_param::<Array<Nullable<Jsonb>>, _>(*v)?,
                 Param::Instant(v) => out.push_bind_param::<Timestamptz, _>(*v)?,
                 Param::Interval(v) => out.push_bind_param::<Interval, _>(v)?,
                 Param::Day(v) => out.push_bind_param::<Date, _>(v)?,

@@ -3,13 +3,15 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Double, Float8, Int4, Jsonb, Nullable, Text, Timestamptz};
+use diesel::sql_types::BigInt;
 use serde::{Deserialize, Serialize};
 
 use crate::db::require_transaction;
+use crate::drivers::prepared::{Param, Prepared};
 use crate::error::{Error, Result};
 use crate::models::{NewProvenance, Provenance, ProvenanceSource, VariantSlug};
 use crate::schema::costsim_provenance;
+use crate::sql_fns::{pg_advisory_xact_lock, stddev_samp};
 use crate::types::locks::LOCK_BASELINE_BACKFILL;
 use crate::types::TimeWindow;
 use crate::validate;
@@ -132,22 +134,17 @@ pub struct ProvenanceFilter {
 }
 
 /// V2 − V1 cost deltas over the rows that have both costs.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, QueryableByName)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct DriftStats {
     /// Rows with both costs.
-    #[diesel(sql_type = BigInt)]
     pub total: i64,
     /// Mean delta; `0.0` when there is none.
-    #[diesel(sql_type = Double)]
     pub avg_delta: f64,
     /// Smallest delta; `0.0` when there is none.
-    #[diesel(sql_type = Double)]
     pub min_delta: f64,
     /// Largest delta; `0.0` when there is none.
-    #[diesel(sql_type = Double)]
     pub max_delta: f64,
     /// Sample standard deviation (n − 1); `0.0` for fewer than two rows.
-    #[diesel(sql_type = Double)]
     pub stddev_delta: f64,
 }
 
@@ -195,58 +192,16 @@ pub struct BackfillStats {
 
 /// Inserts the rows of the arrays in array order; `cost_delta` is `v2 − v1` when both are
 /// known. Ids come from the sequence in that order.
-const BATCH_INSERT: &str = "\
-INSERT INTO costsim_provenance (run_id, tenant_id, variant_slug, source, model_version, \
-    adapter_version, commit_sha, input_hash, output_hash, v1_cost, v2_cost, cost_delta, \
-    payload, runtime_ms) \
-SELECT run_id, tenant_id, variant_slug, source, model_version, adapter_version, commit_sha, \
-    input_hash, output_hash, v1 + 0, v2 + 0, v2 - v1 + 0, payload, runtime_ms \
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-            $7::text[], $8::text[], $9::text[], $10::float8[], $11::float8[], $12::jsonb[], \
-            $13::int4[]) WITH ORDINALITY \
-     AS t(run_id, tenant_id, variant_slug, source, model_version, adapter_version, commit_sha, \
-          input_hash, output_hash, v1, v2, payload, runtime_ms, n) \
-ORDER BY n \
-RETURNING id";
+const BATCH_INSERT: &str = include_str!("provenance/insert_batch.sql");
 
 /// Backfills V1 baselines: the first record of each input hash, unless the table already
 /// has that hash; records without a hash always. Returns one row per inserted record.
-const BACKFILL: &str = "\
-INSERT INTO costsim_provenance (run_id, tenant_id, variant_slug, source, input_hash, v1_cost, \
-    payload) \
-SELECT run_id, tenant_id, 'v1', 'backfill', input_hash, cost + 0, payload \
-FROM ( \
-    SELECT DISTINCT ON (input_hash, CASE WHEN input_hash IS NULL THEN n END) * \
-    FROM unnest($1::text[], $2::text[], $3::float8[], $4::text[], $5::jsonb[]) WITH ORDINALITY \
-         AS t(run_id, tenant_id, cost, input_hash, payload, n) \
-    ORDER BY input_hash, CASE WHEN input_hash IS NULL THEN n END, n \
-) first \
-WHERE input_hash IS NULL \
-   OR NOT EXISTS (SELECT 1 FROM costsim_provenance p WHERE p.input_hash = first.input_hash) \
-ORDER BY n \
-RETURNING id";
-
-const DRIFT: &str = "\
-SELECT count(*) AS total, \
-       coalesce(avg(cost_delta), 0)::float8 AS avg_delta, \
-       coalesce(min(cost_delta), 0)::float8 AS min_delta, \
-       coalesce(max(cost_delta), 0)::float8 AS max_delta, \
-       coalesce(stddev_samp(cost_delta), 0)::float8 AS stddev_delta \
-FROM costsim_provenance \
-WHERE v1_cost IS NOT NULL AND v2_cost IS NOT NULL \
-  AND ($1::timestamptz IS NULL OR created_at >= $1) \
-  AND ($2::timestamptz IS NULL OR created_at < $2)";
+const BACKFILL: &str = include_str!("provenance/backfill.sql");
 
 #[derive(QueryableByName)]
 struct IdRow {
     #[diesel(sql_type = BigInt)]
     id: i64,
-}
-
-#[derive(QueryableByName)]
-struct Exists {
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    found: bool,
 }
 
 /// The CostSim provenance log: writes (single, batch, backfill), queries, counts and
@@ -284,38 +239,47 @@ impl<'c> ProvenanceDriver<'c> {
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
-        let text = |f: fn(&ProvenanceInput) -> Option<&str>| {
+        let texts = |f: fn(&ProvenanceInput) -> Option<&str>| {
             inputs.iter().map(f).collect::<Vec<Option<&str>>>()
         };
-        let mut ids: Vec<i64> = diesel::sql_query(BATCH_INSERT)
-            .bind::<Array<Nullable<Text>>, _>(text(|i| i.run_id.as_deref()))
-            .bind::<Array<Nullable<Text>>, _>(text(|i| i.tenant_id.as_deref()))
-            .bind::<Array<Nullable<Text>>, _>(text(|i| Some(i.variant_slug.as_str())))
-            .bind::<Array<Nullable<Text>>, _>(text(|i| Some(i.source.as_str())))
-            .bind::<Array<Nullable<Text>>, _>(text(|i| i.model_version.as_deref()))
-            .bind::<Array<Nullable<Text>>, _>(text(|i| i.adapter_version.as_deref()))
-            .bind::<Array<Nullable<Text>>, _>(text(|i| i.commit_sha.as_deref()))
-            .bind::<Array<Nullable<Text>>, _>(text(|i| i.input_hash.as_deref()))
-            .bind::<Array<Nullable<Text>>, _>(text(|i| i.output_hash.as_deref()))
-            .bind::<Array<Nullable<Float8>>, _>(
-                inputs.iter().map(|i| i.v1_cost).collect::<Vec<_>>(),
-            )
-            .bind::<Array<Nullable<Float8>>, _>(
-                inputs.iter().map(|i| i.v2_cost).collect::<Vec<_>>(),
-            )
-            .bind::<Array<Nullable<Jsonb>>, _>(
-                inputs
-                    .iter()
-                    .map(|i| i.payload.as_ref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind::<Array<Nullable<Int4>>, _>(
-                inputs.iter().map(|i| i.runtime_ms).collect::<Vec<_>>(),
-            )
-            .load::<IdRow>(self.conn)?
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
+        let (run_ids, tenants) = (
+            texts(|i| i.run_id.as_deref()),
+            texts(|i| i.tenant_id.as_deref()),
+        );
+        let variants = texts(|i| Some(i.variant_slug.as_str()));
+        let sources = texts(|i| Some(i.source.as_str()));
+        let models = texts(|i| i.model_version.as_deref());
+        let adapters = texts(|i| i.adapter_version.as_deref());
+        let commits = texts(|i| i.commit_sha.as_deref());
+        let inputs_hashes = texts(|i| i.input_hash.as_deref());
+        let outputs_hashes = texts(|i| i.output_hash.as_deref());
+        let v1: Vec<Option<f64>> = inputs.iter().map(|i| i.v1_cost).collect();
+        let v2: Vec<Option<f64>> = inputs.iter().map(|i| i.v2_cost).collect();
+        let payloads: Vec<Option<&serde_json::Value>> =
+            inputs.iter().map(|i| i.payload.as_ref()).collect();
+        let runtimes: Vec<Option<i32>> = inputs.iter().map(|i| i.runtime_ms).collect();
+        let mut ids: Vec<i64> = Prepared {
+            sql: BATCH_INSERT,
+            params: &[
+                Param::OptTexts(&run_ids),
+                Param::OptTexts(&tenants),
+                Param::OptTexts(&variants),
+                Param::OptTexts(&sources),
+                Param::OptTexts(&models),
+                Param::OptTexts(&adapters),
+                Param::OptTexts(&commits),
+                Param::OptTexts(&inputs_hashes),
+                Param::OptTexts(&outputs_hashes),
+                Param::OptFloats(&v1),
+                Param::OptFloats(&v2),
+                Param::OptJsons(&payloads),
+                Param::OptInt4s(&runtimes),
+            ],
+        }
+        .load::<IdRow>(self.conn)?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
         // The sequence hands out ids in insertion order, which is input order.
         ids.sort_unstable();
         Ok(ids)
@@ -362,21 +326,40 @@ impl<'c> ProvenanceDriver<'c> {
         if let Some(w) = window {
             TimeWindow::new(w.from, w.to)?;
         }
-        Ok(diesel::sql_query(DRIFT)
-            .bind::<Nullable<Timestamptz>, _>(window.map(|w| w.from))
-            .bind::<Nullable<Timestamptz>, _>(window.map(|w| w.to))
-            .get_result(self.conn)?)
+        use costsim_provenance::dsl as p;
+        use diesel::dsl::{avg, count_star, max, min};
+        let mut q = p::costsim_provenance
+            .filter(p::v1_cost.is_not_null())
+            .filter(p::v2_cost.is_not_null())
+            .select((
+                count_star(),
+                avg(p::cost_delta),
+                min(p::cost_delta),
+                max(p::cost_delta),
+                stddev_samp(p::cost_delta),
+            ))
+            .into_boxed();
+        if let Some(w) = window {
+            q = q
+                .filter(p::created_at.ge(w.from))
+                .filter(p::created_at.lt(w.to));
+        }
+        type Row = (i64, Option<f64>, Option<f64>, Option<f64>, Option<f64>);
+        let (total, avg, min, max, stddev): Row = q.get_result(self.conn)?;
+        Ok(DriftStats {
+            total,
+            avg_delta: avg.unwrap_or(0.0),
+            min_delta: min.unwrap_or(0.0),
+            max_delta: max.unwrap_or(0.0),
+            stddev_delta: stddev.unwrap_or(0.0),
+        })
     }
 
     /// Whether any row (any tenant, variant or source) has this input hash.
     pub fn check_duplicate(&mut self, input_hash: &str) -> Result<bool> {
         validate::required("input_hash", input_hash, usize::MAX)?;
-        Ok(diesel::sql_query(
-            "SELECT EXISTS (SELECT 1 FROM costsim_provenance WHERE input_hash = $1) AS found",
-        )
-        .bind::<Text, _>(input_hash)
-        .get_result::<Exists>(self.conn)?
-        .found)
+        let same = costsim_provenance::table.filter(costsim_provenance::input_hash.eq(input_hash));
+        Ok(diesel::select(diesel::dsl::exists(same)).get_result(self.conn)?)
     }
 
     /// Backfills V1 baselines (`variant_slug = v1`, `source = backfill`), `batch_size`
@@ -410,9 +393,7 @@ impl<'c> ProvenanceDriver<'c> {
         if valid.is_empty() {
             return Ok(stats);
         }
-        diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
-            .bind::<BigInt, _>(LOCK_BASELINE_BACKFILL)
-            .execute(self.conn)?;
+        diesel::select(pg_advisory_xact_lock(LOCK_BASELINE_BACKFILL)).execute(self.conn)?;
         for batch in valid.chunks(batch_size) {
             match self.conn.transaction(|c| backfill(c, batch)) {
                 Ok(inserted) => {
@@ -441,19 +422,24 @@ fn backfill(conn: &mut PgConnection, records: &[&BaselineRecord]) -> Result<usiz
     let text = |f: fn(&BaselineRecord) -> Option<&str>| {
         records.iter().map(|r| f(r)).collect::<Vec<Option<&str>>>()
     };
-    Ok(diesel::sql_query(BACKFILL)
-        .bind::<Array<Nullable<Text>>, _>(text(|r| r.run_id.as_deref()))
-        .bind::<Array<Nullable<Text>>, _>(text(|r| r.tenant_id.as_deref()))
-        .bind::<Array<Nullable<Float8>>, _>(records.iter().map(|r| r.cost).collect::<Vec<_>>())
-        .bind::<Array<Nullable<Text>>, _>(text(|r| r.input_hash.as_deref()))
-        .bind::<Array<Nullable<Jsonb>>, _>(
-            records
-                .iter()
-                .map(|r| r.payload.as_ref())
-                .collect::<Vec<_>>(),
-        )
-        .load::<IdRow>(conn)?
-        .len())
+    let run_ids = text(|r| r.run_id.as_deref());
+    let tenants = text(|r| r.tenant_id.as_deref());
+    let costs: Vec<Option<f64>> = records.iter().map(|r| r.cost).collect();
+    let hashes = text(|r| r.input_hash.as_deref());
+    let payloads: Vec<Option<&serde_json::Value>> =
+        records.iter().map(|r| r.payload.as_ref()).collect();
+    Ok(Prepared {
+        sql: BACKFILL,
+        params: &[
+            Param::OptTexts(&run_ids),
+            Param::OptTexts(&tenants),
+            Param::OptFloats(&costs),
+            Param::OptTexts(&hashes),
+            Param::OptJsons(&payloads),
+        ],
+    }
+    .load::<IdRow>(conn)?
+    .len())
 }
 
 /// The provenance rows `filter` selects, as a boxed query.

@@ -4,8 +4,8 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::db::require_transaction;
-use crate::drivers::prepared::{Param, Prepared};
 use crate::drivers::cost_write::{CostInput, CostWriteDriver};
+use crate::drivers::prepared::{Param, Prepared};
 use crate::error::{Error, Result};
 use crate::models::{
     ids, AnomalyType, CostAnomaly, CostRecord, EntityType, NewCostAnomaly, Severity, WorkerRun,
