@@ -27,6 +27,10 @@ diesel::define_sql_function! {
     fn pg_backend_pid() -> Int4;
 }
 diesel::define_sql_function! {
+    /// The start of the current transaction (what `now()` gives inside it).
+    fn transaction_timestamp() -> Timestamptz;
+}
+diesel::define_sql_function! {
     /// The current database's name.
     fn current_database() -> Text;
 }

@@ -4,19 +4,19 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
-use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{Array, Bool, Float8, Int4, Nullable, Text, Timestamptz};
+use diesel::sql_types::Text;
 use diesel::upsert::{excluded, on_constraint};
 use serde::{Deserialize, Serialize};
 
 use crate::db::require_transaction;
+use crate::drivers::prepared::{Param, Prepared};
 use crate::error::{Error, Result};
 use crate::models::{
     ids, CostBudget, CostRecord, FeatureTag, NewCostBudget, NewCostRecord, NewFeatureTag,
 };
 use crate::schema::{cost_budgets, cost_records, feature_tags};
+use crate::sql_fns::transaction_timestamp;
 use crate::types::{limits, BudgetScope};
 use crate::validate;
 
@@ -163,16 +163,6 @@ struct IdRow {
     id: String,
 }
 
-#[derive(QueryableByName)]
-struct ExistingRow {
-    #[diesel(sql_type = Text)]
-    tenant_id: String,
-    #[diesel(sql_type = Text)]
-    request_id: String,
-    #[diesel(sql_type = Text)]
-    id: String,
-}
-
 /// How a bulk write sends its rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BulkMode {
@@ -191,97 +181,18 @@ pub(crate) enum BulkMode {
 /// split, so its memory stays bounded and its speed per row stays the same.
 pub const BULK_CHUNK: usize = 5_000;
 
-/// The head of the bulk insert: the thirteen arrays follow, in column order.
-const BULK_HEAD: &str = "\
-INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, \
-                          model, input_tokens, output_tokens, cost_cents, is_retry, created_at) \
-SELECT id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, \
-       model, input_tokens, output_tokens, cost_cents, is_retry, coalesce(created_at, now()) \
-FROM unnest(";
+/// The bulk insert: the thirteen columns as arrays, in column order.
+const BULK_INSERT: &str = include_str!("cost_write/insert_bulk.sql");
+/// The bulk insert that also skips an id that is already stored.
+const BULK_RETRY: &str = include_str!("cost_write/insert_bulk_retry.sql");
+/// One record, `ON CONFLICT` on the tenant's request id.
+const INSERT_ONE: &str = include_str!("cost_write/insert_one.sql");
 
-/// Inserts the rows of the arrays in array order, skipping what `$conflict` names.
-macro_rules! bulk_tail {
-    ($conflict:literal) => {
-        concat!(
-            ") WITH ORDINALITY AS t(id, tenant_id, user_id, feature_tag, request_id, workflow_id, \
-                                   skill_id, model, input_tokens, output_tokens, cost_cents, \
-                                   is_retry, created_at, n) \
-             ORDER BY n ON CONFLICT ",
-            $conflict,
-            " DO NOTHING RETURNING id"
-        )
-    };
+#[derive(QueryableByName)]
+struct Stored {
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    created_at: DateTime<Utc>,
 }
-
-/// Skips a request id the tenant has.
-const BULK_INSERT: &str = bulk_tail!("(tenant_id, request_id) WHERE request_id IS NOT NULL");
-/// Also skips an id that is already stored: a retry of a batch whose commit outcome was
-/// unknown (the ids were fixed before the first attempt).
-const BULK_RETRY: &str = bulk_tail!("");
-
-/// One bulk insert: the columns as arrays, bound as parameters of a fixed text, so Diesel
-/// prepares it once per connection (and per tail) instead of planning it per call.
-struct BulkInsert<'a> {
-    tail: &'static str,
-    ids: Vec<&'a str>,
-    tenants: Vec<&'a str>,
-    /// user, feature tag, request, workflow, skill.
-    optional: [Vec<Option<&'a str>>; 5],
-    models: Vec<&'a str>,
-    input_tokens: Vec<i32>,
-    output_tokens: Vec<i32>,
-    cents: Vec<f64>,
-    retries: Vec<bool>,
-    created_at: Vec<Option<DateTime<Utc>>>,
-}
-
-impl QueryId for BulkInsert<'_> {
-    type QueryId = ();
-    // Cached by its text, which is one of two constants.
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl Query for BulkInsert<'_> {
-    type SqlType = diesel::sql_types::Untyped;
-}
-
-impl RunQueryDsl<PgConnection> for BulkInsert<'_> {}
-
-impl QueryFragment<Pg> for BulkInsert<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql(BULK_HEAD);
-        out.push_bind_param::<Array<Text>, _>(&self.ids)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&self.tenants)?;
-        for column in &self.optional {
-            out.push_sql(", ");
-            out.push_bind_param::<Array<Nullable<Text>>, _>(column)?;
-        }
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&self.models)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Int4>, _>(&self.input_tokens)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Int4>, _>(&self.output_tokens)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Float8>, _>(&self.cents)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Bool>, _>(&self.retries)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Nullable<Timestamptz>>, _>(&self.created_at)?;
-        out.push_sql(self.tail);
-        Ok(())
-    }
-}
-
-/// Which of the ids `$1` are stored.
-const STORED_IDS: &str = "SELECT id FROM cost_records WHERE id = ANY($1::text[])";
-
-const EXISTING_BY_REQUEST: &str = "\
-SELECT c.tenant_id, c.request_id, c.id \
-FROM cost_records c \
-JOIN unnest($1::text[], $2::text[]) AS k(tenant_id, request_id) \
-  ON c.tenant_id = k.tenant_id AND c.request_id = k.request_id";
 
 impl<'c> CostWriteDriver<'c> {
     /// Wraps the caller's connection.
@@ -376,15 +287,27 @@ impl<'c> CostWriteDriver<'c> {
     /// the row (false: the request id was recorded before).
     pub(crate) fn insert_one(&mut self, cost: &CostInput) -> Result<(CostRecord, bool)> {
         let id = ids::cost_record_id();
-        // With an instant given, the row holds exactly what is sent, so nothing comes back
-        // but the row count; without one, the server's now() comes back.
-        let inserted = match cost.created_at {
-            Some(at) => (InsertOne::<false> { id: &id, cost }.execute(self.conn)? == 1)
-                .then(|| as_stored(at)),
-            None => InsertOne::<true> { id: &id, cost }
-                .get_result::<DateTime<Utc>>(self.conn)
-                .optional()?,
-        };
+        let inserted = Prepared {
+            sql: INSERT_ONE,
+            params: &[
+                Param::Text(&id),
+                Param::Text(&cost.tenant_id),
+                Param::OptText(cost.user_id.as_deref()),
+                Param::OptText(cost.feature_tag.as_deref()),
+                Param::OptText(cost.request_id.as_deref()),
+                Param::OptText(cost.workflow_id.as_deref()),
+                Param::OptText(cost.skill_id.as_deref()),
+                Param::Text(&cost.model),
+                Param::Int4(cost.input_tokens),
+                Param::Int4(cost.output_tokens),
+                Param::Float(cost.cost_cents),
+                Param::Flag(cost.is_retry),
+                Param::OptInstant(cost.created_at.as_ref()),
+            ],
+        }
+        .get_result::<Stored>(self.conn)
+        .optional()?
+        .map(|row| row.created_at);
         match inserted {
             Some(created_at) => Ok((
                 CostRecord {
@@ -515,23 +438,38 @@ impl<'c> CostWriteDriver<'c> {
     ) -> Result<()> {
         let rows = || chunk.iter().map(|&i| &costs[i]);
         let opt = |f: fn(&CostInput) -> Option<&str>| rows().map(f).collect::<Vec<_>>();
-        let inserted: Vec<IdRow> = BulkInsert {
-            tail: if retry { BULK_RETRY } else { BULK_INSERT },
-            ids: chunk.iter().map(|&i| out[i].id.as_str()).collect(),
-            tenants: rows().map(|c| c.tenant_id.as_str()).collect(),
-            optional: [
-                opt(|c| c.user_id.as_deref()),
-                opt(|c| c.feature_tag.as_deref()),
-                opt(|c| c.request_id.as_deref()),
-                opt(|c| c.workflow_id.as_deref()),
-                opt(|c| c.skill_id.as_deref()),
+        let ids: Vec<&str> = chunk.iter().map(|&i| out[i].id.as_str()).collect();
+        let tenants: Vec<&str> = rows().map(|c| c.tenant_id.as_str()).collect();
+        let (users, tags, requests, workflows, skills) = (
+            opt(|c| c.user_id.as_deref()),
+            opt(|c| c.feature_tag.as_deref()),
+            opt(|c| c.request_id.as_deref()),
+            opt(|c| c.workflow_id.as_deref()),
+            opt(|c| c.skill_id.as_deref()),
+        );
+        let models: Vec<&str> = rows().map(|c| c.model.as_str()).collect();
+        let input_tokens: Vec<i32> = rows().map(|c| c.input_tokens).collect();
+        let output_tokens: Vec<i32> = rows().map(|c| c.output_tokens).collect();
+        let cents: Vec<f64> = rows().map(|c| c.cost_cents).collect();
+        let retries: Vec<bool> = rows().map(|c| c.is_retry).collect();
+        let created_at: Vec<Option<DateTime<Utc>>> = rows().map(|c| c.created_at).collect();
+        let inserted: Vec<IdRow> = Prepared {
+            sql: if retry { BULK_RETRY } else { BULK_INSERT },
+            params: &[
+                Param::Strs(&ids),
+                Param::Strs(&tenants),
+                Param::OptTexts(&users),
+                Param::OptTexts(&tags),
+                Param::OptTexts(&requests),
+                Param::OptTexts(&workflows),
+                Param::OptTexts(&skills),
+                Param::Strs(&models),
+                Param::Int4s(&input_tokens),
+                Param::Int4s(&output_tokens),
+                Param::Floats(&cents),
+                Param::Flags(&retries),
+                Param::OptInstants(&created_at),
             ],
-            models: rows().map(|c| c.model.as_str()).collect(),
-            input_tokens: rows().map(|c| c.input_tokens).collect(),
-            output_tokens: rows().map(|c| c.output_tokens).collect(),
-            cents: rows().map(|c| c.cost_cents + 0.0).collect(),
-            retries: rows().map(|c| c.is_retry).collect(),
-            created_at: rows().map(|c| c.created_at).collect(),
         }
         .load(self.conn)?;
         let mut inserted: HashSet<String> = inserted.into_iter().map(|r| r.id).collect();
@@ -543,10 +481,11 @@ impl<'c> CostWriteDriver<'c> {
                 .filter(|id| !inserted.contains(*id))
                 .collect();
             if !unseen.is_empty() {
-                let stored: Vec<IdRow> = diesel::sql_query(STORED_IDS)
-                    .bind::<Array<Text>, _>(&unseen)
+                let stored: Vec<String> = cost_records::table
+                    .filter(cost_records::id.eq_any(&unseen))
+                    .select(cost_records::id)
                     .load(self.conn)?;
-                inserted.extend(stored.into_iter().map(|r| r.id));
+                inserted.extend(stored);
             }
         }
         let mut skipped = Vec::new();
@@ -568,12 +507,18 @@ impl<'c> CostWriteDriver<'c> {
             )
         };
         let (tenants, requests): (Vec<&str>, Vec<&str>) = skipped.iter().map(|&i| key(i)).unzip();
-        let existing: HashMap<(String, String), String> = diesel::sql_query(EXISTING_BY_REQUEST)
-            .bind::<Array<Text>, _>(&tenants)
-            .bind::<Array<Text>, _>(&requests)
-            .load::<ExistingRow>(self.conn)?
+        // Every stored row of these tenants and request ids; the pairs are matched below.
+        let existing: HashMap<(String, String), String> = cost_records::table
+            .filter(cost_records::tenant_id.eq_any(&tenants))
+            .filter(cost_records::request_id.eq_any(&requests))
+            .select((
+                cost_records::tenant_id,
+                cost_records::request_id.assume_not_null(),
+                cost_records::id,
+            ))
+            .load::<(String, String, String)>(self.conn)?
             .into_iter()
-            .map(|r| ((r.tenant_id, r.request_id), r.id))
+            .map(|(tenant, request, id)| ((tenant, request), id))
             .collect();
         for i in skipped {
             let (tenant, request) = key(i);
@@ -644,91 +589,5 @@ fn is_request_conflict(e: &Error) -> bool {
 
 /// The current transaction's `now()`, for rows that take it as `created_at`.
 fn transaction_now(conn: &mut PgConnection) -> Result<DateTime<Utc>> {
-    Ok(diesel::select(diesel::dsl::sql::<Timestamptz>("now()")).get_result(conn)?)
-}
-
-/// `at` as PostgreSQL stores it: Diesel sends whole microseconds since 2000-01-01,
-/// truncated toward that epoch.
-fn as_stored(at: DateTime<Utc>) -> DateTime<Utc> {
-    let epoch = DateTime::<Utc>::from_timestamp(946_684_800, 0).expect("2000-01-01");
-    match at.signed_duration_since(epoch).num_microseconds() {
-        Some(us) => epoch + chrono::Duration::microseconds(us),
-        None => at,
-    }
-}
-
-/// One cost record: `INSERT … ON CONFLICT DO NOTHING`, with `RETURNING created_at` when
-/// `RETURNING`; every column bound (none left to `DEFAULT`), so each of the two texts
-/// never changes and Diesel keeps it prepared.
-struct InsertOne<'a, const RETURNING: bool> {
-    id: &'a str,
-    cost: &'a CostInput,
-}
-
-/// The statement cache key of [`InsertOne`].
-struct InsertOneId<const RETURNING: bool>;
-
-impl<const R: bool> QueryId for InsertOne<'_, R> {
-    type QueryId = InsertOneId<R>;
-    const HAS_STATIC_QUERY_ID: bool = true;
-}
-
-impl Query for InsertOne<'_, true> {
-    type SqlType = Timestamptz;
-}
-
-impl<const R: bool> RunQueryDsl<PgConnection> for InsertOne<'_, R> {}
-
-/// Writes `INSERT INTO cost_records (…) VALUES (…)` with every column bound and
-/// `created_at` defaulting to `now()` (`-0` cents become `0`).
-fn push_insert_values<'b>(
-    out: &mut AstPass<'_, 'b, Pg>,
-    id: &'b str,
-    c: &'b CostInput,
-) -> QueryResult<()> {
-    out.push_sql(
-        "INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, \
-         workflow_id, skill_id, model, input_tokens, output_tokens, cost_cents, is_retry, \
-         created_at) VALUES (",
-    );
-    out.push_bind_param::<Text, _>(id)?;
-    out.push_sql(", ");
-    out.push_bind_param::<Text, _>(&c.tenant_id)?;
-    for text in [
-        &c.user_id,
-        &c.feature_tag,
-        &c.request_id,
-        &c.workflow_id,
-        &c.skill_id,
-    ] {
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<Text>, _>(text)?;
-    }
-    out.push_sql(", ");
-    out.push_bind_param::<Text, _>(&c.model)?;
-    out.push_sql(", ");
-    out.push_bind_param::<Int4, _>(&c.input_tokens)?;
-    out.push_sql(", ");
-    out.push_bind_param::<Int4, _>(&c.output_tokens)?;
-    out.push_sql(", ");
-    out.push_bind_param::<Float8, _>(&c.cost_cents)?;
-    out.push_sql(" + 0, ");
-    out.push_bind_param::<Bool, _>(&c.is_retry)?;
-    out.push_sql(", coalesce(");
-    out.push_bind_param::<Nullable<Timestamptz>, _>(&c.created_at)?;
-    out.push_sql(", now()))");
-    Ok(())
-}
-
-impl<const R: bool> QueryFragment<Pg> for InsertOne<'_, R> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        push_insert_values(&mut out, self.id, self.cost)?;
-        out.push_sql(
-            " ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING",
-        );
-        if R {
-            out.push_sql(" RETURNING created_at");
-        }
-        Ok(())
-    }
+    Ok(diesel::select(transaction_timestamp()).get_result(conn)?)
 }

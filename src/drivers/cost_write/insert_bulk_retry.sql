@@ -1,0 +1,16 @@
+-- The retry of a bulk insert whose commit outcome was unknown (its ids were fixed before the
+-- first attempt): as insert_bulk.sql, and a row whose id is already stored is skipped too.
+INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, workflow_id,
+                          skill_id, model, input_tokens, output_tokens, cost_cents, is_retry,
+                          created_at)
+SELECT id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id,
+       model, input_tokens, output_tokens, cost_cents + 0, is_retry, coalesce(created_at, now())
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::int4[], $10::int4[], $11::float8[], $12::bool[],
+            $13::timestamptz[])
+     WITH ORDINALITY AS t(id, tenant_id, user_id, feature_tag, request_id, workflow_id,
+                          skill_id, model, input_tokens, output_tokens, cost_cents, is_retry,
+                          created_at, n)
+ORDER BY n
+ON CONFLICT DO NOTHING
+RETURNING id
