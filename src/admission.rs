@@ -28,6 +28,8 @@ use crate::drivers::cost_write::{CostInput, CostWriteDriver};
 use crate::drivers::prepared::{Param, Prepared};
 use crate::error::{Error, Result};
 use crate::models::{BudgetPeriod, BudgetType, CostRecord, ReservationStatus};
+use crate::schema::budget_reservations;
+use crate::sql_fns::numeric_float8;
 use crate::types::limits;
 use crate::validate;
 
@@ -183,238 +185,55 @@ impl ReconcileLine {
     }
 }
 
-/// The budgets that apply to a request: `$1` tenant, `$2` feature tag, `$3` user.
-macro_rules! applicable_budgets {
-    () => {
-        "b.tenant_id = $1 AND b.is_active \
-         AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL) \
-           OR (b.budget_type = 'feature' AND b.entity_id = $2) \
-           OR (b.budget_type = 'user' AND b.entity_id = $3))"
-    };
+/// Creates the missing counters of the budgets that apply to a request.
+const ENSURE_COUNTERS: &str = include_str!("admission/ensure_counters.sql");
+/// The reservation, decided in one statement (see the file).
+const RESERVE: &str = include_str!("admission/reserve.sql");
+/// Creates the missing counters of some budgets for a day and a month.
+const ENSURE_WINDOW: &str = include_str!("admission/ensure_window.sql");
+/// Closes a locked reservation and applies its deltas to the counters.
+const CLOSE: &str = include_str!("admission/close.sql");
+/// Expires held reservations past their expiry and gives their estimates back.
+const RECLAIM: &str = include_str!("admission/reclaim.sql");
+/// Every active budget of a tenant beside the exact sums of its records.
+const RECONCILE: &str = include_str!("admission/reconcile.sql");
+
+/// A reservation as the table holds it (the estimate read as `float8`).
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = budget_reservations, check_for_backend(diesel::pg::Pg))]
+struct ReservationRow {
+    id: String,
+    tenant_id: String,
+    request_id: String,
+    feature_tag: Option<String>,
+    user_id: Option<String>,
+    #[diesel(select_expression = numeric_float8(budget_reservations::estimated_cents))]
+    #[diesel(select_expression_type = numeric_float8<budget_reservations::estimated_cents>)]
+    estimated_cents: f64,
+    budget_ids: Vec<Option<String>>,
+    day: NaiveDate,
+    month: NaiveDate,
+    status: ReservationStatus,
+    expires_at: DateTime<Utc>,
 }
 
-/// Creates the missing counters of the applicable budgets for day `$4` and month `$5`,
-/// in key order (concurrent creators wait for each other instead of deadlocking).
-const ENSURE_COUNTERS: &str = concat!(
-    "INSERT INTO budget_counters (budget_id, period, window_start) \
-     SELECT b.id, p.period, p.window_start \
-     FROM cost_budgets b \
-     CROSS JOIN (VALUES ('daily', $4::date), ('monthly', $5::date)) AS p(period, window_start) \
-     WHERE ",
-    applicable_budgets!(),
-    " ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING"
-);
-
-/// The reservation, decided in one statement. `want` lists the counters of the applicable
-/// budgets with their limits; `locked` locks them in key order and reads them as they are
-/// now, but only when `present` saw all of them, so a transaction that must create a
-/// counter first holds no counter lock while it does; `verdict` admits when every counter exists, the request is new and every hard limit
-/// has room for the estimate `$6`; only then `held` stores reservation `$7` for request `$8`
-/// expiring at `$9`, and `charged` adds the estimate to every counter. The rows are the
-/// counters as they were before, beside the verdict (one row of NULLs when no budget
-/// applies).
-const RESERVE: &str = concat!(
-    "WITH want AS ( \
-         SELECT b.id AS budget_id, b.budget_type, b.entity_id, b.hard_limit_enabled AS hard, \
-                b.warn_threshold_pct AS warn_pct, p.period, p.window_start, p.limit_cents \
-         FROM cost_budgets b \
-         CROSS JOIN LATERAL (VALUES ('daily', $4::date, b.daily_limit_cents), \
-                                    ('monthly', $5::date, b.monthly_limit_cents)) \
-              AS p(period, window_start, limit_cents) \
-         WHERE ",
-    applicable_budgets!(),
-    "), \
-     present AS ( \
-         SELECT count(*) = (SELECT count(*) FROM want) AS all_there \
-         FROM budget_counters c JOIN want w USING (budget_id, period, window_start) \
-     ), \
-     locked AS ( \
-         SELECT c.budget_id, c.period, c.window_start, c.spent_cents, c.reserved_cents \
-         FROM budget_counters c JOIN want w USING (budget_id, period, window_start) \
-         WHERE (SELECT all_there FROM present) \
-         ORDER BY c.budget_id, c.period, c.window_start \
-         FOR UPDATE OF c \
-     ), \
-     verdict AS ( \
-         SELECT (SELECT count(*) FROM want) = (SELECT count(*) FROM locked) AS ready, \
-                EXISTS (SELECT 1 FROM budget_reservations \
-                        WHERE tenant_id = $1 AND request_id = $8) AS repeated, \
-                coalesce((SELECT bool_and(w.limit_cents IS NULL OR NOT w.hard \
-                                 OR l.spent_cents + l.reserved_cents + $6::numeric <= w.limit_cents) \
-                          FROM want w JOIN locked l USING (budget_id, period, window_start)), \
-                         true) AS fits \
-     ), \
-     held AS ( \
-         INSERT INTO budget_reservations (id, tenant_id, request_id, feature_tag, user_id, \
-                                          estimated_cents, budget_ids, day, month, expires_at) \
-         SELECT $7, $1, $8, $2, $3, $6::numeric, \
-                ARRAY(SELECT DISTINCT budget_id::text FROM want ORDER BY 1), $4, $5, $9 \
-         FROM verdict WHERE ready AND fits AND NOT repeated \
-         ON CONFLICT (tenant_id, request_id) DO NOTHING \
-         RETURNING id, budget_ids, estimated_cents, expires_at \
-     ), \
-     charged AS ( \
-         UPDATE budget_counters c \
-         SET reserved_cents = c.reserved_cents + $6::numeric, updated_at = now() \
-         FROM locked l \
-         WHERE (c.budget_id, c.period, c.window_start) = (l.budget_id, l.period, l.window_start) \
-           AND EXISTS (SELECT 1 FROM held) \
-         RETURNING 1 \
-     ) \
-     SELECT v.ready, v.repeated, v.fits, EXISTS (SELECT 1 FROM held) AS held, \
-            (SELECT budget_ids FROM held) AS held_budget_ids, \
-            (SELECT estimated_cents::float8 FROM held) AS held_estimate, \
-            (SELECT expires_at FROM held) AS held_expires_at, \
-            w.budget_id::text, w.budget_type::text, w.entity_id::text, w.hard, w.warn_pct, \
-            w.period, w.window_start, w.limit_cents, \
-            l.spent_cents::float8 AS spent_cents, l.reserved_cents::float8 AS reserved_cents, \
-            w.limit_cents IS NOT NULL AND w.hard \
-              AND l.spent_cents + l.reserved_cents + $6::numeric > w.limit_cents AS full, \
-            w.limit_cents IS NOT NULL \
-              AND (l.spent_cents + l.reserved_cents + $6::numeric) * 100 \
-                  >= w.limit_cents::numeric * w.warn_pct AS warns \
-     FROM verdict v \
-     LEFT JOIN (want w JOIN locked l USING (budget_id, period, window_start)) ON true \
-     ORDER BY w.budget_id, w.period, w.window_start"
-);
-
-/// A reservation by tenant `$1` and `$key` `$2`, with `$lock` after.
-macro_rules! reservation_by {
-    ($key:literal, $lock:literal) => {
-        concat!(
-            "SELECT id, tenant_id, request_id, feature_tag, user_id, \
-                    estimated_cents::float8 AS estimated_cents, budget_ids, day, month, status, \
-                    expires_at \
-             FROM budget_reservations WHERE tenant_id = $1 AND ",
-            $key,
-            " = $2",
-            $lock
-        )
-    };
+impl From<ReservationRow> for Reservation {
+    fn from(r: ReservationRow) -> Self {
+        Reservation {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            request_id: r.request_id,
+            feature_tag: r.feature_tag,
+            user_id: r.user_id,
+            estimated_cents: r.estimated_cents,
+            budget_ids: r.budget_ids.into_iter().flatten().collect(),
+            day: r.day,
+            month: r.month,
+            status: r.status,
+            expires_at: r.expires_at,
+        }
+    }
 }
-
-const FETCH_RESERVATION: &str = reservation_by!("id", "");
-/// Locks the reservation that is about to close for the rest of the transaction.
-const LOCK_RESERVATION: &str = reservation_by!("id", " FOR UPDATE");
-const RESERVATION_OF_REQUEST: &str = reservation_by!("request_id", "");
-
-/// Creates the missing counters of budgets `$1` for day `$2` and month `$3`, in key order
-/// (a settlement after midnight charges the new day).
-const ENSURE_WINDOW: &str = "\
-INSERT INTO budget_counters (budget_id, period, window_start) \
-SELECT b.budget_id, p.period, p.window_start \
-FROM unnest($1::text[]) AS b(budget_id) \
-CROSS JOIN (VALUES ('daily', $2::date), ('monthly', $3::date)) AS p(period, window_start) \
-WHERE EXISTS (SELECT 1 FROM cost_budgets WHERE id = b.budget_id) \
-ORDER BY 1, 2, 3 ON CONFLICT DO NOTHING";
-
-/// Adds `deltas`' (budget, period, window, reserved, spent) to their counters, locked in
-/// key order first: the tail of every statement that changes counters after a
-/// reservation.
-macro_rules! apply_deltas {
-    () => {
-        "locked AS ( \
-             SELECT c.budget_id, c.period, c.window_start \
-             FROM budget_counters c JOIN deltas USING (budget_id, period, window_start) \
-             ORDER BY 1, 2, 3 \
-             FOR UPDATE OF c \
-         ), \
-         counted AS ( \
-             UPDATE budget_counters c \
-             SET reserved_cents = c.reserved_cents + d.reserved, \
-                 spent_cents = c.spent_cents + d.spent, updated_at = now() \
-             FROM locked l JOIN deltas d USING (budget_id, period, window_start) \
-             WHERE (c.budget_id, c.period, c.window_start) \
-                 = (l.budget_id, l.period, l.window_start) \
-             RETURNING 1 \
-         ) "
-    };
-}
-
-/// Closes reservation `$1` (already locked by the caller) with status `$2`: gives its
-/// estimate back when `$3` (it was still held), adds `$4` cents of spend to the counters of
-/// day `$5` and month `$6`, and records actual cost `$7` and cost record `$8`. Counters are
-/// locked in key order before they change.
-const CLOSE: &str = concat!(
-    "\
-WITH r AS ( \
-    SELECT budget_ids, day, month, estimated_cents FROM budget_reservations WHERE id = $1 \
-), \
-deltas AS ( \
-    SELECT b.budget_id, d.period, d.window_start, \
-           sum(d.reserved) AS reserved, sum(d.spent) AS spent \
-    FROM r CROSS JOIN unnest(r.budget_ids) AS b(budget_id) \
-    CROSS JOIN LATERAL (VALUES \
-        ('daily', r.day, CASE WHEN $3 THEN -r.estimated_cents ELSE 0 END, 0::numeric), \
-        ('monthly', r.month, CASE WHEN $3 THEN -r.estimated_cents ELSE 0 END, 0::numeric), \
-        ('daily', $5::date, 0::numeric, $4::float8::numeric), \
-        ('monthly', $6::date, 0::numeric, $4::float8::numeric)) \
-        AS d(period, window_start, reserved, spent) \
-    GROUP BY 1, 2, 3 \
-    HAVING sum(d.reserved) <> 0 OR sum(d.spent) <> 0 \
-), \
-",
-    apply_deltas!(),
-    "\
-UPDATE budget_reservations \
-SET status = $2, closed_at = now(), actual_cents = $7, cost_record_id = $8 \
-WHERE id = $1 \
-RETURNING (SELECT count(*) FROM counted) AS n"
-);
-
-/// Expires up to `$2` held reservations whose expiry is at or before `$1` (skipping any a
-/// settler holds) and gives their estimates back, counters locked in key order.
-const RECLAIM: &str = concat!(
-    "\
-WITH gone AS ( \
-    UPDATE budget_reservations r SET status = 'expired', closed_at = now() \
-    FROM (SELECT id FROM budget_reservations \
-          WHERE status = 'held' AND expires_at <= $1 \
-          ORDER BY expires_at, id LIMIT $2 \
-          FOR UPDATE SKIP LOCKED) e \
-    WHERE r.id = e.id \
-    RETURNING r.budget_ids, r.day, r.month, r.estimated_cents \
-), \
-deltas AS ( \
-    SELECT b.budget_id, d.period, d.window_start, \
-           -sum(g.estimated_cents) AS reserved, 0::numeric AS spent \
-    FROM gone g CROSS JOIN unnest(g.budget_ids) AS b(budget_id) \
-    CROSS JOIN LATERAL (VALUES ('daily', g.day), ('monthly', g.month)) AS d(period, window_start) \
-    GROUP BY 1, 2, 3 \
-), ",
-    apply_deltas!(),
-    "\
-SELECT count(*) AS n FROM gone"
-);
-
-/// Every active budget of tenant `$1`, its daily counter of day `$2` and monthly counter
-/// of month `$3` (zero where none exists), beside the exact sum of its scope's cost records
-/// in each window.
-const RECONCILE: &str = "\
-SELECT b.id::text AS budget_id, b.budget_type::text AS budget_type, \
-       b.entity_id::text AS entity_id, w.period, w.window_start, \
-       coalesce(c.spent_cents, 0)::float8 AS counted_cents, \
-       coalesce(c.reserved_cents, 0)::float8 AS reserved_cents, \
-       coalesce(s.recorded, 0)::float8 AS recorded_cents, \
-       (coalesce(c.spent_cents, 0) - coalesce(s.recorded, 0))::float8 AS difference_cents \
-FROM cost_budgets b \
-CROSS JOIN (VALUES ('daily', $2::date, $2::date + 1), \
-                   ('monthly', $3::date, ($3::date + interval '1 month')::date)) \
-     AS w(period, window_start, window_end) \
-LEFT JOIN budget_counters c \
-       ON c.budget_id = b.id AND c.period = w.period AND c.window_start = w.window_start \
-CROSS JOIN LATERAL ( \
-    SELECT sum(r.cost_cents::numeric) AS recorded \
-    FROM cost_records r \
-    WHERE r.tenant_id = b.tenant_id \
-      AND r.created_at >= w.window_start::timestamp AT TIME ZONE 'UTC' \
-      AND r.created_at < w.window_end::timestamp AT TIME ZONE 'UTC' \
-      AND (b.budget_type = 'tenant' \
-           OR (b.budget_type = 'feature' AND r.feature_tag = b.entity_id) \
-           OR (b.budget_type = 'user' AND r.user_id = b.entity_id)) \
-) s \
-WHERE b.tenant_id = $1 AND b.is_active \
-ORDER BY b.budget_type, b.entity_id NULLS FIRST, b.id, w.period";
 
 #[derive(QueryableByName)]
 struct VerdictRow {
@@ -552,13 +371,17 @@ impl<'c> AdmissionDriver<'c> {
             }
             if !verdict.ready {
                 if attempt < 2 {
-                    diesel::sql_query(ENSURE_COUNTERS)
-                        .bind::<Text, _>(tenant_id)
-                        .bind::<Nullable<Text>, _>(input.feature_tag.as_deref())
-                        .bind::<Nullable<Text>, _>(input.user_id.as_deref())
-                        .bind::<Date, _>(day)
-                        .bind::<Date, _>(month_of(day))
-                        .execute(self.conn)?;
+                    Prepared {
+                        sql: ENSURE_COUNTERS,
+                        params: &[
+                            Param::Text(tenant_id),
+                            Param::OptText(input.feature_tag.as_deref()),
+                            Param::OptText(input.user_id.as_deref()),
+                            Param::Day(day),
+                            Param::Day(month_of(day)),
+                        ],
+                    }
+                    .execute(self.conn)?;
                 }
                 continue;
             }
@@ -598,10 +421,12 @@ impl<'c> AdmissionDriver<'c> {
 
     /// The held reservation of a request reserved before, or a conflict.
     fn repeated(&mut self, tenant_id: &str, request_id: &str) -> Result<Admission> {
-        let reservation: Reservation = diesel::sql_query(RESERVATION_OF_REQUEST)
-            .bind::<Text, _>(tenant_id)
-            .bind::<Text, _>(request_id)
-            .get_result(self.conn)?;
+        let reservation: Reservation = budget_reservations::table
+            .filter(budget_reservations::tenant_id.eq(tenant_id))
+            .filter(budget_reservations::request_id.eq(request_id))
+            .select(ReservationRow::as_select())
+            .get_result(self.conn)?
+            .into();
         match reservation.status {
             ReservationStatus::Held => Ok(Admission::Admitted {
                 reservation,
@@ -617,11 +442,13 @@ impl<'c> AdmissionDriver<'c> {
     pub fn fetch_reservation(&mut self, tenant_id: &str, id: &str) -> Result<Option<Reservation>> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         validate::required("id", id, limits::COST_ID)?;
-        Ok(diesel::sql_query(FETCH_RESERVATION)
-            .bind::<Text, _>(tenant_id)
-            .bind::<Text, _>(id)
+        Ok(budget_reservations::table
+            .filter(budget_reservations::tenant_id.eq(tenant_id))
+            .filter(budget_reservations::id.eq(id))
+            .select(ReservationRow::as_select())
             .get_result(self.conn)
-            .optional()?)
+            .optional()?
+            .map(Reservation::from))
     }
 
     /// Records the call's actual cost under the reservation's request id (idempotent),
@@ -746,31 +573,33 @@ impl<'c> AdmissionDriver<'c> {
     /// shows spend that bypassed the gate (or a counter that went wrong).
     pub fn reconcile(&mut self, tenant_id: &str, day: NaiveDate) -> Result<Vec<ReconcileLine>> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        Ok(diesel::sql_query(RECONCILE)
-            .bind::<Text, _>(tenant_id)
-            .bind::<Date, _>(day)
-            .bind::<Date, _>(month_of(day))
-            .load(self.conn)?)
+        Ok(Prepared {
+            sql: RECONCILE,
+            params: &[
+                Param::Text(tenant_id),
+                Param::Day(day),
+                Param::Day(month_of(day)),
+            ],
+        }
+        .load(self.conn)?)
     }
 
     /// Locks the reservation row for the rest of the transaction and reads it as it is.
     fn lock(&mut self, reservation: &Reservation) -> Result<Reservation> {
         validate::required("tenant_id", &reservation.tenant_id, limits::TENANT_ID)?;
         validate::required("id", &reservation.id, limits::COST_ID)?;
-        let params = [
-            Param::Text(&reservation.tenant_id),
-            Param::Text(&reservation.id),
-        ];
-        Prepared {
-            sql: LOCK_RESERVATION,
-            params: &params,
-        }
-        .get_result(self.conn)
-        .optional()?
-        .ok_or_else(|| Error::NotFound {
-            entity: "budget reservation",
-            id: reservation.id.clone(),
-        })
+        budget_reservations::table
+            .filter(budget_reservations::tenant_id.eq(&reservation.tenant_id))
+            .filter(budget_reservations::id.eq(&reservation.id))
+            .select(ReservationRow::as_select())
+            .for_update()
+            .get_result(self.conn)
+            .optional()?
+            .map(Reservation::from)
+            .ok_or_else(|| Error::NotFound {
+                entity: "budget reservation",
+                id: reservation.id.clone(),
+            })
     }
 
     /// Runs [`CLOSE`] for a locked reservation.

@@ -4,7 +4,7 @@
 //! PostgreSQL's catalog that leader election reads.
 #![allow(missing_docs)]
 
-use diesel::sql_types::{BigInt, Bool, Double, Interval, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Bool, Double, Interval, Nullable, Numeric, Text, Timestamptz};
 
 diesel::define_sql_function! {
     /// Takes a session-level advisory lock if it is free.
@@ -42,6 +42,11 @@ diesel::define_sql_function! {
     /// The sample standard deviation of a column (an aggregate).
     #[aggregate]
     fn stddev_samp(x: Nullable<Double>) -> Nullable<Double>;
+}
+diesel::define_sql_function! {
+    /// An exact decimal as a double.
+    #[sql_name = "float8"]
+    fn numeric_float8(x: Numeric) -> Double;
 }
 diesel::define_sql_function! {
     /// The first of two texts that is not NULL.
