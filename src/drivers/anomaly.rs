@@ -4,10 +4,11 @@
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Double, Int4, Jsonb, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Double, Int4, Nullable, Text, Timestamptz};
 use serde::Serialize;
 
 use crate::db::require_transaction;
+use crate::drivers::prepared::{Param, Prepared};
 use crate::error::{Error, Result};
 use crate::models::{
     ids, AnomalyType, BreachType, CostAnomaly, CostBudget, DerivedCause, DriftTracking, Severity,
@@ -77,24 +78,8 @@ impl AnomalyInput {
     }
 }
 
-/// Inserts the anomaly, or, when the tenant already has an open one with the same key on
-/// the same UTC day, updates its observation (value, deviation, severity, message, breach
-/// count, cause, metadata), keeping its id, expected value, threshold and detection
-/// instant. The unique index `uq_cost_anomalies_open_per_day` decides, so concurrent
-/// detectors leave one row.
-const UPSERT: &str = "\
-INSERT INTO cost_anomalies AS a (id, tenant_id, anomaly_type, severity, entity_type, entity_id, \
-    current_value_cents, expected_value_cents, deviation_pct, threshold_pct, message, \
-    breach_count, derived_cause, metadata, detected_at) \
-VALUES ($1, $2, $3, $4, $5, $6, $7 + 0, $8 + 0, $9 + 0, $10 + 0, $11, $12, $13, $14, $15) \
-ON CONFLICT (tenant_id, anomaly_type, entity_type, entity_id, \
-             date_bin('1 day', detected_at, '2000-01-01 00:00:00+00')) \
-    WHERE NOT resolved AND NOT (anomaly_type = 'BUDGET_WARNING' AND metadata ? 'run_id') \
-DO UPDATE SET current_value_cents = EXCLUDED.current_value_cents, \
-    deviation_pct = EXCLUDED.deviation_pct, severity = EXCLUDED.severity, \
-    message = EXCLUDED.message, breach_count = EXCLUDED.breach_count, \
-    derived_cause = EXCLUDED.derived_cause, metadata = EXCLUDED.metadata \
-RETURNING a.*";
+/// One open anomaly per tenant, key and UTC day (see the file).
+const UPSERT: &str = include_str!("anomaly/upsert_anomaly.sql");
 
 /// One day's breach of a spike rule, for [`CostAnomalyDriver::insert_breach_history`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -145,54 +130,14 @@ struct Count {
     n: i32,
 }
 
-/// Records a breach day; a second record of the same day keeps the first's id, baseline
-/// and creation, and takes the new deviation and value. Says whether the row is new.
-const BREACH: &str = "\
-INSERT INTO cost_breach_history AS b (id, tenant_id, entity_type, entity_id, breach_type, \
-    breach_date, deviation_pct, current_value_cents, baseline_value_cents) \
-VALUES ($1, $2, $3, $4, $5, $6, $7 + 0, $8 + 0, $9 + 0) \
-ON CONFLICT ON CONSTRAINT uq_breach_per_entity_day DO UPDATE \
-    SET deviation_pct = EXCLUDED.deviation_pct, \
-        current_value_cents = EXCLUDED.current_value_cents \
-RETURNING (xmax = 0) AS ok";
+/// A breach day, upserted (see the file).
+const BREACH: &str = include_str!("anomaly/insert_breach.sql");
 
-/// The length of the run of consecutive breach days that ends on `$5` (0 without a
-/// breach that day): numbered newest first, `day + row number` is the same for every day
-/// of one run.
-const CONSECUTIVE: &str = "\
-WITH days AS ( \
-    SELECT DISTINCT breach_date FROM cost_breach_history \
-    WHERE tenant_id = $1 AND entity_type = $2 AND entity_id IS NOT DISTINCT FROM $3 \
-      AND breach_type = $4 AND breach_date BETWEEN $5 - 7 AND $5 \
-), runs AS ( \
-    SELECT breach_date, \
-           breach_date + (row_number() OVER (ORDER BY breach_date DESC))::int AS run \
-    FROM days \
-) \
-SELECT count(*)::int AS n FROM runs \
-WHERE run = (SELECT run FROM runs WHERE breach_date = $5)";
+/// The run of breach days ending today, inside its window (see the file).
+const CONSECUTIVE: &str = include_str!("anomaly/consecutive_breaches.sql");
 
-/// Counts a drift day for the entity in one statement: a new or inactive tracker starts
-/// at 1 (and becomes active), an active one checked yesterday goes up by one, one already
-/// checked today stays, one with a gap starts again at 1. Returns the count.
-const DRIFT: &str = "\
-INSERT INTO cost_drift_tracking AS d (id, tenant_id, entity_type, entity_id, \
-    rolling_7d_avg_cents, baseline_7d_avg_cents, drift_pct, drift_days_count, \
-    first_drift_date, last_check_date, is_active) \
-VALUES ($1, $2, $3, $4, $5 + 0, $6 + 0, $7 + 0, 1, $8, $8, true) \
-ON CONFLICT ON CONSTRAINT uq_drift_tracker_per_entity DO UPDATE SET \
-    drift_days_count = CASE \
-        WHEN d.is_active AND d.last_check_date = $8 THEN d.drift_days_count \
-        WHEN d.is_active AND d.last_check_date = $8 - 1 THEN d.drift_days_count + 1 \
-        ELSE 1 END, \
-    first_drift_date = CASE \
-        WHEN d.is_active AND d.last_check_date IN ($8, $8 - 1) THEN d.first_drift_date \
-        ELSE $8 END, \
-    rolling_7d_avg_cents = EXCLUDED.rolling_7d_avg_cents, \
-    baseline_7d_avg_cents = EXCLUDED.baseline_7d_avg_cents, \
-    drift_pct = EXCLUDED.drift_pct, last_check_date = $8, is_active = true, \
-    updated_at = now() \
-RETURNING drift_days_count AS n";
+/// A drift day, counted in one upsert (see the file).
+const DRIFT: &str = include_str!("anomaly/upsert_drift.sql");
 
 /// Which column names an entity of the spike rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -638,18 +583,23 @@ impl<'c> CostAnomalyDriver<'c> {
             #[diesel(sql_type = diesel::sql_types::Bool)]
             ok: bool,
         }
-        Ok(diesel::sql_query(BREACH)
-            .bind::<Text, _>(ids::breach_history_id())
-            .bind::<Text, _>(tenant_id)
-            .bind::<Text, _>(input.entity.entity_type)
-            .bind::<Nullable<Text>, _>(input.entity.id())
-            .bind::<Text, _>(input.breach_type)
-            .bind::<diesel::sql_types::Date, _>(input.breach_date)
-            .bind::<Double, _>(input.deviation_pct)
-            .bind::<Double, _>(input.current_value_cents)
-            .bind::<Double, _>(input.baseline_value_cents)
-            .get_result::<Inserted>(self.conn)?
-            .ok)
+        let id = ids::breach_history_id();
+        Ok(Prepared {
+            sql: BREACH,
+            params: &[
+                Param::Text(&id),
+                Param::Text(tenant_id),
+                Param::Text(input.entity.entity_type.as_str()),
+                Param::OptText(input.entity.id()),
+                Param::Text(input.breach_type.as_str()),
+                Param::Day(input.breach_date),
+                Param::Float(input.deviation_pct),
+                Param::Float(input.current_value_cents),
+                Param::Float(input.baseline_value_cents),
+            ],
+        }
+        .get_result::<Inserted>(self.conn)?
+        .ok)
     }
 
     /// How many consecutive days up to and including `today` the entity breached
@@ -665,14 +615,18 @@ impl<'c> CostAnomalyDriver<'c> {
     ) -> Result<i32> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         entity(key)?;
-        Ok(diesel::sql_query(CONSECUTIVE)
-            .bind::<Text, _>(tenant_id)
-            .bind::<Text, _>(key.entity_type)
-            .bind::<Nullable<Text>, _>(key.id())
-            .bind::<Text, _>(breach_type)
-            .bind::<diesel::sql_types::Date, _>(today)
-            .get_result::<Count>(self.conn)?
-            .n)
+        Ok(Prepared {
+            sql: CONSECUTIVE,
+            params: &[
+                Param::Text(tenant_id),
+                Param::Text(key.entity_type.as_str()),
+                Param::OptText(key.id()),
+                Param::Text(breach_type.as_str()),
+                Param::Day(today),
+            ],
+        }
+        .get_result::<Count>(self.conn)?
+        .n)
     }
 
     /// The entity's active drift tracker, if any.
@@ -707,17 +661,22 @@ impl<'c> CostAnomalyDriver<'c> {
         entity(key)?;
         observation.validate()?;
         require_transaction(self.conn)?;
-        Ok(diesel::sql_query(DRIFT)
-            .bind::<Text, _>(ids::drift_tracking_id())
-            .bind::<Text, _>(tenant_id)
-            .bind::<Text, _>(key.entity_type)
-            .bind::<Nullable<Text>, _>(key.id())
-            .bind::<Double, _>(observation.rolling_avg_cents)
-            .bind::<Double, _>(observation.baseline_avg_cents)
-            .bind::<Double, _>(observation.drift_pct)
-            .bind::<diesel::sql_types::Date, _>(observation.today)
-            .get_result::<Count>(self.conn)?
-            .n)
+        let id = ids::drift_tracking_id();
+        Ok(Prepared {
+            sql: DRIFT,
+            params: &[
+                Param::Text(&id),
+                Param::Text(tenant_id),
+                Param::Text(key.entity_type.as_str()),
+                Param::OptText(key.id()),
+                Param::Float(observation.rolling_avg_cents),
+                Param::Float(observation.baseline_avg_cents),
+                Param::Float(observation.drift_pct),
+                Param::Day(observation.today),
+            ],
+        }
+        .get_result::<Count>(self.conn)?
+        .n)
     }
 
     /// Sets the tenant's tracker `id` to `drift_days_count` with the observation's values.
@@ -820,22 +779,27 @@ impl<'c> CostAnomalyDriver<'c> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         input.validate()?;
         require_transaction(self.conn)?;
-        Ok(diesel::sql_query(UPSERT)
-            .bind::<Text, _>(ids::cost_anomaly_id())
-            .bind::<Text, _>(tenant_id)
-            .bind::<Text, _>(input.key.anomaly_type)
-            .bind::<Text, _>(input.severity)
-            .bind::<Text, _>(input.key.entity.entity_type)
-            .bind::<Nullable<Text>, _>(input.key.entity.id())
-            .bind::<Double, _>(input.current_value_cents)
-            .bind::<Double, _>(input.expected_value_cents)
-            .bind::<Double, _>(input.deviation_pct)
-            .bind::<Double, _>(input.threshold_pct)
-            .bind::<Text, _>(&input.message)
-            .bind::<Int4, _>(input.breach_count)
-            .bind::<Nullable<Text>, _>(input.derived_cause)
-            .bind::<Nullable<Jsonb>, _>(input.metadata.as_ref())
-            .bind::<Timestamptz, _>(input.detected_at)
-            .get_result(self.conn)?)
+        let id = ids::cost_anomaly_id();
+        Ok(Prepared {
+            sql: UPSERT,
+            params: &[
+                Param::Text(&id),
+                Param::Text(tenant_id),
+                Param::Text(input.key.anomaly_type.as_str()),
+                Param::Text(input.severity.as_str()),
+                Param::Text(input.key.entity.entity_type.as_str()),
+                Param::OptText(input.key.entity.id()),
+                Param::Float(input.current_value_cents),
+                Param::Float(input.expected_value_cents),
+                Param::Float(input.deviation_pct),
+                Param::Float(input.threshold_pct),
+                Param::Text(&input.message),
+                Param::Int4(input.breach_count),
+                Param::OptText(input.derived_cause.map(|c| c.as_str())),
+                Param::OptJson(input.metadata.as_ref()),
+                Param::Instant(&input.detected_at),
+            ],
+        }
+        .get_result(self.conn)?)
     }
 }
