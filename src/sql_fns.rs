@@ -4,7 +4,9 @@
 //! PostgreSQL's catalog that leader election reads.
 #![allow(missing_docs)]
 
-use diesel::sql_types::{BigInt, Bool, Double, Interval, Nullable, Numeric, Text, Timestamptz};
+use diesel::sql_types::{
+    BigInt, Bool, Double, Interval, Nullable, Numeric, Text, Timestamp, Timestamptz,
+};
 
 diesel::define_sql_function! {
     /// Takes a session-level advisory lock if it is free.
@@ -42,6 +44,20 @@ diesel::define_sql_function! {
     /// The sample standard deviation of a column (an aggregate).
     #[aggregate]
     fn stddev_samp(x: Nullable<Double>) -> Nullable<Double>;
+}
+diesel::define_sql_function! {
+    /// `t` as local time in `zone` (`t AT TIME ZONE zone`).
+    fn timezone(zone: Text, t: Timestamptz) -> Timestamp;
+}
+diesel::define_sql_function! {
+    /// The day of a local time.
+    #[sql_name = "date"]
+    fn utc_date(t: Timestamp) -> Date;
+}
+diesel::define_sql_function! {
+    /// 1 for true, 0 for false.
+    #[sql_name = "int4"]
+    fn bool_int4(b: Bool) -> Int4;
 }
 diesel::define_sql_function! {
     /// An exact decimal as a double.

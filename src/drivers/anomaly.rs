@@ -3,8 +3,10 @@
 //! Every write is one statement that closes its race in SQL.
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use diesel::dsl::{count, count_star, sum};
+use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::sql_types::{Double, Int4, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Double, Int4, Nullable, Text};
 use serde::Serialize;
 
 use crate::db::require_transaction;
@@ -13,7 +15,10 @@ use crate::error::{Error, Result};
 use crate::models::{
     ids, AnomalyType, BreachType, CostAnomaly, CostBudget, DerivedCause, DriftTracking, Severity,
 };
-use crate::schema::{cost_anomalies as ca, cost_budgets, cost_drift_tracking as dt};
+use crate::schema::{
+    cost_anomalies as ca, cost_budgets, cost_drift_tracking as dt, cost_records as cr,
+};
+use crate::sql_fns::{bool_int4, timezone, utc_date};
 use crate::types::{limits, BudgetScope, EntityKey};
 use crate::validate;
 
@@ -181,58 +186,6 @@ pub struct FeatureConcentration {
     pub top_feature_cents: f64,
 }
 
-/// Per entity over `[$2, $3)`: spend ÷ the number of UTC days with at least one record of
-/// that entity. `{col}` is one of two constant column names, never input.
-macro_rules! entity_baseline {
-    ($col:literal) => {
-        concat!(
-            "SELECT ",
-            $col,
-            " AS entity, \
-                    sum(cost_cents) / count(DISTINCT (created_at AT TIME ZONE 'UTC')::date) \
-                        AS cents \
-             FROM cost_records \
-             WHERE tenant_id = $1 AND ",
-            $col,
-            " IS NOT NULL \
-               AND created_at >= $2 AND created_at < $3 \
-             GROUP BY 1 HAVING sum(cost_cents) > 0 ORDER BY 1"
-        )
-    };
-}
-
-/// Per entity over `[$2, $3)`: the spend.
-macro_rules! entity_spend {
-    ($col:literal) => {
-        concat!(
-            "SELECT ",
-            $col,
-            " AS entity, sum(cost_cents) AS cents FROM cost_records \
-             WHERE tenant_id = $1 AND ",
-            $col,
-            " IS NOT NULL \
-               AND created_at >= $2 AND created_at < $3 \
-             GROUP BY 1 ORDER BY 1"
-        )
-    };
-}
-
-impl EntityColumn {
-    const fn baseline_sql(self) -> &'static str {
-        match self {
-            EntityColumn::User => entity_baseline!("user_id"),
-            EntityColumn::Feature => entity_baseline!("feature_tag"),
-        }
-    }
-
-    const fn spend_sql(self) -> &'static str {
-        match self {
-            EntityColumn::User => entity_spend!("user_id"),
-            EntityColumn::Feature => entity_spend!("feature_tag"),
-        }
-    }
-}
-
 /// Midnight UTC starting `day`.
 fn midnight(day: NaiveDate) -> DateTime<Utc> {
     day.and_time(chrono::NaiveTime::MIN).and_utc()
@@ -252,69 +205,58 @@ fn days(from: NaiveDate, to: NaiveDate) -> Result<(DateTime<Utc>, DateTime<Utc>)
     Ok((midnight(from), midnight(end)))
 }
 
-#[derive(QueryableByName)]
-struct Cents {
-    #[diesel(sql_type = Nullable<Double>)]
-    cents: Option<f64>,
-}
-
-/// A [`scoped!`] statement with its five values bound: tenant, window, and the scope's user
-/// id and feature tag.
-fn scoped_query<'a>(
-    sql: &'static str,
+/// The tenant's records in `[start, end)` of a budget scope (the scope's user or feature
+/// tag; every record for the whole tenant).
+fn scoped<'a>(
     tenant_id: &'a str,
     (start, end): (DateTime<Utc>, DateTime<Utc>),
     scope: &'a BudgetScope,
-) -> Result<diesel::query_builder::BoxedSqlQuery<'a, diesel::pg::Pg, diesel::query_builder::SqlQuery>>
-{
-    let (user, feature) = match scope {
-        BudgetScope::Tenant => (None, None),
-        BudgetScope::User(u) => (Some(u.as_str()), None),
-        BudgetScope::Feature(f) => (None, Some(f.as_str())),
-    };
-    validate::optional("scope", user.or(feature), limits::TAG)?;
-    Ok(diesel::sql_query(sql)
-        .into_boxed()
-        .bind::<Text, _>(tenant_id)
-        .bind::<Timestamptz, _>(start)
-        .bind::<Timestamptz, _>(end)
-        .bind::<Nullable<Text>, _>(user)
-        .bind::<Nullable<Text>, _>(feature))
+) -> Result<cr::BoxedQuery<'a, Pg>> {
+    let query = cr::table
+        .filter(cr::tenant_id.eq(tenant_id))
+        .filter(cr::created_at.ge(start))
+        .filter(cr::created_at.lt(end))
+        .into_boxed();
+    Ok(match scope {
+        BudgetScope::Tenant => query,
+        BudgetScope::User(user) => {
+            validate::required("scope", user, limits::TAG)?;
+            query.filter(cr::user_id.eq(user))
+        }
+        BudgetScope::Feature(tag) => {
+            validate::required("scope", tag, limits::TAG)?;
+            query.filter(cr::feature_tag.eq(tag))
+        }
+    })
 }
 
-/// `SELECT <what>` over the tenant's (`$1`) records in `[$2, $3)` of a scope (`$4` user,
-/// `$5` feature tag, both `NULL` for the whole tenant).
-macro_rules! scoped {
-    ($($select:expr),+) => {
-        concat!(
-            $($select,)+
-            " FROM cost_records \
-             WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
-               AND ($4::text IS NULL OR user_id = $4) AND ($5::text IS NULL OR feature_tag = $5)"
-        )
-    };
+/// The tenant's records in `[start, end)`, for grouped reads.
+#[diesel::dsl::auto_type]
+fn tenant_window<'a>(tenant_id: &'a str, start: DateTime<Utc>, end: DateTime<Utc>) -> _ {
+    cr::table
+        .filter(cr::tenant_id.eq(tenant_id))
+        .filter(cr::created_at.ge(start))
+        .filter(cr::created_at.lt(end))
 }
 
-/// Spend over active UTC days (days with records).
-const BASELINE: &str = scoped!(
-    "SELECT sum(cost_cents) / nullif(count(DISTINCT (created_at AT TIME ZONE 'UTC')::date), 0) \
-     AS cents"
-);
+/// The UTC day of a record.
+fn utc_day(at: cr::created_at) -> utc_date<timezone<&'static str, cr::created_at>> {
+    utc_date(timezone("UTC", at))
+}
 
-/// Spend.
-const SPEND: &str = scoped!("SELECT coalesce(sum(cost_cents), 0)::float8 AS cents");
+/// One day's calls of a scope, for the cause comparisons.
+#[derive(Debug, Clone, Copy, Default)]
+struct DayTotals {
+    calls: i64,
+    retried: i64,
+    prompt_tokens: i64,
+}
 
-/// An aggregate over the two days of `[$2, $3)`, split at `$6`: today and yesterday.
-macro_rules! day_comparison {
-    ($aggregate:literal) => {
-        scoped!(
-            "SELECT (",
-            $aggregate,
-            " FILTER (WHERE created_at >= $6))::float8 AS today, (",
-            $aggregate,
-            " FILTER (WHERE created_at < $6))::float8 AS yesterday"
-        )
-    };
+impl DayTotals {
+    /// `total` per call; `None` for a day without calls.
+    fn mean(&self, total: i64) -> Option<f64> {
+        (self.calls > 0).then(|| total as f64 / self.calls as f64)
+    }
 }
 
 /// Data access of the cost-anomaly detector. Writes refuse to run outside the caller's
@@ -340,8 +282,39 @@ impl<'c> CostAnomalyDriver<'c> {
         to: NaiveDate,
     ) -> Result<Vec<EntitySpend>> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        let (start, end) = days(from, to)?;
-        self.entity_rows(column.baseline_sql(), tenant_id, start, end)
+        let window = days(from, to)?;
+        let rows: Vec<(Option<String>, Option<f64>, i64)> = match column {
+            EntityColumn::User => tenant_window(tenant_id, window.0, window.1)
+                .filter(cr::user_id.is_not_null())
+                .group_by(cr::user_id)
+                .select((
+                    cr::user_id,
+                    sum(cr::cost_cents),
+                    count(utc_day(cr::created_at)).aggregate_distinct(),
+                ))
+                .order(cr::user_id)
+                .load(self.conn)?,
+            EntityColumn::Feature => tenant_window(tenant_id, window.0, window.1)
+                .filter(cr::feature_tag.is_not_null())
+                .group_by(cr::feature_tag)
+                .select((
+                    cr::feature_tag,
+                    sum(cr::cost_cents),
+                    count(utc_day(cr::created_at)).aggregate_distinct(),
+                ))
+                .order(cr::feature_tag)
+                .load(self.conn)?,
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|(entity, cents, days)| {
+                let cents = cents.filter(|c| *c > 0.0)?;
+                Some(EntitySpend {
+                    entity: entity?,
+                    cents: cents / days as f64,
+                })
+            })
+            .collect())
     }
 
     /// Each user's or feature tag's spend on the UTC day `today` (the original had no
@@ -353,34 +326,30 @@ impl<'c> CostAnomalyDriver<'c> {
         today: NaiveDate,
     ) -> Result<Vec<EntitySpend>> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        let (start, end) = days(today, today)?;
-        self.entity_rows(column.spend_sql(), tenant_id, start, end)
-    }
-
-    fn entity_rows(
-        &mut self,
-        sql: &'static str,
-        tenant_id: &str,
-        start: DateTime<Utc>,
-        end: DateTime<Utc>,
-    ) -> Result<Vec<EntitySpend>> {
-        Ok(diesel::sql_query(sql)
-            .bind::<Text, _>(tenant_id)
-            .bind::<Timestamptz, _>(start)
-            .bind::<Timestamptz, _>(end)
-            .load(self.conn)?)
-    }
-
-    fn spend(
-        &mut self,
-        sql: &'static str,
-        tenant_id: &str,
-        (start, end): (DateTime<Utc>, DateTime<Utc>),
-        scope: &BudgetScope,
-    ) -> Result<Option<f64>> {
-        Ok(scoped_query(sql, tenant_id, (start, end), scope)?
-            .get_result::<Cents>(self.conn)?
-            .cents)
+        let window = days(today, today)?;
+        let rows: Vec<(Option<String>, Option<f64>)> = match column {
+            EntityColumn::User => tenant_window(tenant_id, window.0, window.1)
+                .filter(cr::user_id.is_not_null())
+                .group_by(cr::user_id)
+                .select((cr::user_id, sum(cr::cost_cents)))
+                .order(cr::user_id)
+                .load(self.conn)?,
+            EntityColumn::Feature => tenant_window(tenant_id, window.0, window.1)
+                .filter(cr::feature_tag.is_not_null())
+                .group_by(cr::feature_tag)
+                .select((cr::feature_tag, sum(cr::cost_cents)))
+                .order(cr::feature_tag)
+                .load(self.conn)?,
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|(entity, cents)| {
+                Some(EntitySpend {
+                    entity: entity?,
+                    cents: cents.unwrap_or(0.0),
+                })
+            })
+            .collect())
     }
 
     /// The tenant's average daily spend over the UTC days `from..=to`, over the days that
@@ -392,8 +361,14 @@ impl<'c> CostAnomalyDriver<'c> {
         to: NaiveDate,
     ) -> Result<Option<f64>> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        let avg = self.spend(BASELINE, tenant_id, days(from, to)?, &BudgetScope::Tenant)?;
-        Ok(avg.filter(|a| *a > 0.0))
+        let (cents, days): (Option<f64>, i64) =
+            scoped(tenant_id, days(from, to)?, &BudgetScope::Tenant)?
+                .select((
+                    sum(cr::cost_cents),
+                    count(utc_day(cr::created_at)).aggregate_distinct(),
+                ))
+                .get_result(self.conn)?;
+        Ok(cents.map(|c| c / days as f64).filter(|a| *a > 0.0))
     }
 
     /// The tenant's spend on the UTC day `today` (0 without records).
@@ -433,7 +408,10 @@ impl<'c> CostAnomalyDriver<'c> {
         window: (DateTime<Utc>, DateTime<Utc>),
         scope: &BudgetScope,
     ) -> Result<f64> {
-        Ok(self.spend(SPEND, tenant_id, window, scope)?.unwrap_or(0.0))
+        let cents: Option<f64> = scoped(tenant_id, window, scope)?
+            .select(sum(cr::cost_cents))
+            .get_result(self.conn)?;
+        Ok(cents.unwrap_or(0.0))
     }
 
     /// The spend of a budget's scope on the UTC day `today` (a user's, a feature tag's, or
@@ -462,23 +440,34 @@ impl<'c> CostAnomalyDriver<'c> {
         self.period_spend(tenant_id, days(first, today)?, scope)
     }
 
-    fn compare(
+    /// For today and yesterday: the scope's calls, retried calls and prompt tokens.
+    fn day_totals(
         &mut self,
-        sql: &'static str,
         tenant_id: &str,
         today: NaiveDate,
         scope: &BudgetScope,
-    ) -> Result<DayComparison> {
+    ) -> Result<[DayTotals; 2]> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        let (yesterday, tomorrow) = days(
-            today
-                .pred_opt()
-                .ok_or_else(|| Error::invalid("today", "has no day before it"))?,
-            today,
-        )?;
-        Ok(scoped_query(sql, tenant_id, (yesterday, tomorrow), scope)?
-            .bind::<Timestamptz, _>(midnight(today))
-            .get_result(self.conn)?)
+        let yesterday = today
+            .pred_opt()
+            .ok_or_else(|| Error::invalid("today", "has no day before it"))?;
+        let mut totals = [DayTotals::default(); 2];
+        for (slot, day) in totals.iter_mut().zip([today, yesterday]) {
+            let (calls, retried, prompt): (i64, Option<i64>, Option<i64>) =
+                scoped(tenant_id, days(day, day)?, scope)?
+                    .select((
+                        count_star(),
+                        sum(bool_int4(cr::is_retry)),
+                        sum(cr::input_tokens),
+                    ))
+                    .get_result(self.conn)?;
+            *slot = DayTotals {
+                calls,
+                retried: retried.unwrap_or(0),
+                prompt_tokens: prompt.unwrap_or(0),
+            };
+        }
+        Ok(totals)
     }
 
     /// The share of retried calls (`is_retry`) today and yesterday, for the scope.
@@ -488,12 +477,11 @@ impl<'c> CostAnomalyDriver<'c> {
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<DayComparison> {
-        self.compare(
-            day_comparison!("avg(is_retry::int)"),
-            tenant_id,
-            today,
-            scope,
-        )
+        let [t, y] = self.day_totals(tenant_id, today, scope)?;
+        Ok(DayComparison {
+            today: t.mean(t.retried),
+            yesterday: y.mean(y.retried),
+        })
     }
 
     /// The average prompt size (`input_tokens`) today and yesterday, for the scope.
@@ -503,12 +491,11 @@ impl<'c> CostAnomalyDriver<'c> {
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<DayComparison> {
-        self.compare(
-            day_comparison!("avg(input_tokens)"),
-            tenant_id,
-            today,
-            scope,
-        )
+        let [t, y] = self.day_totals(tenant_id, today, scope)?;
+        Ok(DayComparison {
+            today: t.mean(t.prompt_tokens),
+            yesterday: y.mean(y.prompt_tokens),
+        })
     }
 
     /// The number of calls today and yesterday (0, not `None`, for a day without), for the
@@ -519,10 +506,10 @@ impl<'c> CostAnomalyDriver<'c> {
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<DayComparison> {
-        let c = self.compare(day_comparison!("count(*)"), tenant_id, today, scope)?;
+        let [t, y] = self.day_totals(tenant_id, today, scope)?;
         Ok(DayComparison {
-            today: c.today.or(Some(0.0)),
-            yesterday: c.yesterday.or(Some(0.0)),
+            today: Some(t.calls as f64),
+            yesterday: Some(y.calls as f64),
         })
     }
 
@@ -535,18 +522,19 @@ impl<'c> CostAnomalyDriver<'c> {
     ) -> Result<FeatureConcentration> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let (start, end) = days(today, today)?;
-        Ok(diesel::sql_query(
-            "SELECT coalesce(sum(cents), 0)::float8 AS total_cents, \
-                    coalesce(max(cents) FILTER (WHERE feature_tag IS NOT NULL), 0)::float8 \
-                        AS top_feature_cents \
-             FROM (SELECT feature_tag, sum(cost_cents) AS cents FROM cost_records \
-                   WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
-                   GROUP BY feature_tag) per_feature",
-        )
-        .bind::<Text, _>(tenant_id)
-        .bind::<Timestamptz, _>(start)
-        .bind::<Timestamptz, _>(end)
-        .get_result(self.conn)?)
+        let per_feature: Vec<(Option<String>, Option<f64>)> = tenant_window(tenant_id, start, end)
+            .group_by(cr::feature_tag)
+            .select((cr::feature_tag, sum(cr::cost_cents)))
+            .load(self.conn)?;
+        let cents = |(_, c): &(Option<String>, Option<f64>)| c.unwrap_or(0.0);
+        Ok(FeatureConcentration {
+            total_cents: per_feature.iter().map(cents).sum(),
+            top_feature_cents: per_feature
+                .iter()
+                .filter(|(tag, _)| tag.is_some())
+                .map(cents)
+                .fold(0.0, f64::max),
+        })
     }
 
     /// Whether the entity already has a breach of `breach_type` recorded on `today`.
