@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use diesel::connection::{Connection, SimpleConnection, TransactionManager};
+use diesel::connection::{Connection, TransactionManager};
 use diesel::pg::PgConnection;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
@@ -17,12 +17,17 @@ pub type PgPool = Pool<ConnectionManager<PgConnection>>;
 /// A connection lent by [`PgPool`].
 pub type PooledConn = PooledConnection<ConnectionManager<PgConnection>>;
 
-const UTC_SESSION: &str = "SET TIME ZONE 'UTC'";
+/// Sets the session's `TimeZone` to UTC.
+fn utc_session(conn: &mut PgConnection) -> diesel::QueryResult<()> {
+    use diesel::RunQueryDsl;
+    diesel::select(crate::sql_fns::set_config("TimeZone", "UTC", false)).execute(conn)?;
+    Ok(())
+}
 
 /// Opens one connection whose session runs with `TimeZone = UTC`.
 pub fn connect(database_url: &str) -> Result<PgConnection> {
     let mut conn = PgConnection::establish(database_url)?;
-    conn.batch_execute(UTC_SESSION)?;
+    utc_session(&mut conn)?;
     Ok(conn)
 }
 
@@ -31,8 +36,7 @@ struct UtcSession;
 
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for UtcSession {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute(UTC_SESSION)
-            .map_err(diesel::r2d2::Error::QueryError)
+        utc_session(conn).map_err(diesel::r2d2::Error::QueryError)
     }
 }
 

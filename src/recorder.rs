@@ -36,7 +36,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use diesel::connection::SimpleConnection;
+use crate::sql_fns::set_config;
 use diesel::prelude::*;
 use serde::Serialize;
 
@@ -138,7 +138,8 @@ impl Source {
             Source::Url(url) => Conn::Own(db::connect(url)?),
             Source::Pool(pool) => Conn::Pooled(pool.get()?),
         };
-        conn.batch_execute("SET application_name = 'costdb-recorder'")?;
+        diesel::select(set_config("application_name", "costdb-recorder", false))
+            .execute(&mut *conn)?;
         Ok(conn)
     }
 }
@@ -648,5 +649,7 @@ fn lost(e: &Error) -> bool {
 
 /// Whether the connection still answers.
 fn alive(conn: &mut PgConnection) -> bool {
-    conn.batch_execute("SELECT 1").is_ok()
+    diesel::select(1.into_sql::<diesel::sql_types::Int4>())
+        .execute(conn)
+        .is_ok()
 }

@@ -4,10 +4,10 @@ use chrono::{DateTime, Utc};
 use diesel::pg::data_types::PgInterval;
 use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Double, Interval, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz};
 use serde::Serialize;
 
-use super::prepared::{Param, Prepared};
+use super::prepared::{Param, PlannedPerCall, Prepared};
 use crate::error::Result;
 use crate::models::TimeBucket;
 use crate::types::{limits, TimeWindow};
@@ -164,64 +164,20 @@ impl AnalyticsQuery {
     // every row to local time first. GROUP BY 1 keeps the bound unit in one place.
     pub const fn sql(self) -> &'static str {
         match self {
-            AnalyticsQuery::CostMetrics => {
-                "SELECT date_bin($4, created_at, '2000-01-01 00:00:00+00') AS bucket, count(*) AS requests, \
-                        coalesce(sum(input_tokens::bigint + output_tokens), 0)::bigint AS tokens \
-                 FROM cost_records \
-                 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
-                 GROUP BY 1 ORDER BY 1"
-            }
-            AnalyticsQuery::LlmUsage => {
-                "SELECT date_bin($4, created_at, '2000-01-01 00:00:00+00') AS bucket, count(*) AS requests, \
-                        coalesce(sum(coalesce(input_tokens, 0)::bigint \
-                                     + coalesce(output_tokens, 0)), 0)::bigint AS tokens \
-                 FROM runs \
-                 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
-                 GROUP BY 1 ORDER BY 1"
-            }
+            AnalyticsQuery::CostMetrics => include_str!("analytics_read/cost_metrics.sql"),
+            AnalyticsQuery::LlmUsage => include_str!("analytics_read/llm_usage.sql"),
             AnalyticsQuery::WorkerExecution => {
-                "SELECT date_bin($4, created_at, '2000-01-01 00:00:00+00') AS bucket, count(*) AS requests \
-                 FROM aos_traces \
-                 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
-                 GROUP BY 1 ORDER BY 1"
+                include_str!("analytics_read/worker_execution.sql")
             }
-            AnalyticsQuery::CostSpend => {
-                "SELECT date_bin($4, created_at, '2000-01-01 00:00:00+00') AS bucket, \
-                        coalesce(sum(cost_cents), 0)::float8 AS spend_cents, \
-                        count(*) AS requests, \
-                        coalesce(sum(input_tokens), 0)::bigint AS input_tokens, \
-                        coalesce(sum(output_tokens), 0)::bigint AS output_tokens \
-                 FROM cost_records \
-                 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
-                 GROUP BY 1 ORDER BY 1"
-            }
-            AnalyticsQuery::CostByModel => {
-                "SELECT model, coalesce(sum(cost_cents), 0)::float8 AS spend_cents, \
-                        count(*) AS requests, \
-                        coalesce(sum(input_tokens), 0)::bigint AS input_tokens, \
-                        coalesce(sum(output_tokens), 0)::bigint AS output_tokens \
-                 FROM cost_records \
-                 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
-                 GROUP BY model ORDER BY spend_cents DESC, model"
-            }
-            AnalyticsQuery::CostByFeature => {
-                "SELECT feature_tag, coalesce(sum(cost_cents), 0)::float8 AS spend_cents, \
-                        count(*) AS requests \
-                 FROM cost_records \
-                 WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
-                 GROUP BY feature_tag ORDER BY spend_cents DESC, feature_tag NULLS LAST"
-            }
+            AnalyticsQuery::CostSpend => include_str!("analytics_read/cost_spend.sql"),
+            AnalyticsQuery::CostByModel => include_str!("analytics_read/cost_by_model.sql"),
+            AnalyticsQuery::CostByFeature => include_str!("analytics_read/cost_by_feature.sql"),
         }
     }
 }
 
 /// Spend and requests per bucket and model (`$4` the bucket width).
-const MODEL_SPEND: &str = "\
-SELECT date_bin($4, created_at, '2000-01-01 00:00:00+00') AS bucket, model, \
-       coalesce(sum(cost_cents), 0)::float8 AS spend_cents, count(*) AS requests \
-FROM cost_records \
-WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3 \
-GROUP BY 1, 2 ORDER BY 1, 2";
+const MODEL_SPEND: &str = include_str!("analytics_read/model_spend.sql");
 
 /// The width of a bucket as an `interval` of whole microseconds (an hour, or a UTC day of
 /// 24 hours), the `$4` of the bucketed statements.
@@ -231,12 +187,6 @@ pub fn bucket_width(bucket: TimeBucket) -> PgInterval {
         TimeBucket::Hour => HOUR_US,
         TimeBucket::Day => 24 * HOUR_US,
     })
-}
-
-#[derive(QueryableByName)]
-struct PlanLine {
-    #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
-    line: String,
 }
 
 /// Read-only analytics over cost records, runs and traces: only buckets that hold rows,
@@ -288,11 +238,16 @@ impl<'c> AnalyticsReadDriver<'c> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         TimeWindow::new(window.from, window.to)?;
         let Some(bucket) = bucket else {
-            return Ok(diesel::sql_query(sql)
-                .bind::<Text, _>(tenant_id)
-                .bind::<Timestamptz, _>(window.from)
-                .bind::<Timestamptz, _>(window.to)
-                .load(self.conn)?);
+            let params = [
+                Param::Text(tenant_id),
+                Param::Instant(&window.from),
+                Param::Instant(&window.to),
+            ];
+            return Ok(PlannedPerCall(Prepared {
+                sql,
+                params: &params,
+            })
+            .load(self.conn)?);
         };
         let params = [
             Param::Text(tenant_id),
@@ -397,16 +352,20 @@ impl<'c> AnalyticsReadDriver<'c> {
     ) -> Result<Vec<String>> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         TimeWindow::new(window.from, window.to)?;
-        let base = diesel::sql_query(format!("EXPLAIN {}", query.sql()))
-            .bind::<Text, _>(tenant_id)
-            .bind::<Timestamptz, _>(window.from)
-            .bind::<Timestamptz, _>(window.to);
-        let lines: Vec<PlanLine> = if query.bucketed() {
-            base.bind::<Interval, _>(bucket_width(bucket))
-                .load(self.conn)?
-        } else {
-            base.load(self.conn)?
-        };
-        Ok(lines.into_iter().map(|l| l.line).collect())
+        let mut params = vec![
+            Param::Text(tenant_id),
+            Param::Instant(&window.from),
+            Param::Instant(&window.to),
+        ];
+        if query.bucketed() {
+            params.push(Param::Interval(bucket_width(bucket)));
+        }
+        crate::db::explain(
+            self.conn,
+            &Prepared {
+                sql: query.sql(),
+                params: &params,
+            },
+        )
     }
 }
