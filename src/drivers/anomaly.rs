@@ -7,6 +7,7 @@ use diesel::dsl::{count, count_star, sum};
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::sql_types::{Double, Int4, Nullable, Text};
+use diesel::upsert::{excluded, on_constraint};
 use serde::Serialize;
 
 use crate::db::require_transaction;
@@ -134,12 +135,6 @@ struct Count {
     #[diesel(sql_type = Int4)]
     n: i32,
 }
-
-/// A breach day, upserted (see the file).
-const BREACH: &str = include_str!("anomaly/insert_breach.sql");
-
-/// The run of breach days ending today, inside its window (see the file).
-const CONSECUTIVE: &str = include_str!("anomaly/consecutive_breaches.sql");
 
 /// A drift day, counted in one upsert (see the file).
 const DRIFT: &str = include_str!("anomaly/upsert_drift.sql");
@@ -566,28 +561,31 @@ impl<'c> CostAnomalyDriver<'c> {
         validate::amount("current_value_cents", input.current_value_cents)?;
         validate::amount("baseline_value_cents", input.baseline_value_cents)?;
         require_transaction(self.conn)?;
-        #[derive(QueryableByName)]
-        struct Inserted {
-            #[diesel(sql_type = diesel::sql_types::Bool)]
-            ok: bool,
-        }
+        use crate::schema::cost_breach_history::dsl as b;
         let id = ids::breach_history_id();
-        Ok(Prepared {
-            sql: BREACH,
-            params: &[
-                Param::Text(&id),
-                Param::Text(tenant_id),
-                Param::Text(input.entity.entity_type.as_str()),
-                Param::OptText(input.entity.id()),
-                Param::Text(input.breach_type.as_str()),
-                Param::Day(input.breach_date),
-                Param::Float(input.deviation_pct),
-                Param::Float(input.current_value_cents),
-                Param::Float(input.baseline_value_cents),
-            ],
-        }
-        .get_result::<Inserted>(self.conn)?
-        .ok)
+        // A second record of the same day keeps the first's id, baseline and creation and
+        // takes the new deviation and value; the id that comes back says which happened.
+        let stored: String = diesel::insert_into(b::cost_breach_history)
+            .values((
+                b::id.eq(&id),
+                b::tenant_id.eq(tenant_id),
+                b::entity_type.eq(input.entity.entity_type),
+                b::entity_id.eq(input.entity.id()),
+                b::breach_type.eq(input.breach_type),
+                b::breach_date.eq(input.breach_date),
+                b::deviation_pct.eq(input.deviation_pct + 0.0),
+                b::current_value_cents.eq(input.current_value_cents + 0.0),
+                b::baseline_value_cents.eq(input.baseline_value_cents + 0.0),
+            ))
+            .on_conflict(on_constraint("uq_breach_per_entity_day"))
+            .do_update()
+            .set((
+                b::deviation_pct.eq(excluded(b::deviation_pct)),
+                b::current_value_cents.eq(excluded(b::current_value_cents)),
+            ))
+            .returning(b::id)
+            .get_result(self.conn)?;
+        Ok(stored == id)
     }
 
     /// How many consecutive days up to and including `today` the entity breached
@@ -603,18 +601,25 @@ impl<'c> CostAnomalyDriver<'c> {
     ) -> Result<i32> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         entity(key)?;
-        Ok(Prepared {
-            sql: CONSECUTIVE,
-            params: &[
-                Param::Text(tenant_id),
-                Param::Text(key.entity_type.as_str()),
-                Param::OptText(key.id()),
-                Param::Text(breach_type.as_str()),
-                Param::Day(today),
-            ],
-        }
-        .get_result::<Count>(self.conn)?
-        .n)
+        use crate::schema::cost_breach_history::dsl as b;
+        let week_before = today - chrono::Duration::days(7);
+        let days: Vec<NaiveDate> = b::cost_breach_history
+            .filter(b::tenant_id.eq(tenant_id))
+            .filter(b::entity_type.eq(key.entity_type))
+            .filter(b::entity_id.is_not_distinct_from(key.id()))
+            .filter(b::breach_type.eq(breach_type))
+            .filter(b::breach_date.between(week_before, today))
+            .select(b::breach_date)
+            .distinct()
+            .order(b::breach_date.desc())
+            .load(self.conn)?;
+        // The run: today, the day before, … for as long as each is there.
+        let run = days
+            .iter()
+            .zip(today.iter_days().rev())
+            .take_while(|(breach, expected)| breach == &expected)
+            .count();
+        Ok(run as i32)
     }
 
     /// The entity's active drift tracker, if any.
