@@ -24,10 +24,9 @@ use diesel::sql_types::{Array, BigInt, Bool, Date, Double, Int4, Nullable, Text,
 use serde::Serialize;
 
 use crate::db::require_transaction;
-use crate::drivers::cost_write::{CostInput, CostWriteDriver};
-use crate::drivers::prepared::{Param, Prepared};
 use crate::error::{Error, Result};
-use crate::models::{BudgetPeriod, BudgetType, CostRecord, ReservationStatus};
+use crate::models::{BudgetPeriod, BudgetType, CostInput, CostRecord, ReservationStatus};
+use crate::prepared::{Param, Prepared};
 use crate::schema::budget_reservations;
 use crate::sql_fns::numeric_float8;
 use crate::types::limits;
@@ -489,7 +488,7 @@ impl<'c> AdmissionDriver<'c> {
             request_id: Some(held.request_id.clone()),
             ..actual.clone()
         };
-        let (record, inserted) = CostWriteDriver::new(self.conn).insert_one(&cost)?;
+        let (record, inserted) = cost.insert_once(self.conn)?;
         if held.status == ReservationStatus::Settled {
             return Ok(Settlement {
                 cost: record,

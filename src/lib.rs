@@ -26,7 +26,7 @@
 //! empty or reversed time windows, JSON nested deeper than [`MAX_JSON_DEPTH`].
 //!
 //! ```no_run
-//! use costdb::drivers::CostInput;
+//! use costdb::models::CostInput;
 //! use diesel::Connection;
 //!
 //! # fn main() -> costdb::Result<()> {
@@ -58,6 +58,7 @@ pub(crate) mod error;
 pub mod input_hash;
 pub mod leader;
 pub mod models;
+mod prepared;
 pub mod recorder;
 #[allow(missing_docs)]
 pub mod schema;

@@ -12,7 +12,7 @@
 //! [`Error::NotRecorded`].
 //!
 //! ```no_run
-//! use costdb::drivers::CostInput;
+//! use costdb::models::CostInput;
 //! use costdb::recorder::{CostRecorder, RecorderConfig};
 //!
 //! # fn main() -> costdb::Result<()> {
@@ -41,9 +41,10 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use crate::db::{self, PgPool, PooledConn};
-use crate::drivers::cost_write::{BulkMode, CostInput, CostWriteDriver, RecordedCost, BULK_CHUNK};
+use crate::drivers::cost_write::{BulkMode, CostWriteDriver, RecordedCost, BULK_CHUNK};
 use crate::error::{Error, Result};
 use crate::models::ids;
+use crate::models::CostInput;
 
 /// How a [`CostRecorder`] batches and how long it keeps trying.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -605,7 +606,7 @@ impl Flusher {
         } else {
             BulkMode::Insert
         };
-        match CostWriteDriver::new(&mut conn).record_with_ids(&batch.costs, batch.ids.clone(), mode)
+        match CostWriteDriver::new(&mut conn).insert_with_ids(&batch.costs, batch.ids.clone(), mode)
         {
             Ok(recorded) => {
                 self.conn = Some(conn);

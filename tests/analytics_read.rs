@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, DurationRound, TimeZone, Utc};
 use common::assert_invalid;
-use costdb::drivers::{AnalyticsQuery, CostInput};
+use costdb::drivers::AnalyticsQuery;
+use costdb::models::CostInput;
 use costdb::models::{NewAosTrace, NewRun, TimeBucket};
 use costdb::schema::{aos_traces, runs};
 use costdb::types::TimeWindow;

@@ -611,7 +611,7 @@ fn concurrent_breaches_and_drift_days_leave_one_row_each() {
 
 /// Three weeks of calls for one tenant: users u1/u2, features f1/f2/untagged, some
 /// retried, one exactly at each UTC midnight; days 5 and 6 have none. Returns the inputs.
-fn history(conn: &mut PgConnection, tenant: &str) -> Vec<costdb::drivers::CostInput> {
+fn history(conn: &mut PgConnection, tenant: &str) -> Vec<costdb::models::CostInput> {
     let mut rows = Vec::new();
     for d in 1..=21u32 {
         if d == 5 || d == 6 {
@@ -619,7 +619,7 @@ fn history(conn: &mut PgConnection, tenant: &str) -> Vec<costdb::drivers::CostIn
         }
         for k in 0..(3 + d % 4) {
             let at = day(d) + Duration::minutes(i64::from(k) * 217 % 1440);
-            rows.push(costdb::drivers::CostInput {
+            rows.push(costdb::models::CostInput {
                 tenant_id: tenant.into(),
                 user_id: Some(if k % 2 == 0 { "u1" } else { "u2" }.into()),
                 feature_tag: [Some("f1"), Some("f2"), None][(k % 3) as usize].map(Into::into),
@@ -639,7 +639,8 @@ fn history(conn: &mut PgConnection, tenant: &str) -> Vec<costdb::drivers::CostIn
 
 #[test]
 fn spend_baselines_and_cause_inputs_match_the_fixture() {
-    use costdb::drivers::{CostInput, EntityColumn};
+    use costdb::drivers::EntityColumn;
+    use costdb::models::CostInput;
     use costdb::types::BudgetScope;
     let mut conn = common::test_conn();
     let tenant = common::tenant();

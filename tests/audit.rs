@@ -5,7 +5,8 @@ mod common;
 
 use chrono::{Duration, TimeZone, Utc};
 use common::assert_invalid;
-use costdb::drivers::{AuditOutcome, CostInput};
+use costdb::drivers::AuditOutcome;
+use costdb::models::CostInput;
 use costdb::models::{
     AuditDecision, CoordinationAuditRecord, EnvelopeClass, NewCoordinationAuditRecord,
 };

@@ -7,7 +7,8 @@ use std::sync::{Arc, Barrier};
 
 use chrono::{TimeZone, Utc};
 use common::{assert_invalid, tx_now};
-use costdb::drivers::{BudgetLimits, CostInput, FeatureTagChanges, FeatureTagInput};
+use costdb::drivers::{BudgetLimits, FeatureTagChanges, FeatureTagInput};
+use costdb::models::CostInput;
 use costdb::models::{BudgetType, CostRecord};
 use costdb::schema::{cost_records, feature_tags};
 use costdb::types::BudgetScope;

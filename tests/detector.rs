@@ -6,7 +6,8 @@ mod common;
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use costdb::detector::{severity_band, AnomalyDetector, DetectorConfig};
-use costdb::drivers::{BudgetLimits, CostInput};
+use costdb::drivers::BudgetLimits;
+use costdb::models::CostInput;
 use costdb::models::{AnomalyType, CostAnomaly, DerivedCause, EntityType, Severity};
 use costdb::types::BudgetScope;
 use costdb::{drivers::CostWriteDriver, Error};

@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use costdb::drivers::CostInput;
+use costdb::models::CostInput;
 use costdb::recorder::{CostRecorder, RecorderConfig};
 use costdb::{db, Error};
 use costdb_testkit::EmbeddedPostgres;

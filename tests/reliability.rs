@@ -13,10 +13,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use costdb::admission::{Admission, AdmissionDriver, ReserveInput};
-use costdb::drivers::{
-    BudgetLimits, CostInput, FeatureTagInput, NewAlert, Outcome, ProvenanceInput,
-};
+use costdb::drivers::{BudgetLimits, FeatureTagInput, NewAlert, Outcome, ProvenanceInput};
 use costdb::leader::{self, LeaderGuard};
+use costdb::models::CostInput;
 use costdb::models::{AlertStatus, AlertType};
 use costdb::recorder::{CostRecorder, RecorderConfig};
 use costdb::types::BudgetScope;

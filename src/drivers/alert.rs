@@ -25,9 +25,9 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::db::require_transaction;
-use crate::drivers::prepared::{Param, Prepared};
 use crate::error::{Error, Result};
 use crate::models::{AlertStatus, AlertType, CostAnomaly, QueuedAlert};
+use crate::prepared::{Param, Prepared};
 use crate::schema::{costsim_alert_queue as q, costsim_cb_incidents};
 use crate::sql_fns::{coalesce_instant, coalesce_text};
 use crate::types::limits;

@@ -7,9 +7,9 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz};
 use serde::Serialize;
 
-use super::prepared::{Param, PlannedPerCall, Prepared};
 use crate::error::Result;
 use crate::models::TimeBucket;
+use crate::prepared::{Param, PlannedPerCall, Prepared};
 use crate::types::{limits, TimeWindow};
 use crate::validate;
 

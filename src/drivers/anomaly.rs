@@ -11,11 +11,11 @@ use diesel::upsert::{excluded, on_constraint};
 use serde::Serialize;
 
 use crate::db::require_transaction;
-use crate::drivers::prepared::{Param, Prepared};
 use crate::error::{Error, Result};
 use crate::models::{
     ids, AnomalyType, BreachType, CostAnomaly, CostBudget, DerivedCause, DriftTracking, Severity,
 };
+use crate::prepared::{Param, Prepared};
 use crate::schema::{
     cost_anomalies as ca, cost_budgets, cost_drift_tracking as dt, cost_records as cr,
 };

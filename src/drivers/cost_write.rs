@@ -10,94 +10,15 @@ use diesel::upsert::{excluded, on_constraint};
 use serde::{Deserialize, Serialize};
 
 use crate::db::require_transaction;
-use crate::drivers::prepared::{Param, Prepared};
 use crate::error::{Error, Result};
 use crate::models::{
-    ids, CostBudget, CostRecord, FeatureTag, NewCostBudget, NewCostRecord, NewFeatureTag,
+    ids, CostBudget, CostInput, CostRecord, FeatureTag, NewCostBudget, NewFeatureTag,
 };
+use crate::prepared::{Param, Prepared};
 use crate::schema::{cost_budgets, cost_records, feature_tags};
 use crate::sql_fns::transaction_timestamp;
 use crate::types::{limits, BudgetScope};
 use crate::validate;
-
-/// One LLM call's cost, as recorded by [`CostWriteDriver::insert_cost_record`] and
-/// [`CostWriteDriver::record_costs`].
-///
-/// A record with a `request_id` is recorded at most once per tenant: recording it again
-/// returns the first record's id and adds nothing.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct CostInput {
-    /// Owning tenant (at most 64 characters).
-    pub tenant_id: String,
-    /// End user (at most 64).
-    pub user_id: Option<String>,
-    /// Feature tag (at most 128).
-    pub feature_tag: Option<String>,
-    /// Idempotency key (at most 64): unique per tenant.
-    pub request_id: Option<String>,
-    /// Workflow (at most 64).
-    pub workflow_id: Option<String>,
-    /// Skill (at most 64).
-    pub skill_id: Option<String>,
-    /// Model name (required, at most 64).
-    pub model: String,
-    /// Prompt tokens, not negative.
-    pub input_tokens: i32,
-    /// Completion tokens, not negative.
-    pub output_tokens: i32,
-    /// Cost in cents: finite, not negative, at most [`MAX_AMOUNT_CENTS`](crate::MAX_AMOUNT_CENTS),
-    /// fractions kept (`-0.0` is stored as `0`).
-    pub cost_cents: f64,
-    /// Whether the call was a retry.
-    pub is_retry: bool,
-    /// When the call happened; `None` for the transaction's `now()`.
-    pub created_at: Option<DateTime<Utc>>,
-}
-
-impl CostInput {
-    /// This input as the row that stores it, with the id `id`; `default_at` stands in for
-    /// a missing `created_at`, and `-0` cents become `0`. Call [`CostInput::validate`]
-    /// first: the row is written as it is.
-    pub fn as_new_record<'a>(
-        &'a self,
-        id: &'a str,
-        default_at: DateTime<Utc>,
-    ) -> NewCostRecord<'a> {
-        NewCostRecord {
-            id,
-            tenant_id: &self.tenant_id,
-            user_id: self.user_id.as_deref(),
-            feature_tag: self.feature_tag.as_deref(),
-            request_id: self.request_id.as_deref(),
-            workflow_id: self.workflow_id.as_deref(),
-            skill_id: self.skill_id.as_deref(),
-            model: &self.model,
-            input_tokens: self.input_tokens,
-            output_tokens: self.output_tokens,
-            cost_cents: self.cost_cents + 0.0,
-            is_retry: self.is_retry,
-            created_at: self.created_at.unwrap_or(default_at),
-        }
-    }
-
-    /// Refuses the input, naming the field, when it cannot be stored as it is.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`].
-    pub fn validate(&self) -> Result<()> {
-        validate::required("tenant_id", &self.tenant_id, limits::TENANT_ID)?;
-        validate::optional("user_id", self.user_id.as_deref(), limits::COST_ID)?;
-        validate::optional("feature_tag", self.feature_tag.as_deref(), limits::TAG)?;
-        validate::optional("request_id", self.request_id.as_deref(), limits::COST_ID)?;
-        validate::optional("workflow_id", self.workflow_id.as_deref(), limits::COST_ID)?;
-        validate::optional("skill_id", self.skill_id.as_deref(), limits::COST_ID)?;
-        validate::required("model", &self.model, limits::COST_ID)?;
-        validate::non_negative("input_tokens", self.input_tokens.into())?;
-        validate::non_negative("output_tokens", self.output_tokens.into())?;
-        validate::amount("cost_cents", self.cost_cents)?;
-        validate::optional_instant("created_at", self.created_at)
-    }
-}
 
 /// The outcome of recording one cost in bulk: its id, and whether this call inserted it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -185,14 +106,6 @@ pub const BULK_CHUNK: usize = 5_000;
 const BULK_INSERT: &str = include_str!("cost_write/insert_bulk.sql");
 /// The bulk insert that also skips an id that is already stored.
 const BULK_RETRY: &str = include_str!("cost_write/insert_bulk_retry.sql");
-/// One record, `ON CONFLICT` on the tenant's request id.
-const INSERT_ONE: &str = include_str!("cost_write/insert_one.sql");
-
-#[derive(QueryableByName)]
-struct Stored {
-    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
-    created_at: DateTime<Utc>,
-}
 
 impl<'c> CostWriteDriver<'c> {
     /// Wraps the caller's connection.
@@ -280,62 +193,7 @@ impl<'c> CostWriteDriver<'c> {
     pub fn insert_cost_record(&mut self, cost: &CostInput) -> Result<CostRecord> {
         cost.validate()?;
         require_transaction(self.conn)?;
-        Ok(self.insert_one(cost)?.0)
-    }
-
-    /// [`Self::insert_cost_record`] after validation, saying whether this call inserted
-    /// the row (false: the request id was recorded before).
-    pub(crate) fn insert_one(&mut self, cost: &CostInput) -> Result<(CostRecord, bool)> {
-        let id = ids::cost_record_id();
-        let inserted = Prepared {
-            sql: INSERT_ONE,
-            params: &[
-                Param::Text(&id),
-                Param::Text(&cost.tenant_id),
-                Param::OptText(cost.user_id.as_deref()),
-                Param::OptText(cost.feature_tag.as_deref()),
-                Param::OptText(cost.request_id.as_deref()),
-                Param::OptText(cost.workflow_id.as_deref()),
-                Param::OptText(cost.skill_id.as_deref()),
-                Param::Text(&cost.model),
-                Param::Int4(cost.input_tokens),
-                Param::Int4(cost.output_tokens),
-                Param::Float(cost.cost_cents),
-                Param::Flag(cost.is_retry),
-                Param::OptInstant(cost.created_at.as_ref()),
-            ],
-        }
-        .get_result::<Stored>(self.conn)
-        .optional()?
-        .map(|row| row.created_at);
-        match inserted {
-            Some(created_at) => Ok((
-                CostRecord {
-                    id,
-                    tenant_id: cost.tenant_id.clone(),
-                    user_id: cost.user_id.clone(),
-                    feature_tag: cost.feature_tag.clone(),
-                    request_id: cost.request_id.clone(),
-                    workflow_id: cost.workflow_id.clone(),
-                    skill_id: cost.skill_id.clone(),
-                    model: cost.model.clone(),
-                    input_tokens: cost.input_tokens,
-                    output_tokens: cost.output_tokens,
-                    cost_cents: cost.cost_cents + 0.0,
-                    created_at,
-                    is_retry: cost.is_retry,
-                },
-                true,
-            )),
-            None => Ok((
-                cost_records::table
-                    .filter(cost_records::tenant_id.eq(&cost.tenant_id))
-                    .filter(cost_records::request_id.eq(&cost.request_id))
-                    .select(CostRecord::as_select())
-                    .first(self.conn)?,
-                false,
-            )),
-        }
+        Ok(cost.insert_once(self.conn)?.0)
     }
 
     /// Records many costs and returns their ids in input order.
@@ -355,24 +213,32 @@ impl<'c> CostWriteDriver<'c> {
     /// calls overflows PostgreSQL's per-backend subtransaction cache, which slows other
     /// sessions' snapshots until it ends. Prefer fewer, larger calls.
     pub fn record_costs(&mut self, costs: &[CostInput]) -> Result<Vec<RecordedCost>> {
-        for cost in costs {
-            cost.validate()?;
-        }
-        require_transaction(self.conn)?;
         let ids = costs.iter().map(|_| ids::cost_record_id()).collect();
-        self.record_with_ids(costs, ids, BulkMode::CopyFirst)
+        self.insert_with_ids(costs, ids, BulkMode::CopyFirst)
     }
 
-    /// [`Self::record_costs`] of validated `costs` with the ids given, one per cost, by
-    /// the statement `mode` picks.
-    pub(crate) fn record_with_ids(
+    /// [`Self::record_costs`] with the ids given, one per cost, by the statement `mode`
+    /// picks: the recorder's entry, which fixes the ids before the first attempt. Every
+    /// cost and id is validated first, as in every entry of the driver. `CopyFirst` needs
+    /// the caller's transaction (its savepoint); `Insert` and `Retry` send one statement
+    /// per [`BULK_CHUNK`] rows, atomic on its own, which the recorder commits by itself.
+    pub(crate) fn insert_with_ids(
         &mut self,
         costs: &[CostInput],
         ids: Vec<String>,
         mode: BulkMode,
     ) -> Result<Vec<RecordedCost>> {
+        if ids.len() != costs.len() {
+            return Err(Error::invalid("ids", "one id per cost"));
+        }
+        for (cost, id) in costs.iter().zip(&ids) {
+            cost.validate()?;
+            validate::required("id", id, limits::COST_ID)?;
+        }
+        if mode == BulkMode::CopyFirst {
+            require_transaction(self.conn)?;
+        }
         let retry = mode == BulkMode::Retry;
-        debug_assert_eq!(costs.len(), ids.len());
         let mut out: Vec<RecordedCost> = ids
             .into_iter()
             .map(|id| RecordedCost { id, inserted: true })

@@ -7,7 +7,6 @@ pub(crate) mod anomaly;
 pub(crate) mod audit;
 pub(crate) mod cost_write;
 pub(crate) mod patterns;
-pub(crate) mod prepared;
 pub(crate) mod provenance;
 pub(crate) mod worker_write;
 
@@ -25,8 +24,7 @@ pub use anomaly::{
 };
 pub use audit::{AuditDriver, AuditOutcome};
 pub use cost_write::{
-    BudgetLimits, CostInput, CostWriteDriver, FeatureTagChanges, FeatureTagInput, RecordedCost,
-    BULK_CHUNK,
+    BudgetLimits, CostWriteDriver, FeatureTagChanges, FeatureTagInput, RecordedCost, BULK_CHUNK,
 };
 pub use patterns::{
     FeedbackInput, FeedbackQuery, PatternDetectionDriver, PredictionDriver, PredictionFilter,

@@ -7,9 +7,9 @@ use diesel::sql_types::BigInt;
 use serde::{Deserialize, Serialize};
 
 use crate::db::require_transaction;
-use crate::drivers::prepared::{Param, Prepared};
 use crate::error::{Error, Result};
 use crate::models::{NewProvenance, Provenance, ProvenanceSource, VariantSlug};
+use crate::prepared::{Param, Prepared};
 use crate::schema::costsim_provenance;
 use crate::sql_fns::{pg_advisory_xact_lock, stddev_samp};
 use crate::types::locks::LOCK_BASELINE_BACKFILL;

@@ -4,13 +4,12 @@ use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::db::require_transaction;
-use crate::drivers::cost_write::{CostInput, CostWriteDriver};
-use crate::drivers::prepared::{Param, Prepared};
 use crate::error::{Error, Result};
 use crate::models::{
-    ids, AnomalyType, CostAnomaly, CostRecord, EntityType, NewCostAnomaly, Severity, WorkerRun,
-    WorkerStatus,
+    ids, AnomalyType, CostAnomaly, CostInput, CostRecord, EntityType, NewCostAnomaly, Severity,
+    WorkerRun, WorkerStatus,
 };
+use crate::prepared::{Param, Prepared};
 use crate::schema::{cost_anomalies, worker_runs};
 use crate::types::limits;
 use crate::validate;
@@ -207,7 +206,7 @@ impl<'c> WorkerWriteDriver<'c> {
         cost: &RunCost,
     ) -> Result<CostRecord> {
         validate::required("run_id", run_id, limits::COST_ID)?;
-        CostWriteDriver::new(self.conn).insert_cost_record(&CostInput {
+        let cost = CostInput {
             tenant_id: tenant_id.into(),
             request_id: Some(run_id.into()),
             workflow_id: Some("business-builder".into()),
@@ -217,7 +216,8 @@ impl<'c> WorkerWriteDriver<'c> {
             output_tokens: cost.output_tokens,
             cost_cents: cost.cost_cents,
             ..CostInput::default()
-        })
+        };
+        Ok(cost.insert_once(self.conn)?.0)
     }
 
     /// Records a `BUDGET_WARNING` (MEDIUM, entity = the tenant) for a run whose tenant's

@@ -1,14 +1,20 @@
-//! Cost intelligence rows: cost records, anomalies, budgets, feature tags, breach history
-//! and drift tracking.
+//! Cost intelligence rows: cost records (their input, insert shape and single insert),
+//! anomalies, budgets, feature tags and drift tracking.
 
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::enums::{AnomalyType, BudgetType, DerivedCause, EntityType, Severity};
+use super::ids;
+use crate::db::require_transaction;
+use crate::error::Result;
+use crate::prepared::{Param, Prepared};
 use crate::schema::{
     cost_anomalies, cost_budgets, cost_drift_tracking, cost_records, feature_tags,
 };
+use crate::types::limits;
+use crate::validate;
 
 /// One LLM call's cost (`cost_records`), append-only.
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Identifiable, Serialize)]
@@ -284,4 +290,153 @@ pub struct DriftTracking {
     pub created_at: Option<DateTime<Utc>>,
     /// Last change.
     pub updated_at: Option<DateTime<Utc>>,
+}
+
+/// One record, `ON CONFLICT` on the tenant's request id.
+const INSERT_ONE: &str = include_str!("cost/insert_one.sql");
+
+#[derive(QueryableByName)]
+struct Stored {
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    created_at: DateTime<Utc>,
+}
+
+/// One LLM call's cost, as `CostWriteDriver::insert_cost_record` and
+/// `CostWriteDriver::record_costs` record it.
+///
+/// A record with a `request_id` is recorded at most once per tenant: recording it again
+/// returns the first record's id and adds nothing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CostInput {
+    /// Owning tenant (at most 64 characters).
+    pub tenant_id: String,
+    /// End user (at most 64).
+    pub user_id: Option<String>,
+    /// Feature tag (at most 128).
+    pub feature_tag: Option<String>,
+    /// Idempotency key (at most 64): unique per tenant.
+    pub request_id: Option<String>,
+    /// Workflow (at most 64).
+    pub workflow_id: Option<String>,
+    /// Skill (at most 64).
+    pub skill_id: Option<String>,
+    /// Model name (required, at most 64).
+    pub model: String,
+    /// Prompt tokens, not negative.
+    pub input_tokens: i32,
+    /// Completion tokens, not negative.
+    pub output_tokens: i32,
+    /// Cost in cents: finite, not negative, at most [`MAX_AMOUNT_CENTS`](crate::MAX_AMOUNT_CENTS),
+    /// fractions kept (`-0.0` is stored as `0`).
+    pub cost_cents: f64,
+    /// Whether the call was a retry.
+    pub is_retry: bool,
+    /// When the call happened; `None` for the transaction's `now()`.
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+impl CostInput {
+    /// This input as the row that stores it, with the id `id`; `default_at` stands in for
+    /// a missing `created_at`, and `-0` cents become `0`. Call [`CostInput::validate`]
+    /// first: the row is written as it is.
+    pub fn as_new_record<'a>(
+        &'a self,
+        id: &'a str,
+        default_at: DateTime<Utc>,
+    ) -> NewCostRecord<'a> {
+        NewCostRecord {
+            id,
+            tenant_id: &self.tenant_id,
+            user_id: self.user_id.as_deref(),
+            feature_tag: self.feature_tag.as_deref(),
+            request_id: self.request_id.as_deref(),
+            workflow_id: self.workflow_id.as_deref(),
+            skill_id: self.skill_id.as_deref(),
+            model: &self.model,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cost_cents: self.cost_cents + 0.0,
+            is_retry: self.is_retry,
+            created_at: self.created_at.unwrap_or(default_at),
+        }
+    }
+
+    /// Refuses the input, naming the field, when it cannot be stored as it is.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput).
+    pub fn validate(&self) -> Result<()> {
+        validate::required("tenant_id", &self.tenant_id, limits::TENANT_ID)?;
+        validate::optional("user_id", self.user_id.as_deref(), limits::COST_ID)?;
+        validate::optional("feature_tag", self.feature_tag.as_deref(), limits::TAG)?;
+        validate::optional("request_id", self.request_id.as_deref(), limits::COST_ID)?;
+        validate::optional("workflow_id", self.workflow_id.as_deref(), limits::COST_ID)?;
+        validate::optional("skill_id", self.skill_id.as_deref(), limits::COST_ID)?;
+        validate::required("model", &self.model, limits::COST_ID)?;
+        validate::non_negative("input_tokens", self.input_tokens.into())?;
+        validate::non_negative("output_tokens", self.output_tokens.into())?;
+        validate::amount("cost_cents", self.cost_cents)?;
+        validate::optional_instant("created_at", self.created_at)
+    }
+
+    /// Stores this input under a new id unless the tenant already recorded its request
+    /// id, and returns the stored row with whether this call inserted it. Validates first.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) naming the field; [`Error::NoTransaction`](crate::Error::NoTransaction) outside a
+    /// transaction.
+    pub(crate) fn insert_once(&self, conn: &mut PgConnection) -> Result<(CostRecord, bool)> {
+        self.validate()?;
+        require_transaction(conn)?;
+        let id = ids::cost_record_id();
+        let inserted = Prepared {
+            sql: INSERT_ONE,
+            params: &[
+                Param::Text(&id),
+                Param::Text(&self.tenant_id),
+                Param::OptText(self.user_id.as_deref()),
+                Param::OptText(self.feature_tag.as_deref()),
+                Param::OptText(self.request_id.as_deref()),
+                Param::OptText(self.workflow_id.as_deref()),
+                Param::OptText(self.skill_id.as_deref()),
+                Param::Text(&self.model),
+                Param::Int4(self.input_tokens),
+                Param::Int4(self.output_tokens),
+                Param::Float(self.cost_cents),
+                Param::Flag(self.is_retry),
+                Param::OptInstant(self.created_at.as_ref()),
+            ],
+        }
+        .get_result::<Stored>(conn)
+        .optional()?
+        .map(|row| row.created_at);
+        match inserted {
+            Some(created_at) => Ok((
+                CostRecord {
+                    id,
+                    tenant_id: self.tenant_id.clone(),
+                    user_id: self.user_id.clone(),
+                    feature_tag: self.feature_tag.clone(),
+                    request_id: self.request_id.clone(),
+                    workflow_id: self.workflow_id.clone(),
+                    skill_id: self.skill_id.clone(),
+                    model: self.model.clone(),
+                    input_tokens: self.input_tokens,
+                    output_tokens: self.output_tokens,
+                    cost_cents: self.cost_cents + 0.0,
+                    created_at,
+                    is_retry: self.is_retry,
+                },
+                true,
+            )),
+            None => Ok((
+                cost_records::table
+                    .filter(cost_records::tenant_id.eq(&self.tenant_id))
+                    .filter(cost_records::request_id.eq(&self.request_id))
+                    .select(CostRecord::as_select())
+                    .first(conn)?,
+                false,
+            )),
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::writes::PGBENCH_SCRIPT;
 use super::{percentile, pgbench, Ctx, Scale, Target, Workload};
-use costdb::drivers::CostInput;
+use costdb::models::CostInput;
 use costdb::recorder::{CostRecorder, RecorderConfig};
 use costdb_testkit::Result;
 

@@ -7,8 +7,9 @@ use chrono::Utc;
 use diesel::prelude::*;
 
 use super::{Ctx, Scale, Target, Workload};
-use costdb::drivers::{CostInput, CostWriteDriver, RunCost, WorkerWriteDriver};
+use costdb::drivers::{CostWriteDriver, RunCost, WorkerWriteDriver};
 use costdb::models::ids;
+use costdb::models::CostInput;
 use costdb::schema::cost_records;
 use costdb::Error;
 use costdb_testkit::Result;
