@@ -64,7 +64,24 @@ impl RunQueryDsl<PgConnection> for Prepared<'_> {}
 
 impl QueryFragment<Pg> for Prepared<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let mut rest = self.sql;
+        // Comment lines (`-- …`, the files' documentation) are not sent: a `$n` in them
+        // must not become a parameter.
+        for line in self
+            .sql
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("--"))
+        {
+            self.push_line(&mut out, line)?;
+            out.push_sql("\n");
+        }
+        Ok(())
+    }
+}
+
+impl Prepared<'_> {
+    /// Pushes one line of the statement, each `$n` bound to `params[n - 1]`.
+    fn push_line<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>, line: &'b str) -> QueryResult<()> {
+        let mut rest = line;
         while let Some(at) = rest.find('$') {
             out.push_sql(&rest[..at]);
             let digits = rest[at + 1..]

@@ -448,3 +448,39 @@ fn every_statement_held_as_sql_text_prepares_against_the_migrated_schema() {
             .unwrap();
     }
 }
+
+#[test]
+fn a_statement_held_as_text_binds_only_the_parameters_outside_its_comments() {
+    use chrono::TimeZone;
+    #[derive(QueryableByName)]
+    struct Prepared {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        statement: String,
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        parameters: i32,
+    }
+    let mut conn = common::test_conn();
+    let day = costdb::types::TimeWindow::new(
+        chrono::Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+        chrono::Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap(),
+    )
+    .unwrap();
+    costdb::drivers::AnalyticsReadDriver::new(&mut conn)
+        .fetch_worker_execution("t", day, costdb::models::TimeBucket::Hour)
+        .unwrap();
+    let prepared: Vec<Prepared> = diesel::sql_query(
+        "SELECT statement, cardinality(parameter_types) AS parameters \
+         FROM pg_prepared_statements WHERE statement LIKE '%FROM aos_traces%'",
+    )
+    .load(&mut conn)
+    .unwrap();
+    assert_eq!(prepared.len(), 1);
+    // The file's comment names $1 to $4 too; only the statement's four are bound, and the
+    // comment is not sent.
+    assert_eq!(prepared[0].parameters, 4, "{}", prepared[0].statement);
+    assert!(
+        !prepared[0].statement.contains("--"),
+        "{}",
+        prepared[0].statement
+    );
+}
