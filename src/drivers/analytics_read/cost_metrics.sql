@@ -2,7 +2,7 @@
 -- counted from a UTC midnight, so buckets start at UTC hours and midnights whatever the
 -- session's TimeZone (and cost less than date_trunc(unit, t, 'UTC'), which converts every
 -- row to local time first). GROUP BY 1 keeps the bound width in one place.
-SELECT date_bin($4::interval, created_at, '2000-01-01 00:00:00+00') AS bucket,
+SELECT date_bin($4, created_at, '2000-01-01 00:00:00+00') AS bucket,
        count(*) AS requests,
        coalesce(sum(input_tokens::bigint + output_tokens), 0)::bigint AS tokens
 FROM cost_records

@@ -1,6 +1,6 @@
 -- Spend, requests and tokens of tenant $1 in [$2, $3), per bucket of width $4 (see
 -- cost_metrics.sql).
-SELECT date_bin($4::interval, created_at, '2000-01-01 00:00:00+00') AS bucket,
+SELECT date_bin($4, created_at, '2000-01-01 00:00:00+00') AS bucket,
        coalesce(sum(cost_cents), 0)::float8 AS spend_cents,
        count(*) AS requests,
        coalesce(sum(input_tokens), 0)::bigint AS input_tokens,

@@ -1,6 +1,6 @@
 -- Runs and their LLM tokens of tenant $1 in [$2, $3), per bucket of width $4 (see
 -- cost_metrics.sql for the buckets).
-SELECT date_bin($4::interval, created_at, '2000-01-01 00:00:00+00') AS bucket,
+SELECT date_bin($4, created_at, '2000-01-01 00:00:00+00') AS bucket,
        count(*) AS requests,
        coalesce(sum(coalesce(input_tokens, 0)::bigint + coalesce(output_tokens, 0)), 0)::bigint
            AS tokens
