@@ -449,7 +449,8 @@ impl AnomalyDetector {
         today: NaiveDate,
     ) -> Result<DerivedCause> {
         let c = &self.config;
-        let retry = d.fetch_retry_comparison(tenant_id, today, scope)?;
+        let activity = d.fetch_activity_comparison(tenant_id, today, scope)?;
+        let retry = activity.retry_share();
         let retry_loop = match (retry.today, retry.yesterday) {
             (Some(t), Some(y)) if y > 0.0 => t / y > c.retry_growth,
             (Some(t), _) => t > 0.0,
@@ -458,7 +459,7 @@ impl AnomalyDetector {
         if retry_loop {
             return Ok(DerivedCause::RetryLoop);
         }
-        let prompt = d.fetch_prompt_comparison(tenant_id, today, scope)?;
+        let prompt = activity.prompt_size();
         if growth(prompt.today, prompt.yesterday).is_some_and(|g| g > c.prompt_growth) {
             return Ok(DerivedCause::PromptGrowth);
         }
@@ -468,7 +469,7 @@ impl AnomalyDetector {
                 return Ok(DerivedCause::FeatureSurge);
             }
         }
-        let requests = d.fetch_request_comparison(tenant_id, today, scope)?;
+        let requests = activity.requests();
         if growth(requests.today, requests.yesterday).is_some_and(|g| g > c.request_growth) {
             return Ok(DerivedCause::TrafficGrowth);
         }

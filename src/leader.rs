@@ -59,19 +59,26 @@ fn halves(lock_id: i64) -> (u32, u32) {
     ((lock_id as u64 >> 32) as u32, lock_id as u32)
 }
 
+/// The granted single-key advisory locks of this database (`objsubid` 1).
+#[diesel::dsl::auto_type]
+fn advisory_locks_here() -> _ {
+    pg_locks::table
+        .filter(pg_locks::locktype.eq::<&'static str>("advisory"))
+        .filter(pg_locks::granted)
+        .filter(pg_locks::objsubid.eq::<i16>(1))
+        .filter(
+            pg_locks::database.eq(pg_database::table
+                .filter(pg_database::datname.eq(current_database()))
+                .select(pg_database::oid)
+                .single_value()),
+        )
+}
+
 /// Whether a session of this database (this very session, with `own_session`) holds the
 /// single-key advisory lock `lock_id`: its exact `pg_locks` row.
 fn held(conn: &mut PgConnection, lock_id: i64, own_session: bool) -> Result<bool> {
     let (high, low) = halves(lock_id);
-    let this_database = pg_database::table
-        .filter(pg_database::datname.eq(current_database()))
-        .select(pg_database::oid)
-        .single_value();
-    let rows = pg_locks::table
-        .filter(pg_locks::locktype.eq("advisory"))
-        .filter(pg_locks::granted)
-        .filter(pg_locks::objsubid.eq(1i16))
-        .filter(pg_locks::database.eq(this_database))
+    let rows = advisory_locks_here()
         .filter(pg_locks::classid.eq(high))
         .filter(pg_locks::objid.eq(low));
     Ok(if own_session {
@@ -323,15 +330,7 @@ pub struct LockStatus {
 pub fn lock_status(conn: &mut PgConnection, lock_ids: &[i64]) -> Result<Vec<LockStatus>> {
     use crate::schema::leader_terms::dsl as t;
     let (highs, lows): (Vec<u32>, Vec<u32>) = lock_ids.iter().map(|&id| halves(id)).unzip();
-    let this_database = pg_database::table
-        .filter(pg_database::datname.eq(current_database()))
-        .select(pg_database::oid)
-        .single_value();
-    let held: Vec<(Option<u32>, Option<u32>, Option<i32>)> = pg_locks::table
-        .filter(pg_locks::locktype.eq("advisory"))
-        .filter(pg_locks::granted)
-        .filter(pg_locks::objsubid.eq(1i16))
-        .filter(pg_locks::database.eq(this_database))
+    let held: Vec<(Option<u32>, Option<u32>, Option<i32>)> = advisory_locks_here()
         .filter(pg_locks::classid.eq_any(&highs))
         .filter(pg_locks::objid.eq_any(&lows))
         .select((pg_locks::classid, pg_locks::objid, pg_locks::pid))

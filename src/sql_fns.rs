@@ -4,9 +4,7 @@
 //! PostgreSQL's catalog that leader election reads.
 #![allow(missing_docs)]
 
-use diesel::sql_types::{
-    BigInt, Bool, Double, Interval, Nullable, Numeric, Text, Timestamp, Timestamptz,
-};
+use diesel::sql_types::{BigInt, Bool, Double, Nullable, Numeric, Text, Timestamp, Timestamptz};
 
 diesel::define_sql_function! {
     /// Takes a session-level advisory lock if it is free.
@@ -73,10 +71,6 @@ diesel::define_sql_function! {
     /// The first of two instants that is not NULL.
     #[sql_name = "coalesce"]
     fn coalesce_instant(first: Nullable<Timestamptz>, second: Timestamptz) -> Timestamptz;
-}
-diesel::define_sql_function! {
-    /// The start of the bucket of width `stride` that holds `source`, counted from `origin`.
-    fn date_bin(stride: Interval, source: Timestamptz, origin: Timestamptz) -> Timestamptz;
 }
 
 diesel::table! {

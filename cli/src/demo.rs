@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use costdb::admission::{Admission, AdmissionDriver, ReserveInput};
-use costdb::detector::AnomalyDetector;
+use costdb::detector::{percent_text, AnomalyDetector};
 use costdb::drivers::{BudgetLimits, ProvenanceInput, RunCost, WorkerRunData};
 use costdb::leader::{self, LeaderGuard};
 use costdb::models::CostInput;
@@ -622,12 +622,6 @@ fn dollars(cents: f64) -> String {
     format!("${:.2}", cents / 100.0)
 }
 
-/// A percentage with one decimal that never rounds up to `ceiling` when it is below it
-/// (99.96 % of a budget is not 100.0 %).
-fn percent(value: f64, ceiling: Option<f64>) -> String {
-    costdb::detector::percent_text(value, ceiling)
-}
-
 fn report(conn: &mut PgConnection, p: &Platform, found: &Findings) -> Outcome {
     let from = Utc.from_utc_datetime(&p.first.and_hms_opt(0, 0, 0).expect("midnight"));
     let window = TimeWindow::new(from, noon(p.last) + chrono::Duration::hours(12))?;
@@ -723,14 +717,14 @@ fn report(conn: &mut PgConnection, p: &Platform, found: &Findings) -> Outcome {
                 "{} of a {} limit ({} % of it)",
                 dollars(a.current_value_cents),
                 dollars(a.expected_value_cents),
-                percent(a.deviation_pct, Some(100.0))
+                percent_text(a.deviation_pct, Some(100.0))
             )
         } else {
             format!(
                 "{} against a baseline of {} (+{} %)",
                 dollars(a.current_value_cents),
                 dollars(a.expected_value_cents),
-                percent(a.deviation_pct, None)
+                percent_text(a.deviation_pct, None)
             )
         };
         say!(

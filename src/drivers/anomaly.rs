@@ -207,11 +207,7 @@ fn scoped<'a>(
     (start, end): (DateTime<Utc>, DateTime<Utc>),
     scope: &'a BudgetScope,
 ) -> Result<cr::BoxedQuery<'a, Pg>> {
-    let query = cr::table
-        .filter(cr::tenant_id.eq(tenant_id))
-        .filter(cr::created_at.ge(start))
-        .filter(cr::created_at.lt(end))
-        .into_boxed();
+    let query = tenant_window(tenant_id, start, end).into_boxed();
     Ok(match scope {
         BudgetScope::Tenant => query,
         BudgetScope::User(user) => {
@@ -225,7 +221,7 @@ fn scoped<'a>(
     })
 }
 
-/// The tenant's records in `[start, end)`, for grouped reads.
+/// The tenant's records in `[start, end)` (unboxed, so grouped reads can group them).
 #[diesel::dsl::auto_type]
 fn tenant_window<'a>(tenant_id: &'a str, start: DateTime<Utc>, end: DateTime<Utc>) -> _ {
     cr::table
@@ -239,18 +235,54 @@ fn utc_day(at: cr::created_at) -> utc_date<timezone<&'static str, cr::created_at
     utc_date(timezone("UTC", at))
 }
 
-/// One day's calls of a scope, for the cause comparisons.
-#[derive(Debug, Clone, Copy, Default)]
-struct DayTotals {
-    calls: i64,
-    retried: i64,
-    prompt_tokens: i64,
+/// One UTC day's calls of a budget scope: what the cause comparisons are made of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DayActivity {
+    /// Calls.
+    pub calls: i64,
+    /// Calls that were retries.
+    pub retried: i64,
+    /// Prompt (`input_tokens`) tokens of all calls.
+    pub prompt_tokens: i64,
 }
 
-impl DayTotals {
+impl DayActivity {
     /// `total` per call; `None` for a day without calls.
-    fn mean(&self, total: i64) -> Option<f64> {
+    fn per_call(&self, total: i64) -> Option<f64> {
         (self.calls > 0).then(|| total as f64 / self.calls as f64)
+    }
+}
+
+/// A scope's activity today and yesterday, read once for every cause comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ActivityComparison {
+    /// The UTC day of "today".
+    pub today: DayActivity,
+    /// The day before.
+    pub yesterday: DayActivity,
+}
+
+impl ActivityComparison {
+    fn compare(&self, f: impl Fn(&DayActivity) -> Option<f64>) -> DayComparison {
+        DayComparison {
+            today: f(&self.today),
+            yesterday: f(&self.yesterday),
+        }
+    }
+
+    /// The share of retried calls.
+    pub fn retry_share(&self) -> DayComparison {
+        self.compare(|d| d.per_call(d.retried))
+    }
+
+    /// The average prompt size.
+    pub fn prompt_size(&self) -> DayComparison {
+        self.compare(|d| d.per_call(d.prompt_tokens))
+    }
+
+    /// The number of calls (0, not `None`, for a day without).
+    pub fn requests(&self) -> DayComparison {
+        self.compare(|d| Some(d.calls as f64))
     }
 }
 
@@ -435,19 +467,19 @@ impl<'c> CostAnomalyDriver<'c> {
         self.period_spend(tenant_id, days(first, today)?, scope)
     }
 
-    /// For today and yesterday: the scope's calls, retried calls and prompt tokens.
-    fn day_totals(
+    /// The scope's calls, retried calls and prompt tokens today and yesterday: one read
+    /// for [`ActivityComparison`]'s three comparisons.
+    pub fn fetch_activity_comparison(
         &mut self,
         tenant_id: &str,
         today: NaiveDate,
         scope: &BudgetScope,
-    ) -> Result<[DayTotals; 2]> {
+    ) -> Result<ActivityComparison> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let yesterday = today
             .pred_opt()
             .ok_or_else(|| Error::invalid("today", "has no day before it"))?;
-        let mut totals = [DayTotals::default(); 2];
-        for (slot, day) in totals.iter_mut().zip([today, yesterday]) {
+        let mut day_activity = |day| -> Result<DayActivity> {
             let (calls, retried, prompt): (i64, Option<i64>, Option<i64>) =
                 scoped(tenant_id, days(day, day)?, scope)?
                     .select((
@@ -456,13 +488,16 @@ impl<'c> CostAnomalyDriver<'c> {
                         sum(cr::input_tokens),
                     ))
                     .get_result(self.conn)?;
-            *slot = DayTotals {
+            Ok(DayActivity {
                 calls,
                 retried: retried.unwrap_or(0),
                 prompt_tokens: prompt.unwrap_or(0),
-            };
-        }
-        Ok(totals)
+            })
+        };
+        Ok(ActivityComparison {
+            today: day_activity(today)?,
+            yesterday: day_activity(yesterday)?,
+        })
     }
 
     /// The share of retried calls (`is_retry`) today and yesterday, for the scope.
@@ -472,11 +507,9 @@ impl<'c> CostAnomalyDriver<'c> {
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<DayComparison> {
-        let [t, y] = self.day_totals(tenant_id, today, scope)?;
-        Ok(DayComparison {
-            today: t.mean(t.retried),
-            yesterday: y.mean(y.retried),
-        })
+        Ok(self
+            .fetch_activity_comparison(tenant_id, today, scope)?
+            .retry_share())
     }
 
     /// The average prompt size (`input_tokens`) today and yesterday, for the scope.
@@ -486,11 +519,9 @@ impl<'c> CostAnomalyDriver<'c> {
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<DayComparison> {
-        let [t, y] = self.day_totals(tenant_id, today, scope)?;
-        Ok(DayComparison {
-            today: t.mean(t.prompt_tokens),
-            yesterday: y.mean(y.prompt_tokens),
-        })
+        Ok(self
+            .fetch_activity_comparison(tenant_id, today, scope)?
+            .prompt_size())
     }
 
     /// The number of calls today and yesterday (0, not `None`, for a day without), for the
@@ -501,11 +532,9 @@ impl<'c> CostAnomalyDriver<'c> {
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<DayComparison> {
-        let [t, y] = self.day_totals(tenant_id, today, scope)?;
-        Ok(DayComparison {
-            today: Some(t.calls as f64),
-            yesterday: Some(y.calls as f64),
-        })
+        Ok(self
+            .fetch_activity_comparison(tenant_id, today, scope)?
+            .requests())
     }
 
     /// Today's spend of the whole tenant and of its top feature tag (the original's

@@ -19,8 +19,8 @@ pub use analytics_read::{
     ModelSpend, SpendBucket, UsageBucket,
 };
 pub use anomaly::{
-    AnomalyInput, AnomalyKey, BreachInput, CostAnomalyDriver, DayComparison, DriftObservation,
-    EntityColumn, EntitySpend, FeatureConcentration,
+    ActivityComparison, AnomalyInput, AnomalyKey, BreachInput, CostAnomalyDriver, DayActivity,
+    DayComparison, DriftObservation, EntityColumn, EntitySpend, FeatureConcentration,
 };
 pub use audit::{AuditDriver, AuditOutcome};
 pub use cost_write::{
