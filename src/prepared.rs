@@ -127,26 +127,3 @@ impl Prepared<'_> {
         Ok(())
     }
 }
-
-/// A [`Prepared`] statement that PostgreSQL plans for each call's values instead of
-/// keeping a generic plan: for the few reads whose best plan depends on the values.
-#[derive(Debug)]
-pub(crate) struct PlannedPerCall<'a>(pub(crate) Prepared<'a>);
-
-impl QueryId for PlannedPerCall<'_> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
-}
-
-impl Query for PlannedPerCall<'_> {
-    type SqlType = Untyped;
-}
-
-impl RunQueryDsl<PgConnection> for PlannedPerCall<'_> {}
-
-impl QueryFragment<Pg> for PlannedPerCall<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.unsafe_to_cache_prepared();
-        self.0.walk_ast(out)
-    }
-}

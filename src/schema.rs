@@ -199,6 +199,40 @@ diesel::table! {
 }
 
 diesel::table! {
+    cost_rollup_daily_user (tenant_id, day, user_id, slot) {
+        #[max_length = 64]
+        tenant_id -> Varchar,
+        day -> Date,
+        #[max_length = 64]
+        user_id -> Varchar,
+        slot -> Int2,
+        requests -> Int8,
+        retries -> Int8,
+        input_tokens -> Int8,
+        output_tokens -> Int8,
+        cost_cents -> Float8,
+    }
+}
+
+diesel::table! {
+    cost_rollup_hourly (tenant_id, bucket_hour, model, feature_tag, slot) {
+        #[max_length = 64]
+        tenant_id -> Varchar,
+        bucket_hour -> Timestamptz,
+        #[max_length = 64]
+        model -> Varchar,
+        #[max_length = 128]
+        feature_tag -> Varchar,
+        slot -> Int2,
+        requests -> Int8,
+        retries -> Int8,
+        input_tokens -> Int8,
+        output_tokens -> Int8,
+        cost_cents -> Float8,
+    }
+}
+
+diesel::table! {
     costsim_alert_queue (id) {
         id -> Int8,
         payload -> Jsonb,
@@ -397,6 +431,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     cost_budgets,
     cost_drift_tracking,
     cost_records,
+    cost_rollup_daily_user,
+    cost_rollup_hourly,
     costsim_alert_queue,
     costsim_cb_incidents,
     costsim_provenance,

@@ -58,6 +58,12 @@ diesel::define_sql_function! {
     fn bool_int4(b: Bool) -> Int4;
 }
 diesel::define_sql_function! {
+    /// An exact decimal as a bigint (rounded; an error beyond its range): a `sum` of
+    /// bigints is a decimal.
+    #[sql_name = "int8"]
+    fn numeric_int8(x: Nullable<Numeric>) -> Nullable<BigInt>;
+}
+diesel::define_sql_function! {
     /// An exact decimal as a double.
     #[sql_name = "float8"]
     fn numeric_float8(x: Numeric) -> Double;

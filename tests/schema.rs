@@ -39,7 +39,7 @@ fn migrations_go_up_all_the_way_down_and_up_again() {
     let applied = db::run_migrations(&mut conn).unwrap();
     assert_eq!(applied, before.pending);
     assert!(db::migration_status(&mut conn).unwrap().pending.is_empty());
-    assert_eq!(count_public_tables(&mut conn), 18);
+    assert_eq!(count_public_tables(&mut conn), 20);
 
     let mut reverted = Vec::new();
     while let Some(name) = db::revert_last_migration(&mut conn).unwrap() {
@@ -66,7 +66,7 @@ fn migrations_go_up_all_the_way_down_and_up_again() {
     );
 
     assert_eq!(db::run_migrations(&mut conn).unwrap().len(), known);
-    assert_eq!(count_public_tables(&mut conn), 18);
+    assert_eq!(count_public_tables(&mut conn), 20);
 }
 
 #[test]
@@ -430,9 +430,11 @@ fn sql_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
 
 #[test]
 fn every_statement_held_as_sql_text_prepares_against_the_migrated_schema() {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    // The library's statements, and the command's (the benchmarks' raw-scan baselines).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
-    sql_files(&src, &mut files);
+    sql_files(&root.join("src"), &mut files);
+    sql_files(&root.join("cli/src"), &mut files);
     files.sort();
     assert!(!files.is_empty());
     let mut conn = common::test_conn();

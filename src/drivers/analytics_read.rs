@@ -1,15 +1,22 @@
 //! `AnalyticsReadDriver`: tenant-scoped usage and cost aggregates in UTC time buckets.
 
-use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, NaiveTime, Utc};
 use diesel::pg::data_types::PgInterval;
 use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Timestamptz};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::models::TimeBucket;
-use crate::prepared::{Param, PlannedPerCall, Prepared};
+use crate::models::rollup::{
+    hour_of, hourly_totals, hourly_window, record_totals, record_window, split_hours, tag_of,
+    TotalsRow,
+};
+use crate::models::{TimeBucket, Totals};
+use crate::prepared::{Param, Prepared};
+use crate::schema::{cost_records as cr, cost_rollup_hourly as h};
 use crate::types::{limits, TimeWindow};
 use crate::validate;
 
@@ -39,74 +46,57 @@ pub struct CountBucket {
 }
 
 /// Spend and usage in one bucket.
-#[derive(Debug, Clone, PartialEq, Serialize, QueryableByName)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SpendBucket {
     /// Start of the bucket.
-    #[diesel(sql_type = Timestamptz)]
     pub bucket: DateTime<Utc>,
     /// Sum of `cost_cents`.
-    #[diesel(sql_type = Double)]
     pub spend_cents: f64,
     /// Records in the bucket.
-    #[diesel(sql_type = BigInt)]
     pub requests: i64,
     /// Sum of input tokens.
-    #[diesel(sql_type = BigInt)]
     pub input_tokens: i64,
     /// Sum of output tokens.
-    #[diesel(sql_type = BigInt)]
     pub output_tokens: i64,
 }
 
 /// One model's spend in one bucket, from [`AnalyticsReadDriver::fetch_model_spend`].
-#[derive(Debug, Clone, PartialEq, Serialize, QueryableByName)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelBucket {
     /// Start of the bucket.
-    #[diesel(sql_type = Timestamptz)]
     pub bucket: DateTime<Utc>,
     /// Model name.
-    #[diesel(sql_type = Text)]
     pub model: String,
     /// Sum of `cost_cents`.
-    #[diesel(sql_type = Double)]
     pub spend_cents: f64,
     /// Records.
-    #[diesel(sql_type = BigInt)]
     pub requests: i64,
 }
 
 /// Spend of one model over the window.
-#[derive(Debug, Clone, PartialEq, Serialize, QueryableByName)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelSpend {
     /// Model name (one row per model).
-    #[diesel(sql_type = Text)]
     pub model: String,
     /// Sum of `cost_cents`.
-    #[diesel(sql_type = Double)]
     pub spend_cents: f64,
     /// Records.
-    #[diesel(sql_type = BigInt)]
     pub requests: i64,
     /// Sum of input tokens.
-    #[diesel(sql_type = BigInt)]
     pub input_tokens: i64,
     /// Sum of output tokens.
-    #[diesel(sql_type = BigInt)]
     pub output_tokens: i64,
 }
 
 /// Spend of one feature tag over the window.
-#[derive(Debug, Clone, PartialEq, Serialize, QueryableByName)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FeatureSpend {
     /// The tag; `None` is the one group of records without a tag, which can never be
     /// confused with a real tag (the original labelled it `untagged`).
-    #[diesel(sql_type = Nullable<Text>)]
     pub feature_tag: Option<String>,
     /// Sum of `cost_cents`.
-    #[diesel(sql_type = Double)]
     pub spend_cents: f64,
     /// Records.
-    #[diesel(sql_type = BigInt)]
     pub requests: i64,
 }
 
@@ -138,49 +128,35 @@ impl AnalyticsQuery {
         AnalyticsQuery::CostByFeature,
     ];
 
-    /// The table the query reads.
+    /// The table the query reads for whole hours: the hourly rollup for the cost queries,
+    /// the other system's `runs` and `aos_traces` for the two that read them.
     pub const fn table(self) -> &'static str {
         match self {
             AnalyticsQuery::LlmUsage => "runs",
             AnalyticsQuery::WorkerExecution => "aos_traces",
-            _ => "cost_records",
+            _ => "cost_rollup_hourly",
         }
     }
 
-    /// Whether the statement takes the bucket width (`$4`).
-    pub const fn bucketed(self) -> bool {
-        !matches!(
-            self,
-            AnalyticsQuery::CostByModel | AnalyticsQuery::CostByFeature
-        )
-    }
-
-    /// The statement: `$1` tenant, `$2` from, `$3` to, and `$4` the bucket width
-    /// ([`bucket_width`], an `interval`) when [`bucketed`](Self::bucketed).
-    //
-    // `date_bin` counts whole hours or days
-    // from a UTC midnight, so buckets start at UTC hours and midnights whatever the
-    // session's TimeZone, and cost less than `date_trunc(unit, t, 'UTC')`, which converts
-    // every row to local time first. GROUP BY 1 keeps the bound unit in one place.
-    pub const fn sql(self) -> &'static str {
+    /// The one statement the driver runs for the queries over the other system's tables
+    /// (`$1` tenant, `$2` from, `$3` to, `$4` the [`bucket_width`]); `None` for the cost
+    /// queries, which read the rollup and the records of partial hours.
+    pub const fn source_sql(self) -> Option<&'static str> {
         match self {
-            AnalyticsQuery::CostMetrics => include_str!("analytics_read/cost_metrics.sql"),
-            AnalyticsQuery::LlmUsage => include_str!("analytics_read/llm_usage.sql"),
-            AnalyticsQuery::WorkerExecution => {
-                include_str!("analytics_read/worker_execution.sql")
-            }
-            AnalyticsQuery::CostSpend => include_str!("analytics_read/cost_spend.sql"),
-            AnalyticsQuery::CostByModel => include_str!("analytics_read/cost_by_model.sql"),
-            AnalyticsQuery::CostByFeature => include_str!("analytics_read/cost_by_feature.sql"),
+            AnalyticsQuery::LlmUsage => Some(LLM_USAGE),
+            AnalyticsQuery::WorkerExecution => Some(WORKER_EXECUTION),
+            _ => None,
         }
     }
 }
 
-/// Spend and requests per bucket and model (`$4` the bucket width).
-const MODEL_SPEND: &str = include_str!("analytics_read/model_spend.sql");
+/// Runs and their tokens per bucket (`$4` the bucket width), from `runs`.
+const LLM_USAGE: &str = include_str!("analytics_read/llm_usage.sql");
+/// Traces per bucket (`$4` the bucket width), from `aos_traces`.
+const WORKER_EXECUTION: &str = include_str!("analytics_read/worker_execution.sql");
 
 /// The width of a bucket as an `interval` of whole microseconds (an hour, or a UTC day of
-/// 24 hours), the `$4` of the bucketed statements.
+/// 24 hours), the `$4` of the statements over `runs` and `aos_traces`.
 pub fn bucket_width(bucket: TimeBucket) -> PgInterval {
     const HOUR_US: i64 = 3_600_000_000;
     PgInterval::from_microseconds(match bucket {
@@ -189,8 +165,56 @@ pub fn bucket_width(bucket: TimeBucket) -> PgInterval {
     })
 }
 
+/// A model's key in a breakdown: its bucket (when bucketed) and its name.
+type ModelKey = (Option<DateTime<Utc>>, String);
+
+/// The bucket that holds the UTC hour `hour`.
+fn bucket_of(hour: DateTime<Utc>, bucket: TimeBucket) -> DateTime<Utc> {
+    match bucket {
+        TimeBucket::Hour => hour,
+        TimeBucket::Day => hour.date_naive().and_time(NaiveTime::MIN).and_utc(),
+    }
+}
+
+/// The tenant's spend per whole hour of `[from, to)`, from the hourly rollup.
+#[diesel::dsl::auto_type]
+fn per_hour<'a>(tenant_id: &'a str, from: DateTime<Utc>, to: DateTime<Utc>) -> _ {
+    let rows: hourly_window<'a> = hourly_window(tenant_id, from, to);
+    rows.group_by(h::bucket_hour)
+        .select((h::bucket_hour, hourly_totals()))
+        .order(h::bucket_hour)
+}
+
+/// The tenant's spend per whole hour of `[from, to)` and model.
+#[diesel::dsl::auto_type]
+fn per_hour_model<'a>(tenant_id: &'a str, from: DateTime<Utc>, to: DateTime<Utc>) -> _ {
+    let rows: hourly_window<'a> = hourly_window(tenant_id, from, to);
+    rows.group_by((h::bucket_hour, h::model))
+        .select((h::bucket_hour, h::model, hourly_totals()))
+}
+
+/// The tenant's spend per model over the whole hours `[from, to)`.
+#[diesel::dsl::auto_type]
+fn per_model<'a>(tenant_id: &'a str, from: DateTime<Utc>, to: DateTime<Utc>) -> _ {
+    let rows: hourly_window<'a> = hourly_window(tenant_id, from, to);
+    rows.group_by(h::model).select((h::model, hourly_totals()))
+}
+
+/// The tenant's spend per feature tag (`''` for none) over the whole hours `[from, to)`.
+#[diesel::dsl::auto_type]
+fn per_feature<'a>(tenant_id: &'a str, from: DateTime<Utc>, to: DateTime<Utc>) -> _ {
+    let rows: hourly_window<'a> = hourly_window(tenant_id, from, to);
+    rows.group_by(h::feature_tag)
+        .select((h::feature_tag, hourly_totals()))
+}
+
 /// Read-only analytics over cost records, runs and traces: only buckets that hold rows,
 /// oldest first. Needs no transaction; inside one it sees the caller's uncommitted rows.
+///
+/// The cost queries read the whole UTC hours of a window from the hourly rollup, so their
+/// cost grows with the hours of the window, not with its records; the partial hours at the
+/// edges of a window that does not start and end on a whole hour are summed from the
+/// records of those hours.
 pub struct AnalyticsReadDriver<'c> {
     conn: &'c mut PgConnection,
 }
@@ -201,13 +225,11 @@ impl<'c> AnalyticsReadDriver<'c> {
         AnalyticsReadDriver { conn }
     }
 
-    /// Runs `query`. The bucketed ones are prepared statements (parsed and planned once
-    /// per connection); the breakdowns are planned for each call's window, because their
-    /// generic plan sorts where a plan that sees the window hashes, and costs more than
-    /// planning does.
-    fn load<T>(
+    /// Runs one of the statements over `runs` or `aos_traces`, prepared with the bucket
+    /// width as `$4`.
+    fn run<T>(
         &mut self,
-        query: AnalyticsQuery,
+        sql: &'static str,
         tenant_id: &str,
         window: TimeWindow,
         bucket: TimeBucket,
@@ -215,40 +237,7 @@ impl<'c> AnalyticsReadDriver<'c> {
     where
         T: QueryableByName<Pg> + 'static,
     {
-        self.run(
-            query.sql(),
-            query.bucketed().then_some(bucket),
-            tenant_id,
-            window,
-        )
-    }
-
-    /// Runs `sql` over the tenant's window: prepared with the bucket width as `$4` when
-    /// `bucket` is given, else planned for this call.
-    fn run<T>(
-        &mut self,
-        sql: &'static str,
-        bucket: Option<TimeBucket>,
-        tenant_id: &str,
-        window: TimeWindow,
-    ) -> Result<Vec<T>>
-    where
-        T: QueryableByName<Pg> + 'static,
-    {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        TimeWindow::new(window.from, window.to)?;
-        let Some(bucket) = bucket else {
-            let params = [
-                Param::Text(tenant_id),
-                Param::Instant(&window.from),
-                Param::Instant(&window.to),
-            ];
-            return Ok(PlannedPerCall(Prepared {
-                sql,
-                params: &params,
-            })
-            .load(self.conn)?);
-        };
+        check(tenant_id, window)?;
         let params = [
             Param::Text(tenant_id),
             Param::Instant(&window.from),
@@ -262,14 +251,94 @@ impl<'c> AnalyticsReadDriver<'c> {
         .load(self.conn)?)
     }
 
-    /// Requests and tokens per bucket from `cost_records`.
+    /// The tenant's totals per bucket of the window, oldest first.
+    fn buckets(
+        &mut self,
+        tenant_id: &str,
+        window: TimeWindow,
+        bucket: TimeBucket,
+    ) -> Result<Vec<(DateTime<Utc>, Totals)>> {
+        check(tenant_id, window)?;
+        let split = split_hours(window.from, window.to);
+        let mut out: BTreeMap<DateTime<Utc>, Totals> = BTreeMap::new();
+        if let Some((from, to)) = split.whole {
+            let rows: Vec<(DateTime<Utc>, TotalsRow)> =
+                per_hour(tenant_id, from, to).load(self.conn)?;
+            for (hour, totals) in rows {
+                *out.entry(bucket_of(hour, bucket)).or_default() += totals.into();
+            }
+        }
+        for (from, to) in split.edges {
+            let totals: Totals = record_window(tenant_id, from, to)
+                .select(record_totals())
+                .get_result::<TotalsRow>(self.conn)?
+                .into();
+            if totals.requests > 0 {
+                *out.entry(bucket_of(hour_of(from), bucket)).or_default() += totals;
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// The tenant's totals per model over the window, by model; with `bucket`, per bucket
+    /// and model.
+    fn models(
+        &mut self,
+        tenant_id: &str,
+        window: TimeWindow,
+        bucket: Option<TimeBucket>,
+    ) -> Result<BTreeMap<ModelKey, Totals>> {
+        check(tenant_id, window)?;
+        let split = split_hours(window.from, window.to);
+        let mut out: BTreeMap<ModelKey, Totals> = BTreeMap::new();
+        if let Some((from, to)) = split.whole {
+            match bucket {
+                Some(bucket) => {
+                    let rows: Vec<(DateTime<Utc>, String, TotalsRow)> =
+                        per_hour_model(tenant_id, from, to).load(self.conn)?;
+                    for (hour, model, totals) in rows {
+                        let key = (Some(bucket_of(hour, bucket)), model);
+                        *out.entry(key).or_default() += totals.into();
+                    }
+                }
+                None => {
+                    let rows: Vec<(String, TotalsRow)> =
+                        per_model(tenant_id, from, to).load(self.conn)?;
+                    for (model, totals) in rows {
+                        *out.entry((None, model)).or_default() += totals.into();
+                    }
+                }
+            }
+        }
+        for (from, to) in split.edges {
+            let rows: Vec<(String, TotalsRow)> = record_window(tenant_id, from, to)
+                .group_by(cr::model)
+                .select((cr::model, record_totals()))
+                .load(self.conn)?;
+            let at = bucket.map(|b| bucket_of(hour_of(from), b));
+            for (model, totals) in rows {
+                *out.entry((at, model)).or_default() += totals.into();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Requests and tokens per bucket.
     pub fn fetch_cost_metrics(
         &mut self,
         tenant_id: &str,
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<UsageBucket>> {
-        self.load(AnalyticsQuery::CostMetrics, tenant_id, window, bucket)
+        Ok(self
+            .buckets(tenant_id, window, bucket)?
+            .into_iter()
+            .map(|(bucket, t)| UsageBucket {
+                bucket,
+                requests: t.requests,
+                tokens: t.input_tokens + t.output_tokens,
+            })
+            .collect())
     }
 
     /// Runs and their LLM tokens (input + output) per bucket from `runs`.
@@ -279,7 +348,7 @@ impl<'c> AnalyticsReadDriver<'c> {
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<UsageBucket>> {
-        self.load(AnalyticsQuery::LlmUsage, tenant_id, window, bucket)
+        self.run(LLM_USAGE, tenant_id, window, bucket)
     }
 
     /// Worker executions per bucket from `aos_traces`.
@@ -289,28 +358,49 @@ impl<'c> AnalyticsReadDriver<'c> {
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<CountBucket>> {
-        self.load(AnalyticsQuery::WorkerExecution, tenant_id, window, bucket)
+        self.run(WORKER_EXECUTION, tenant_id, window, bucket)
     }
 
-    /// Spend, requests and tokens per bucket from `cost_records`.
+    /// Spend, requests and tokens per bucket.
     pub fn fetch_cost_spend(
         &mut self,
         tenant_id: &str,
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<SpendBucket>> {
-        self.load(AnalyticsQuery::CostSpend, tenant_id, window, bucket)
+        Ok(self
+            .buckets(tenant_id, window, bucket)?
+            .into_iter()
+            .map(|(bucket, t)| SpendBucket {
+                bucket,
+                spend_cents: t.cost_cents,
+                requests: t.requests,
+                input_tokens: t.input_tokens,
+                output_tokens: t.output_tokens,
+            })
+            .collect())
     }
 
     /// Spend per bucket per model, oldest bucket first, then by model: the series of a
-    /// chart of spend over time per model. Prepared like the other bucketed queries.
+    /// chart of spend over time per model.
     pub fn fetch_model_spend(
         &mut self,
         tenant_id: &str,
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<ModelBucket>> {
-        self.run(MODEL_SPEND, Some(bucket), tenant_id, window)
+        Ok(self
+            .models(tenant_id, window, Some(bucket))?
+            .into_iter()
+            .filter_map(|((at, model), t)| {
+                Some(ModelBucket {
+                    bucket: at?,
+                    model,
+                    spend_cents: t.cost_cents,
+                    requests: t.requests,
+                })
+            })
+            .collect())
     }
 
     /// Spend per model over the window, largest first (ties by model name).
@@ -319,12 +409,20 @@ impl<'c> AnalyticsReadDriver<'c> {
         tenant_id: &str,
         window: TimeWindow,
     ) -> Result<Vec<ModelSpend>> {
-        self.load(
-            AnalyticsQuery::CostByModel,
-            tenant_id,
-            window,
-            TimeBucket::Day,
-        )
+        let mut out: Vec<ModelSpend> = self
+            .models(tenant_id, window, None)?
+            .into_iter()
+            .map(|((_, model), t)| ModelSpend {
+                model,
+                spend_cents: t.cost_cents,
+                requests: t.requests,
+                input_tokens: t.input_tokens,
+                output_tokens: t.output_tokens,
+            })
+            .collect();
+        // Stable: ties stay in model order.
+        out.sort_by(|a, b| b.spend_cents.total_cmp(&a.spend_cents));
+        Ok(out)
     }
 
     /// Spend per feature tag over the window, largest first (ties by tag, untagged last).
@@ -333,16 +431,42 @@ impl<'c> AnalyticsReadDriver<'c> {
         tenant_id: &str,
         window: TimeWindow,
     ) -> Result<Vec<FeatureSpend>> {
-        self.load(
-            AnalyticsQuery::CostByFeature,
-            tenant_id,
-            window,
-            TimeBucket::Day,
-        )
+        check(tenant_id, window)?;
+        let split = split_hours(window.from, window.to);
+        let mut tags: BTreeMap<Option<String>, Totals> = BTreeMap::new();
+        if let Some((from, to)) = split.whole {
+            let rows: Vec<(String, TotalsRow)> =
+                per_feature(tenant_id, from, to).load(self.conn)?;
+            for (tag, totals) in rows {
+                *tags.entry(tag_of(tag)).or_default() += totals.into();
+            }
+        }
+        for (from, to) in split.edges {
+            let rows: Vec<(Option<String>, TotalsRow)> = record_window(tenant_id, from, to)
+                .group_by(cr::feature_tag)
+                .select((cr::feature_tag, record_totals()))
+                .load(self.conn)?;
+            for (tag, totals) in rows {
+                *tags.entry(tag).or_default() += totals.into();
+            }
+        }
+        let mut out: Vec<FeatureSpend> = tags
+            .into_iter()
+            .map(|(feature_tag, t)| FeatureSpend {
+                feature_tag,
+                spend_cents: t.cost_cents,
+                requests: t.requests,
+            })
+            .collect();
+        // Tags in order with the untagged group last, then the costliest first (stable).
+        out.sort_by_key(|f| f.feature_tag.is_none());
+        out.sort_by(|a, b| b.spend_cents.total_cmp(&a.spend_cents));
+        Ok(out)
     }
 
     /// The plan PostgreSQL chooses for `query` with these arguments, one line per node:
-    /// for operators checking that an index serves it.
+    /// for operators checking that an index serves it. For the cost queries, the plan of
+    /// the statement that reads the rollup over the window's whole hours.
     pub fn explain(
         &mut self,
         query: AnalyticsQuery,
@@ -350,22 +474,53 @@ impl<'c> AnalyticsReadDriver<'c> {
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<String>> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        TimeWindow::new(window.from, window.to)?;
-        let mut params = vec![
+        check(tenant_id, window)?;
+        let (from, to) = split_hours(window.from, window.to)
+            .whole
+            .unwrap_or((window.from, window.to));
+        match query {
+            AnalyticsQuery::LlmUsage => self.explain_source(LLM_USAGE, tenant_id, window, bucket),
+            AnalyticsQuery::WorkerExecution => {
+                self.explain_source(WORKER_EXECUTION, tenant_id, window, bucket)
+            }
+            AnalyticsQuery::CostMetrics | AnalyticsQuery::CostSpend => {
+                crate::db::explain(self.conn, &per_hour(tenant_id, from, to))
+            }
+            AnalyticsQuery::CostByModel => {
+                crate::db::explain(self.conn, &per_model(tenant_id, from, to))
+            }
+            AnalyticsQuery::CostByFeature => {
+                crate::db::explain(self.conn, &per_feature(tenant_id, from, to))
+            }
+        }
+    }
+
+    /// The plan of a statement over `runs` or `aos_traces`.
+    fn explain_source(
+        &mut self,
+        sql: &'static str,
+        tenant_id: &str,
+        window: TimeWindow,
+        bucket: TimeBucket,
+    ) -> Result<Vec<String>> {
+        let params = [
             Param::Text(tenant_id),
             Param::Instant(&window.from),
             Param::Instant(&window.to),
+            Param::Interval(bucket_width(bucket)),
         ];
-        if query.bucketed() {
-            params.push(Param::Interval(bucket_width(bucket)));
-        }
         crate::db::explain(
             self.conn,
             &Prepared {
-                sql: query.sql(),
+                sql,
                 params: &params,
             },
         )
     }
+}
+
+/// Refuses a bad tenant or window before any SQL.
+fn check(tenant_id: &str, window: TimeWindow) -> Result<()> {
+    validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+    TimeWindow::new(window.from, window.to).map(|_| ())
 }

@@ -3,8 +3,7 @@
 //! Every write is one statement that closes its race in SQL.
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
-use diesel::dsl::{count, count_star, sum};
-use diesel::pg::Pg;
+use diesel::dsl::{count, sum};
 use diesel::prelude::*;
 use diesel::sql_types::{Double, Int4, Nullable, Text};
 use diesel::upsert::{excluded, on_constraint};
@@ -12,14 +11,17 @@ use serde::Serialize;
 
 use crate::db::require_transaction;
 use crate::error::{Error, Result};
+use crate::models::rollup::{hourly_totals, hourly_window, user_days, user_totals, TotalsRow};
 use crate::models::{
     ids, AnomalyType, BreachType, CostAnomaly, CostBudget, DerivedCause, DriftTracking, Severity,
+    Totals,
 };
 use crate::prepared::{Param, Prepared};
 use crate::schema::{
-    cost_anomalies as ca, cost_budgets, cost_drift_tracking as dt, cost_records as cr,
+    cost_anomalies as ca, cost_budgets, cost_drift_tracking as dt, cost_rollup_daily_user as du,
+    cost_rollup_hourly as h,
 };
-use crate::sql_fns::{bool_int4, timezone, utc_date};
+use crate::sql_fns::{timezone, utc_date};
 use crate::types::{limits, BudgetScope, EntityKey};
 use crate::validate;
 
@@ -200,39 +202,15 @@ fn days(from: NaiveDate, to: NaiveDate) -> Result<(DateTime<Utc>, DateTime<Utc>)
     Ok((midnight(from), midnight(end)))
 }
 
-/// The tenant's records in `[start, end)` of a budget scope (the scope's user or feature
-/// tag; every record for the whole tenant).
-fn scoped<'a>(
-    tenant_id: &'a str,
-    (start, end): (DateTime<Utc>, DateTime<Utc>),
-    scope: &'a BudgetScope,
-) -> Result<cr::BoxedQuery<'a, Pg>> {
-    let query = tenant_window(tenant_id, start, end).into_boxed();
-    Ok(match scope {
-        BudgetScope::Tenant => query,
-        BudgetScope::User(user) => {
-            validate::required("scope", user, limits::TAG)?;
-            query.filter(cr::user_id.eq(user))
-        }
-        BudgetScope::Feature(tag) => {
-            validate::required("scope", tag, limits::TAG)?;
-            query.filter(cr::feature_tag.eq(tag))
-        }
-    })
+/// The UTC day of an hourly rollup row.
+fn day_of(hour: h::bucket_hour) -> utc_date<timezone<&'static str, h::bucket_hour>> {
+    utc_date(timezone("UTC", hour))
 }
 
-/// The tenant's records in `[start, end)` (unboxed, so grouped reads can group them).
-#[diesel::dsl::auto_type]
-fn tenant_window<'a>(tenant_id: &'a str, start: DateTime<Utc>, end: DateTime<Utc>) -> _ {
-    cr::table
-        .filter(cr::tenant_id.eq(tenant_id))
-        .filter(cr::created_at.ge(start))
-        .filter(cr::created_at.lt(end))
-}
-
-/// The UTC day of a record.
-fn utc_day(at: cr::created_at) -> utc_date<timezone<&'static str, cr::created_at>> {
-    utc_date(timezone("UTC", at))
+/// The hours of the UTC days `from..=to`.
+fn hours(tenant_id: &str, from: NaiveDate, to: NaiveDate) -> Result<hourly_window<'_>> {
+    let (start, end) = days(from, to)?;
+    Ok(hourly_window(tenant_id, start, end))
 }
 
 /// One UTC day's calls of a budget scope: what the cause comparisons are made of.
@@ -309,27 +287,28 @@ impl<'c> CostAnomalyDriver<'c> {
         to: NaiveDate,
     ) -> Result<Vec<EntitySpend>> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        let window = days(from, to)?;
-        let rows: Vec<(Option<String>, Option<f64>, i64)> = match column {
-            EntityColumn::User => tenant_window(tenant_id, window.0, window.1)
-                .filter(cr::user_id.is_not_null())
-                .group_by(cr::user_id)
+        let rows: Vec<(String, Option<f64>, i64)> = match column {
+            EntityColumn::User => {
+                days(from, to)?;
+                user_days(tenant_id, from, to)
+                    .group_by(du::user_id)
+                    .select((
+                        du::user_id,
+                        sum(du::cost_cents),
+                        count(du::day).aggregate_distinct(),
+                    ))
+                    .order(du::user_id)
+                    .load(self.conn)?
+            }
+            EntityColumn::Feature => hours(tenant_id, from, to)?
+                .filter(h::feature_tag.ne(""))
+                .group_by(h::feature_tag)
                 .select((
-                    cr::user_id,
-                    sum(cr::cost_cents),
-                    count(utc_day(cr::created_at)).aggregate_distinct(),
+                    h::feature_tag,
+                    sum(h::cost_cents),
+                    count(day_of(h::bucket_hour)).aggregate_distinct(),
                 ))
-                .order(cr::user_id)
-                .load(self.conn)?,
-            EntityColumn::Feature => tenant_window(tenant_id, window.0, window.1)
-                .filter(cr::feature_tag.is_not_null())
-                .group_by(cr::feature_tag)
-                .select((
-                    cr::feature_tag,
-                    sum(cr::cost_cents),
-                    count(utc_day(cr::created_at)).aggregate_distinct(),
-                ))
-                .order(cr::feature_tag)
+                .order(h::feature_tag)
                 .load(self.conn)?,
         };
         Ok(rows
@@ -337,7 +316,7 @@ impl<'c> CostAnomalyDriver<'c> {
             .filter_map(|(entity, cents, days)| {
                 let cents = cents.filter(|c| *c > 0.0)?;
                 Some(EntitySpend {
-                    entity: entity?,
+                    entity,
                     cents: cents / days as f64,
                 })
             })
@@ -353,32 +332,27 @@ impl<'c> CostAnomalyDriver<'c> {
         today: NaiveDate,
     ) -> Result<Vec<EntitySpend>> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        let window = days(today, today)?;
-        let rows: Vec<(Option<String>, Option<f64>)> = match column {
-            EntityColumn::User => tenant_window(tenant_id, window.0, window.1)
-                .filter(cr::user_id.is_not_null())
-                .group_by(cr::user_id)
-                .select((cr::user_id, sum(cr::cost_cents)))
-                .order(cr::user_id)
+        let rows: Vec<(String, Option<f64>)> = match column {
+            EntityColumn::User => user_days(tenant_id, today, today)
+                .group_by(du::user_id)
+                .select((du::user_id, sum(du::cost_cents)))
+                .order(du::user_id)
                 .load(self.conn)?,
-            EntityColumn::Feature => tenant_window(tenant_id, window.0, window.1)
-                .filter(cr::feature_tag.is_not_null())
-                .group_by(cr::feature_tag)
-                .select((cr::feature_tag, sum(cr::cost_cents)))
-                .order(cr::feature_tag)
+            EntityColumn::Feature => hours(tenant_id, today, today)?
+                .filter(h::feature_tag.ne(""))
+                .group_by(h::feature_tag)
+                .select((h::feature_tag, sum(h::cost_cents)))
+                .order(h::feature_tag)
                 .load(self.conn)?,
         };
         Ok(rows
             .into_iter()
-            .filter_map(|(entity, cents)| {
-                Some(EntitySpend {
-                    entity: entity?,
-                    cents: cents.unwrap_or(0.0),
-                })
+            .map(|(entity, cents)| EntitySpend {
+                entity,
+                cents: cents.unwrap_or(0.0),
             })
             .collect())
     }
-
     /// The tenant's average daily spend over the UTC days `from..=to`, over the days that
     /// had records; `None` without spend.
     pub fn fetch_tenant_baseline(
@@ -388,13 +362,12 @@ impl<'c> CostAnomalyDriver<'c> {
         to: NaiveDate,
     ) -> Result<Option<f64>> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        let (cents, days): (Option<f64>, i64) =
-            scoped(tenant_id, days(from, to)?, &BudgetScope::Tenant)?
-                .select((
-                    sum(cr::cost_cents),
-                    count(utc_day(cr::created_at)).aggregate_distinct(),
-                ))
-                .get_result(self.conn)?;
+        let (cents, days): (Option<f64>, i64) = hours(tenant_id, from, to)?
+            .select((
+                sum(h::cost_cents),
+                count(day_of(h::bucket_hour)).aggregate_distinct(),
+            ))
+            .get_result(self.conn)?;
         Ok(cents.map(|c| c / days as f64).filter(|a| *a > 0.0))
     }
 
@@ -412,7 +385,10 @@ impl<'c> CostAnomalyDriver<'c> {
         to: NaiveDate,
     ) -> Result<f64> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        Ok(self.period_spend(tenant_id, days(from, to)?, &BudgetScope::Tenant)? / 7.0)
+        Ok(self
+            .scope_totals(tenant_id, from, to, &BudgetScope::Tenant)?
+            .cost_cents
+            / 7.0)
     }
 
     /// The tenant's average daily spend over the UTC days `from..=to`, dividing by the days
@@ -429,16 +405,34 @@ impl<'c> CostAnomalyDriver<'c> {
             .unwrap_or(0.0))
     }
 
-    fn period_spend(
+    /// The totals of a budget's scope over the UTC days `from..=to`: the tenant's and a
+    /// feature tag's from the hourly rollup, a user's from the daily one.
+    fn scope_totals(
         &mut self,
         tenant_id: &str,
-        window: (DateTime<Utc>, DateTime<Utc>),
+        from: NaiveDate,
+        to: NaiveDate,
         scope: &BudgetScope,
-    ) -> Result<f64> {
-        let cents: Option<f64> = scoped(tenant_id, window, scope)?
-            .select(sum(cr::cost_cents))
-            .get_result(self.conn)?;
-        Ok(cents.unwrap_or(0.0))
+    ) -> Result<Totals> {
+        let hours = hours(tenant_id, from, to)?;
+        let totals: TotalsRow = match scope {
+            BudgetScope::Tenant => hours.select(hourly_totals()).get_result(self.conn)?,
+            BudgetScope::Feature(tag) => {
+                validate::required("scope", tag, limits::TAG)?;
+                hours
+                    .filter(h::feature_tag.eq(tag))
+                    .select(hourly_totals())
+                    .get_result(self.conn)?
+            }
+            BudgetScope::User(user) => {
+                validate::required("scope", user, limits::TAG)?;
+                user_days(tenant_id, from, to)
+                    .filter(du::user_id.eq(user))
+                    .select(user_totals())
+                    .get_result(self.conn)?
+            }
+        };
+        Ok(totals.into())
     }
 
     /// The spend of a budget's scope on the UTC day `today` (a user's, a feature tag's, or
@@ -451,7 +445,9 @@ impl<'c> CostAnomalyDriver<'c> {
         scope: &BudgetScope,
     ) -> Result<f64> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        self.period_spend(tenant_id, days(today, today)?, scope)
+        Ok(self
+            .scope_totals(tenant_id, today, today, scope)?
+            .cost_cents)
     }
 
     /// The spend of a budget's scope from the first of `today`'s month through `today`
@@ -464,7 +460,9 @@ impl<'c> CostAnomalyDriver<'c> {
     ) -> Result<f64> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let first = today.with_day(1).expect("every month has a first day");
-        self.period_spend(tenant_id, days(first, today)?, scope)
+        Ok(self
+            .scope_totals(tenant_id, first, today, scope)?
+            .cost_cents)
     }
 
     /// The scope's calls, retried calls and prompt tokens today and yesterday: one read
@@ -480,18 +478,11 @@ impl<'c> CostAnomalyDriver<'c> {
             .pred_opt()
             .ok_or_else(|| Error::invalid("today", "has no day before it"))?;
         let mut day_activity = |day| -> Result<DayActivity> {
-            let (calls, retried, prompt): (i64, Option<i64>, Option<i64>) =
-                scoped(tenant_id, days(day, day)?, scope)?
-                    .select((
-                        count_star(),
-                        sum(bool_int4(cr::is_retry)),
-                        sum(cr::input_tokens),
-                    ))
-                    .get_result(self.conn)?;
+            let totals = self.scope_totals(tenant_id, day, day, scope)?;
             Ok(DayActivity {
-                calls,
-                retried: retried.unwrap_or(0),
-                prompt_tokens: prompt.unwrap_or(0),
+                calls: totals.requests,
+                retried: totals.retries,
+                prompt_tokens: totals.input_tokens,
             })
         };
         Ok(ActivityComparison {
@@ -545,17 +536,16 @@ impl<'c> CostAnomalyDriver<'c> {
         today: NaiveDate,
     ) -> Result<FeatureConcentration> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        let (start, end) = days(today, today)?;
-        let per_feature: Vec<(Option<String>, Option<f64>)> = tenant_window(tenant_id, start, end)
-            .group_by(cr::feature_tag)
-            .select((cr::feature_tag, sum(cr::cost_cents)))
+        let per_feature: Vec<(String, Option<f64>)> = hours(tenant_id, today, today)?
+            .group_by(h::feature_tag)
+            .select((h::feature_tag, sum(h::cost_cents)))
             .load(self.conn)?;
-        let cents = |(_, c): &(Option<String>, Option<f64>)| c.unwrap_or(0.0);
+        let cents = |(_, c): &(String, Option<f64>)| c.unwrap_or(0.0);
         Ok(FeatureConcentration {
             total_cents: per_feature.iter().map(cents).sum(),
             top_feature_cents: per_feature
                 .iter()
-                .filter(|(tag, _)| tag.is_some())
+                .filter(|(tag, _)| !tag.is_empty())
                 .map(cents)
                 .fold(0.0, f64::max),
         })

@@ -8,6 +8,7 @@ pub(crate) mod audit;
 pub(crate) mod cost_write;
 pub(crate) mod patterns;
 pub(crate) mod provenance;
+pub(crate) mod rollup;
 pub(crate) mod worker_write;
 
 pub use alert::{
@@ -34,4 +35,5 @@ pub use provenance::{
     BackfillStats, BaselineRecord, DriftStats, ProvenanceDriver, ProvenanceFilter, ProvenanceInput,
     MAX_PAGE,
 };
+pub use rollup::{RebuildSummary, Rollup, RollupDifference, RollupDriver, RollupRange};
 pub use worker_write::{BudgetSnapshot, CostAdvisory, RunCost, WorkerRunData, WorkerWriteDriver};

@@ -6,6 +6,7 @@ pub(crate) mod costsim;
 pub(crate) mod enums;
 pub(crate) mod feedback;
 pub mod ids;
+pub(crate) mod rollup;
 pub(crate) mod sources;
 pub(crate) mod worker;
 
@@ -14,5 +15,6 @@ pub use cost::*;
 pub use costsim::*;
 pub use enums::*;
 pub use feedback::*;
+pub use rollup::Totals;
 pub use sources::*;
 pub use worker::*;

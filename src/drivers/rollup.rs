@@ -1,0 +1,244 @@
+//! `RollupDriver`: checks the rollups of `cost_records` against the records and rebuilds a
+//! range of them. The rollups themselves are kept by the database (see
+//! [`Totals`](crate::models::Totals)); nothing here is needed to keep them right.
+
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz};
+use serde::Serialize;
+
+use crate::db::require_transaction;
+use crate::error::{Error, Result};
+use crate::models::Totals;
+use crate::prepared::{Param, Prepared};
+use crate::schema::{cost_rollup_daily_user as du, cost_rollup_hourly as h};
+use crate::types::limits;
+use crate::validate;
+
+/// Which rollup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Rollup {
+    /// `cost_rollup_hourly`: tenant × UTC hour × model × feature tag.
+    Hourly,
+    /// `cost_rollup_daily_user`: tenant × UTC day × user.
+    DailyUser,
+}
+
+/// One end of a range of instants; `None` is unbounded.
+type Bound = Option<DateTime<Utc>>;
+
+/// Which records: one tenant or all, over whole UTC days `from..=to` (unbounded where
+/// `None`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RollupRange {
+    /// The tenant; every tenant when `None`.
+    pub tenant_id: Option<String>,
+    /// The first UTC day.
+    pub from: Option<NaiveDate>,
+    /// The last UTC day.
+    pub to: Option<NaiveDate>,
+}
+
+impl RollupRange {
+    /// The range as bounds of `created_at`: `[from 00:00, to + 1 00:00)`.
+    fn instants(&self) -> Result<(Bound, Bound)> {
+        validate::optional("tenant_id", self.tenant_id.as_deref(), limits::TENANT_ID)?;
+        if let (Some(from), Some(to)) = (self.from, self.to) {
+            if from > to {
+                return Err(Error::invalid(
+                    "to",
+                    format!("the last day ({to}) is before the first ({from})"),
+                ));
+            }
+        }
+        let midnight = |d: NaiveDate| d.and_time(NaiveTime::MIN).and_utc();
+        let end = match self.to {
+            Some(to) => Some(midnight(
+                to.succ_opt()
+                    .ok_or_else(|| Error::invalid("to", "has no next day"))?,
+            )),
+            None => None,
+        };
+        let (from, to) = (self.from.map(midnight), end);
+        for (field, at) in [("from", from), ("to", to)] {
+            if let Some(at) = at {
+                validate::instant(field, at)?;
+            }
+        }
+        Ok((from, to))
+    }
+}
+
+/// A rollup key whose sums differ from those of its records.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RollupDifference {
+    /// Which rollup.
+    pub rollup: Rollup,
+    /// The tenant.
+    pub tenant_id: String,
+    /// The UTC hour ([`Rollup::Hourly`]) or the UTC midnight of the day.
+    pub bucket: DateTime<Utc>,
+    /// The model ([`Rollup::Hourly`]).
+    pub model: Option<String>,
+    /// The feature tag ([`Rollup::Hourly`]; `None` also for untagged records).
+    pub feature_tag: Option<String>,
+    /// The user ([`Rollup::DailyUser`]).
+    pub user_id: Option<String>,
+    /// What the rollup holds (zero where it has no row).
+    pub rolled: Totals,
+    /// What the records sum to (zero where there are none).
+    pub recorded: Totals,
+}
+
+#[derive(QueryableByName)]
+struct DifferenceRow {
+    #[diesel(sql_type = Text)]
+    rollup: String,
+    #[diesel(sql_type = Text)]
+    tenant_id: String,
+    #[diesel(sql_type = Timestamptz)]
+    bucket: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Text>)]
+    model: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    feature_tag: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    user_id: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    rolled_requests: i64,
+    #[diesel(sql_type = BigInt)]
+    rolled_retries: i64,
+    #[diesel(sql_type = BigInt)]
+    rolled_input_tokens: i64,
+    #[diesel(sql_type = BigInt)]
+    rolled_output_tokens: i64,
+    #[diesel(sql_type = Double)]
+    rolled_cost_cents: f64,
+    #[diesel(sql_type = BigInt)]
+    recorded_requests: i64,
+    #[diesel(sql_type = BigInt)]
+    recorded_retries: i64,
+    #[diesel(sql_type = BigInt)]
+    recorded_input_tokens: i64,
+    #[diesel(sql_type = BigInt)]
+    recorded_output_tokens: i64,
+    #[diesel(sql_type = Double)]
+    recorded_cost_cents: f64,
+}
+
+impl From<DifferenceRow> for RollupDifference {
+    fn from(r: DifferenceRow) -> Self {
+        RollupDifference {
+            rollup: if r.rollup == "hourly" {
+                Rollup::Hourly
+            } else {
+                Rollup::DailyUser
+            },
+            tenant_id: r.tenant_id,
+            bucket: r.bucket,
+            model: r.model,
+            feature_tag: r.feature_tag,
+            user_id: r.user_id,
+            rolled: Totals {
+                requests: r.rolled_requests,
+                retries: r.rolled_retries,
+                input_tokens: r.rolled_input_tokens,
+                output_tokens: r.rolled_output_tokens,
+                cost_cents: r.rolled_cost_cents,
+            },
+            recorded: Totals {
+                requests: r.recorded_requests,
+                retries: r.recorded_retries,
+                input_tokens: r.recorded_input_tokens,
+                output_tokens: r.recorded_output_tokens,
+                cost_cents: r.recorded_cost_cents,
+            },
+        }
+    }
+}
+
+/// What [`RollupDriver::rebuild`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, QueryableByName)]
+pub struct RebuildSummary {
+    /// Rows of `cost_rollup_hourly` written.
+    #[diesel(sql_type = BigInt)]
+    pub hourly_rows: i64,
+    /// Rows of `cost_rollup_daily_user` written.
+    #[diesel(sql_type = BigInt)]
+    pub daily_user_rows: i64,
+}
+
+/// Every key of a range whose rollup differs from its records (see the file).
+const VERIFY: &str = include_str!("rollup/verify.sql");
+/// The rollups of a range summed again from its records (see the file).
+const REBUILD: &str = include_str!("rollup/rebuild.sql");
+
+/// Checks and repairs the rollups of `cost_records`.
+pub struct RollupDriver<'c> {
+    conn: &'c mut PgConnection,
+}
+
+impl<'c> RollupDriver<'c> {
+    /// Wraps the caller's connection.
+    pub fn new(conn: &'c mut PgConnection) -> Self {
+        RollupDriver { conn }
+    }
+
+    /// Every rollup key of `range` whose sums differ from its records' (counts and tokens
+    /// exactly, cents beyond 1e-9 relative), hourly ones first. Records dropped by
+    /// retention show as differences: check only ranges whose records are kept.
+    pub fn fetch_differences(&mut self, range: &RollupRange) -> Result<Vec<RollupDifference>> {
+        let (from, to) = range.instants()?;
+        let rows: Vec<DifferenceRow> = Prepared {
+            sql: VERIFY,
+            params: &[
+                Param::OptText(range.tenant_id.as_deref()),
+                Param::OptInstant(from.as_ref()),
+                Param::OptInstant(to.as_ref()),
+            ],
+        }
+        .load(self.conn)?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// Recomputes the rollups of `range` from its records. Blocks inserts of cost records
+    /// until the caller's transaction ends (a `SHARE` lock on `cost_records`), so no write
+    /// can fall between the old rows' removal and the new sums.
+    ///
+    /// # Errors
+    /// [`Error::NoTransaction`] outside a transaction. Records dropped by retention are
+    /// gone from the rebuilt rollup too: rebuild only ranges whose records are kept.
+    pub fn rebuild(&mut self, range: &RollupRange) -> Result<RebuildSummary> {
+        let (from, to) = range.instants()?;
+        require_transaction(self.conn)?;
+        self.conn
+            .batch_execute("LOCK TABLE cost_records IN SHARE MODE")?;
+        let tenant = range.tenant_id.as_deref();
+        let mut hours = diesel::delete(h::table).into_boxed();
+        let mut days = diesel::delete(du::table).into_boxed();
+        if let Some(tenant) = tenant {
+            hours = hours.filter(h::tenant_id.eq(tenant));
+            days = days.filter(du::tenant_id.eq(tenant));
+        }
+        if let (Some(from), Some(day)) = (from, range.from) {
+            hours = hours.filter(h::bucket_hour.ge(from));
+            days = days.filter(du::day.ge(day));
+        }
+        if let (Some(to), Some(day)) = (to, range.to) {
+            hours = hours.filter(h::bucket_hour.lt(to));
+            days = days.filter(du::day.le(day));
+        }
+        hours.execute(self.conn)?;
+        days.execute(self.conn)?;
+        Ok(Prepared {
+            sql: REBUILD,
+            params: &[
+                Param::OptText(tenant),
+                Param::OptInstant(from.as_ref()),
+                Param::OptInstant(to.as_ref()),
+            ],
+        }
+        .get_result(self.conn)?)
+    }
+}

@@ -1,0 +1,812 @@
+//! The rollups of `cost_records`: exact whatever the write path, the concurrency, the
+//! rollbacks and the session time zone; `verify` and `rebuild`; the migration's fill; and
+//! the indexes left on `cost_records`, each shown in use.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Barrier};
+
+use chrono::{DateTime, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+
+use costdb::admission::{Admission, AdmissionDriver, ReserveInput};
+use costdb::db;
+use costdb::drivers::{
+    AnalyticsReadDriver, CostAnomalyDriver, CostWriteDriver, EntityColumn, Rollup, RollupDriver,
+    RollupRange,
+};
+use costdb::models::{CostInput, CostRecord, TimeBucket};
+use costdb::recorder::{CostRecorder, RecorderConfig};
+use costdb::schema::cost_records as cr;
+use costdb::types::{BudgetScope, TimeWindow};
+
+/// A small deterministic generator (splitmix64), so a failure replays from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+    fn maybe(&mut self, items: &[&str]) -> Option<String> {
+        (self.below(4) > 0).then(|| self.pick(items).to_owned())
+    }
+}
+
+/// A call of `model` costing `cents`, everything else empty.
+fn base(tenant: &str, model: &str, cents: f64) -> CostInput {
+    CostInput {
+        tenant_id: tenant.into(),
+        model: model.into(),
+        cost_cents: cents,
+        ..CostInput::default()
+    }
+}
+
+/// Around a UTC midnight that ends a month (2026-01-31 → 02-01).
+fn month_end() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap()
+}
+
+/// A random call of one of `tenants`: users, tags and models from small sets (some
+/// absent), instants within two days of a month end at any microsecond, one in ten
+/// forty days in the past, request ids from a small pool so that retries repeat them.
+fn call(rng: &mut Rng, tenants: &[String]) -> CostInput {
+    let tenant = tenants[rng.below(tenants.len() as u64) as usize].clone();
+    let micros = rng.below(4 * 86_400_000_000) as i64 - 2 * 86_400_000_000;
+    let past = if rng.below(10) == 0 {
+        Duration::days(40)
+    } else {
+        Duration::zero()
+    };
+    CostInput {
+        user_id: rng.maybe(&["ann", "bob", "cy", "dee"]),
+        feature_tag: rng.maybe(&["chat", "search", "summarize"]),
+        request_id: (rng.below(3) == 0).then(|| format!("rq-{}", rng.below(40))),
+        model: rng.pick(&["gpt-4o", "claude-haiku", "o3"]).to_owned(),
+        input_tokens: rng.below(5_000) as i32,
+        output_tokens: rng.below(2_000) as i32,
+        cost_cents: rng.below(1_000_000) as f64 / 997.0,
+        is_retry: rng.below(5) == 0,
+        created_at: Some(month_end() + Duration::microseconds(micros) - past),
+        ..base(&tenant, "gpt-4o", 0.0)
+    }
+}
+
+/// Writes `n` random calls through one write path, in transactions of up to 8 calls of
+/// which one in four is rolled back.
+fn write(path: usize, seed: u64, tenants: &[String], n: usize) {
+    let mut rng = Rng(seed);
+    let mut conn = db::connect(common::database_url()).unwrap();
+    let mut left = n;
+    while left > 0 {
+        let batch: Vec<CostInput> = (0..left.min(1 + rng.below(8) as usize))
+            .map(|_| call(&mut rng, tenants))
+            .collect();
+        left -= batch.len();
+        let keep = rng.below(4) > 0;
+        let result = conn.transaction::<_, costdb::Error, _>(|c| {
+            match path {
+                0 => {
+                    for cost in &batch {
+                        CostWriteDriver::new(c).insert_cost_record(cost)?;
+                    }
+                }
+                1 => {
+                    CostWriteDriver::new(c).record_costs(&batch)?;
+                }
+                _ => {
+                    for cost in &batch {
+                        settle(c, cost)?;
+                    }
+                }
+            }
+            if keep {
+                Ok(())
+            } else {
+                Err(costdb::Error::invalid("test", "rolled back on purpose"))
+            }
+        });
+        match result {
+            Ok(()) => assert!(keep),
+            Err(costdb::Error::InvalidInput { field: "test", .. }) => assert!(!keep),
+            Err(e) => panic!("write path {path}: {e}"),
+        }
+    }
+}
+
+/// Admission's path: reserve the call (no budget refuses it) and settle it. A request is
+/// reserved once (a repeat is admission's conflict), so each gets an id of its own here;
+/// the other paths repeat theirs.
+fn settle(c: &mut PgConnection, cost: &CostInput) -> costdb::Result<()> {
+    let at = cost.created_at.unwrap();
+    let request = format!("adm-{}", uuid::Uuid::new_v4().simple());
+    let input = ReserveInput {
+        request_id: request.clone(),
+        feature_tag: cost.feature_tag.clone(),
+        user_id: cost.user_id.clone(),
+        estimated_cents: cost.cost_cents,
+        expires_at: at + Duration::minutes(5),
+        now: at,
+    };
+    let mut d = AdmissionDriver::new(c);
+    match d.reserve(&cost.tenant_id, &input)? {
+        Admission::Admitted { reservation, .. } => {
+            let actual = CostInput {
+                request_id: Some(request),
+                ..cost.clone()
+            };
+            d.settle(&reservation, &actual)?;
+            Ok(())
+        }
+        other => panic!("no budget should refuse: {other:?}"),
+    }
+}
+
+/// The recorder's path: many callers, one group commit.
+fn record(seed: u64, tenants: &[String], n: usize) {
+    let recorder = CostRecorder::start(common::database_url(), RecorderConfig::default()).unwrap();
+    let mut rng = Rng(seed);
+    let calls: Vec<CostInput> = (0..n).map(|_| call(&mut rng, tenants)).collect();
+    std::thread::scope(|s| {
+        for part in calls.chunks(n.div_ceil(4)) {
+            let recorder = &recorder;
+            s.spawn(move || {
+                for cost in part {
+                    recorder.record(cost.clone()).unwrap();
+                }
+            });
+        }
+    });
+    recorder.shutdown();
+}
+
+fn records(conn: &mut PgConnection, tenant: &str) -> Vec<CostRecord> {
+    cr::table
+        .filter(cr::tenant_id.eq(tenant))
+        .select(CostRecord::as_select())
+        .load(conn)
+        .unwrap()
+}
+
+/// Equal within the rounding of summing in another order.
+#[track_caller]
+fn close(got: f64, want: f64, what: &str) {
+    assert!(
+        (got - want).abs() <= 1e-9 * got.abs().max(want.abs()),
+        "{what}: {got} != {want}"
+    );
+}
+
+/// The UTC hour or midnight that holds `at`.
+fn bucket_of(at: DateTime<Utc>, bucket: TimeBucket) -> DateTime<Utc> {
+    let day = at.date_naive().and_time(NaiveTime::MIN).and_utc();
+    match bucket {
+        TimeBucket::Day => day,
+        TimeBucket::Hour => day + Duration::hours(at.signed_duration_since(day).num_hours()),
+    }
+}
+
+/// (requests, input, output, retries, cents) per key of the records `pick` keeps.
+type Sums = (i64, i64, i64, i64, f64);
+
+fn sums<K: Ord>(rows: &[CostRecord], pick: impl Fn(&CostRecord) -> Option<K>) -> BTreeMap<K, Sums> {
+    let mut out = BTreeMap::new();
+    for r in rows {
+        if let Some(k) = pick(r) {
+            let e: &mut Sums = out.entry(k).or_default();
+            e.0 += 1;
+            e.1 += r.input_tokens as i64;
+            e.2 += r.output_tokens as i64;
+            e.3 += r.is_retry as i64;
+            e.4 += r.cost_cents;
+        }
+    }
+    out
+}
+
+/// Every rollup-served read of `tenant` against the same read computed from its records.
+fn compare_reads(conn: &mut PgConnection, tenant: &str, rows: &[CostRecord]) {
+    let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+    let windows = [
+        (t("2026-01-29T00:00:00Z"), t("2026-02-04T00:00:00Z")),
+        (
+            t("2026-01-30T13:17:05.123456Z"),
+            t("2026-02-01T02:00:00.5Z"),
+        ),
+        (t("2026-01-31T23:10:00.000001Z"), t("2026-01-31T23:50:00Z")),
+        (
+            t("2026-01-31T23:59:59.999999Z"),
+            t("2026-02-01T00:00:00.000001Z"),
+        ),
+        (t("2025-12-01T00:00:00Z"), t("2026-03-01T00:00:00Z")),
+    ];
+    for (from, to) in windows {
+        let window = TimeWindow::new(from, to).unwrap();
+        let inside: Vec<CostRecord> = rows
+            .iter()
+            .filter(|r| r.created_at >= from && r.created_at < to)
+            .cloned()
+            .collect();
+        let mut d = AnalyticsReadDriver::new(conn);
+        for bucket in [TimeBucket::Hour, TimeBucket::Day] {
+            let want = sums(&inside, |r| Some(bucket_of(r.created_at, bucket)));
+            let spend = d.fetch_cost_spend(tenant, window, bucket).unwrap();
+            let metrics = d.fetch_cost_metrics(tenant, window, bucket).unwrap();
+            assert_eq!(spend.len(), want.len(), "{from}..{to} {bucket:?}");
+            assert_eq!(metrics.len(), want.len());
+            for ((s, m), (at, w)) in spend.iter().zip(&metrics).zip(&want) {
+                assert_eq!((s.bucket, s.requests), (*at, w.0));
+                assert_eq!((s.input_tokens, s.output_tokens), (w.1, w.2));
+                assert_eq!((m.bucket, m.requests, m.tokens), (*at, w.0, w.1 + w.2));
+                close(s.spend_cents, w.4, "spend");
+            }
+            let want = sums(&inside, |r| {
+                Some((bucket_of(r.created_at, bucket), r.model.clone()))
+            });
+            let got = d.fetch_model_spend(tenant, window, bucket).unwrap();
+            assert_eq!(got.len(), want.len());
+            for (g, ((at, model), w)) in got.iter().zip(&want) {
+                assert_eq!((&g.bucket, &g.model, g.requests), (at, model, w.0));
+                close(g.spend_cents, w.4, "model spend");
+            }
+        }
+        let want = sums(&inside, |r| Some(r.model.clone()));
+        let got = d.fetch_cost_by_model(tenant, window).unwrap();
+        assert_eq!(got.len(), want.len());
+        for g in &got {
+            let w = want[&g.model];
+            assert_eq!(
+                (g.requests, g.input_tokens, g.output_tokens),
+                (w.0, w.1, w.2)
+            );
+            close(g.spend_cents, w.4, "by model");
+        }
+        let want = sums(&inside, |r| Some(r.feature_tag.clone()));
+        let got = d.fetch_cost_by_feature(tenant, window).unwrap();
+        assert_eq!(got.len(), want.len());
+        for g in &got {
+            let w = want[&g.feature_tag];
+            assert_eq!(g.requests, w.0);
+            close(g.spend_cents, w.4, "by feature");
+        }
+    }
+}
+
+/// Every rollup-served input of the detector for `tenant` on `today`, against the records.
+fn compare_detector_inputs(
+    conn: &mut PgConnection,
+    tenant: &str,
+    rows: &[CostRecord],
+    today: NaiveDate,
+) {
+    let day = |r: &CostRecord| r.created_at.date_naive();
+    let from = today - Duration::days(45);
+    let mut d = CostAnomalyDriver::new(conn);
+    // Entity baselines: spend over active days, per user and per tag.
+    for column in [EntityColumn::User, EntityColumn::Feature] {
+        let entity = |r: &CostRecord| match column {
+            EntityColumn::User => r.user_id.clone(),
+            EntityColumn::Feature => r.feature_tag.clone(),
+        };
+        let in_range = |r: &CostRecord| day(r) >= from && day(r) <= today;
+        let spend = sums(rows, |r| in_range(r).then(|| entity(r)).flatten());
+        let active = sums(rows, |r| {
+            in_range(r)
+                .then(|| entity(r).map(|e| (e, day(r))))
+                .flatten()
+        });
+        let got = d
+            .fetch_entity_baseline(tenant, column, from, today)
+            .unwrap();
+        let want: Vec<(String, f64)> = spend
+            .iter()
+            .filter(|(_, s)| s.4 > 0.0)
+            .map(|(e, s)| {
+                let days = active.keys().filter(|(a, _)| a == e).count();
+                (e.clone(), s.4 / days as f64)
+            })
+            .collect();
+        assert_eq!(got.len(), want.len(), "{column:?}");
+        for (g, (e, cents)) in got.iter().zip(&want) {
+            assert_eq!(&g.entity, e);
+            close(g.cents, *cents, "entity baseline");
+        }
+        let today_spend = sums(rows, |r| (day(r) == today).then(|| entity(r)).flatten());
+        let got = d.fetch_entity_today_spend(tenant, column, today).unwrap();
+        assert_eq!(got.len(), today_spend.len());
+        for (g, (e, s)) in got.iter().zip(&today_spend) {
+            assert_eq!(&g.entity, e);
+            close(g.cents, s.4, "entity today");
+        }
+    }
+    // The scopes of budgets: today, the month so far, and the activity of today and
+    // yesterday.
+    let first = today.with_day0(0).unwrap();
+    let scopes = [
+        BudgetScope::Tenant,
+        BudgetScope::User("ann".into()),
+        BudgetScope::Feature("chat".into()),
+    ];
+    for scope in &scopes {
+        let of_scope = |r: &CostRecord| match scope {
+            BudgetScope::Tenant => true,
+            BudgetScope::User(u) => r.user_id.as_ref() == Some(u),
+            BudgetScope::Feature(f) => r.feature_tag.as_ref() == Some(f),
+        };
+        let spent = |a: NaiveDate, b: NaiveDate| {
+            sums(rows, |r| {
+                (of_scope(r) && day(r) >= a && day(r) <= b).then_some(())
+            })
+            .get(&())
+            .copied()
+            .unwrap_or_default()
+        };
+        close(
+            d.fetch_daily_spend(tenant, today, scope).unwrap(),
+            spent(today, today).4,
+            "daily",
+        );
+        close(
+            d.fetch_monthly_spend(tenant, today, scope).unwrap(),
+            spent(first, today).4,
+            "monthly",
+        );
+        let activity = d.fetch_activity_comparison(tenant, today, scope).unwrap();
+        for (got, s) in [
+            (activity.today, spent(today, today)),
+            (
+                activity.yesterday,
+                spent(today.pred_opt().unwrap(), today.pred_opt().unwrap()),
+            ),
+        ] {
+            assert_eq!(
+                (got.calls, got.retried, got.prompt_tokens),
+                (s.0, s.3, s.1),
+                "{scope:?}"
+            );
+        }
+    }
+    let per_tag = sums(rows, |r| (day(r) == today).then(|| r.feature_tag.clone()));
+    let f = d.fetch_feature_concentration(tenant, today).unwrap();
+    close(f.total_cents, per_tag.values().map(|s| s.4).sum(), "total");
+    close(
+        f.top_feature_cents,
+        per_tag
+            .iter()
+            .filter(|(t, _)| t.is_some())
+            .map(|(_, s)| s.4)
+            .fold(0.0, f64::max),
+        "top feature",
+    );
+    let base = sums(rows, |r| {
+        (day(r) >= from && day(r) <= today).then_some(day(r))
+    });
+    let total: f64 = base.values().map(|s| s.4).sum();
+    let got = d.fetch_tenant_baseline(tenant, from, today).unwrap();
+    match got {
+        Some(avg) => close(avg, total / base.len() as f64, "tenant baseline"),
+        None => assert_eq!(total, 0.0),
+    }
+}
+
+use chrono::Datelike;
+
+#[test]
+fn every_write_path_at_once_leaves_rollups_equal_to_the_records_in_every_time_zone() {
+    let tenants: Vec<String> = (0..3).map(|_| common::tenant()).collect();
+    let seed = 0x5eed_2026;
+    std::thread::scope(|s| {
+        for path in 0..3 {
+            let tenants = &tenants;
+            s.spawn(move || write(path, seed + path as u64, tenants, 150));
+        }
+        s.spawn(|| record(seed + 7, &tenants, 200));
+    });
+    let mut conn = db::connect(common::database_url()).unwrap();
+    let mut total = 0;
+    for zone in ["UTC", "America/St_Johns", "Asia/Kathmandu"] {
+        conn.batch_execute(&format!("SET TIME ZONE '{zone}'"))
+            .unwrap();
+        for tenant in &tenants {
+            let rows = records(&mut conn, tenant);
+            total += rows.len();
+            compare_reads(&mut conn, tenant, &rows);
+            for today in [
+                NaiveDate::from_ymd_opt(2026, 1, 31).unwrap(),
+                NaiveDate::from_ymd_opt(2026, 2, 1).unwrap(),
+                NaiveDate::from_ymd_opt(2026, 2, 2).unwrap(),
+            ] {
+                compare_detector_inputs(&mut conn, tenant, &rows, today);
+            }
+        }
+    }
+    // Some of every kind were written: rolled back ones and repeats left out.
+    assert!(total > 3 * 300, "{total}");
+    for tenant in &tenants {
+        let range = RollupRange {
+            tenant_id: Some(tenant.clone()),
+            ..RollupRange::default()
+        };
+        let differences = RollupDriver::new(&mut conn)
+            .fetch_differences(&range)
+            .unwrap();
+        assert_eq!(differences, vec![]);
+    }
+}
+
+#[test]
+fn a_repeated_request_a_rollback_and_a_past_instant_count_as_the_records_do() {
+    let mut conn = db::connect(common::database_url()).unwrap();
+    let tenant = common::tenant();
+    let at = Utc.with_ymd_and_hms(2026, 5, 4, 10, 30, 0).unwrap();
+    let past = at - Duration::days(400);
+    let cost = |request: &str, cents: f64, at: DateTime<Utc>| CostInput {
+        request_id: Some(request.into()),
+        created_at: Some(at),
+        ..base(&tenant, "o3", cents)
+    };
+    conn.transaction::<_, costdb::Error, _>(|c| {
+        let mut d = CostWriteDriver::new(c);
+        d.insert_cost_record(&cost("a", 10.0, at))?;
+        d.insert_cost_record(&cost("a", 99.0, at))?; // a retry: billed once
+        d.record_costs(&[cost("a", 99.0, at), cost("b", 5.0, past)])?;
+        Ok(())
+    })
+    .unwrap();
+    let rolled_back = conn.transaction::<(), costdb::Error, _>(|c| {
+        CostWriteDriver::new(c).record_costs(&[cost("c", 1000.0, at)])?;
+        Err(costdb::Error::invalid("test", "rolled back"))
+    });
+    assert!(rolled_back.is_err());
+    let mut d = AnalyticsReadDriver::new(&mut conn);
+    let window = |a: DateTime<Utc>| TimeWindow::new(a - Duration::days(1), a + Duration::days(1));
+    let now = d
+        .fetch_cost_spend(&tenant, window(at).unwrap(), TimeBucket::Hour)
+        .unwrap();
+    assert_eq!(now.len(), 1);
+    assert_eq!(
+        (now[0].bucket, now[0].requests, now[0].spend_cents),
+        (Utc.with_ymd_and_hms(2026, 5, 4, 10, 0, 0).unwrap(), 1, 10.0)
+    );
+    let then = d
+        .fetch_cost_spend(&tenant, window(past).unwrap(), TimeBucket::Day)
+        .unwrap();
+    assert_eq!(
+        (
+            then[0].bucket.date_naive(),
+            then[0].requests,
+            then[0].spend_cents
+        ),
+        (past.date_naive(), 1, 5.0)
+    );
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let rows: N =
+        diesel::sql_query("SELECT count(*) AS n FROM cost_rollup_hourly WHERE tenant_id = $1")
+            .bind::<diesel::sql_types::Text, _>(&tenant)
+            .get_result(&mut conn)
+            .unwrap();
+    assert_eq!(
+        rows.n, 2,
+        "one row per hour that has records, none for the rollback"
+    );
+}
+
+/// Two connections whose backends share a rollup slot (pid modulo 8), so their batches
+/// meet on the same rollup rows.
+fn connections_sharing_a_slot() -> (PgConnection, PgConnection) {
+    #[derive(QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = diesel::sql_types::Integer)]
+        pid: i32,
+    }
+    let mut by_slot: BTreeMap<i32, PgConnection> = BTreeMap::new();
+    loop {
+        let mut c = db::connect(common::database_url()).unwrap();
+        let pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+            .get_result::<Pid>(&mut c)
+            .unwrap()
+            .pid;
+        if let Some(other) = by_slot.remove(&(pid % 8)) {
+            return (other, c);
+        }
+        by_slot.insert(pid % 8, c);
+    }
+}
+
+#[test]
+fn concurrent_batches_over_the_same_keys_in_opposite_orders_do_not_deadlock() {
+    let tenant = common::tenant();
+    let at = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+    // 40 keys (hours × models × users); one batch lists them forwards, the other backwards.
+    let keys: Vec<CostInput> = (0..40)
+        .map(|i| CostInput {
+            user_id: Some(format!("u{}", i % 5)),
+            created_at: Some(at + Duration::hours(i % 8)),
+            ..base(
+                &tenant,
+                ["o3", "gpt-4o", "claude-haiku"][i as usize % 3],
+                1.0,
+            )
+        })
+        .collect();
+    let reversed: Vec<CostInput> = keys.iter().rev().cloned().collect();
+    let (a, b) = connections_sharing_a_slot();
+    let rounds = 30;
+    let barrier = Arc::new(Barrier::new(2));
+    let run = |mut conn: PgConnection, batch: Vec<CostInput>, barrier: Arc<Barrier>| {
+        std::thread::spawn(move || {
+            for _ in 0..rounds {
+                barrier.wait();
+                conn.transaction::<_, costdb::Error, _>(|c| {
+                    // Two statements per transaction, each over every key.
+                    CostWriteDriver::new(c).record_costs(&batch)?;
+                    CostWriteDriver::new(c).record_costs(&batch)?;
+                    Ok(())
+                })
+                .expect("no deadlock");
+            }
+        })
+    };
+    let ta = run(a, keys.clone(), barrier.clone());
+    let tb = run(b, reversed, barrier);
+    ta.join().unwrap();
+    tb.join().unwrap();
+    let mut conn = db::connect(common::database_url()).unwrap();
+    let spend = AnalyticsReadDriver::new(&mut conn)
+        .fetch_cost_spend(
+            &tenant,
+            TimeWindow::new(at, at + Duration::days(1)).unwrap(),
+            TimeBucket::Day,
+        )
+        .unwrap();
+    assert_eq!(spend[0].requests, 40 * 2 * 2 * rounds);
+}
+
+#[test]
+fn verify_names_a_planted_difference_and_rebuild_repairs_it() {
+    let mut conn = db::connect(common::database_url()).unwrap();
+    let tenant = common::tenant();
+    let at = Utc.with_ymd_and_hms(2026, 7, 9, 15, 45, 0).unwrap();
+    conn.transaction::<_, costdb::Error, _>(|c| {
+        CostWriteDriver::new(c).record_costs(&[
+            CostInput {
+                feature_tag: Some("chat".into()),
+                user_id: Some("ann".into()),
+                created_at: Some(at),
+                ..base(&tenant, "o3", 4.0)
+            },
+            CostInput {
+                created_at: Some(at + Duration::days(3)),
+                ..base(&tenant, "o3", 6.0)
+            },
+        ])?;
+        Ok(())
+    })
+    .unwrap();
+    let range = RollupRange {
+        tenant_id: Some(tenant.clone()),
+        from: Some(at.date_naive()),
+        to: Some(at.date_naive()),
+    };
+    assert_eq!(
+        RollupDriver::new(&mut conn)
+            .fetch_differences(&range)
+            .unwrap(),
+        vec![]
+    );
+    // Behind the crate's back: a record's cost changed without its rollups.
+    diesel::update(
+        cr::table
+            .filter(cr::tenant_id.eq(&tenant))
+            .filter(cr::cost_cents.eq(4.0)),
+    )
+    .set(cr::cost_cents.eq(4.5))
+    .execute(&mut conn)
+    .unwrap();
+    let found = RollupDriver::new(&mut conn)
+        .fetch_differences(&range)
+        .unwrap();
+    assert_eq!(found.len(), 2, "{found:#?}");
+    let hourly = &found[0];
+    assert_eq!(hourly.rollup, Rollup::Hourly);
+    assert_eq!(
+        (
+            hourly.tenant_id.as_str(),
+            hourly.bucket,
+            hourly.model.as_deref(),
+            hourly.feature_tag.as_deref()
+        ),
+        (
+            tenant.as_str(),
+            Utc.with_ymd_and_hms(2026, 7, 9, 15, 0, 0).unwrap(),
+            Some("o3"),
+            Some("chat")
+        )
+    );
+    assert_eq!(
+        (hourly.rolled.cost_cents, hourly.recorded.cost_cents),
+        (4.0, 4.5)
+    );
+    let daily = &found[1];
+    assert_eq!(daily.rollup, Rollup::DailyUser);
+    assert_eq!(daily.user_id.as_deref(), Some("ann"));
+    assert_eq!(daily.bucket.date_naive(), at.date_naive());
+    // The other day is not in the range, and has no difference anyway.
+    let everything = RollupRange {
+        tenant_id: Some(tenant.clone()),
+        ..RollupRange::default()
+    };
+    assert_eq!(
+        RollupDriver::new(&mut conn)
+            .fetch_differences(&everything)
+            .unwrap()
+            .len(),
+        2
+    );
+    let summary = conn
+        .transaction(|c| RollupDriver::new(c).rebuild(&range))
+        .unwrap();
+    assert_eq!((summary.hourly_rows, summary.daily_user_rows), (1, 1));
+    assert_eq!(
+        RollupDriver::new(&mut conn)
+            .fetch_differences(&everything)
+            .unwrap(),
+        vec![]
+    );
+    let spend = AnalyticsReadDriver::new(&mut conn)
+        .fetch_cost_by_model(
+            &tenant,
+            TimeWindow::new(at - Duration::days(1), at + Duration::days(5)).unwrap(),
+        )
+        .unwrap();
+    assert_eq!((spend[0].requests, spend[0].spend_cents), (2, 10.5));
+}
+
+#[test]
+fn rebuild_refuses_outside_a_transaction_and_bad_ranges_before_any_sql() {
+    let mut conn = db::connect(common::database_url()).unwrap();
+    let day = NaiveDate::from_ymd_opt(2026, 7, 9).unwrap();
+    let mut d = RollupDriver::new(&mut conn);
+    assert!(matches!(
+        d.rebuild(&RollupRange::default()),
+        Err(costdb::Error::NoTransaction)
+    ));
+    let reversed = RollupRange {
+        from: Some(day),
+        to: day.pred_opt(),
+        ..RollupRange::default()
+    };
+    common::assert_invalid(d.fetch_differences(&reversed), "to");
+    let long = RollupRange {
+        tenant_id: Some("x".repeat(65)),
+        ..RollupRange::default()
+    };
+    common::assert_invalid(d.fetch_differences(&long), "tenant_id");
+}
+
+#[test]
+fn the_migration_fills_the_rollups_from_the_records_already_there() {
+    let url = common::fresh_database();
+    let mut conn = db::connect(&url).unwrap();
+    db::run_migrations(&mut conn).unwrap();
+    let reverted = db::revert_last_migration(&mut conn).unwrap().unwrap();
+    assert!(reverted.contains("cost_rollups"), "{reverted}");
+    // Records of the shape before the rollups, written by another system.
+    conn.batch_execute(
+        "INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, model, input_tokens, \
+             output_tokens, cost_cents, created_at, is_retry) \
+         SELECT 'cr_' || i, 't' || (i % 3), CASE WHEN i % 4 = 0 THEN NULL ELSE 'u' || (i % 5) END, \
+                CASE WHEN i % 6 = 0 THEN NULL ELSE 'f' || (i % 2) END, 'm' || (i % 2), i, 2 * i, \
+                i / 7.0, '2026-03-31 20:00+00'::timestamptz + i * interval '7 minutes', i % 9 = 0 \
+         FROM generate_series(1, 500) AS i",
+    )
+    .unwrap();
+    db::run_migrations(&mut conn).unwrap();
+    assert_eq!(
+        RollupDriver::new(&mut conn)
+            .fetch_differences(&RollupRange::default())
+            .unwrap(),
+        vec![]
+    );
+    for tenant in ["t0", "t1", "t2"] {
+        let rows = records(&mut conn, tenant);
+        assert!(!rows.is_empty());
+        compare_reads(&mut conn, tenant, &rows);
+    }
+    // And from then on the trigger keeps them.
+    conn.transaction::<_, costdb::Error, _>(|c| {
+        CostWriteDriver::new(c).insert_cost_record(&CostInput {
+            created_at: Some(Utc.with_ymd_and_hms(2026, 4, 1, 1, 0, 0).unwrap()),
+            ..base("t0", "m0", 3.0)
+        })?;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        RollupDriver::new(&mut conn)
+            .fetch_differences(&RollupRange::default())
+            .unwrap(),
+        vec![]
+    );
+}
+
+#[test]
+fn cost_records_keeps_only_the_indexes_a_query_uses() {
+    #[derive(QueryableByName)]
+    struct Name {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        indexname: String,
+    }
+    let mut conn = common::test_conn();
+    let names: Vec<String> = diesel::sql_query(
+        "SELECT indexname::text FROM pg_indexes WHERE tablename = 'cost_records' ORDER BY 1",
+    )
+    .load::<Name>(&mut conn)
+    .unwrap()
+    .into_iter()
+    .map(|n| n.indexname)
+    .collect();
+    assert_eq!(
+        names,
+        [
+            "cost_records_pkey",
+            "ix_cost_records_tenant_created",
+            "uq_cost_records_tenant_request"
+        ]
+    );
+    conn.batch_execute("SET LOCAL enable_seqscan = off")
+        .unwrap();
+    let plan =
+        |conn: &mut PgConnection, q: &dyn Fn(&mut PgConnection) -> Vec<String>| q(conn).join("\n");
+    // The recorder's retry finds the rows an earlier attempt stored by id.
+    let ids = ["cr_0123456789abcdef"];
+    let by_id = plan(&mut conn, &|c| {
+        db::explain(c, &cr::table.filter(cr::id.eq_any(&ids)).select(cr::id)).unwrap()
+    });
+    assert!(by_id.contains("cost_records_pkey"), "{by_id}");
+    // A repeated request id finds the record it repeats.
+    let by_request = plan(&mut conn, &|c| {
+        db::explain(
+            c,
+            &cr::table
+                .filter(cr::tenant_id.eq_any(["t"]))
+                .filter(cr::request_id.eq_any(["rq"]))
+                .select(cr::id),
+        )
+        .unwrap()
+    });
+    assert!(
+        by_request.contains("uq_cost_records_tenant_request"),
+        "{by_request}"
+    );
+    // The partial hours at the edges of a window are read from the records.
+    let from = Utc.with_ymd_and_hms(2026, 1, 1, 10, 30, 0).unwrap();
+    let edge = plan(&mut conn, &|c| {
+        db::explain(
+            c,
+            &cr::table
+                .filter(cr::tenant_id.eq("t"))
+                .filter(cr::created_at.ge(from))
+                .filter(cr::created_at.lt(from + Duration::minutes(30)))
+                .select(cr::id),
+        )
+        .unwrap()
+    });
+    assert!(edge.contains("ix_cost_records_tenant_created"), "{edge}");
+}
