@@ -15,16 +15,19 @@
 //! caller's `now`, which also stamps `detected_at`: replaying past days gives the rows
 //! running on those days would have.
 
-use chrono::{DateTime, Duration, NaiveDate, Utc};
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use diesel::PgConnection;
 use serde::Serialize;
 
 use crate::drivers::{
     AnomalyInput, AnomalyKey, BreachInput, CostAnomalyDriver, DriftObservation, EntityColumn,
+    Tenants,
 };
 use crate::error::{Error, Result};
 use crate::models::{
-    AnomalyType, BreachType, BudgetType, CostAnomaly, DerivedCause, EntityType, Severity,
+    AnomalyType, BreachType, BudgetType, CostAnomaly, DerivedCause, EntityType, Severity, Totals,
 };
 use crate::types::{BudgetScope, EntityKey};
 
@@ -98,6 +101,102 @@ pub struct AnomalyDetector {
     pub config: DetectorConfig,
 }
 
+/// A scope of the rules: its level (`None` the whole tenant, else users or feature tags),
+/// its tenant and its entity (`None` for the whole tenant).
+type ScopeKey = (Option<EntityColumn>, String, Option<String>);
+
+/// Every scope's totals per UTC day over the days the rules look at, read in two
+/// statements for all the tenants of a run.
+struct DayBook {
+    days: BTreeMap<ScopeKey, BTreeMap<NaiveDate, Totals>>,
+}
+
+impl DayBook {
+    fn load(
+        d: &mut CostAnomalyDriver<'_>,
+        tenants: Tenants<'_>,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Self> {
+        let mut days: BTreeMap<ScopeKey, BTreeMap<NaiveDate, Totals>> = BTreeMap::new();
+        let mut add = |key: ScopeKey, day: NaiveDate, totals: Totals| {
+            *days.entry(key).or_default().entry(day).or_default() += totals;
+        };
+        // The tags of a day, untagged calls included, sum to the tenant's day.
+        for row in d.fetch_scope_days(tenants, EntityColumn::Feature, from, to)? {
+            add((None, row.tenant_id.clone(), None), row.day, row.totals);
+            if row.entity.is_some() {
+                let key = (Some(EntityColumn::Feature), row.tenant_id, row.entity);
+                add(key, row.day, row.totals);
+            }
+        }
+        for row in d.fetch_scope_days(tenants, EntityColumn::User, from, to)? {
+            add(
+                (Some(EntityColumn::User), row.tenant_id, row.entity),
+                row.day,
+                row.totals,
+            );
+        }
+        Ok(DayBook { days })
+    }
+
+    /// The scopes of one level, by tenant and entity.
+    fn scopes(&self, level: Option<EntityColumn>) -> impl Iterator<Item = &ScopeKey> {
+        self.days.keys().filter(move |k| k.0 == level)
+    }
+
+    /// The scope's totals over `from..=to`, and how many of those days had calls.
+    fn range(&self, key: &ScopeKey, from: NaiveDate, to: NaiveDate) -> (Totals, i64) {
+        let mut sum = Totals::default();
+        let mut active = 0;
+        for (_, totals) in self
+            .days
+            .get(key)
+            .into_iter()
+            .flat_map(|d| d.range(from..=to))
+        {
+            sum += *totals;
+            active += 1;
+        }
+        (sum, active)
+    }
+
+    /// The scope's totals on `day`.
+    fn day(&self, key: &ScopeKey, day: NaiveDate) -> Totals {
+        self.range(key, day, day).0
+    }
+
+    /// The average over the active days of `from..=to`; `None` without spend.
+    fn active_day_avg(&self, key: &ScopeKey, from: NaiveDate, to: NaiveDate) -> Option<f64> {
+        let (sum, active) = self.range(key, from, to);
+        (sum.cost_cents > 0.0).then(|| sum.cost_cents / active as f64)
+    }
+}
+
+/// The key of a scope.
+fn scope_key(tenant_id: &str, scope: &BudgetScope) -> ScopeKey {
+    match scope {
+        BudgetScope::Tenant => (None, tenant_id.to_owned(), None),
+        BudgetScope::User(u) => (
+            Some(EntityColumn::User),
+            tenant_id.to_owned(),
+            Some(u.clone()),
+        ),
+        BudgetScope::Feature(f) => (
+            Some(EntityColumn::Feature),
+            tenant_id.to_owned(),
+            Some(f.clone()),
+        ),
+    }
+}
+
+/// A spike breach found today, before its run is known.
+struct Breach {
+    tenant_id: String,
+    scope: BudgetScope,
+    input: BreachInput,
+}
+
 /// `today + days` (days may be negative).
 fn shift(today: NaiveDate, days: i64) -> Result<NaiveDate> {
     today
@@ -111,6 +210,11 @@ fn growth(today: Option<f64>, yesterday: Option<f64>) -> Option<f64> {
         (Some(t), Some(y)) if y > 0.0 => Some(t / y),
         _ => None,
     }
+}
+
+/// `total` per call; `None` for a day without calls.
+fn per_call(day: &Totals, total: i64) -> Option<f64> {
+    (day.requests > 0).then(|| total as f64 / day.requests as f64)
 }
 
 impl AnomalyDetector {
@@ -131,223 +235,268 @@ impl AnomalyDetector {
         tenant_id: &str,
         now: DateTime<Utc>,
     ) -> Result<Vec<CostAnomaly>> {
-        crate::db::require_transaction(conn)?;
-        let today = now.date_naive();
-        let mut d = CostAnomalyDriver::new(conn);
-        let mut found = Vec::new();
-        for column in [EntityColumn::User, EntityColumn::Feature] {
-            found.extend(self.entity_spikes(&mut d, tenant_id, column, today, now)?);
-        }
-        found.extend(self.tenant_spike(&mut d, tenant_id, today, now)?);
-        found.extend(self.drift(&mut d, tenant_id, today, now)?);
-        found.extend(self.budgets(&mut d, tenant_id, today, now)?);
-        Ok(found)
+        self.run(conn, Tenants::One(tenant_id), now)
     }
 
-    fn entity_spikes(
+    /// [`detect`](Self::detect) for every tenant at once, in a fixed number of statements
+    /// however many tenants there are: two read every scope's days from the daily
+    /// rollups, one the budgets, one writes all breaches and one reads their runs; only
+    /// drift days and the anomalies found take a statement each. Returns the anomalies by
+    /// tenant, each tenant's in the order of `detect`.
+    ///
+    /// # Errors
+    /// As [`detect`](Self::detect).
+    pub fn detect_all(
         &self,
-        d: &mut CostAnomalyDriver<'_>,
-        tenant_id: &str,
-        column: EntityColumn,
-        today: NaiveDate,
+        conn: &mut PgConnection,
         now: DateTime<Utc>,
     ) -> Result<Vec<CostAnomaly>> {
-        let from = shift(today, -self.config.lookback_days)?;
-        let baselines = d.fetch_entity_baseline(tenant_id, column, from, shift(today, -2)?)?;
-        let (entity_type, scope): (EntityType, fn(String) -> BudgetScope) = match column {
-            EntityColumn::User => (EntityType::User, BudgetScope::User),
-            EntityColumn::Feature => (EntityType::Feature, BudgetScope::Feature),
-        };
+        self.run(conn, Tenants::All, now)
+    }
+
+    fn run(
+        &self,
+        conn: &mut PgConnection,
+        tenants: Tenants<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CostAnomaly>> {
+        crate::db::require_transaction(conn)?;
+        let today = now.date_naive();
+        let first_of_month = today.with_day(1).expect("every month has a first day");
+        let from = [
+            shift(today, -self.config.lookback_days.max(28))?,
+            first_of_month,
+        ]
+        .into_iter()
+        .min()
+        .expect("two days");
+        let mut d = CostAnomalyDriver::new(conn);
+        let book = DayBook::load(&mut d, tenants, from, today)?;
+        let mut found: BTreeMap<String, Vec<CostAnomaly>> = BTreeMap::new();
+        for (tenant, anomaly) in self.spikes(&mut d, tenants, &book, now)? {
+            found.entry(tenant).or_default().push(anomaly);
+        }
+        for (tenant, anomaly) in self.drift(&mut d, &book, now)? {
+            found.entry(tenant).or_default().push(anomaly);
+        }
+        for (tenant, anomaly) in self.budgets(&mut d, tenants, &book, now)? {
+            found.entry(tenant).or_default().push(anomaly);
+        }
+        Ok(found.into_values().flatten().collect())
+    }
+
+    /// Absolute spikes of users, feature tags and whole tenants, in that order: each
+    /// scope that spent today against its baseline; breaches written in one statement,
+    /// their runs read in one.
+    fn spikes(
+        &self,
+        d: &mut CostAnomalyDriver<'_>,
+        tenants: Tenants<'_>,
+        book: &DayBook,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(String, CostAnomaly)>> {
+        let today = now.date_naive();
+        let (from, to) = (shift(today, -self.config.lookback_days)?, shift(today, -2)?);
+        let mut breaches = Vec::new();
+        for level in [Some(EntityColumn::User), Some(EntityColumn::Feature), None] {
+            for key in book.scopes(level) {
+                let spend = book.day(key, today);
+                if spend.requests == 0 {
+                    continue; // no calls today, nothing to compare
+                }
+                let Some(base) = book.active_day_avg(key, from, to) else {
+                    continue; // a new scope has no baseline and never spikes
+                };
+                let ratio = spend.cost_cents / base;
+                if ratio < self.config.spike_ratio {
+                    continue;
+                }
+                let (tenant_id, entity) = (key.1.clone(), key.2.clone());
+                let (entity_type, scope) = match (level, entity) {
+                    (Some(EntityColumn::User), Some(user)) => {
+                        (EntityType::User, BudgetScope::User(user))
+                    }
+                    (Some(EntityColumn::Feature), Some(tag)) => {
+                        (EntityType::Feature, BudgetScope::Feature(tag))
+                    }
+                    _ => (EntityType::Tenant, BudgetScope::Tenant),
+                };
+                let entity_id = match &scope {
+                    BudgetScope::User(id) | BudgetScope::Feature(id) => id.clone(),
+                    BudgetScope::Tenant => tenant_id.clone(),
+                };
+                breaches.push(Breach {
+                    tenant_id,
+                    scope,
+                    input: BreachInput {
+                        entity: EntityKey {
+                            entity_type,
+                            entity_id: Some(entity_id),
+                        },
+                        breach_type: BreachType::AbsoluteSpike,
+                        breach_date: today,
+                        deviation_pct: (ratio - 1.0) * 100.0,
+                        current_value_cents: spend.cost_cents,
+                        baseline_value_cents: base,
+                    },
+                });
+            }
+        }
+        if breaches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(&str, &BreachInput)> = breaches
+            .iter()
+            .map(|b| (b.tenant_id.as_str(), &b.input))
+            .collect();
+        d.insert_breach_histories(&rows)?;
+        // Each breaching entity's run of days up to today, within the week before it.
+        let mut days: HashMap<(String, EntityKey), Vec<NaiveDate>> = HashMap::new();
+        for (tenant, entity, day) in
+            d.fetch_breach_days(tenants, BreachType::AbsoluteSpike, shift(today, -7)?, today)?
+        {
+            days.entry((tenant, entity)).or_default().push(day);
+        }
         let mut found = Vec::new();
-        for spend in d.fetch_entity_today_spend(tenant_id, column, today)? {
-            let Some(base) = baselines.iter().find(|b| b.entity == spend.entity) else {
-                continue; // a new entity has no baseline and never spikes
-            };
-            let key = EntityKey {
-                entity_type,
-                entity_id: Some(spend.entity.clone()),
-            };
-            let anomaly = self.spike(
-                d,
-                tenant_id,
-                key,
-                scope(spend.entity.clone()),
-                spend.cents,
-                base.cents,
-                today,
-                now,
-            )?;
-            found.extend(anomaly);
-        }
-        Ok(found)
-    }
-
-    fn tenant_spike(
-        &self,
-        d: &mut CostAnomalyDriver<'_>,
-        tenant_id: &str,
-        today: NaiveDate,
-        now: DateTime<Utc>,
-    ) -> Result<Option<CostAnomaly>> {
-        let from = shift(today, -self.config.lookback_days)?;
-        let Some(base) = d.fetch_tenant_baseline(tenant_id, from, shift(today, -2)?)? else {
-            return Ok(None);
-        };
-        let spend = d.fetch_tenant_today_spend(tenant_id, today)?;
-        let key = EntityKey {
-            entity_type: EntityType::Tenant,
-            entity_id: Some(tenant_id.into()),
-        };
-        self.spike(
-            d,
-            tenant_id,
-            key,
-            BudgetScope::Tenant,
-            spend,
-            base,
-            today,
-            now,
-        )
-    }
-
-    /// Records a breach when `spend / base` crosses the spike ratio, and returns the
-    /// anomaly once the breach run is long enough.
-    #[allow(clippy::too_many_arguments)]
-    fn spike(
-        &self,
-        d: &mut CostAnomalyDriver<'_>,
-        tenant_id: &str,
-        key: EntityKey,
-        scope: BudgetScope,
-        spend: f64,
-        base: f64,
-        today: NaiveDate,
-        now: DateTime<Utc>,
-    ) -> Result<Option<CostAnomaly>> {
-        if base <= 0.0 {
-            return Ok(None);
-        }
-        let ratio = spend / base;
-        if ratio < self.config.spike_ratio {
-            return Ok(None);
-        }
-        let deviation_pct = (ratio - 1.0) * 100.0;
-        d.insert_breach_history(
-            tenant_id,
-            &BreachInput {
-                entity: key.clone(),
-                breach_type: BreachType::AbsoluteSpike,
-                breach_date: today,
+        for breach in breaches {
+            let key = (breach.tenant_id.clone(), breach.input.entity.clone());
+            let run = days.get(&key).map_or(0, |breach_days| {
+                breach_days
+                    .iter()
+                    .rev()
+                    .zip(today.iter_days().rev())
+                    .take_while(|(breach, expected)| *breach == expected)
+                    .count() as i32
+            });
+            if run < self.config.spike_days {
+                continue;
+            }
+            let tenant_id = breach.tenant_id.as_str();
+            let BreachInput {
+                entity,
                 deviation_pct,
                 current_value_cents: spend,
                 baseline_value_cents: base,
-            },
-        )?;
-        let run =
-            d.fetch_consecutive_breaches(tenant_id, &key, BreachType::AbsoluteSpike, today)?;
-        if run < self.config.spike_days {
-            return Ok(None);
+                ..
+            } = breach.input;
+            let who = match entity.entity_type {
+                EntityType::User => "User",
+                EntityType::Feature => "Feature",
+                _ => "Tenant",
+            };
+            let message = format!(
+                "{who} {} spending {deviation_pct:.1}% above baseline for {run} consecutive \
+                 day(s)",
+                entity.entity_id.as_deref().unwrap_or(tenant_id)
+            );
+            let input = AnomalyInput {
+                key: AnomalyKey {
+                    anomaly_type: AnomalyType::AbsoluteSpike,
+                    entity,
+                },
+                severity: severity_band(deviation_pct),
+                current_value_cents: spend,
+                expected_value_cents: base,
+                deviation_pct,
+                threshold_pct: self.config.spike_ratio * 100.0,
+                message,
+                breach_count: run,
+                derived_cause: Some(self.cause(book, tenant_id, &breach.scope, today)),
+                metadata: Some(serde_json::json!({
+                    "lookback_days": self.config.lookback_days,
+                    "baseline_daily_avg": base,
+                    "consecutive_breaches": run,
+                })),
+                detected_at: now,
+            };
+            found.push((
+                breach.tenant_id.clone(),
+                d.upsert_anomaly(tenant_id, &input)?,
+            ));
         }
-        let who = match key.entity_type {
-            EntityType::User => "User",
-            EntityType::Feature => "Feature",
-            _ => "Tenant",
-        };
-        let message = format!(
-            "{who} {} spending {deviation_pct:.1}% above baseline for {run} consecutive day(s)",
-            key.entity_id.as_deref().unwrap_or(tenant_id)
-        );
-        let cause = self.cause(d, tenant_id, &scope, today)?;
-        let input = AnomalyInput {
-            key: AnomalyKey {
-                anomaly_type: AnomalyType::AbsoluteSpike,
-                entity: key,
-            },
-            severity: severity_band(deviation_pct),
-            current_value_cents: spend,
-            expected_value_cents: base,
-            deviation_pct,
-            threshold_pct: self.config.spike_ratio * 100.0,
-            message,
-            breach_count: run,
-            derived_cause: Some(cause),
-            metadata: Some(serde_json::json!({
-                "lookback_days": self.config.lookback_days,
-                "baseline_daily_avg": base,
-                "consecutive_breaches": run,
-            })),
-            detected_at: now,
-        };
-        d.upsert_anomaly(tenant_id, &input).map(Some)
+        Ok(found)
     }
 
+    /// Sustained drift of each tenant's whole spend: a drift day counted where the
+    /// rolling average is high enough, the drift ended (one statement for all) where not.
     fn drift(
         &self,
         d: &mut CostAnomalyDriver<'_>,
-        tenant_id: &str,
-        today: NaiveDate,
+        book: &DayBook,
         now: DateTime<Utc>,
-    ) -> Result<Option<CostAnomaly>> {
-        let rolling = d.fetch_rolling_avg(tenant_id, shift(today, -6)?, today)?;
-        let baseline = d.fetch_baseline_avg(tenant_id, shift(today, -28)?, shift(today, -8)?)?;
-        if baseline <= 0.0 {
-            return Ok(None);
+    ) -> Result<Vec<(String, CostAnomaly)>> {
+        let today = now.date_naive();
+        let (week, base_from, base_to) = (shift(today, -6)?, shift(today, -28)?, shift(today, -8)?);
+        let mut ended = Vec::new();
+        let mut found = Vec::new();
+        for key in book.scopes(None) {
+            let Some(baseline) = book.active_day_avg(key, base_from, base_to) else {
+                continue;
+            };
+            let tenant = key.1.as_str();
+            let rolling = book.range(key, week, today).0.cost_cents / 7.0;
+            let ratio = rolling / baseline;
+            if ratio < self.config.drift_ratio {
+                ended.push(tenant);
+                continue;
+            }
+            let entity = EntityKey {
+                entity_type: EntityType::Tenant,
+                entity_id: Some(tenant.to_owned()),
+            };
+            let drift_pct = (ratio - 1.0) * 100.0;
+            let observation = DriftObservation {
+                rolling_avg_cents: rolling,
+                baseline_avg_cents: baseline,
+                drift_pct,
+                today,
+            };
+            let days = d.upsert_drift_tracking(tenant, &entity, &observation)?;
+            if days < self.config.drift_days {
+                continue;
+            }
+            let input = AnomalyInput {
+                key: AnomalyKey {
+                    anomaly_type: AnomalyType::SustainedDrift,
+                    entity,
+                },
+                severity: severity_band(drift_pct),
+                current_value_cents: rolling,
+                expected_value_cents: baseline,
+                deviation_pct: drift_pct,
+                threshold_pct: self.config.drift_ratio * 100.0,
+                message: format!(
+                    "Sustained drift detected: {drift_pct:.1}% above baseline for {days} days"
+                ),
+                breach_count: days,
+                derived_cause: Some(self.cause(book, tenant, &BudgetScope::Tenant, today)),
+                metadata: Some(serde_json::json!({
+                    "rolling_7d_avg": rolling,
+                    "baseline_avg": baseline,
+                    "drift_days": days,
+                })),
+                detected_at: now,
+            };
+            found.push((tenant.to_owned(), d.upsert_anomaly(tenant, &input)?));
         }
-        let key = EntityKey {
-            entity_type: EntityType::Tenant,
-            entity_id: Some(tenant_id.into()),
-        };
-        let ratio = rolling / baseline;
-        if ratio < self.config.drift_ratio {
-            d.reset_drift_tracking(tenant_id, &key)?;
-            return Ok(None);
-        }
-        let drift_pct = (ratio - 1.0) * 100.0;
-        let observation = DriftObservation {
-            rolling_avg_cents: rolling,
-            baseline_avg_cents: baseline,
-            drift_pct,
-            today,
-        };
-        let days = d.upsert_drift_tracking(tenant_id, &key, &observation)?;
-        if days < self.config.drift_days {
-            return Ok(None);
-        }
-        let cause = self.cause(d, tenant_id, &BudgetScope::Tenant, today)?;
-        let input = AnomalyInput {
-            key: AnomalyKey {
-                anomaly_type: AnomalyType::SustainedDrift,
-                entity: key,
-            },
-            severity: severity_band(drift_pct),
-            current_value_cents: rolling,
-            expected_value_cents: baseline,
-            deviation_pct: drift_pct,
-            threshold_pct: self.config.drift_ratio * 100.0,
-            message: format!(
-                "Sustained drift detected: {drift_pct:.1}% above baseline for {days} days"
-            ),
-            breach_count: days,
-            derived_cause: Some(cause),
-            metadata: Some(serde_json::json!({
-                "rolling_7d_avg": rolling,
-                "baseline_avg": baseline,
-                "drift_days": days,
-            })),
-            detected_at: now,
-        };
-        d.upsert_anomaly(tenant_id, &input).map(Some)
+        d.reset_tenant_drift(&ended)?;
+        Ok(found)
     }
 
+    /// Each active budget's daily and monthly spend against its limits (the budgets read
+    /// in one statement).
     fn budgets(
         &self,
         d: &mut CostAnomalyDriver<'_>,
-        tenant_id: &str,
-        today: NaiveDate,
+        tenants: Tenants<'_>,
+        book: &DayBook,
         now: DateTime<Utc>,
-    ) -> Result<Vec<CostAnomaly>> {
+    ) -> Result<Vec<(String, CostAnomaly)>> {
+        let today = now.date_naive();
+        let first = today.with_day(1).expect("every month has a first day");
         let mut found = Vec::new();
-        for budget in d.fetch_active_budgets(tenant_id)? {
+        for budget in d.fetch_active_budgets_of(tenants)? {
+            let tenant_id = budget.tenant_id.as_str();
             let (scope, entity_type) = match (budget.budget_type, budget.entity_id.clone()) {
                 (BudgetType::Feature, Some(tag)) => {
                     (BudgetScope::Feature(tag), EntityType::Feature)
@@ -356,6 +505,7 @@ impl AnomalyDetector {
                 (BudgetType::Tenant, _) => (BudgetScope::Tenant, EntityType::Tenant),
                 _ => continue, // a feature or user budget without its id checks nothing
             };
+            let key = scope_key(tenant_id, &scope);
             // One anomaly per type and budget a day: of the two periods, the fuller one.
             let mut worst: Vec<AnomalyInput> = Vec::new();
             for (daily, limit) in [
@@ -366,10 +516,11 @@ impl AnomalyDetector {
                     continue;
                 };
                 let spend = if daily {
-                    d.fetch_daily_spend(tenant_id, today, &scope)?
+                    book.day(&key, today)
                 } else {
-                    d.fetch_monthly_spend(tenant_id, today, &scope)?
-                };
+                    book.range(&key, first, today).0
+                }
+                .cost_cents;
                 let usage = spend / f64::from(limit) * 100.0;
                 let warn = f64::from(budget.warn_threshold_pct);
                 let (anomaly_type, severity, threshold, label) = if usage >= 100.0 {
@@ -432,47 +583,61 @@ impl AnomalyDetector {
                 }
             }
             for input in worst {
-                found.push(d.upsert_anomaly(tenant_id, &input)?);
+                found.push((tenant_id.to_owned(), d.upsert_anomaly(tenant_id, &input)?));
             }
         }
         Ok(found)
     }
 
-    /// The first cause that today's records against yesterday's show: a retry loop,
-    /// prompt growth, a feature surge (tenant only), traffic growth, else unknown. A retry
-    /// share that appears from none yesterday counts as a retry loop.
+    /// The first cause that today's calls against yesterday's show: a retry loop, prompt
+    /// growth, a feature surge (tenant only), traffic growth, else unknown. A retry share
+    /// that appears from none yesterday counts as a retry loop.
     fn cause(
         &self,
-        d: &mut CostAnomalyDriver<'_>,
+        book: &DayBook,
         tenant_id: &str,
         scope: &BudgetScope,
         today: NaiveDate,
-    ) -> Result<DerivedCause> {
+    ) -> DerivedCause {
         let c = &self.config;
-        let activity = d.fetch_activity_comparison(tenant_id, today, scope)?;
-        let retry = activity.retry_share();
-        let retry_loop = match (retry.today, retry.yesterday) {
+        let key = scope_key(tenant_id, scope);
+        let now = book.day(&key, today);
+        let before = today
+            .pred_opt()
+            .map(|y| book.day(&key, y))
+            .unwrap_or_default();
+        let retry_loop = match (
+            per_call(&now, now.retries),
+            per_call(&before, before.retries),
+        ) {
             (Some(t), Some(y)) if y > 0.0 => t / y > c.retry_growth,
             (Some(t), _) => t > 0.0,
             _ => false,
         };
         if retry_loop {
-            return Ok(DerivedCause::RetryLoop);
+            return DerivedCause::RetryLoop;
         }
-        let prompt = activity.prompt_size();
-        if growth(prompt.today, prompt.yesterday).is_some_and(|g| g > c.prompt_growth) {
-            return Ok(DerivedCause::PromptGrowth);
+        let prompt = growth(
+            per_call(&now, now.input_tokens),
+            per_call(&before, before.input_tokens),
+        );
+        if prompt.is_some_and(|g| g > c.prompt_growth) {
+            return DerivedCause::PromptGrowth;
         }
-        if *scope == BudgetScope::Tenant {
-            let f = d.fetch_feature_concentration(tenant_id, today)?;
-            if f.total_cents > 0.0 && f.top_feature_cents / f.total_cents > c.feature_share {
-                return Ok(DerivedCause::FeatureSurge);
+        if *scope == BudgetScope::Tenant && now.cost_cents > 0.0 {
+            let top = book
+                .scopes(Some(EntityColumn::Feature))
+                .filter(|k| k.1 == tenant_id)
+                .map(|k| book.day(k, today).cost_cents)
+                .fold(0.0, f64::max);
+            if top / now.cost_cents > c.feature_share {
+                return DerivedCause::FeatureSurge;
             }
         }
-        let requests = activity.requests();
-        if growth(requests.today, requests.yesterday).is_some_and(|g| g > c.request_growth) {
-            return Ok(DerivedCause::TrafficGrowth);
+        let requests = growth(Some(now.requests as f64), Some(before.requests as f64));
+        if requests.is_some_and(|g| g > c.request_growth) {
+            return DerivedCause::TrafficGrowth;
         }
-        Ok(DerivedCause::Unknown)
+        DerivedCause::Unknown
     }
 }

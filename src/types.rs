@@ -56,7 +56,7 @@ impl BudgetScope {
 
 /// Whose breach or drift: an entity of a tenant (`entity_id: None` for the tenant as a
 /// whole; `Some("")`, as the original system wrote it, means the same).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct EntityKey {
     /// What kind of entity.
     pub entity_type: EntityType,

@@ -344,3 +344,70 @@ fn percentages_never_round_across_their_ceiling() {
     assert_eq!(percent_text(39.99999999999999, None), "40.0");
     assert_eq!(percent_text(94.96, Some(95.0)), "94.9");
 }
+
+/// What a replay of the last four days finds, tenants named by their role in the fixture
+/// so that two databases' replays compare.
+fn replay(url: &str, all_at_once: bool) -> Vec<String> {
+    let mut conn = costdb::db::connect(url).unwrap();
+    let t = fixture(&mut conn);
+    let roles = [
+        (&t.calm, "calm"),
+        (&t.spike, "spike"),
+        (&t.drift, "drift"),
+        (&t.budget, "budget"),
+    ];
+    let role = |tenant: &str| {
+        roles
+            .iter()
+            .find(|(t, _)| t.as_str() == tenant)
+            .map_or(tenant.to_owned(), |(_, r)| (*r).to_owned())
+    };
+    let detector = AnomalyDetector::default();
+    let mut found = Vec::new();
+    for back in (0..4).rev() {
+        let now = noon(d() - Duration::days(back));
+        let anomalies = if all_at_once {
+            conn.transaction(|c| detector.detect_all(c, now)).unwrap()
+        } else {
+            let mut each = Vec::new();
+            let mut by_id: Vec<&String> = roles.iter().map(|(t, _)| *t).collect();
+            by_id.sort();
+            for tenant in by_id {
+                each.extend(
+                    conn.transaction(|c| detector.detect(c, tenant, now))
+                        .unwrap(),
+                );
+            }
+            each
+        };
+        found.extend(anomalies.into_iter().map(|a| {
+            let entity = a.entity_id.as_deref().map(role);
+            format!(
+                "{} {} {:?} {:?} {entity:?} {:?} {:?} {} {} {} {:?} {}",
+                now.date_naive(),
+                role(&a.tenant_id),
+                a.anomaly_type,
+                a.entity_type,
+                a.derived_cause,
+                a.severity,
+                a.current_value_cents,
+                a.expected_value_cents,
+                a.deviation_pct,
+                a.breach_count,
+                a.message.replace(&a.tenant_id, &role(&a.tenant_id)),
+            )
+        }));
+    }
+    found
+}
+
+#[test]
+fn every_tenant_at_once_finds_what_each_tenant_alone_finds() {
+    // Tenant ids are random, so each database orders its tenants differently.
+    let mut each = replay(&common::fresh_database_migrated(), false);
+    let mut all = replay(&common::fresh_database_migrated(), true);
+    each.sort();
+    all.sort();
+    assert_eq!(each.len(), 3, "{each:#?}");
+    assert_eq!(all, each);
+}

@@ -622,7 +622,7 @@ fn verify_names_a_planted_difference_and_rebuild_repairs_it() {
     let found = RollupDriver::new(&mut conn)
         .fetch_differences(&range)
         .unwrap();
-    assert_eq!(found.len(), 2, "{found:#?}");
+    assert_eq!(found.len(), 3, "{found:#?}");
     let hourly = &found[0];
     assert_eq!(hourly.rollup, Rollup::Hourly);
     assert_eq!(
@@ -644,9 +644,15 @@ fn verify_names_a_planted_difference_and_rebuild_repairs_it() {
         (4.0, 4.5)
     );
     let daily = &found[1];
-    assert_eq!(daily.rollup, Rollup::DailyUser);
-    assert_eq!(daily.user_id.as_deref(), Some("ann"));
-    assert_eq!(daily.bucket.date_naive(), at.date_naive());
+    assert_eq!(daily.rollup, Rollup::Daily);
+    assert_eq!(
+        (daily.feature_tag.as_deref(), daily.bucket.date_naive()),
+        (Some("chat"), at.date_naive())
+    );
+    let per_user = &found[2];
+    assert_eq!(per_user.rollup, Rollup::DailyUser);
+    assert_eq!(per_user.user_id.as_deref(), Some("ann"));
+    assert_eq!(per_user.bucket.date_naive(), at.date_naive());
     // The other day is not in the range, and has no difference anyway.
     let everything = RollupRange {
         tenant_id: Some(tenant.clone()),
@@ -657,12 +663,19 @@ fn verify_names_a_planted_difference_and_rebuild_repairs_it() {
             .fetch_differences(&everything)
             .unwrap()
             .len(),
-        2
+        3
     );
     let summary = conn
         .transaction(|c| RollupDriver::new(c).rebuild(&range))
         .unwrap();
-    assert_eq!((summary.hourly_rows, summary.daily_user_rows), (1, 1));
+    assert_eq!(
+        (
+            summary.hourly_rows,
+            summary.daily_rows,
+            summary.daily_user_rows
+        ),
+        (1, 1, 1)
+    );
     assert_eq!(
         RollupDriver::new(&mut conn)
             .fetch_differences(&everything)

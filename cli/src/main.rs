@@ -6,6 +6,7 @@ mod demo;
 mod hash;
 mod leader;
 mod report;
+mod rollup;
 mod upkeep;
 
 use std::io::Write;
@@ -81,6 +82,9 @@ enum Command {
     Leader(leader::Leader),
     /// One tenant's analytics over UTC days: table, JSON, and an SVG chart per model.
     Report(report::Options),
+    /// The rollups of the cost records: verify them against the records, rebuild a range.
+    #[command(subcommand)]
+    Rollup(rollup::Rollups),
     /// Periodic chores under leader election: reclaim expired budget reservations, retry
     /// dead-letter alerts, purge old ones.
     Upkeep(upkeep::Options),
@@ -202,6 +206,7 @@ fn main() -> ExitCode {
         Command::Hash { file } => hash::run(file),
         Command::Alerts(what) => alerts::run(what),
         Command::Report(options) => report::run(options),
+        Command::Rollup(what) => rollup::run(what),
         Command::Upkeep(options) => upkeep::run(options),
     };
     let message = match result {

@@ -549,6 +549,96 @@ fn alerts_stats_retry_and_purge_for_operators() {
     assert!(err.contains("--status"), "{err}");
 }
 
+#[test]
+fn rollup_verify_finds_a_planted_difference_and_rebuild_repairs_it() {
+    use diesel::connection::SimpleConnection;
+    let url = common::fresh_database();
+    assert!(costdb(&["migrate"], Some(&url)).status.success());
+    let mut conn = costdb::db::connect(&url).unwrap();
+    conn.batch_execute(
+        "INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, model, cost_cents, \
+             created_at) VALUES \
+         ('cr_1', 'acme', 'ann', 'chat', 'o3', 4, '2026-11-05 10:15+00'), \
+         ('cr_2', 'acme', NULL, NULL, 'o3', 6, '2026-11-06 23:59+00'), \
+         ('cr_3', 'other', NULL, NULL, 'o3', 1, '2026-11-05 10:15+00')",
+    )
+    .unwrap();
+    let ok = costdb(&["rollup", "verify"], Some(&url));
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(stdout(&ok).contains("the rollups agree with the records"));
+
+    // A record changed behind costdb's back.
+    conn.batch_execute("UPDATE cost_records SET cost_cents = 5 WHERE id = 'cr_1'")
+        .unwrap();
+    let range = [
+        "--tenant",
+        "acme",
+        "--from",
+        "2026-11-05",
+        "--to",
+        "2026-11-05",
+    ];
+    let verify = [&["rollup", "verify"][..], &range[..]].concat();
+    let found = costdb(&verify, Some(&url));
+    let err = one_error_line(&found);
+    assert!(err.contains("3 rollup key(s) differ"), "{err}");
+    let text = stdout(&found);
+    assert!(
+        text.contains("hourly      acme 2026-11-05T10:00Z model o3 tag chat"),
+        "{text}"
+    );
+    assert!(
+        text.contains("daily_user  acme 2026-11-05 user ann"),
+        "{text}"
+    );
+    assert!(
+        text.contains("rollup:  1 calls, 0 retries, 0 in, 0 out, 4 cents"),
+        "{text}"
+    );
+    assert!(
+        text.contains("records: 1 calls, 0 retries, 0 in, 0 out, 5 cents"),
+        "{text}"
+    );
+    // Another tenant's range, or another day, finds nothing.
+    let elsewhere = costdb(
+        &[
+            "rollup",
+            "verify",
+            "--from",
+            "2026-11-06",
+            "--to",
+            "2026-11-30",
+        ],
+        Some(&url),
+    );
+    assert!(elsewhere.status.success(), "{elsewhere:?}");
+
+    let rebuild = costdb(
+        &[&["rollup", "rebuild"][..], &range[..]].concat(),
+        Some(&url),
+    );
+    assert!(rebuild.status.success(), "{rebuild:?}");
+    assert!(
+        stdout(&rebuild).contains("rebuilt: 1 hourly rows, 1 daily rows, 1 daily user rows"),
+        "{rebuild:?}"
+    );
+    assert!(costdb(&["rollup", "verify"], Some(&url)).status.success());
+
+    let reversed = costdb(
+        &[
+            "rollup",
+            "verify",
+            "--from",
+            "2026-11-05",
+            "--to",
+            "2026-11-04",
+        ],
+        Some(&url),
+    );
+    let err = one_error_line(&reversed);
+    assert!(err.contains("to"), "{err}");
+}
+
 /// The demo's anomaly lines: (tenant, type, entity, cause).
 fn demo_anomalies(text: &str) -> Vec<(String, String, String, String)> {
     let section = text

@@ -2,6 +2,8 @@
 //! upserting anomalies (one open per key and UTC day), breach history and drift tracking.
 //! Every write is one statement that closes its race in SQL.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use diesel::dsl::{count, sum};
 use diesel::prelude::*;
@@ -11,17 +13,16 @@ use serde::Serialize;
 
 use crate::db::require_transaction;
 use crate::error::{Error, Result};
-use crate::models::rollup::{hourly_totals, hourly_window, user_days, user_totals, TotalsRow};
+use crate::models::rollup::{daily_totals, tag_days, tag_of, user_days, user_totals, TotalsRow};
 use crate::models::{
-    ids, AnomalyType, BreachType, CostAnomaly, CostBudget, DerivedCause, DriftTracking, Severity,
-    Totals,
+    ids, AnomalyType, BreachType, CostAnomaly, CostBudget, DerivedCause, DriftTracking, EntityType,
+    Severity, Totals,
 };
 use crate::prepared::{Param, Prepared};
 use crate::schema::{
-    cost_anomalies as ca, cost_budgets, cost_drift_tracking as dt, cost_rollup_daily_user as du,
-    cost_rollup_hourly as h,
+    cost_anomalies as ca, cost_budgets, cost_drift_tracking as dt, cost_rollup_daily as df,
+    cost_rollup_daily_user as du,
 };
-use crate::sql_fns::{timezone, utc_date};
 use crate::types::{limits, BudgetScope, EntityKey};
 use crate::validate;
 
@@ -142,7 +143,7 @@ struct Count {
 const DRIFT: &str = include_str!("anomaly/upsert_drift.sql");
 
 /// Which column names an entity of the spike rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum EntityColumn {
     /// `user_id`.
     User,
@@ -159,6 +160,37 @@ pub struct EntitySpend {
     /// Cents.
     #[diesel(sql_type = Double)]
     pub cents: f64,
+}
+
+/// Which tenants a set-based read covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Tenants<'a> {
+    /// Every tenant.
+    All,
+    /// One tenant.
+    One(&'a str),
+}
+
+impl Tenants<'_> {
+    fn validate(self) -> Result<()> {
+        match self {
+            Tenants::All => Ok(()),
+            Tenants::One(t) => validate::required("tenant_id", t, limits::TENANT_ID),
+        }
+    }
+}
+
+/// One scope's totals on one UTC day, from [`CostAnomalyDriver::fetch_scope_days`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ScopeDay {
+    /// The tenant.
+    pub tenant_id: String,
+    /// The feature tag (`None`: calls without one) or the user.
+    pub entity: Option<String>,
+    /// The UTC day.
+    pub day: NaiveDate,
+    /// The calls' sums.
+    pub totals: Totals,
 }
 
 /// A value today and yesterday (UTC days); `None` for a day without records.
@@ -202,15 +234,13 @@ fn days(from: NaiveDate, to: NaiveDate) -> Result<(DateTime<Utc>, DateTime<Utc>)
     Ok((midnight(from), midnight(end)))
 }
 
-/// The UTC day of an hourly rollup row.
-fn day_of(hour: h::bucket_hour) -> utc_date<timezone<&'static str, h::bucket_hour>> {
-    utc_date(timezone("UTC", hour))
-}
+/// A rollup row's sums as stored: requests, retries, input and output tokens, cents.
+type RolledRow = (i64, i64, i64, i64, f64);
 
-/// The hours of the UTC days `from..=to`.
-fn hours(tenant_id: &str, from: NaiveDate, to: NaiveDate) -> Result<hourly_window<'_>> {
-    let (start, end) = days(from, to)?;
-    Ok(hourly_window(tenant_id, start, end))
+/// The tenant's per-tag rows of the UTC days `from..=to`, refusing a reversed range.
+fn tags(tenant_id: &str, from: NaiveDate, to: NaiveDate) -> Result<tag_days<'_>> {
+    days(from, to)?;
+    Ok(tag_days(tenant_id, from, to))
 }
 
 /// One UTC day's calls of a budget scope: what the cause comparisons are made of.
@@ -300,15 +330,15 @@ impl<'c> CostAnomalyDriver<'c> {
                     .order(du::user_id)
                     .load(self.conn)?
             }
-            EntityColumn::Feature => hours(tenant_id, from, to)?
-                .filter(h::feature_tag.ne(""))
-                .group_by(h::feature_tag)
+            EntityColumn::Feature => tags(tenant_id, from, to)?
+                .filter(df::feature_tag.ne(""))
+                .group_by(df::feature_tag)
                 .select((
-                    h::feature_tag,
-                    sum(h::cost_cents),
-                    count(day_of(h::bucket_hour)).aggregate_distinct(),
+                    df::feature_tag,
+                    sum(df::cost_cents),
+                    count(df::day).aggregate_distinct(),
                 ))
-                .order(h::feature_tag)
+                .order(df::feature_tag)
                 .load(self.conn)?,
         };
         Ok(rows
@@ -338,11 +368,11 @@ impl<'c> CostAnomalyDriver<'c> {
                 .select((du::user_id, sum(du::cost_cents)))
                 .order(du::user_id)
                 .load(self.conn)?,
-            EntityColumn::Feature => hours(tenant_id, today, today)?
-                .filter(h::feature_tag.ne(""))
-                .group_by(h::feature_tag)
-                .select((h::feature_tag, sum(h::cost_cents)))
-                .order(h::feature_tag)
+            EntityColumn::Feature => tags(tenant_id, today, today)?
+                .filter(df::feature_tag.ne(""))
+                .group_by(df::feature_tag)
+                .select((df::feature_tag, sum(df::cost_cents)))
+                .order(df::feature_tag)
                 .load(self.conn)?,
         };
         Ok(rows
@@ -362,11 +392,8 @@ impl<'c> CostAnomalyDriver<'c> {
         to: NaiveDate,
     ) -> Result<Option<f64>> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        let (cents, days): (Option<f64>, i64) = hours(tenant_id, from, to)?
-            .select((
-                sum(h::cost_cents),
-                count(day_of(h::bucket_hour)).aggregate_distinct(),
-            ))
+        let (cents, days): (Option<f64>, i64) = tags(tenant_id, from, to)?
+            .select((sum(df::cost_cents), count(df::day).aggregate_distinct()))
             .get_result(self.conn)?;
         Ok(cents.map(|c| c / days as f64).filter(|a| *a > 0.0))
     }
@@ -406,7 +433,7 @@ impl<'c> CostAnomalyDriver<'c> {
     }
 
     /// The totals of a budget's scope over the UTC days `from..=to`: the tenant's and a
-    /// feature tag's from the hourly rollup, a user's from the daily one.
+    /// feature tag's from the daily rollup per tag, a user's from the one per user.
     fn scope_totals(
         &mut self,
         tenant_id: &str,
@@ -414,14 +441,13 @@ impl<'c> CostAnomalyDriver<'c> {
         to: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<Totals> {
-        let hours = hours(tenant_id, from, to)?;
+        let tags = tags(tenant_id, from, to)?;
         let totals: TotalsRow = match scope {
-            BudgetScope::Tenant => hours.select(hourly_totals()).get_result(self.conn)?,
+            BudgetScope::Tenant => tags.select(daily_totals()).get_result(self.conn)?,
             BudgetScope::Feature(tag) => {
                 validate::required("scope", tag, limits::TAG)?;
-                hours
-                    .filter(h::feature_tag.eq(tag))
-                    .select(hourly_totals())
+                tags.filter(df::feature_tag.eq(tag))
+                    .select(daily_totals())
                     .get_result(self.conn)?
             }
             BudgetScope::User(user) => {
@@ -536,9 +562,9 @@ impl<'c> CostAnomalyDriver<'c> {
         today: NaiveDate,
     ) -> Result<FeatureConcentration> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        let per_feature: Vec<(String, Option<f64>)> = hours(tenant_id, today, today)?
-            .group_by(h::feature_tag)
-            .select((h::feature_tag, sum(h::cost_cents)))
+        let per_feature: Vec<(String, Option<f64>)> = tags(tenant_id, today, today)?
+            .group_by(df::feature_tag)
+            .select((df::feature_tag, sum(df::cost_cents)))
             .load(self.conn)?;
         let cents = |(_, c): &(String, Option<f64>)| c.unwrap_or(0.0);
         Ok(FeatureConcentration {
@@ -605,6 +631,105 @@ impl<'c> CostAnomalyDriver<'c> {
             .returning(b::id)
             .get_result(self.conn)?;
         Ok(stored == id)
+    }
+
+    /// Records many breaches in one statement, each as
+    /// [`insert_breach_history`](Self::insert_breach_history) records one; keys are
+    /// written in one global order, so concurrent detectors do not deadlock. Returns how
+    /// many rows were written.
+    pub fn insert_breach_histories(&mut self, breaches: &[(&str, &BreachInput)]) -> Result<usize> {
+        for (tenant_id, input) in breaches {
+            validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+            entity(&input.entity)?;
+            validate::finite("deviation_pct", input.deviation_pct)?;
+            validate::amount("current_value_cents", input.current_value_cents)?;
+            validate::amount("baseline_value_cents", input.baseline_value_cents)?;
+        }
+        require_transaction(self.conn)?;
+        if breaches.is_empty() {
+            return Ok(0);
+        }
+        use crate::schema::cost_breach_history::dsl as b;
+        let mut sorted = breaches.to_vec();
+        sorted.sort_by(|(t1, x), (t2, y)| {
+            (
+                t1,
+                x.entity.entity_type.as_str(),
+                x.entity.id(),
+                x.breach_type.as_str(),
+                x.breach_date,
+            )
+                .cmp(&(
+                    t2,
+                    y.entity.entity_type.as_str(),
+                    y.entity.id(),
+                    y.breach_type.as_str(),
+                    y.breach_date,
+                ))
+        });
+        let rows: Vec<_> = sorted
+            .iter()
+            .map(|(tenant_id, input)| {
+                (
+                    b::id.eq(ids::breach_history_id()),
+                    b::tenant_id.eq(*tenant_id),
+                    b::entity_type.eq(input.entity.entity_type),
+                    b::entity_id.eq(input.entity.id()),
+                    b::breach_type.eq(input.breach_type),
+                    b::breach_date.eq(input.breach_date),
+                    b::deviation_pct.eq(input.deviation_pct + 0.0),
+                    b::current_value_cents.eq(input.current_value_cents + 0.0),
+                    b::baseline_value_cents.eq(input.baseline_value_cents + 0.0),
+                )
+            })
+            .collect();
+        Ok(diesel::insert_into(b::cost_breach_history)
+            .values(rows)
+            .on_conflict(on_constraint("uq_breach_per_entity_day"))
+            .do_update()
+            .set((
+                b::deviation_pct.eq(excluded(b::deviation_pct)),
+                b::current_value_cents.eq(excluded(b::current_value_cents)),
+            ))
+            .execute(self.conn)?)
+    }
+
+    /// The days of `[from, to]` on which each entity of one tenant or all breached
+    /// `breach_type`: (tenant, entity, day), by tenant, entity and day. The detector
+    /// counts its breach runs from it.
+    pub fn fetch_breach_days(
+        &mut self,
+        tenants: Tenants<'_>,
+        breach_type: BreachType,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<(String, EntityKey, NaiveDate)>> {
+        tenants.validate()?;
+        days(from, to)?;
+        use crate::schema::cost_breach_history::dsl as b;
+        let mut query = b::cost_breach_history
+            .filter(b::breach_type.eq(breach_type))
+            .filter(b::breach_date.between(from, to))
+            .select((b::tenant_id, b::entity_type, b::entity_id, b::breach_date))
+            .order((b::tenant_id, b::entity_type, b::entity_id, b::breach_date))
+            .into_boxed();
+        if let Tenants::One(tenant) = tenants {
+            query = query.filter(b::tenant_id.eq(tenant));
+        }
+        let rows: Vec<(String, EntityType, Option<String>, NaiveDate)> = query.load(self.conn)?;
+        Ok(rows
+            .into_iter()
+            .map(|(tenant, entity_type, entity_id, day)| {
+                (
+                    tenant,
+                    EntityKey {
+                        entity_type,
+                        entity_id,
+                    },
+                    day,
+                )
+            })
+            .collect())
     }
 
     /// How many consecutive days up to and including `today` the entity breached
@@ -742,6 +867,132 @@ impl<'c> CostAnomalyDriver<'c> {
                 .filter(dt::tenant_id.eq(tenant_id))
                 .filter(dt::entity_type.eq(key.entity_type))
                 .filter(dt::entity_id.is_not_distinct_from(key.id()))
+                .filter(dt::is_active.eq(true)),
+        )
+        .set((dt::is_active.eq(false), dt::updated_at.eq(diesel::dsl::now)))
+        .execute(self.conn)?)
+    }
+
+    /// Each scope's totals per UTC day of `from..=to`, for one tenant or all in one
+    /// statement: per feature tag (`entity` `None` for untagged calls, so the tags of a
+    /// day sum to the tenant's day) or per user (calls without a user left out). Only days
+    /// with calls; by tenant, entity and day.
+    pub fn fetch_scope_days(
+        &mut self,
+        tenants: Tenants<'_>,
+        column: EntityColumn,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<ScopeDay>> {
+        tenants.validate()?;
+        days(from, to)?;
+        let one = match tenants {
+            Tenants::All => None,
+            Tenants::One(tenant) => Some(tenant),
+        };
+        // The rows as stored, one per slot, summed here: cheaper than grouping them in the
+        // server, which sums bigints as decimals.
+        let rows: Vec<(String, String, NaiveDate, RolledRow)> = match column {
+            EntityColumn::Feature => {
+                let mut query = df::table
+                    .filter(df::day.between(from, to))
+                    .select((
+                        df::tenant_id,
+                        df::feature_tag,
+                        df::day,
+                        (
+                            df::requests,
+                            df::retries,
+                            df::input_tokens,
+                            df::output_tokens,
+                            df::cost_cents,
+                        ),
+                    ))
+                    .into_boxed();
+                if let Some(tenant) = one {
+                    query = query.filter(df::tenant_id.eq(tenant));
+                }
+                query.load(self.conn)?
+            }
+            EntityColumn::User => {
+                let mut query = du::table
+                    .filter(du::day.between(from, to))
+                    .select((
+                        du::tenant_id,
+                        du::user_id,
+                        du::day,
+                        (
+                            du::requests,
+                            du::retries,
+                            du::input_tokens,
+                            du::output_tokens,
+                            du::cost_cents,
+                        ),
+                    ))
+                    .into_boxed();
+                if let Some(tenant) = one {
+                    query = query.filter(du::tenant_id.eq(tenant));
+                }
+                query.load(self.conn)?
+            }
+        };
+        let mut days: BTreeMap<(String, String, NaiveDate), Totals> = BTreeMap::new();
+        for (tenant_id, entity, day, (requests, retries, input, output, cents)) in rows {
+            *days.entry((tenant_id, entity, day)).or_default() += Totals {
+                requests,
+                retries,
+                input_tokens: input,
+                output_tokens: output,
+                cost_cents: cents,
+            };
+        }
+        Ok(days
+            .into_iter()
+            .map(|((tenant_id, entity, day), totals)| ScopeDay {
+                tenant_id,
+                entity: tag_of(entity),
+                day,
+                totals,
+            })
+            .collect())
+    }
+
+    /// The active budgets of one tenant or all, by tenant, type and entity.
+    pub fn fetch_active_budgets_of(&mut self, tenants: Tenants<'_>) -> Result<Vec<CostBudget>> {
+        tenants.validate()?;
+        use cost_budgets::dsl as b;
+        let mut query = b::cost_budgets
+            .filter(b::is_active.eq(true))
+            .order((
+                b::tenant_id,
+                b::budget_type,
+                b::entity_id.asc().nulls_first(),
+                b::id,
+            ))
+            .select(CostBudget::as_select())
+            .into_boxed();
+        if let Tenants::One(tenant) = tenants {
+            query = query.filter(b::tenant_id.eq(tenant));
+        }
+        Ok(query.load(self.conn)?)
+    }
+
+    /// Deactivates the active drift trackers of these tenants' whole spend (entity type
+    /// `tenant`, the tenant's own id as entity, as the detector keys them) in one
+    /// statement: drift ended for each. Returns how many were.
+    pub fn reset_tenant_drift(&mut self, tenant_ids: &[&str]) -> Result<usize> {
+        for tenant in tenant_ids {
+            validate::required("tenant_id", tenant, limits::TENANT_ID)?;
+        }
+        require_transaction(self.conn)?;
+        if tenant_ids.is_empty() {
+            return Ok(0);
+        }
+        Ok(diesel::update(
+            dt::table
+                .filter(dt::tenant_id.eq_any(tenant_ids))
+                .filter(dt::entity_type.eq(EntityType::Tenant))
+                .filter(dt::entity_id.eq(dt::tenant_id.nullable()))
                 .filter(dt::is_active.eq(true)),
         )
         .set((dt::is_active.eq(false), dt::updated_at.eq(diesel::dsl::now)))

@@ -21,7 +21,8 @@ pub use analytics_read::{
 };
 pub use anomaly::{
     ActivityComparison, AnomalyInput, AnomalyKey, BreachInput, CostAnomalyDriver, DayActivity,
-    DayComparison, DriftObservation, EntityColumn, EntitySpend, FeatureConcentration,
+    DayComparison, DriftObservation, EntityColumn, EntitySpend, FeatureConcentration, ScopeDay,
+    Tenants,
 };
 pub use audit::{AuditDriver, AuditOutcome};
 pub use cost_write::{

@@ -1,5 +1,6 @@
 //! The rollups of `cost_records`: `cost_rollup_hourly` (tenant × UTC hour × model ×
-//! feature tag) and `cost_rollup_daily_user` (tenant × UTC day × user). A trigger folds
+//! feature tag), `cost_rollup_daily` (tenant × UTC day × feature tag) and
+//! `cost_rollup_daily_user` (tenant × UTC day × user). A trigger folds
 //! every inserted record into both in the inserting transaction (migration
 //! `2026-12-02-000015_cost_rollups`); this module holds their sums and the pieces every
 //! read of them shares.
@@ -11,7 +12,10 @@ use diesel::dsl::{count_star, sum};
 use diesel::prelude::*;
 use serde::Serialize;
 
-use crate::schema::{cost_records as cr, cost_rollup_daily_user as du, cost_rollup_hourly as h};
+use crate::schema::{
+    cost_records as cr, cost_rollup_daily as df, cost_rollup_daily_user as du,
+    cost_rollup_hourly as h,
+};
 use crate::sql_fns::{bool_int4, numeric_int8};
 
 /// Sums over a set of cost records.
@@ -76,6 +80,17 @@ pub(crate) fn hourly_totals() -> _ {
     (requests, retries, input, output, cents)
 }
 
+/// The totals of `cost_rollup_daily` rows (summed over their slots).
+#[diesel::dsl::auto_type]
+pub(crate) fn daily_totals() -> _ {
+    let requests: SumInt8<df::requests> = numeric_int8(sum(df::requests));
+    let retries: SumInt8<df::retries> = numeric_int8(sum(df::retries));
+    let input: SumInt8<df::input_tokens> = numeric_int8(sum(df::input_tokens));
+    let output: SumInt8<df::output_tokens> = numeric_int8(sum(df::output_tokens));
+    let cents: Sum<df::cost_cents> = sum(df::cost_cents);
+    (requests, retries, input, output, cents)
+}
+
 /// The totals of `cost_rollup_daily_user` rows (summed over their slots).
 #[diesel::dsl::auto_type]
 pub(crate) fn user_totals() -> _ {
@@ -104,6 +119,14 @@ pub(crate) fn hourly_window<'a>(tenant_id: &'a str, from: DateTime<Utc>, to: Dat
         .filter(h::tenant_id.eq(tenant_id))
         .filter(h::bucket_hour.ge(from))
         .filter(h::bucket_hour.lt(to))
+}
+
+/// The tenant's per-tag daily rollup rows of the UTC days `from..=to`.
+#[diesel::dsl::auto_type]
+pub(crate) fn tag_days<'a>(tenant_id: &'a str, from: NaiveDate, to: NaiveDate) -> _ {
+    df::table
+        .filter(df::tenant_id.eq(tenant_id))
+        .filter(df::day.between(from, to))
 }
 
 /// The tenant's per-user rollup rows of the UTC days `from..=to`.

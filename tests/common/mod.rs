@@ -23,6 +23,14 @@ pub fn pool() -> &'static PgPool {
         .1
 }
 
+/// A fresh database of its own, migrated: for tests that need a database no other test
+/// of the binary writes to.
+pub fn fresh_database_migrated() -> String {
+    let url = fresh_database();
+    db::run_migrations(&mut db::connect(&url).expect("connect")).expect("migrations");
+    url
+}
+
 /// URL of this binary's migrated database.
 pub fn database_url() -> &'static str {
     pool();

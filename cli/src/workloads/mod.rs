@@ -266,6 +266,20 @@ pub fn percentile(mut v: Vec<Duration>, q: f64) -> Duration {
     v[rank - 1]
 }
 
+/// Runs `work` with the trigger that keeps the rollups of `cost_records` disabled: the
+/// same table, its indexes and constraints, without the rollups' writes — the baseline of
+/// what the rollups cost. The trigger is enabled again whatever `work` returns.
+pub fn without_rollups<T>(
+    conn: &mut PgConnection,
+    work: impl FnOnce(&mut PgConnection) -> Result<T>,
+) -> Result<T> {
+    use diesel::connection::SimpleConnection;
+    conn.batch_execute("ALTER TABLE cost_records DISABLE TRIGGER trg_cost_records_fold")?;
+    let result = work(conn);
+    conn.batch_execute("ALTER TABLE cost_records ENABLE TRIGGER trg_cost_records_fold")?;
+    result
+}
+
 /// Runs `work(i, state)` on one thread per state (e.g. a connection), all started together; returns the
 /// time until the last finished and every latency the threads reported.
 pub fn on_threads<T, F>(conns: &mut Vec<T>, work: F) -> Result<(Duration, Vec<Duration>)>

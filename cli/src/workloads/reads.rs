@@ -168,26 +168,36 @@ impl Read {
 
     /// The server's execution time of the query, from `EXPLAIN (ANALYZE, TIMING OFF)`.
     fn server_time(&self, conn: &mut PgConnection) -> Result<Duration> {
-        let w = self.window()?;
-        let sql = format!(
-            "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {}",
-            baseline_sql(self.query)
-        );
-        let base = diesel::sql_query(sql)
-            .bind::<Text, _>(TENANT)
-            .bind::<Timestamptz, _>(w.from)
-            .bind::<Timestamptz, _>(w.to);
-        let plan: Plan = if bucketed(self.query) {
-            base.bind::<Interval, _>(bucket_width(TimeBucket::Day))
-                .get_result(conn)?
-        } else {
-            base.get_result(conn)?
-        };
-        let ms = plan.plan[0]["Execution Time"]
-            .as_f64()
-            .ok_or_else(|| Error::invalid("plan", "EXPLAIN gave no execution time"))?;
-        Ok(Duration::from_secs_f64(ms / 1e3))
+        server_time(conn, self.query, TENANT, self.window()?)
     }
+}
+
+/// The server's execution time of `query`'s baseline statement for `tenant` over
+/// `window` in daily buckets, from `EXPLAIN (ANALYZE, TIMING OFF)`.
+fn server_time(
+    conn: &mut PgConnection,
+    query: AnalyticsQuery,
+    tenant: &str,
+    w: TimeWindow,
+) -> Result<Duration> {
+    let sql = format!(
+        "EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) {}",
+        baseline_sql(query)
+    );
+    let base = diesel::sql_query(sql)
+        .bind::<Text, _>(tenant)
+        .bind::<Timestamptz, _>(w.from)
+        .bind::<Timestamptz, _>(w.to);
+    let plan: Plan = if bucketed(query) {
+        base.bind::<Interval, _>(bucket_width(TimeBucket::Day))
+            .get_result(conn)?
+    } else {
+        base.get_result(conn)?
+    };
+    let ms = plan.plan[0]["Execution Time"]
+        .as_f64()
+        .ok_or_else(|| Error::invalid("plan", "EXPLAIN gave no execution time"))?;
+    Ok(Duration::from_secs_f64(ms / 1e3))
 }
 
 impl Workload for Read {
@@ -253,6 +263,132 @@ impl Workload for Read {
     }
 }
 
+/// One tenant's records, `$2` of them evenly over the 30 UTC days before `$3` (a UTC
+/// midnight), 5 models, 10 feature tags and untagged calls, 37 users.
+const LOAD_ONE_TENANT: &str = "\
+INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, model, input_tokens, \
+    output_tokens, cost_cents, created_at) \
+SELECT 'cr_' || $1 || '_' || i, $1, 'user-' || (i % 37), \
+    CASE WHEN i % 11 = 0 THEN NULL ELSE 'feature.' || (i % 10) END, \
+    (ARRAY['gpt-4o','gpt-4o-mini','claude-sonnet-4','claude-haiku','o3'])[1 + i % 5], \
+    100 + i % 900, 50 + i % 300, (i % 1000) / 7.0, \
+    $3 - make_interval(secs => (i::float8 * 2592000 / $2)) \
+FROM generate_series(1, $2) AS i";
+
+/// The tenants of [`Flat`]: 10⁵ and 10⁶ records in the window (÷ 10 when quick).
+const FLAT_SMALL: &str = "flat-tenant-small";
+const FLAT_LARGE: &str = "flat-tenant-large";
+
+/// Reads flat in the data: the three reads of a spend dashboard (spend per day, per model,
+/// per feature tag over 30 days) of a tenant with 10× the records of another, or against
+/// the raw scans they replace over the same records.
+struct Flat {
+    small: usize,
+    large: usize,
+    against_raw: bool,
+    window: Option<TimeWindow>,
+}
+
+impl Flat {
+    fn reads(&self, conn: &mut PgConnection, tenant: &str) -> Result<usize> {
+        let w = self
+            .window
+            .ok_or_else(|| Error::invalid("window", "prepare() was not called"))?;
+        let mut d = AnalyticsReadDriver::new(conn);
+        Ok(d.fetch_cost_spend(tenant, w, TimeBucket::Day)?.len()
+            + d.fetch_cost_by_model(tenant, w)?.len()
+            + d.fetch_cost_by_feature(tenant, w)?.len())
+    }
+
+    /// The server's execution time of the three raw scans over the large tenant's window.
+    fn raw_scans(&self, conn: &mut PgConnection) -> Result<Duration> {
+        let w = self
+            .window
+            .ok_or_else(|| Error::invalid("window", "prepare() was not called"))?;
+        let mut total = Duration::ZERO;
+        for query in [
+            AnalyticsQuery::CostSpend,
+            AnalyticsQuery::CostByModel,
+            AnalyticsQuery::CostByFeature,
+        ] {
+            total += server_time(conn, query, FLAT_LARGE, w)?;
+        }
+        Ok(total)
+    }
+}
+
+impl Workload for Flat {
+    fn name(&self) -> String {
+        format!(
+            "reads of a dashboard, 30 days of {} records of 1 tenant",
+            self.large
+        )
+    }
+    fn baseline_name(&self) -> &'static str {
+        if self.against_raw {
+            "EXPLAIN ANALYZE of the raw scans the rollup replaces"
+        } else {
+            "the same reads of a tenant with a tenth of the records"
+        }
+    }
+    fn target(&self) -> Target {
+        Target::AtMost(if self.against_raw { 0.02 } else { 1.2 })
+    }
+    fn direction(&self) -> Direction {
+        Direction::Overhead
+    }
+    fn prepare(&mut self, ctx: &mut Ctx) -> Result<()> {
+        let end = Utc::now()
+            .date_naive()
+            .succ_opt()
+            .ok_or_else(|| Error::invalid("now", "has no next day"))?
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc();
+        self.window = Some(TimeWindow::new(end - chrono::Duration::days(30), end)?);
+        let have = diesel::sql_query("SELECT count(*) AS n FROM cost_records WHERE tenant_id = $1")
+            .bind::<Text, _>(FLAT_LARGE)
+            .get_result::<Count>(&mut ctx.conn)?
+            .n;
+        if have == 0 {
+            for (tenant, rows) in [(FLAT_SMALL, self.small), (FLAT_LARGE, self.large)] {
+                diesel::sql_query(LOAD_ONE_TENANT)
+                    .bind::<Text, _>(tenant)
+                    .bind::<BigInt, _>(rows as i64)
+                    .bind::<Timestamptz, _>(end)
+                    .execute(&mut ctx.conn)?;
+            }
+            ctx.conn.batch_execute(
+                "VACUUM ANALYZE cost_records, cost_rollup_hourly, cost_rollup_daily_user",
+            )?;
+            let _ = ctx.conn.batch_execute("CHECKPOINT");
+        }
+        for _ in 0..WARM_UPS {
+            self.contender(ctx)?;
+            self.baseline(ctx)?;
+        }
+        Ok(())
+    }
+    fn rounds(&self) -> usize {
+        CALLS
+    }
+    fn per_trial(&self) -> Combine {
+        Combine::Median
+    }
+    fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        let started = Instant::now();
+        std::hint::black_box(self.reads(&mut ctx.conn, FLAT_LARGE)?);
+        Ok(started.elapsed())
+    }
+    fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        if self.against_raw {
+            return self.raw_scans(&mut ctx.conn);
+        }
+        let started = Instant::now();
+        std::hint::black_box(self.reads(&mut ctx.conn, FLAT_SMALL)?);
+        Ok(started.elapsed())
+    }
+}
+
 /// The six read workloads at `scale` (1,000,000 rows per table at full scale), and the
 /// shortest query (worker execution, about 0.4 ms, of which a round trip is 10–20 %)
 /// beside pgbench sending it: costdb's overhead over a C client.
@@ -269,5 +405,13 @@ pub fn read_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
                 window: None,
             }) as Box<dyn Workload>
         })
+        .chain([false, true].map(|against_raw| {
+            Box::new(Flat {
+                small: scale.of(100_000),
+                large: scale.of(1_000_000),
+                against_raw,
+                window: None,
+            }) as Box<dyn Workload>
+        }))
         .collect()
 }

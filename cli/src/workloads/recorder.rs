@@ -68,6 +68,22 @@ impl Workload for GroupCommit {
         Ok(())
     }
     fn contender(&mut self, _ctx: &mut Ctx) -> Result<Duration> {
+        self.contender_without_ctx()
+    }
+    fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        let rows = (self.threads * self.per_thread) as f64;
+        let took = pgbench(ctx, PGBENCH_SCRIPT, self.threads, self.per_thread)?;
+        self.baseline_rate = rows / took.as_secs_f64();
+        // Measured beside the baseline, outside both timings; reported in the name.
+        let ceiling = pgbench(ctx, &self.ceiling_script(), 1, self.per_thread)?;
+        self.ceiling = rows / ceiling.as_secs_f64();
+        Ok(took)
+    }
+}
+
+impl GroupCommit {
+    /// One round: every thread records its calls.
+    fn contender_without_ctx(&mut self) -> Result<Duration> {
         self.round += 1;
         let (round, per_thread) = (self.round, self.per_thread);
         let (elapsed, latencies) = super::on_threads(&mut self.recorders, move |t, recorder| {
@@ -95,34 +111,55 @@ impl Workload for GroupCommit {
         self.p99 = percentile(latencies, 0.99);
         Ok(elapsed)
     }
+}
+
+/// The recorder with the rollups against itself without them, 16 threads.
+struct RecorderRollups {
+    run: GroupCommit,
+}
+
+impl Workload for RecorderRollups {
+    fn name(&self) -> String {
+        format!(
+            "recorder with rollups: {} threads × {} calls",
+            self.run.threads, self.run.per_thread
+        )
+    }
+    fn baseline_name(&self) -> &'static str {
+        "the recorder without rollups"
+    }
+    fn target(&self) -> Target {
+        Target::AtLeast(0.9)
+    }
+    fn prepare(&mut self, ctx: &mut Ctx) -> Result<()> {
+        self.run.prepare(ctx)
+    }
+    fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        self.run.contender(ctx)
+    }
     fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
-        let rows = (self.threads * self.per_thread) as f64;
-        let took = pgbench(ctx, PGBENCH_SCRIPT, self.threads, self.per_thread)?;
-        self.baseline_rate = rows / took.as_secs_f64();
-        // Measured beside the baseline, outside both timings; reported in the name.
-        let ceiling = pgbench(ctx, &self.ceiling_script(), 1, self.per_thread)?;
-        self.ceiling = rows / ceiling.as_secs_f64();
-        Ok(took)
+        let run = &mut self.run;
+        super::without_rollups(&mut ctx.conn, |_| run.contender_without_ctx())
     }
 }
 
 /// The recorder workloads at `scale`: 16 and 64 threads of 2,000 calls each.
 pub fn recorder_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
-    [16, 64]
-        .into_iter()
-        .map(|threads| {
-            Box::new(GroupCommit {
-                threads,
-                per_thread: scale.of(2_000),
-                recorders: Vec::new(),
-                round: 0,
-                rate: 0.0,
-                p50: Duration::ZERO,
-                p99: Duration::ZERO,
-                mean_batch: 0.0,
-                ceiling: 0.0,
-                baseline_rate: 0.0,
-            }) as Box<dyn Workload>
-        })
-        .collect()
+    let run = |threads| GroupCommit {
+        threads,
+        per_thread: scale.of(2_000),
+        recorders: Vec::new(),
+        round: 0,
+        rate: 0.0,
+        p50: Duration::ZERO,
+        p99: Duration::ZERO,
+        mean_batch: 0.0,
+        ceiling: 0.0,
+        baseline_rate: 0.0,
+    };
+    vec![
+        Box::new(run(16)),
+        Box::new(run(64)),
+        Box::new(RecorderRollups { run: run(16) }),
+    ]
 }

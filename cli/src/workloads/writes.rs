@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use diesel::prelude::*;
 
-use super::{Ctx, Scale, Target, Workload};
+use super::{without_rollups, Ctx, Scale, Target, Workload};
 use costdb::drivers::{CostWriteDriver, RunCost, WorkerWriteDriver};
 use costdb::models::ids;
 use costdb::models::CostInput;
@@ -119,10 +119,10 @@ impl Workload for PerRow {
         }
     }
     fn baseline_name(&self) -> &'static str {
-        "prepared INSERT"
+        "prepared INSERT, table without rollups"
     }
     fn target(&self) -> Target {
-        Target::AtLeast(0.9)
+        Target::AtLeast(0.75)
     }
     fn rounds(&self) -> usize {
         WRITE_ROUNDS
@@ -143,7 +143,9 @@ impl Workload for PerRow {
     }
     fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
         let rows = cost_inputs(self.rows / WRITE_ROUNDS);
-        rolled_back(&mut ctx.conn, |c| plain_inserts(c, &rows))
+        without_rollups(&mut ctx.conn, |conn| {
+            rolled_back(conn, |c| plain_inserts(c, &rows))
+        })
     }
 }
 
@@ -158,7 +160,7 @@ impl Workload for Bulk {
         format!("bulk {}: record_costs × {}", self.rows, self.batch)
     }
     fn baseline_name(&self) -> &'static str {
-        "binary COPY"
+        "binary COPY, table without rollups"
     }
     fn target(&self) -> Target {
         Target::AtLeast(0.8)
@@ -175,7 +177,9 @@ impl Workload for Bulk {
     }
     fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
         let rows = cost_inputs(self.rows);
-        rolled_back(&mut ctx.conn, |c| copy_in(c, &rows).map(drop))
+        without_rollups(&mut ctx.conn, |conn| {
+            rolled_back(conn, |c| copy_in(c, &rows).map(drop))
+        })
     }
 }
 
@@ -281,6 +285,66 @@ impl Workload for Fenced {
     }
 }
 
+/// `hot key`: many threads each committing one call at a time, all of one tenant, model
+/// and feature (the rollups' hottest key), against the same writes without rollups.
+struct HotKey {
+    threads: usize,
+    per_thread: usize,
+    conns: Vec<PgConnection>,
+    round: usize,
+}
+
+impl HotKey {
+    fn run(&mut self) -> Result<Duration> {
+        self.round += 1;
+        let (round, per_thread) = (self.round, self.per_thread);
+        let (elapsed, _) = super::on_threads(&mut self.conns, move |t, conn| {
+            for n in 0..per_thread {
+                let cost = CostInput {
+                    tenant_id: "bench-hot-tenant".into(),
+                    feature_tag: Some("chat".into()),
+                    request_id: Some(format!("hot-{round}-{t}-{n}")),
+                    model: "gpt-4o".into(),
+                    input_tokens: 500,
+                    output_tokens: 200,
+                    cost_cents: 1.5,
+                    ..CostInput::default()
+                };
+                conn.transaction(|c| CostWriteDriver::new(c).insert_cost_record(&cost))?;
+            }
+            Ok(Vec::new())
+        })?;
+        Ok(elapsed)
+    }
+}
+
+impl Workload for HotKey {
+    fn name(&self) -> String {
+        format!(
+            "hot key: {} threads × {} per-call commits of 1 tenant, model, feature",
+            self.threads, self.per_thread
+        )
+    }
+    fn baseline_name(&self) -> &'static str {
+        "the same writes without rollups"
+    }
+    fn target(&self) -> Target {
+        Target::AtLeast(0.8)
+    }
+    fn prepare(&mut self, ctx: &mut Ctx) -> Result<()> {
+        self.conns = (0..self.threads)
+            .map(|_| costdb::db::connect(&ctx.url))
+            .collect::<costdb::Result<_>>()?;
+        Ok(())
+    }
+    fn contender(&mut self, _ctx: &mut Ctx) -> Result<Duration> {
+        self.run()
+    }
+    fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        without_rollups(&mut ctx.conn, |_| self.run())
+    }
+}
+
 /// The write workloads at `scale`.
 pub fn write_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
     let rows = scale.of(10_000);
@@ -305,6 +369,12 @@ pub fn write_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
         Box::new(Fenced {
             rows: scale.of(1_000),
             term: None,
+        }),
+        Box::new(HotKey {
+            threads: 64,
+            per_thread: scale.of(100),
+            conns: Vec::new(),
+            round: 0,
         }),
     ]
 }

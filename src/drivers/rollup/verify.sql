@@ -1,4 +1,4 @@
--- Every key of the two rollups whose sums differ from those of the records it stands for:
+-- Every key of the three rollups whose sums differ from those of the records it stands for:
 -- records of tenant $1 (every tenant when NULL) from instant $2 to $3 (unbounded when
 -- NULL), both whole UTC days. Counts and tokens must be equal; cents may differ by the
 -- rounding of summing in another order (1e-9 relative).
@@ -21,6 +21,25 @@ WITH rolled_hours AS (
       AND ($2::timestamptz IS NULL OR created_at >= $2)
       AND ($3::timestamptz IS NULL OR created_at < $3)
     GROUP BY 1, 2, 3, 4
+), rolled_tag_days AS (
+    SELECT tenant_id, day, feature_tag, sum(requests) AS requests, sum(retries) AS retries,
+           sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
+           sum(cost_cents) AS cost_cents
+    FROM cost_rollup_daily
+    WHERE ($1::text IS NULL OR tenant_id = $1)
+      AND ($2::timestamptz IS NULL OR day >= ($2 AT TIME ZONE 'UTC')::date)
+      AND ($3::timestamptz IS NULL OR day < ($3 AT TIME ZONE 'UTC')::date)
+    GROUP BY 1, 2, 3
+), recorded_tag_days AS (
+    SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date AS day,
+           coalesce(feature_tag, '') AS feature_tag, count(*) AS requests,
+           count(*) FILTER (WHERE is_retry) AS retries, sum(input_tokens) AS input_tokens,
+           sum(output_tokens) AS output_tokens, sum(cost_cents) AS cost_cents
+    FROM cost_records
+    WHERE ($1::text IS NULL OR tenant_id = $1)
+      AND ($2::timestamptz IS NULL OR created_at >= $2)
+      AND ($3::timestamptz IS NULL OR created_at < $3)
+    GROUP BY 1, 2, 3
 ), rolled_days AS (
     SELECT tenant_id, day, user_id, sum(requests) AS requests, sum(retries) AS retries,
            sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
@@ -51,6 +70,14 @@ WITH rolled_hours AS (
     FROM rolled_hours o
     FULL JOIN recorded_hours r USING (tenant_id, bucket_hour, model, feature_tag)
     UNION ALL
+    SELECT 'daily', tenant_id, day::timestamp AT TIME ZONE 'UTC', NULL, feature_tag, NULL,
+           o.requests AS o_requests, o.retries AS o_retries, o.input_tokens AS o_input,
+           o.output_tokens AS o_output, o.cost_cents AS o_cents,
+           r.requests AS r_requests, r.retries AS r_retries, r.input_tokens AS r_input,
+           r.output_tokens AS r_output, r.cost_cents AS r_cents
+    FROM rolled_tag_days o
+    FULL JOIN recorded_tag_days r USING (tenant_id, day, feature_tag)
+    UNION ALL
     SELECT 'daily_user', tenant_id, day::timestamp AT TIME ZONE 'UTC', NULL, NULL,
            user_id,
            o.requests AS o_requests, o.retries AS o_retries, o.input_tokens AS o_input,
@@ -77,4 +104,5 @@ WHERE o_requests IS DISTINCT FROM r_requests
    OR o_input IS DISTINCT FROM r_input
    OR o_output IS DISTINCT FROM r_output
    OR abs(o_cents - r_cents) > 1e-9 * greatest(abs(o_cents), abs(r_cents))
-ORDER BY rollup DESC, tenant_id, bucket, model, feature_tag, user_id
+ORDER BY CASE rollup WHEN 'hourly' THEN 0 WHEN 'daily' THEN 1 ELSE 2 END,
+         tenant_id, bucket, model, feature_tag, user_id
