@@ -507,26 +507,12 @@ fn a_repeated_request_a_rollback_and_a_past_instant_count_as_the_records_do() {
     );
 }
 
-/// Two connections whose backends share a rollup slot (pid modulo 8), so their batches
-/// meet on the same rollup rows.
-fn connections_sharing_a_slot() -> (PgConnection, PgConnection) {
-    #[derive(QueryableByName)]
-    struct Pid {
-        #[diesel(sql_type = diesel::sql_types::Integer)]
-        pid: i32,
-    }
-    let mut by_slot: BTreeMap<i32, PgConnection> = BTreeMap::new();
-    loop {
-        let mut c = db::connect(common::database_url()).unwrap();
-        let pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
-            .get_result::<Pid>(&mut c)
-            .unwrap()
-            .pid;
-        if let Some(other) = by_slot.remove(&(pid % 8)) {
-            return (other, c);
-        }
-        by_slot.insert(pid % 8, c);
-    }
+/// A connection whose rollup slot is pinned to `slot`.
+fn with_slot(slot: i32) -> PgConnection {
+    let mut conn = db::connect(common::database_url()).unwrap();
+    conn.batch_execute(&format!("SET costdb.rollup_slot = {slot}"))
+        .unwrap();
+    conn
 }
 
 #[test]
@@ -546,7 +532,8 @@ fn concurrent_batches_over_the_same_keys_in_opposite_orders_do_not_deadlock() {
         })
         .collect();
     let reversed: Vec<CostInput> = keys.iter().rev().cloned().collect();
-    let (a, b) = connections_sharing_a_slot();
+    // One slot for both, so their batches meet on the same rollup rows.
+    let (a, b) = (with_slot(5), with_slot(5));
     let rounds = 30;
     let barrier = Arc::new(Barrier::new(2));
     let run = |mut conn: PgConnection, batch: Vec<CostInput>, barrier: Arc<Barrier>| {
@@ -822,4 +809,85 @@ fn cost_records_keeps_only_the_indexes_a_query_uses() {
         .unwrap()
     });
     assert!(edge.contains("ix_cost_records_tenant_created"), "{edge}");
+}
+
+#[test]
+fn compact_folds_the_slots_of_past_days_and_leaves_every_sum_as_it_was() {
+    #[derive(QueryableByName)]
+    struct Rows {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let tenant = common::tenant();
+    let yesterday = Utc.with_ymd_and_hms(2026, 8, 1, 9, 30, 0).unwrap();
+    let today = yesterday + Duration::days(1);
+    let midnight = today.date_naive().and_time(NaiveTime::MIN).and_utc();
+    // (rows of the hourly rollup before today, rows of today)
+    let rows = |conn: &mut PgConnection| -> (i64, i64) {
+        let mut count = |sql: &str| {
+            diesel::sql_query(sql)
+                .bind::<diesel::sql_types::Text, _>(&tenant)
+                .bind::<diesel::sql_types::Timestamptz, _>(midnight)
+                .get_result::<Rows>(conn)
+                .unwrap()
+                .n
+        };
+        (
+            count(
+                "SELECT count(*) AS n FROM cost_rollup_hourly \
+                 WHERE tenant_id = $1 AND bucket_hour < $2",
+            ),
+            count(
+                "SELECT count(*) AS n FROM cost_rollup_hourly \
+                 WHERE tenant_id = $1 AND bucket_hour >= $2",
+            ),
+        )
+    };
+    // Four writers in four slots: each key lands in four rows.
+    for slot in [3, 17, 40, 63] {
+        let mut conn = with_slot(slot);
+        conn.transaction::<_, costdb::Error, _>(|c| {
+            let cost = |at| CostInput {
+                user_id: Some("ann".into()),
+                feature_tag: Some("chat".into()),
+                created_at: Some(at),
+                input_tokens: 7,
+                ..base(&tenant, "o3", 1.25)
+            };
+            CostWriteDriver::new(c).record_costs(&[cost(yesterday), cost(today)])?;
+            Ok(())
+        })
+        .unwrap();
+    }
+    let mut conn = db::connect(common::database_url()).unwrap();
+    assert_eq!(rows(&mut conn), (4, 4));
+    let window = TimeWindow::new(yesterday - Duration::days(1), today + Duration::days(1)).unwrap();
+    let spend = |conn: &mut PgConnection| {
+        AnalyticsReadDriver::new(conn)
+            .fetch_cost_spend(&tenant, window, TimeBucket::Hour)
+            .unwrap()
+    };
+    let read_before = spend(&mut conn);
+    assert_eq!(read_before[0].requests, 4);
+    let (removed, _) = conn
+        .transaction(|c| RollupDriver::new(c).compact(today.date_naive()))
+        .unwrap();
+    // Yesterday's key is one row now (3 moved in each rollup, maybe more of other tests'
+    // past days); today's slots are left as they were.
+    assert!(removed >= 9, "{removed}");
+    assert_eq!(rows(&mut conn), (1, 4));
+    assert_eq!(spend(&mut conn), read_before);
+    assert_eq!(
+        RollupDriver::new(&mut conn)
+            .fetch_differences(&RollupRange {
+                tenant_id: Some(tenant.clone()),
+                ..RollupRange::default()
+            })
+            .unwrap(),
+        vec![]
+    );
+    assert!(matches!(
+        RollupDriver::new(&mut conn).compact(today.date_naive()),
+        Err(costdb::Error::NoTransaction)
+    ));
 }

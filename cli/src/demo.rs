@@ -511,23 +511,21 @@ fn noon(day: NaiveDate) -> DateTime<Utc> {
     Utc.from_utc_datetime(&day.and_hms_opt(12, 0, 0).expect("noon"))
 }
 
-/// The detector over the last three days, day by day, for every tenant (the drift rule
-/// needs three days in a row), queueing an alert for each new anomaly.
+/// The detector over the last three days, day by day, for every tenant at once (the drift
+/// rule needs three days in a row), queueing an alert for each new anomaly.
 fn detect(conn: &mut PgConnection, p: &Platform, found: &mut Findings) -> costdb::Result<()> {
     let detector = AnomalyDetector::default();
     let days: Vec<NaiveDate> = p.days().filter(|d| (p.last - *d).num_days() < 3).collect();
-    let bar = progress((days.len() * p.tenants.len()) as u64, "detector");
+    let bar = progress(days.len() as u64, "detector");
     for day in days {
-        for tenant in &p.tenants {
-            let (anomalies, queued) = conn.transaction(|c| {
-                let anomalies = detector.detect(c, tenant, noon(day))?;
-                let queued = AlertDriver::new(c).insert_anomaly_alerts(&anomalies, 10)?;
-                Ok::<_, costdb::Error>((anomalies, queued.len()))
-            })?;
-            found.anomalies.extend(anomalies);
-            found.queued += queued;
-            bar.inc(1);
-        }
+        let (anomalies, queued) = conn.transaction(|c| {
+            let anomalies = detector.detect_all(c, noon(day))?;
+            let queued = AlertDriver::new(c).insert_anomaly_alerts(&anomalies, 10)?;
+            Ok::<_, costdb::Error>((anomalies, queued.len()))
+        })?;
+        found.anomalies.extend(anomalies);
+        found.queued += queued;
+        bar.inc(1);
     }
     bar.finish_and_clear();
     Ok(())

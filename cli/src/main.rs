@@ -86,7 +86,7 @@ enum Command {
     #[command(subcommand)]
     Rollup(rollup::Rollups),
     /// Periodic chores under leader election: reclaim expired budget reservations, retry
-    /// dead-letter alerts, purge old ones.
+    /// dead-letter alerts, purge old ones, fold the rollups' slots of past days.
     Upkeep(upkeep::Options),
 }
 

@@ -1,12 +1,13 @@
 //! `costdb upkeep`: the periodic chores, run by one process at a time under leader
-//! election: reclaim expired budget reservations, retry dead-letter alerts, purge old ones.
+//! election: reclaim expired budget reservations, retry dead-letter alerts, purge old ones,
+//! fold the rollups' slots of past days.
 
 use std::io::Write;
 
 use chrono::{Duration, Utc};
 use costdb::admission::AdmissionDriver;
 use costdb::db;
-use costdb::drivers::AlertDriver;
+use costdb::drivers::{AlertDriver, RollupDriver};
 use costdb::leader::{self, LeaderGuard};
 use costdb::models::AlertStatus;
 use costdb::types::locks::LOCK_UPKEEP;
@@ -79,6 +80,12 @@ pub fn run(options: Options) -> Outcome {
         "purged {purged} sent or failed alert(s) created before {}",
         cutoff.to_rfc3339()
     )?;
+    let today = now.date_naive();
+    let (removed, folded) = conn.transaction(|c| {
+        leader::check_term(c, LOCK_UPKEEP, term)?;
+        RollupDriver::new(c).compact(today)
+    })?;
+    say!("folded {removed} rollup slot row(s) of days before {today} into {folded}")?;
     guard.release()?;
     Ok(())
 }

@@ -855,6 +855,7 @@ fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
     use costdb::admission::{Admission, AdmissionDriver, ReserveInput};
     use costdb::drivers::BudgetLimits;
     use costdb::types::BudgetScope;
+    use diesel::connection::SimpleConnection;
     use diesel::Connection;
     let url = common::fresh_database();
     let mut conn = costdb::db::connect(&url).unwrap();
@@ -889,6 +890,15 @@ fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
     let Admission::Admitted { reservation, .. } = held else {
         panic!("{held:?}")
     };
+    // A past day's calls from two writers in two rollup slots.
+    for slot in [1, 2] {
+        conn.batch_execute(&format!(
+            "SET costdb.rollup_slot = {slot}; \
+             INSERT INTO cost_records (id, tenant_id, model, cost_cents, created_at) \
+             VALUES ('cr_slot_{slot}', 'acme', 'o3', 1, '2026-01-05 10:00+00')"
+        ))
+        .unwrap();
+    }
     let out = costdb(&["upkeep"], Some(&url));
     assert!(out.status.success(), "{out:?}");
     let text = stdout(&out);
@@ -896,6 +906,13 @@ fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
         text.contains("reclaimed 1 expired budget reservation(s)"),
         "{text}"
     );
+    // The hourly and the daily rollup held the key in two slots (no user, so no row per
+    // user): one row each now.
+    assert!(
+        text.contains("folded 4 rollup slot row(s) of days before"),
+        "{text}"
+    );
+    assert!(text.contains("into 2"), "{text}");
     let stored = conn
         .transaction(|c| AdmissionDriver::new(c).fetch_reservation("acme", &reservation.id))
         .unwrap()

@@ -7,7 +7,9 @@
 -- Untagged records are feature_tag '' here (a key column cannot be NULL; costdb refuses an
 -- empty tag, so '' names no real tag). `slot` spreads a hot key over rows, one per backend
 -- modulo 64, so concurrent per-call writers of one tenant, model and feature do not queue
--- on one row lock until each other's commit; readers sum the slots.
+-- on one row lock until each other's commit; readers sum the slots, and `costdb upkeep`
+-- folds the slots of past days into slot 0. A session may pin its slot with
+-- `SET costdb.rollup_slot = n`.
 -- Rows are kept when records are later dropped: history beyond the raw retention remains.
 
 -- Spend and usage per tenant, UTC hour, model and feature tag.
@@ -62,7 +64,8 @@ CREATE INDEX ix_cost_rollup_daily_user_day ON cost_rollup_daily_user USING brin 
 
 CREATE FUNCTION costdb_fold_cost_records() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    this_slot smallint := (pg_backend_pid() % 64)::smallint;
+    this_slot smallint := coalesce(nullif(current_setting('costdb.rollup_slot', true), '')::smallint,
+                                   (pg_backend_pid() % 64)::smallint);
 BEGIN
     INSERT INTO cost_rollup_hourly AS r
         (tenant_id, bucket_hour, model, feature_tag, slot,

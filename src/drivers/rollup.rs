@@ -182,6 +182,18 @@ const VERIFY: &str = include_str!("rollup/verify.sql");
 /// The rollups of a range summed again from its records (see the file).
 const REBUILD: &str = include_str!("rollup/rebuild.sql");
 
+/// Rows folded by [`RollupDriver::compact`].
+#[derive(QueryableByName)]
+struct Compacted {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+    #[diesel(sql_type = BigInt)]
+    folded: i64,
+}
+
+/// The slots of the days before a day folded into one row per key (see the file).
+const COMPACT: &str = include_str!("rollup/compact.sql");
+
 /// Checks and repairs the rollups of `cost_records`.
 pub struct RollupDriver<'c> {
     conn: &'c mut PgConnection,
@@ -208,6 +220,25 @@ impl<'c> RollupDriver<'c> {
         }
         .load(self.conn)?;
         Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// Folds the slots of every rollup row of the UTC days before `before` into one row per
+    /// key (slot 0), in one statement: concurrent writers of a hot key spread over up to
+    /// 64 slots while its day is current, and once the day is past readers need only one
+    /// row. Sums are unchanged in every snapshot. Returns (rows removed, rows they were
+    /// folded into).
+    ///
+    /// # Errors
+    /// [`Error::NoTransaction`] outside a transaction.
+    pub fn compact(&mut self, before: NaiveDate) -> Result<(i64, i64)> {
+        validate::instant("before", before.and_time(NaiveTime::MIN).and_utc())?;
+        require_transaction(self.conn)?;
+        let done: Compacted = Prepared {
+            sql: COMPACT,
+            params: &[Param::Day(before)],
+        }
+        .get_result(self.conn)?;
+        Ok((done.n, done.folded))
     }
 
     /// Recomputes the rollups of `range` from its records. Blocks inserts of cost records
