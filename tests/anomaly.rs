@@ -1002,3 +1002,63 @@ fn the_migration_folds_the_originals_empty_entities_into_one_row_per_key() {
         )
         .is_err());
 }
+
+#[test]
+fn the_set_based_reads_and_writes_refuse_bad_input_and_write_nothing() {
+    use costdb::drivers::{EntityColumn, Tenants};
+    use costdb::models::BreachType;
+    let mut conn = common::test_conn();
+    let tenant = common::tenant();
+    let mut d = CostAnomalyDriver::new(&mut conn);
+    let (from, to) = (date(1), date(9));
+    assert_invalid(
+        d.fetch_scope_days(Tenants::One(""), EntityColumn::User, from, to),
+        "tenant_id",
+    );
+    assert_invalid(
+        d.fetch_scope_days(Tenants::All, EntityColumn::Feature, to, from),
+        "window",
+    );
+    assert_invalid(
+        d.fetch_breach_days(
+            Tenants::One(&"t".repeat(65)),
+            BreachType::AbsoluteSpike,
+            from,
+            to,
+        ),
+        "tenant_id",
+    );
+    assert_invalid(d.fetch_active_budgets_of(Tenants::One(" ")), "tenant_id");
+    assert_invalid(d.reset_tenant_drift(&[&tenant, ""]), "tenant_id");
+    // One bad breach refuses the batch: nothing of it is written.
+    let good = breach(Some("u"), date(9), 150.0);
+    let mut bad = breach(Some("v"), date(9), 150.0);
+    bad.deviation_pct = f64::NAN;
+    assert_invalid(
+        d.insert_breach_histories(&[(&tenant, &good), (&tenant, &bad)]),
+        "deviation_pct",
+    );
+    assert_eq!(
+        d.fetch_breach_days(Tenants::One(&tenant), BreachType::AbsoluteSpike, from, to)
+            .unwrap(),
+        vec![]
+    );
+    // Written, the good one reads back; twice is still one row.
+    for _ in 0..2 {
+        assert_eq!(d.insert_breach_histories(&[(&tenant, &good)]).unwrap(), 1);
+    }
+    assert_eq!(
+        d.fetch_breach_days(Tenants::One(&tenant), BreachType::AbsoluteSpike, from, to)
+            .unwrap(),
+        vec![(tenant.clone(), good.entity.clone(), date(9))]
+    );
+    let mut bare = costdb::db::connect(common::database_url()).unwrap();
+    assert!(matches!(
+        CostAnomalyDriver::new(&mut bare).insert_breach_histories(&[(&tenant, &good)]),
+        Err(Error::NoTransaction)
+    ));
+    assert!(matches!(
+        CostAnomalyDriver::new(&mut bare).reset_tenant_drift(&[&tenant]),
+        Err(Error::NoTransaction)
+    ));
+}
