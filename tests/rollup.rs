@@ -891,3 +891,48 @@ fn compact_folds_the_slots_of_past_days_and_leaves_every_sum_as_it_was() {
         Err(costdb::Error::NoTransaction)
     ));
 }
+
+#[test]
+fn history_stays_readable_after_its_records_are_dropped() {
+    let mut conn = db::connect(common::database_url()).unwrap();
+    let tenant = common::tenant();
+    let old = Utc.with_ymd_and_hms(2025, 3, 3, 8, 15, 0).unwrap();
+    conn.transaction::<_, costdb::Error, _>(|c| {
+        let cost = |minutes: i64, model: &str, cents: f64| CostInput {
+            feature_tag: Some("chat".into()),
+            user_id: Some("ann".into()),
+            created_at: Some(old + Duration::minutes(minutes)),
+            ..base(&tenant, model, cents)
+        };
+        CostWriteDriver::new(c).record_costs(&[
+            cost(0, "o3", 2.0),
+            cost(90, "o3", 3.0),
+            cost(600, "gpt-4o", 5.0),
+        ])?;
+        Ok(())
+    })
+    .unwrap();
+    let day = old.date_naive().and_time(NaiveTime::MIN).and_utc();
+    let window = TimeWindow::new(day, day + Duration::days(1)).unwrap();
+    let read = |conn: &mut PgConnection| {
+        let mut d = AnalyticsReadDriver::new(conn);
+        (
+            d.fetch_cost_spend(&tenant, window, TimeBucket::Hour)
+                .unwrap(),
+            d.fetch_cost_by_model(&tenant, window).unwrap(),
+            d.fetch_cost_by_feature(&tenant, window).unwrap(),
+            CostAnomalyDriver::new(conn)
+                .fetch_monthly_spend(&tenant, old.date_naive(), &BudgetScope::User("ann".into()))
+                .unwrap(),
+        )
+    };
+    let before = read(&mut conn);
+    assert_eq!(before.0.len(), 3);
+    assert_eq!(before.3, 10.0);
+    // Retention drops the day's records; the rollups keep its history.
+    let dropped = diesel::delete(cr::table.filter(cr::tenant_id.eq(&tenant)))
+        .execute(&mut conn)
+        .unwrap();
+    assert_eq!(dropped, 3);
+    assert_eq!(read(&mut conn), before);
+}
