@@ -105,8 +105,8 @@ pub struct AnomalyDetector {
 /// its tenant and its entity (`None` for the whole tenant).
 type ScopeKey = (Option<EntityColumn>, String, Option<String>);
 
-/// Every scope's totals per UTC day over the days the rules look at, read in two
-/// statements for all the tenants of a run.
+/// Every scope's totals per UTC day over the days the rules look at, read in one
+/// statement for all the tenants of a run.
 struct DayBook {
     days: BTreeMap<ScopeKey, BTreeMap<NaiveDate, Totals>>,
 }
@@ -122,20 +122,24 @@ impl DayBook {
         let mut add = |key: ScopeKey, day: NaiveDate, totals: Totals| {
             *days.entry(key).or_default().entry(day).or_default() += totals;
         };
-        // The tags of a day, untagged calls included, sum to the tenant's day.
-        for row in d.fetch_scope_days(tenants, EntityColumn::Feature, from, to)? {
+        // Each row counts for its tenant, its tag and its user.
+        for row in d.fetch_days(tenants, from, to)? {
             add((None, row.tenant_id.clone(), None), row.day, row.totals);
-            if row.entity.is_some() {
-                let key = (Some(EntityColumn::Feature), row.tenant_id, row.entity);
+            if row.feature_tag.is_some() {
+                let key = (
+                    Some(EntityColumn::Feature),
+                    row.tenant_id.clone(),
+                    row.feature_tag,
+                );
                 add(key, row.day, row.totals);
             }
-        }
-        for row in d.fetch_scope_days(tenants, EntityColumn::User, from, to)? {
-            add(
-                (Some(EntityColumn::User), row.tenant_id, row.entity),
-                row.day,
-                row.totals,
-            );
+            if row.user_id.is_some() {
+                add(
+                    (Some(EntityColumn::User), row.tenant_id, row.user_id),
+                    row.day,
+                    row.totals,
+                );
+            }
         }
         Ok(DayBook { days })
     }
@@ -239,8 +243,8 @@ impl AnomalyDetector {
     }
 
     /// [`detect`](Self::detect) for every tenant at once, in a fixed number of statements
-    /// however many tenants there are: two read every scope's days from the daily
-    /// rollups, one the budgets, one writes all breaches and one reads their runs; only
+    /// however many tenants there are: one reads every scope's days from the daily
+    /// rollup, one the budgets, one writes all breaches and one reads their runs; only
     /// drift days and the anomalies found take a statement each. Returns the anomalies by
     /// tenant, each tenant's in the order of `detect`.
     ///

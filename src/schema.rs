@@ -199,26 +199,12 @@ diesel::table! {
 }
 
 diesel::table! {
-    cost_rollup_daily (tenant_id, day, feature_tag, slot) {
+    cost_rollup_daily (tenant_id, day, feature_tag, user_id, slot) {
         #[max_length = 64]
         tenant_id -> Varchar,
         day -> Date,
         #[max_length = 128]
         feature_tag -> Varchar,
-        slot -> Int2,
-        requests -> Int8,
-        retries -> Int8,
-        input_tokens -> Int8,
-        output_tokens -> Int8,
-        cost_cents -> Float8,
-    }
-}
-
-diesel::table! {
-    cost_rollup_daily_user (tenant_id, day, user_id, slot) {
-        #[max_length = 64]
-        tenant_id -> Varchar,
-        day -> Date,
         #[max_length = 64]
         user_id -> Varchar,
         slot -> Int2,
@@ -448,7 +434,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     cost_drift_tracking,
     cost_records,
     cost_rollup_daily,
-    cost_rollup_daily_user,
     cost_rollup_hourly,
     costsim_alert_queue,
     costsim_cb_incidents,

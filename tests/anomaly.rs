@@ -1005,20 +1005,14 @@ fn the_migration_folds_the_originals_empty_entities_into_one_row_per_key() {
 
 #[test]
 fn the_set_based_reads_and_writes_refuse_bad_input_and_write_nothing() {
-    use costdb::drivers::{EntityColumn, Tenants};
+    use costdb::drivers::Tenants;
     use costdb::models::BreachType;
     let mut conn = common::test_conn();
     let tenant = common::tenant();
     let mut d = CostAnomalyDriver::new(&mut conn);
     let (from, to) = (date(1), date(9));
-    assert_invalid(
-        d.fetch_scope_days(Tenants::One(""), EntityColumn::User, from, to),
-        "tenant_id",
-    );
-    assert_invalid(
-        d.fetch_scope_days(Tenants::All, EntityColumn::Feature, to, from),
-        "window",
-    );
+    assert_invalid(d.fetch_days(Tenants::One(""), from, to), "tenant_id");
+    assert_invalid(d.fetch_days(Tenants::All, to, from), "window");
     assert_invalid(
         d.fetch_breach_days(
             Tenants::One(&"t".repeat(65)),

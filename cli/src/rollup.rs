@@ -73,16 +73,11 @@ fn key(d: &RollupDifference) -> String {
             d.feature_tag.as_deref().unwrap_or("(none)")
         ),
         Rollup::Daily => format!(
-            "daily       {} {} tag {}",
+            "daily       {} {} tag {} user {}",
             d.tenant_id,
             d.bucket.date_naive(),
-            d.feature_tag.as_deref().unwrap_or("(none)")
-        ),
-        Rollup::DailyUser => format!(
-            "daily_user  {} {} user {}",
-            d.tenant_id,
-            d.bucket.date_naive(),
-            d.user_id.as_deref().unwrap_or("-")
+            d.feature_tag.as_deref().unwrap_or("(none)"),
+            d.user_id.as_deref().unwrap_or("(none)")
         ),
     }
 }
@@ -113,10 +108,9 @@ pub fn run(what: Rollups) -> Outcome {
             let mut conn = db::connect(&require_url(target)?)?;
             let summary = conn.transaction(|c| RollupDriver::new(c).rebuild(&range))?;
             say!(
-                "rebuilt: {} hourly rows, {} daily rows, {} daily user rows",
+                "rebuilt: {} hourly rows, {} daily rows",
                 summary.hourly_rows,
-                summary.daily_rows,
-                summary.daily_user_rows
+                summary.daily_rows
             )?;
         }
     }

@@ -581,14 +581,14 @@ fn rollup_verify_finds_a_planted_difference_and_rebuild_repairs_it() {
     let verify = [&["rollup", "verify"][..], &range[..]].concat();
     let found = costdb(&verify, Some(&url));
     let err = one_error_line(&found);
-    assert!(err.contains("3 rollup key(s) differ"), "{err}");
+    assert!(err.contains("2 rollup key(s) differ"), "{err}");
     let text = stdout(&found);
     assert!(
         text.contains("hourly      acme 2026-11-05T10:00Z model o3 tag chat"),
         "{text}"
     );
     assert!(
-        text.contains("daily_user  acme 2026-11-05 user ann"),
+        text.contains("daily       acme 2026-11-05 tag chat user ann"),
         "{text}"
     );
     assert!(
@@ -619,7 +619,7 @@ fn rollup_verify_finds_a_planted_difference_and_rebuild_repairs_it() {
     );
     assert!(rebuild.status.success(), "{rebuild:?}");
     assert!(
-        stdout(&rebuild).contains("rebuilt: 1 hourly rows, 1 daily rows, 1 daily user rows"),
+        stdout(&rebuild).contains("rebuilt: 1 hourly rows, 1 daily rows"),
         "{rebuild:?}"
     );
     assert!(costdb(&["rollup", "verify"], Some(&url)).status.success());
@@ -906,8 +906,7 @@ fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
         text.contains("reclaimed 1 expired budget reservation(s)"),
         "{text}"
     );
-    // The hourly and the daily rollup held the key in two slots (no user, so no row per
-    // user): one row each now.
+    // The hourly and the daily rollup held the key in two slots: one row each now.
     assert!(
         text.contains("folded 4 rollup slot row(s) of days before"),
         "{text}"

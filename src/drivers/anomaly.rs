@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::db::require_transaction;
 use crate::error::{Error, Result};
-use crate::models::rollup::{daily_totals, tag_days, tag_of, user_days, user_totals, TotalsRow};
+use crate::models::rollup::{daily_totals, daily_window, tag_of, TotalsRow};
 use crate::models::{
     ids, AnomalyType, BreachType, CostAnomaly, CostBudget, DerivedCause, DriftTracking, EntityType,
     Severity, Totals,
@@ -21,7 +21,6 @@ use crate::models::{
 use crate::prepared::{Param, Prepared};
 use crate::schema::{
     cost_anomalies as ca, cost_budgets, cost_drift_tracking as dt, cost_rollup_daily as df,
-    cost_rollup_daily_user as du,
 };
 use crate::types::{limits, BudgetScope, EntityKey};
 use crate::validate;
@@ -180,15 +179,18 @@ impl Tenants<'_> {
     }
 }
 
-/// One scope's totals on one UTC day, from [`CostAnomalyDriver::fetch_scope_days`].
+/// A tenant's calls of one UTC day, feature tag and user, from
+/// [`CostAnomalyDriver::fetch_days`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ScopeDay {
+pub struct DayRow {
     /// The tenant.
     pub tenant_id: String,
-    /// The feature tag (`None`: calls without one) or the user.
-    pub entity: Option<String>,
     /// The UTC day.
     pub day: NaiveDate,
+    /// The feature tag (`None`: calls without one).
+    pub feature_tag: Option<String>,
+    /// The user (`None`: calls without one).
+    pub user_id: Option<String>,
     /// The calls' sums.
     pub totals: Totals,
 }
@@ -237,10 +239,10 @@ fn days(from: NaiveDate, to: NaiveDate) -> Result<(DateTime<Utc>, DateTime<Utc>)
 /// A rollup row's sums as stored: requests, retries, input and output tokens, cents.
 type RolledRow = (i64, i64, i64, i64, f64);
 
-/// The tenant's per-tag rows of the UTC days `from..=to`, refusing a reversed range.
-fn tags(tenant_id: &str, from: NaiveDate, to: NaiveDate) -> Result<tag_days<'_>> {
+/// The tenant's daily rollup rows of the UTC days `from..=to`, refusing a reversed range.
+fn tags(tenant_id: &str, from: NaiveDate, to: NaiveDate) -> Result<daily_window<'_>> {
     days(from, to)?;
-    Ok(tag_days(tenant_id, from, to))
+    Ok(daily_window(tenant_id, from, to))
 }
 
 /// One UTC day's calls of a budget scope: what the cause comparisons are made of.
@@ -318,18 +320,16 @@ impl<'c> CostAnomalyDriver<'c> {
     ) -> Result<Vec<EntitySpend>> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let rows: Vec<(String, Option<f64>, i64)> = match column {
-            EntityColumn::User => {
-                days(from, to)?;
-                user_days(tenant_id, from, to)
-                    .group_by(du::user_id)
-                    .select((
-                        du::user_id,
-                        sum(du::cost_cents),
-                        count(du::day).aggregate_distinct(),
-                    ))
-                    .order(du::user_id)
-                    .load(self.conn)?
-            }
+            EntityColumn::User => tags(tenant_id, from, to)?
+                .filter(df::user_id.ne(""))
+                .group_by(df::user_id)
+                .select((
+                    df::user_id,
+                    sum(df::cost_cents),
+                    count(df::day).aggregate_distinct(),
+                ))
+                .order(df::user_id)
+                .load(self.conn)?,
             EntityColumn::Feature => tags(tenant_id, from, to)?
                 .filter(df::feature_tag.ne(""))
                 .group_by(df::feature_tag)
@@ -363,10 +363,11 @@ impl<'c> CostAnomalyDriver<'c> {
     ) -> Result<Vec<EntitySpend>> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let rows: Vec<(String, Option<f64>)> = match column {
-            EntityColumn::User => user_days(tenant_id, today, today)
-                .group_by(du::user_id)
-                .select((du::user_id, sum(du::cost_cents)))
-                .order(du::user_id)
+            EntityColumn::User => tags(tenant_id, today, today)?
+                .filter(df::user_id.ne(""))
+                .group_by(df::user_id)
+                .select((df::user_id, sum(df::cost_cents)))
+                .order(df::user_id)
                 .load(self.conn)?,
             EntityColumn::Feature => tags(tenant_id, today, today)?
                 .filter(df::feature_tag.ne(""))
@@ -432,8 +433,8 @@ impl<'c> CostAnomalyDriver<'c> {
             .unwrap_or(0.0))
     }
 
-    /// The totals of a budget's scope over the UTC days `from..=to`: the tenant's and a
-    /// feature tag's from the daily rollup per tag, a user's from the one per user.
+    /// The totals of a budget's scope over the UTC days `from..=to`, from the daily
+    /// rollup.
     fn scope_totals(
         &mut self,
         tenant_id: &str,
@@ -452,9 +453,8 @@ impl<'c> CostAnomalyDriver<'c> {
             }
             BudgetScope::User(user) => {
                 validate::required("scope", user, limits::TAG)?;
-                user_days(tenant_id, from, to)
-                    .filter(du::user_id.eq(user))
-                    .select(user_totals())
+                tags.filter(df::user_id.eq(user))
+                    .select(daily_totals())
                     .get_result(self.conn)?
             }
         };
@@ -873,72 +873,42 @@ impl<'c> CostAnomalyDriver<'c> {
         .execute(self.conn)?)
     }
 
-    /// Each scope's totals per UTC day of `from..=to`, for one tenant or all in one
-    /// statement: per feature tag (`entity` `None` for untagged calls, so the tags of a
-    /// day sum to the tenant's day) or per user (calls without a user left out). Only days
-    /// with calls; by tenant, entity and day.
-    pub fn fetch_scope_days(
+    /// The totals of every tenant (or one) per UTC day, feature tag and user over the days
+    /// `from..=to`, in one statement: what every spend input of the detector is summed
+    /// from. Only days with calls; by tenant, day, tag and user.
+    pub fn fetch_days(
         &mut self,
         tenants: Tenants<'_>,
-        column: EntityColumn,
         from: NaiveDate,
         to: NaiveDate,
-    ) -> Result<Vec<ScopeDay>> {
+    ) -> Result<Vec<DayRow>> {
         tenants.validate()?;
         days(from, to)?;
-        let one = match tenants {
-            Tenants::All => None,
-            Tenants::One(tenant) => Some(tenant),
-        };
         // The rows as stored, one per slot, summed here: cheaper than grouping them in the
         // server, which sums bigints as decimals.
-        let rows: Vec<(String, String, NaiveDate, RolledRow)> = match column {
-            EntityColumn::Feature => {
-                let mut query = df::table
-                    .filter(df::day.between(from, to))
-                    .select((
-                        df::tenant_id,
-                        df::feature_tag,
-                        df::day,
-                        (
-                            df::requests,
-                            df::retries,
-                            df::input_tokens,
-                            df::output_tokens,
-                            df::cost_cents,
-                        ),
-                    ))
-                    .into_boxed();
-                if let Some(tenant) = one {
-                    query = query.filter(df::tenant_id.eq(tenant));
-                }
-                query.load(self.conn)?
-            }
-            EntityColumn::User => {
-                let mut query = du::table
-                    .filter(du::day.between(from, to))
-                    .select((
-                        du::tenant_id,
-                        du::user_id,
-                        du::day,
-                        (
-                            du::requests,
-                            du::retries,
-                            du::input_tokens,
-                            du::output_tokens,
-                            du::cost_cents,
-                        ),
-                    ))
-                    .into_boxed();
-                if let Some(tenant) = one {
-                    query = query.filter(du::tenant_id.eq(tenant));
-                }
-                query.load(self.conn)?
-            }
-        };
-        let mut days: BTreeMap<(String, String, NaiveDate), Totals> = BTreeMap::new();
-        for (tenant_id, entity, day, (requests, retries, input, output, cents)) in rows {
-            *days.entry((tenant_id, entity, day)).or_default() += Totals {
+        let mut query = df::table
+            .filter(df::day.between(from, to))
+            .select((
+                df::tenant_id,
+                df::day,
+                df::feature_tag,
+                df::user_id,
+                (
+                    df::requests,
+                    df::retries,
+                    df::input_tokens,
+                    df::output_tokens,
+                    df::cost_cents,
+                ),
+            ))
+            .into_boxed();
+        if let Tenants::One(tenant) = tenants {
+            query = query.filter(df::tenant_id.eq(tenant));
+        }
+        let rows: Vec<(String, NaiveDate, String, String, RolledRow)> = query.load(self.conn)?;
+        let mut days: BTreeMap<(String, NaiveDate, String, String), Totals> = BTreeMap::new();
+        for (tenant_id, day, tag, user, (requests, retries, input, output, cents)) in rows {
+            *days.entry((tenant_id, day, tag, user)).or_default() += Totals {
                 requests,
                 retries,
                 input_tokens: input,
@@ -948,10 +918,11 @@ impl<'c> CostAnomalyDriver<'c> {
         }
         Ok(days
             .into_iter()
-            .map(|((tenant_id, entity, day), totals)| ScopeDay {
+            .map(|((tenant_id, day, tag, user), totals)| DayRow {
                 tenant_id,
-                entity: tag_of(entity),
                 day,
+                feature_tag: tag_of(tag),
+                user_id: tag_of(user),
                 totals,
             })
             .collect())

@@ -21,7 +21,7 @@ pub use analytics_read::{
 };
 pub use anomaly::{
     ActivityComparison, AnomalyInput, AnomalyKey, BreachInput, CostAnomalyDriver, DayActivity,
-    DayComparison, DriftObservation, EntityColumn, EntitySpend, FeatureConcentration, ScopeDay,
+    DayComparison, DayRow, DriftObservation, EntityColumn, EntitySpend, FeatureConcentration,
     Tenants,
 };
 pub use audit::{AuditDriver, AuditOutcome};

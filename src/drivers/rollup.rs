@@ -12,9 +12,7 @@ use crate::db::require_transaction;
 use crate::error::{Error, Result};
 use crate::models::Totals;
 use crate::prepared::{Param, Prepared};
-use crate::schema::{
-    cost_rollup_daily as df, cost_rollup_daily_user as du, cost_rollup_hourly as h,
-};
+use crate::schema::{cost_rollup_daily as d, cost_rollup_hourly as h};
 use crate::types::limits;
 use crate::validate;
 
@@ -23,10 +21,8 @@ use crate::validate;
 pub enum Rollup {
     /// `cost_rollup_hourly`: tenant × UTC hour × model × feature tag.
     Hourly,
-    /// `cost_rollup_daily`: tenant × UTC day × feature tag.
+    /// `cost_rollup_daily`: tenant × UTC day × feature tag × user.
     Daily,
-    /// `cost_rollup_daily_user`: tenant × UTC day × user.
-    DailyUser,
 }
 
 /// One end of a range of instants; `None` is unbounded.
@@ -85,10 +81,9 @@ pub struct RollupDifference {
     pub bucket: DateTime<Utc>,
     /// The model ([`Rollup::Hourly`]).
     pub model: Option<String>,
-    /// The feature tag ([`Rollup::Hourly`], [`Rollup::Daily`]; `None` also for untagged
-    /// records).
+    /// The feature tag (`None` also for untagged records).
     pub feature_tag: Option<String>,
-    /// The user ([`Rollup::DailyUser`]).
+    /// The user ([`Rollup::Daily`]; `None` also for calls without one).
     pub user_id: Option<String>,
     /// What the rollup holds (zero where it has no row).
     pub rolled: Totals,
@@ -135,10 +130,10 @@ struct DifferenceRow {
 impl From<DifferenceRow> for RollupDifference {
     fn from(r: DifferenceRow) -> Self {
         RollupDifference {
-            rollup: match r.rollup.as_str() {
-                "hourly" => Rollup::Hourly,
-                "daily" => Rollup::Daily,
-                _ => Rollup::DailyUser,
+            rollup: if r.rollup == "hourly" {
+                Rollup::Hourly
+            } else {
+                Rollup::Daily
             },
             tenant_id: r.tenant_id,
             bucket: r.bucket,
@@ -172,9 +167,6 @@ pub struct RebuildSummary {
     /// Rows of `cost_rollup_daily` written.
     #[diesel(sql_type = BigInt)]
     pub daily_rows: i64,
-    /// Rows of `cost_rollup_daily_user` written.
-    #[diesel(sql_type = BigInt)]
-    pub daily_user_rows: i64,
 }
 
 /// Every key of a range whose rollup differs from its records (see the file).
@@ -255,26 +247,21 @@ impl<'c> RollupDriver<'c> {
             .batch_execute("LOCK TABLE cost_records IN SHARE MODE")?;
         let tenant = range.tenant_id.as_deref();
         let mut hours = diesel::delete(h::table).into_boxed();
-        let mut tag_days = diesel::delete(df::table).into_boxed();
-        let mut user_days = diesel::delete(du::table).into_boxed();
+        let mut days = diesel::delete(d::table).into_boxed();
         if let Some(tenant) = tenant {
             hours = hours.filter(h::tenant_id.eq(tenant));
-            tag_days = tag_days.filter(df::tenant_id.eq(tenant));
-            user_days = user_days.filter(du::tenant_id.eq(tenant));
+            days = days.filter(d::tenant_id.eq(tenant));
         }
         if let (Some(from), Some(day)) = (from, range.from) {
             hours = hours.filter(h::bucket_hour.ge(from));
-            tag_days = tag_days.filter(df::day.ge(day));
-            user_days = user_days.filter(du::day.ge(day));
+            days = days.filter(d::day.ge(day));
         }
         if let (Some(to), Some(day)) = (to, range.to) {
             hours = hours.filter(h::bucket_hour.lt(to));
-            tag_days = tag_days.filter(df::day.le(day));
-            user_days = user_days.filter(du::day.le(day));
+            days = days.filter(d::day.le(day));
         }
         hours.execute(self.conn)?;
-        tag_days.execute(self.conn)?;
-        user_days.execute(self.conn)?;
+        days.execute(self.conn)?;
         Ok(Prepared {
             sql: REBUILD,
             params: &[

@@ -1,6 +1,5 @@
 //! The rollups of `cost_records`: `cost_rollup_hourly` (tenant × UTC hour × model ×
-//! feature tag), `cost_rollup_daily` (tenant × UTC day × feature tag) and
-//! `cost_rollup_daily_user` (tenant × UTC day × user). A trigger folds
+//! feature tag) and `cost_rollup_daily` (tenant × UTC day × feature tag × user). A trigger folds
 //! every inserted record into both in the inserting transaction (migration
 //! `2026-12-02-000015_cost_rollups`); this module holds their sums and the pieces every
 //! read of them shares.
@@ -12,10 +11,7 @@ use diesel::dsl::{count_star, sum};
 use diesel::prelude::*;
 use serde::Serialize;
 
-use crate::schema::{
-    cost_records as cr, cost_rollup_daily as df, cost_rollup_daily_user as du,
-    cost_rollup_hourly as h,
-};
+use crate::schema::{cost_records as cr, cost_rollup_daily as d, cost_rollup_hourly as h};
 use crate::sql_fns::{bool_int4, numeric_int8};
 
 /// Sums over a set of cost records.
@@ -83,22 +79,11 @@ pub(crate) fn hourly_totals() -> _ {
 /// The totals of `cost_rollup_daily` rows (summed over their slots).
 #[diesel::dsl::auto_type]
 pub(crate) fn daily_totals() -> _ {
-    let requests: SumInt8<df::requests> = numeric_int8(sum(df::requests));
-    let retries: SumInt8<df::retries> = numeric_int8(sum(df::retries));
-    let input: SumInt8<df::input_tokens> = numeric_int8(sum(df::input_tokens));
-    let output: SumInt8<df::output_tokens> = numeric_int8(sum(df::output_tokens));
-    let cents: Sum<df::cost_cents> = sum(df::cost_cents);
-    (requests, retries, input, output, cents)
-}
-
-/// The totals of `cost_rollup_daily_user` rows (summed over their slots).
-#[diesel::dsl::auto_type]
-pub(crate) fn user_totals() -> _ {
-    let requests: SumInt8<du::requests> = numeric_int8(sum(du::requests));
-    let retries: SumInt8<du::retries> = numeric_int8(sum(du::retries));
-    let input: SumInt8<du::input_tokens> = numeric_int8(sum(du::input_tokens));
-    let output: SumInt8<du::output_tokens> = numeric_int8(sum(du::output_tokens));
-    let cents: Sum<du::cost_cents> = sum(du::cost_cents);
+    let requests: SumInt8<d::requests> = numeric_int8(sum(d::requests));
+    let retries: SumInt8<d::retries> = numeric_int8(sum(d::retries));
+    let input: SumInt8<d::input_tokens> = numeric_int8(sum(d::input_tokens));
+    let output: SumInt8<d::output_tokens> = numeric_int8(sum(d::output_tokens));
+    let cents: Sum<d::cost_cents> = sum(d::cost_cents);
     (requests, retries, input, output, cents)
 }
 
@@ -121,20 +106,12 @@ pub(crate) fn hourly_window<'a>(tenant_id: &'a str, from: DateTime<Utc>, to: Dat
         .filter(h::bucket_hour.lt(to))
 }
 
-/// The tenant's per-tag daily rollup rows of the UTC days `from..=to`.
+/// The tenant's daily rollup rows of the UTC days `from..=to`.
 #[diesel::dsl::auto_type]
-pub(crate) fn tag_days<'a>(tenant_id: &'a str, from: NaiveDate, to: NaiveDate) -> _ {
-    df::table
-        .filter(df::tenant_id.eq(tenant_id))
-        .filter(df::day.between(from, to))
-}
-
-/// The tenant's per-user rollup rows of the UTC days `from..=to`.
-#[diesel::dsl::auto_type]
-pub(crate) fn user_days<'a>(tenant_id: &'a str, from: NaiveDate, to: NaiveDate) -> _ {
-    du::table
-        .filter(du::tenant_id.eq(tenant_id))
-        .filter(du::day.between(from, to))
+pub(crate) fn daily_window<'a>(tenant_id: &'a str, from: NaiveDate, to: NaiveDate) -> _ {
+    d::table
+        .filter(d::tenant_id.eq(tenant_id))
+        .filter(d::day.between(from, to))
 }
 
 /// The tenant's records in `[from, to)`.
@@ -146,7 +123,7 @@ pub(crate) fn record_window<'a>(tenant_id: &'a str, from: DateTime<Utc>, to: Dat
         .filter(cr::created_at.lt(to))
 }
 
-/// The feature tag of a rollup row: untagged records are `''` there.
+/// The feature tag or user of a rollup row: records without one are `''` there.
 pub(crate) fn tag_of(rolled: String) -> Option<String> {
     (!rolled.is_empty()).then_some(rolled)
 }

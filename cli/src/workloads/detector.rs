@@ -89,9 +89,7 @@ impl Workload for Detector {
             .bind::<BigInt, _>(self.tenants as i64)
             .bind::<Timestamptz, _>(Self::now())
             .execute(&mut conn)?;
-        conn.batch_execute(
-            "VACUUM ANALYZE cost_records, cost_rollup_hourly, cost_rollup_daily_user",
-        )?;
+        conn.batch_execute("VACUUM ANALYZE cost_records, cost_rollup_hourly, cost_rollup_daily")?;
         // Yesterday's run records yesterday's breaches, so today's can be the second day.
         let yesterday = Self::now() - chrono::Duration::days(1);
         conn.transaction(|c| AnomalyDetector::default().detect_all(c, yesterday))?;

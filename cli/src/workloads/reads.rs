@@ -358,7 +358,7 @@ impl Workload for Flat {
                     .execute(&mut ctx.conn)?;
             }
             ctx.conn.batch_execute(
-                "VACUUM ANALYZE cost_records, cost_rollup_hourly, cost_rollup_daily_user",
+                "VACUUM ANALYZE cost_records, cost_rollup_hourly, cost_rollup_daily",
             )?;
             let _ = ctx.conn.batch_execute("CHECKPOINT");
         }

@@ -26,32 +26,14 @@ WITH hourly AS (
     DELETE FROM cost_rollup_daily WHERE slot <> 0 AND day < $1::date RETURNING *
 ), daily_folded AS (
     INSERT INTO cost_rollup_daily AS r
-        (tenant_id, day, feature_tag, slot,
+        (tenant_id, day, feature_tag, user_id, slot,
          requests, retries, input_tokens, output_tokens, cost_cents)
-    SELECT tenant_id, day, feature_tag, 0, sum(requests), sum(retries), sum(input_tokens),
-           sum(output_tokens), sum(cost_cents)
+    SELECT tenant_id, day, feature_tag, user_id, 0, sum(requests), sum(retries),
+           sum(input_tokens), sum(output_tokens), sum(cost_cents)
     FROM daily
-    GROUP BY 1, 2, 3
-    ORDER BY 1, 2, 3
-    ON CONFLICT (tenant_id, day, feature_tag, slot) DO UPDATE SET
-        requests = r.requests + excluded.requests,
-        retries = r.retries + excluded.retries,
-        input_tokens = r.input_tokens + excluded.input_tokens,
-        output_tokens = r.output_tokens + excluded.output_tokens,
-        cost_cents = r.cost_cents + excluded.cost_cents
-    RETURNING 1
-), per_user AS (
-    DELETE FROM cost_rollup_daily_user WHERE slot <> 0 AND day < $1::date RETURNING *
-), per_user_folded AS (
-    INSERT INTO cost_rollup_daily_user AS r
-        (tenant_id, day, user_id, slot,
-         requests, retries, input_tokens, output_tokens, cost_cents)
-    SELECT tenant_id, day, user_id, 0, sum(requests), sum(retries), sum(input_tokens),
-           sum(output_tokens), sum(cost_cents)
-    FROM per_user
-    GROUP BY 1, 2, 3
-    ORDER BY 1, 2, 3
-    ON CONFLICT (tenant_id, day, user_id, slot) DO UPDATE SET
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (tenant_id, day, feature_tag, user_id, slot) DO UPDATE SET
         requests = r.requests + excluded.requests,
         retries = r.retries + excluded.retries,
         input_tokens = r.input_tokens + excluded.input_tokens,
@@ -59,7 +41,5 @@ WITH hourly AS (
         cost_cents = r.cost_cents + excluded.cost_cents
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM hourly) + (SELECT count(*) FROM daily)
-       + (SELECT count(*) FROM per_user) AS n,
-       (SELECT count(*) FROM hourly_folded) + (SELECT count(*) FROM daily_folded)
-       + (SELECT count(*) FROM per_user_folded) AS folded
+SELECT (SELECT count(*) FROM hourly) + (SELECT count(*) FROM daily) AS n,
+       (SELECT count(*) FROM hourly_folded) + (SELECT count(*) FROM daily_folded) AS folded

@@ -1,4 +1,4 @@
--- Every key of the three rollups whose sums differ from those of the records it stands for:
+-- Every key of the two rollups whose sums differ from those of the records it stands for:
 -- records of tenant $1 (every tenant when NULL) from instant $2 to $3 (unbounded when
 -- NULL), both whole UTC days. Counts and tokens must be equal; cents may differ by the
 -- rounding of summing in another order (1e-9 relative).
@@ -21,48 +21,29 @@ WITH rolled_hours AS (
       AND ($2::timestamptz IS NULL OR created_at >= $2)
       AND ($3::timestamptz IS NULL OR created_at < $3)
     GROUP BY 1, 2, 3, 4
-), rolled_tag_days AS (
-    SELECT tenant_id, day, feature_tag, sum(requests) AS requests, sum(retries) AS retries,
-           sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
-           sum(cost_cents) AS cost_cents
+), rolled_days AS (
+    SELECT tenant_id, day, feature_tag, user_id, sum(requests) AS requests,
+           sum(retries) AS retries, sum(input_tokens) AS input_tokens,
+           sum(output_tokens) AS output_tokens, sum(cost_cents) AS cost_cents
     FROM cost_rollup_daily
     WHERE ($1::text IS NULL OR tenant_id = $1)
       AND ($2::timestamptz IS NULL OR day >= ($2 AT TIME ZONE 'UTC')::date)
       AND ($3::timestamptz IS NULL OR day < ($3 AT TIME ZONE 'UTC')::date)
-    GROUP BY 1, 2, 3
-), recorded_tag_days AS (
-    SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date AS day,
-           coalesce(feature_tag, '') AS feature_tag, count(*) AS requests,
-           count(*) FILTER (WHERE is_retry) AS retries, sum(input_tokens) AS input_tokens,
-           sum(output_tokens) AS output_tokens, sum(cost_cents) AS cost_cents
-    FROM cost_records
-    WHERE ($1::text IS NULL OR tenant_id = $1)
-      AND ($2::timestamptz IS NULL OR created_at >= $2)
-      AND ($3::timestamptz IS NULL OR created_at < $3)
-    GROUP BY 1, 2, 3
-), rolled_days AS (
-    SELECT tenant_id, day, user_id, sum(requests) AS requests, sum(retries) AS retries,
-           sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
-           sum(cost_cents) AS cost_cents
-    FROM cost_rollup_daily_user
-    WHERE ($1::text IS NULL OR tenant_id = $1)
-      AND ($2::timestamptz IS NULL OR day >= ($2 AT TIME ZONE 'UTC')::date)
-      AND ($3::timestamptz IS NULL OR day < ($3 AT TIME ZONE 'UTC')::date)
-    GROUP BY 1, 2, 3
+    GROUP BY 1, 2, 3, 4
 ), recorded_days AS (
-    SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date AS day, user_id,
+    SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date AS day,
+           coalesce(feature_tag, '') AS feature_tag, coalesce(user_id, '') AS user_id,
            count(*) AS requests, count(*) FILTER (WHERE is_retry) AS retries,
            sum(input_tokens) AS input_tokens, sum(output_tokens) AS output_tokens,
            sum(cost_cents) AS cost_cents
     FROM cost_records
-    WHERE user_id IS NOT NULL
-      AND ($1::text IS NULL OR tenant_id = $1)
+    WHERE ($1::text IS NULL OR tenant_id = $1)
       AND ($2::timestamptz IS NULL OR created_at >= $2)
       AND ($3::timestamptz IS NULL OR created_at < $3)
-    GROUP BY 1, 2, 3
+    GROUP BY 1, 2, 3, 4
 ), pairs AS (
     SELECT 'hourly' AS rollup, tenant_id, bucket_hour AS bucket, model, feature_tag,
-           NULL::text AS user_id,
+           '' AS user_id,
            o.requests AS o_requests, o.retries AS o_retries, o.input_tokens AS o_input,
            o.output_tokens AS o_output, o.cost_cents AS o_cents,
            r.requests AS r_requests, r.retries AS r_retries, r.input_tokens AS r_input,
@@ -70,24 +51,16 @@ WITH rolled_hours AS (
     FROM rolled_hours o
     FULL JOIN recorded_hours r USING (tenant_id, bucket_hour, model, feature_tag)
     UNION ALL
-    SELECT 'daily', tenant_id, day::timestamp AT TIME ZONE 'UTC', NULL, feature_tag, NULL,
+    SELECT 'daily', tenant_id, day::timestamp AT TIME ZONE 'UTC', NULL, feature_tag, user_id,
            o.requests AS o_requests, o.retries AS o_retries, o.input_tokens AS o_input,
            o.output_tokens AS o_output, o.cost_cents AS o_cents,
            r.requests AS r_requests, r.retries AS r_retries, r.input_tokens AS r_input,
            r.output_tokens AS r_output, r.cost_cents AS r_cents
-    FROM rolled_tag_days o
-    FULL JOIN recorded_tag_days r USING (tenant_id, day, feature_tag)
-    UNION ALL
-    SELECT 'daily_user', tenant_id, day::timestamp AT TIME ZONE 'UTC', NULL, NULL,
-           user_id,
-           o.requests AS o_requests, o.retries AS o_retries, o.input_tokens AS o_input,
-           o.output_tokens AS o_output, o.cost_cents AS o_cents,
-           r.requests AS r_requests, r.retries AS r_retries, r.input_tokens AS r_input,
-           r.output_tokens AS r_output, r.cost_cents AS r_cents
-    FROM rolled_days o FULL JOIN recorded_days r USING (tenant_id, day, user_id)
+    FROM rolled_days o
+    FULL JOIN recorded_days r USING (tenant_id, day, feature_tag, user_id)
 )
 SELECT rollup, tenant_id::text AS tenant_id, bucket, model::text AS model,
-       nullif(feature_tag, '')::text AS feature_tag, user_id::text AS user_id,
+       nullif(feature_tag, '')::text AS feature_tag, nullif(user_id, '')::text AS user_id,
        coalesce(o_requests, 0)::int8 AS rolled_requests,
        coalesce(o_retries, 0)::int8 AS rolled_retries,
        coalesce(o_input, 0)::int8 AS rolled_input_tokens,
@@ -104,5 +77,4 @@ WHERE o_requests IS DISTINCT FROM r_requests
    OR o_input IS DISTINCT FROM r_input
    OR o_output IS DISTINCT FROM r_output
    OR abs(o_cents - r_cents) > 1e-9 * greatest(abs(o_cents), abs(r_cents))
-ORDER BY CASE rollup WHEN 'hourly' THEN 0 WHEN 'daily' THEN 1 ELSE 2 END,
-         tenant_id, bucket, model, feature_tag, user_id
+ORDER BY rollup DESC, tenant_id, bucket, model, feature_tag, user_id
