@@ -108,6 +108,10 @@ SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date, coalesce(feature_tag, '
 FROM cost_records
 GROUP BY 1, 2, 3, 4;
 
+-- Statistics for the filled tables now, so the first reads plan on them.
+ANALYZE cost_rollup_hourly;
+ANALYZE cost_rollup_daily;
+
 CREATE TRIGGER trg_cost_records_fold
     AFTER INSERT ON cost_records
     REFERENCING NEW TABLE AS new_records

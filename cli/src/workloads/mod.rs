@@ -26,7 +26,7 @@ pub use admission::admission_workloads;
 pub use alerts::alert_workloads;
 pub use detector::detector_workloads;
 pub use provenance::provenance_workloads;
-pub use reads::read_workloads;
+pub use reads::{dashboard_workloads, read_workloads};
 pub use recorder::recorder_workloads;
 pub use writes::write_workloads;
 

