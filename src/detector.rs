@@ -277,7 +277,7 @@ impl AnomalyDetector {
         let mut d = CostAnomalyDriver::new(conn);
         let book = DayBook::load(&mut d, tenants, from, today)?;
         let mut found: BTreeMap<String, Vec<CostAnomaly>> = BTreeMap::new();
-        for (tenant, anomaly) in self.spikes(&mut d, tenants, &book, now)? {
+        for (tenant, anomaly) in self.spikes(&mut d, &book, now)? {
             found.entry(tenant).or_default().push(anomaly);
         }
         for (tenant, anomaly) in self.drift(&mut d, &book, now)? {
@@ -295,7 +295,6 @@ impl AnomalyDetector {
     fn spikes(
         &self,
         d: &mut CostAnomalyDriver<'_>,
-        tenants: Tenants<'_>,
         book: &DayBook,
         now: DateTime<Utc>,
     ) -> Result<Vec<(String, CostAnomaly)>> {
@@ -355,9 +354,13 @@ impl AnomalyDetector {
             .collect();
         d.insert_breach_histories(&rows)?;
         // Each breaching entity's run of days up to today, within the week before it.
+        let mut breaching: Vec<&str> = breaches.iter().map(|b| b.tenant_id.as_str()).collect();
+        breaching.sort_unstable();
+        breaching.dedup();
+        let week = shift(today, -7)?;
         let mut days: HashMap<(String, EntityKey), Vec<NaiveDate>> = HashMap::new();
         for (tenant, entity, day) in
-            d.fetch_breach_days(tenants, BreachType::AbsoluteSpike, shift(today, -7)?, today)?
+            d.fetch_breach_days(&breaching, BreachType::AbsoluteSpike, week, today)?
         {
             days.entry((tenant, entity)).or_default().push(day);
         }

@@ -1014,12 +1014,7 @@ fn the_set_based_reads_and_writes_refuse_bad_input_and_write_nothing() {
     assert_invalid(d.fetch_days(Tenants::One(""), from, to), "tenant_id");
     assert_invalid(d.fetch_days(Tenants::All, to, from), "window");
     assert_invalid(
-        d.fetch_breach_days(
-            Tenants::One(&"t".repeat(65)),
-            BreachType::AbsoluteSpike,
-            from,
-            to,
-        ),
+        d.fetch_breach_days(&[&"t".repeat(65)], BreachType::AbsoluteSpike, from, to),
         "tenant_id",
     );
     assert_invalid(d.fetch_active_budgets_of(Tenants::One(" ")), "tenant_id");
@@ -1033,7 +1028,7 @@ fn the_set_based_reads_and_writes_refuse_bad_input_and_write_nothing() {
         "deviation_pct",
     );
     assert_eq!(
-        d.fetch_breach_days(Tenants::One(&tenant), BreachType::AbsoluteSpike, from, to)
+        d.fetch_breach_days(&[&tenant], BreachType::AbsoluteSpike, from, to)
             .unwrap(),
         vec![]
     );
@@ -1042,7 +1037,7 @@ fn the_set_based_reads_and_writes_refuse_bad_input_and_write_nothing() {
         assert_eq!(d.insert_breach_histories(&[(&tenant, &good)]).unwrap(), 1);
     }
     assert_eq!(
-        d.fetch_breach_days(Tenants::One(&tenant), BreachType::AbsoluteSpike, from, to)
+        d.fetch_breach_days(&[&tenant], BreachType::AbsoluteSpike, from, to)
             .unwrap(),
         vec![(tenant.clone(), good.entity.clone(), date(9))]
     );
