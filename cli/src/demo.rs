@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use costdb::admission::{Admission, AdmissionDriver, ReserveInput};
 use costdb::detector::{percent_text, AnomalyDetector};
-use costdb::drivers::{BudgetLimits, ProvenanceInput, RunCost, WorkerRunData};
+use costdb::drivers::{
+    BudgetLimits, ProvenanceInput, RollupDriver, RollupRange, RunCost, WorkerRunData,
+};
 use costdb::leader::{self, LeaderGuard};
 use costdb::models::CostInput;
 use costdb::models::{AnomalyType, CostAnomaly, TimeBucket, WorkerStatus};
@@ -771,6 +773,16 @@ fn report(conn: &mut PgConnection, p: &Platform, found: &Findings) -> Outcome {
         found.runs,
         found.simulations
     )?;
+    let differences = RollupDriver::new(conn).fetch_differences(&RollupRange::default())?;
+    say!(
+        "  rollups: {} key(s) differ from the records ({})",
+        differences.len(),
+        if differences.is_empty() {
+            "the spend above was read from them"
+        } else {
+            "run `costdb rollup verify`"
+        }
+    )?;
     say!("\nsteps:")?;
     for (name, took) in &found.steps {
         say!("  {name:<36} {:>8.2} s", took.as_secs_f64())?;
@@ -787,6 +799,8 @@ fn row_counts(conn: &mut PgConnection) -> costdb::Result<Vec<(&'static str, i64)
     }
     let tables = [
         "cost_records",
+        "cost_rollup_hourly",
+        "cost_rollup_daily",
         "worker_runs",
         "budget_reservations",
         "cost_anomalies",

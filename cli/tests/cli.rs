@@ -687,6 +687,11 @@ fn the_demo_finds_the_three_planted_anomalies_and_reports_every_capability() {
             text.contains("alerts: 3 queued (one per anomaly)"),
             "{text}"
         );
+        // Bulk, admission and the recorder all went through the rollups' fold.
+        assert!(
+            text.contains("rollups: 0 key(s) differ from the records"),
+            "{text}"
+        );
     };
     let out = costdb(
         &["demo", "--tenants", "5", "--days", "30", "--seed", "1"],
