@@ -23,13 +23,12 @@ use serde::Serialize;
 
 use crate::drivers::{
     AnomalyInput, AnomalyKey, BreachInput, CostAnomalyDriver, DriftObservation, EntityColumn,
-    Tenants,
 };
 use crate::error::{Error, Result};
 use crate::models::{
     AnomalyType, BreachType, BudgetType, CostAnomaly, DerivedCause, EntityType, Severity, Totals,
 };
-use crate::types::{BudgetScope, EntityKey};
+use crate::types::{BudgetScope, EntityKey, Tenants};
 
 /// The detector's thresholds; `Default` is the original engine's constants.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -1,5 +1,5 @@
-//! Types every layer shares: time windows, budget scopes, entity keys, the advisory lock
-//! ids of the singleton jobs, and the column limits of the schema, defined once.
+//! Types every layer shares: time windows, budget scopes, entity keys, tenant sets, the
+//! advisory lock ids of the singleton jobs, and the column limits of the schema, defined once.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,25 @@ impl BudgetScope {
             BudgetScope::Tenant => (BudgetType::Tenant, None),
             BudgetScope::Feature(tag) => (BudgetType::Feature, Some(tag)),
             BudgetScope::User(user) => (BudgetType::User, Some(user)),
+        }
+    }
+}
+
+/// Which tenants a set-based read covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Tenants<'a> {
+    /// Every tenant.
+    All,
+    /// One tenant.
+    One(&'a str),
+}
+
+impl Tenants<'_> {
+    /// Refuses an empty or too long tenant id.
+    pub(crate) fn validate(self) -> Result<()> {
+        match self {
+            Tenants::All => Ok(()),
+            Tenants::One(t) => validate::required("tenant_id", t, limits::TENANT_ID),
         }
     }
 }

@@ -1005,8 +1005,8 @@ fn the_migration_folds_the_originals_empty_entities_into_one_row_per_key() {
 
 #[test]
 fn the_set_based_reads_and_writes_refuse_bad_input_and_write_nothing() {
-    use costdb::drivers::Tenants;
     use costdb::models::BreachType;
+    use costdb::types::Tenants;
     let mut conn = common::test_conn();
     let tenant = common::tenant();
     let mut d = CostAnomalyDriver::new(&mut conn);

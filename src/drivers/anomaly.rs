@@ -22,7 +22,7 @@ use crate::prepared::{Param, Prepared};
 use crate::schema::{
     cost_anomalies as ca, cost_budgets, cost_drift_tracking as dt, cost_rollup_daily as df,
 };
-use crate::types::{limits, BudgetScope, EntityKey};
+use crate::types::{limits, BudgetScope, EntityKey, Tenants};
 use crate::validate;
 
 /// Which anomaly: its type and the entity it is about.
@@ -159,24 +159,6 @@ pub struct EntitySpend {
     /// Cents.
     #[diesel(sql_type = Double)]
     pub cents: f64,
-}
-
-/// Which tenants a set-based read covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Tenants<'a> {
-    /// Every tenant.
-    All,
-    /// One tenant.
-    One(&'a str),
-}
-
-impl Tenants<'_> {
-    fn validate(self) -> Result<()> {
-        match self {
-            Tenants::All => Ok(()),
-            Tenants::One(t) => validate::required("tenant_id", t, limits::TENANT_ID),
-        }
-    }
 }
 
 /// A tenant's calls of one UTC day, feature tag and user, from

@@ -22,7 +22,6 @@ pub use analytics_read::{
 pub use anomaly::{
     ActivityComparison, AnomalyInput, AnomalyKey, BreachInput, CostAnomalyDriver, DayActivity,
     DayComparison, DayRow, DriftObservation, EntityColumn, EntitySpend, FeatureConcentration,
-    Tenants,
 };
 pub use audit::{AuditDriver, AuditOutcome};
 pub use cost_write::{
