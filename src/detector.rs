@@ -143,9 +143,18 @@ impl DayBook {
         Ok(DayBook { days })
     }
 
-    /// The scopes of one level, by tenant and entity.
-    fn scopes(&self, level: Option<EntityColumn>) -> impl Iterator<Item = &ScopeKey> {
-        self.days.keys().filter(move |k| k.0 == level)
+    /// The scopes of one level (of one tenant, when given), by tenant and entity.
+    fn scopes<'a>(
+        &'a self,
+        level: Option<EntityColumn>,
+        tenant: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a ScopeKey> {
+        // Keys are ordered by level, tenant and entity: the wanted ones are one run.
+        let first = (level, tenant.unwrap_or_default().to_owned(), None);
+        self.days
+            .range(first..)
+            .map(|(key, _)| key)
+            .take_while(move |k| k.0 == level && tenant.is_none_or(|t| k.1 == t))
     }
 
     /// The scope's totals over `from..=to`, and how many of those days had calls.
@@ -301,7 +310,7 @@ impl AnomalyDetector {
         let (from, to) = (shift(today, -self.config.lookback_days)?, shift(today, -2)?);
         let mut breaches = Vec::new();
         for level in [Some(EntityColumn::User), Some(EntityColumn::Feature), None] {
-            for key in book.scopes(level) {
+            for key in book.scopes(level, None) {
                 let spend = book.day(key, today);
                 if spend.requests == 0 {
                     continue; // no calls today, nothing to compare
@@ -435,7 +444,7 @@ impl AnomalyDetector {
         let (week, base_from, base_to) = (shift(today, -6)?, shift(today, -28)?, shift(today, -8)?);
         let mut ended = Vec::new();
         let mut found = Vec::new();
-        for key in book.scopes(None) {
+        for key in book.scopes(None, None) {
             let Some(baseline) = book.active_day_avg(key, base_from, base_to) else {
                 continue;
             };
@@ -632,8 +641,7 @@ impl AnomalyDetector {
         }
         if *scope == BudgetScope::Tenant && now.cost_cents > 0.0 {
             let top = book
-                .scopes(Some(EntityColumn::Feature))
-                .filter(|k| k.1 == tenant_id)
+                .scopes(Some(EntityColumn::Feature), Some(tenant_id))
                 .map(|k| book.day(k, today).cost_cents)
                 .fold(0.0, f64::max);
             if top / now.cost_cents > c.feature_share {

@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::error::Result;
 use crate::models::rollup::{
-    hour_of, hourly_totals, hourly_window, record_totals, record_window, split_hours, tag_of,
-    TotalsRow,
+    blank_to_none, hour_of, hourly_totals, hourly_window, record_totals, record_window,
+    split_hours, TotalsRow,
 };
 use crate::models::{TimeBucket, Totals};
 use crate::prepared::{Param, Prepared};
@@ -168,6 +168,9 @@ pub fn bucket_width(bucket: TimeBucket) -> PgInterval {
 /// A model's key in a breakdown: its bucket (when bucketed) and its name.
 type ModelKey = (Option<DateTime<Utc>>, String);
 
+/// Totals by key, as one statement of [`AnalyticsReadDriver::fold`] loads them.
+type KeyedRows<K> = QueryResult<Vec<(K, TotalsRow)>>;
+
 /// The bucket that holds the UTC hour `hour`.
 fn bucket_of(hour: DateTime<Utc>, bucket: TimeBucket) -> DateTime<Utc> {
     match bucket {
@@ -251,33 +254,60 @@ impl<'c> AnalyticsReadDriver<'c> {
         .load(self.conn)?)
     }
 
+    /// Sums the tenant's window by key: its whole hours from the rollup (`whole`, given
+    /// their range), the partial hours at its edges from the records (`edge`, given each
+    /// edge, which lies within one UTC hour). Keys without calls are left out.
+    fn fold<K: Ord>(
+        &mut self,
+        tenant_id: &str,
+        window: TimeWindow,
+        whole: impl FnOnce(&mut PgConnection, DateTime<Utc>, DateTime<Utc>) -> KeyedRows<K>,
+        mut edge: impl FnMut(&mut PgConnection, DateTime<Utc>, DateTime<Utc>) -> KeyedRows<K>,
+    ) -> Result<BTreeMap<K, Totals>> {
+        check(tenant_id, window)?;
+        let split = split_hours(window.from, window.to);
+        let mut rows = match split.whole {
+            Some((from, to)) => whole(self.conn, from, to)?,
+            None => Vec::new(),
+        };
+        for (from, to) in split.edges {
+            rows.extend(edge(self.conn, from, to)?);
+        }
+        let mut out: BTreeMap<K, Totals> = BTreeMap::new();
+        for (key, row) in rows {
+            let totals = Totals::from(row);
+            if totals.requests > 0 {
+                *out.entry(key).or_default() += totals;
+            }
+        }
+        Ok(out)
+    }
+
     /// The tenant's totals per bucket of the window, oldest first.
     fn buckets(
         &mut self,
         tenant_id: &str,
         window: TimeWindow,
         bucket: TimeBucket,
-    ) -> Result<Vec<(DateTime<Utc>, Totals)>> {
-        check(tenant_id, window)?;
-        let split = split_hours(window.from, window.to);
-        let mut out: BTreeMap<DateTime<Utc>, Totals> = BTreeMap::new();
-        if let Some((from, to)) = split.whole {
-            let rows: Vec<(DateTime<Utc>, TotalsRow)> =
-                per_hour(tenant_id, from, to).load(self.conn)?;
-            for (hour, totals) in rows {
-                *out.entry(bucket_of(hour, bucket)).or_default() += totals.into();
-            }
-        }
-        for (from, to) in split.edges {
-            let totals: Totals = record_window(tenant_id, from, to)
-                .select(record_totals())
-                .get_result::<TotalsRow>(self.conn)?
-                .into();
-            if totals.requests > 0 {
-                *out.entry(bucket_of(hour_of(from), bucket)).or_default() += totals;
-            }
-        }
-        Ok(out.into_iter().collect())
+    ) -> Result<BTreeMap<DateTime<Utc>, Totals>> {
+        self.fold(
+            tenant_id,
+            window,
+            |conn, from, to| {
+                let rows: Vec<(DateTime<Utc>, TotalsRow)> =
+                    per_hour(tenant_id, from, to).load(conn)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(hour, totals)| (bucket_of(hour, bucket), totals))
+                    .collect())
+            },
+            |conn, from, to| {
+                let totals: TotalsRow = record_window(tenant_id, from, to)
+                    .select(record_totals())
+                    .get_result(conn)?;
+                Ok(vec![(bucket_of(hour_of(from), bucket), totals)])
+            },
+        )
     }
 
     /// The tenant's totals per model over the window, by model; with `bucket`, per bucket
@@ -288,39 +318,41 @@ impl<'c> AnalyticsReadDriver<'c> {
         window: TimeWindow,
         bucket: Option<TimeBucket>,
     ) -> Result<BTreeMap<ModelKey, Totals>> {
-        check(tenant_id, window)?;
-        let split = split_hours(window.from, window.to);
-        let mut out: BTreeMap<ModelKey, Totals> = BTreeMap::new();
-        if let Some((from, to)) = split.whole {
-            match bucket {
-                Some(bucket) => {
-                    let rows: Vec<(DateTime<Utc>, String, TotalsRow)> =
-                        per_hour_model(tenant_id, from, to).load(self.conn)?;
-                    for (hour, model, totals) in rows {
-                        let key = (Some(bucket_of(hour, bucket)), model);
-                        *out.entry(key).or_default() += totals.into();
+        self.fold(
+            tenant_id,
+            window,
+            |conn, from, to| {
+                Ok(match bucket {
+                    Some(bucket) => {
+                        let rows: Vec<(DateTime<Utc>, String, TotalsRow)> =
+                            per_hour_model(tenant_id, from, to).load(conn)?;
+                        rows.into_iter()
+                            .map(|(hour, model, totals)| {
+                                ((Some(bucket_of(hour, bucket)), model), totals)
+                            })
+                            .collect()
                     }
-                }
-                None => {
-                    let rows: Vec<(String, TotalsRow)> =
-                        per_model(tenant_id, from, to).load(self.conn)?;
-                    for (model, totals) in rows {
-                        *out.entry((None, model)).or_default() += totals.into();
+                    None => {
+                        let rows: Vec<(String, TotalsRow)> =
+                            per_model(tenant_id, from, to).load(conn)?;
+                        rows.into_iter()
+                            .map(|(model, totals)| ((None, model), totals))
+                            .collect()
                     }
-                }
-            }
-        }
-        for (from, to) in split.edges {
-            let rows: Vec<(String, TotalsRow)> = record_window(tenant_id, from, to)
-                .group_by(cr::model)
-                .select((cr::model, record_totals()))
-                .load(self.conn)?;
-            let at = bucket.map(|b| bucket_of(hour_of(from), b));
-            for (model, totals) in rows {
-                *out.entry((at, model)).or_default() += totals.into();
-            }
-        }
-        Ok(out)
+                })
+            },
+            |conn, from, to| {
+                let rows: Vec<(String, TotalsRow)> = record_window(tenant_id, from, to)
+                    .group_by(cr::model)
+                    .select((cr::model, record_totals()))
+                    .load(conn)?;
+                let at = bucket.map(|b| bucket_of(hour_of(from), b));
+                Ok(rows
+                    .into_iter()
+                    .map(|(model, totals)| ((at, model), totals))
+                    .collect())
+            },
+        )
     }
 
     /// Requests and tokens per bucket.
@@ -431,25 +463,23 @@ impl<'c> AnalyticsReadDriver<'c> {
         tenant_id: &str,
         window: TimeWindow,
     ) -> Result<Vec<FeatureSpend>> {
-        check(tenant_id, window)?;
-        let split = split_hours(window.from, window.to);
-        let mut tags: BTreeMap<Option<String>, Totals> = BTreeMap::new();
-        if let Some((from, to)) = split.whole {
-            let rows: Vec<(String, TotalsRow)> =
-                per_feature(tenant_id, from, to).load(self.conn)?;
-            for (tag, totals) in rows {
-                *tags.entry(tag_of(tag)).or_default() += totals.into();
-            }
-        }
-        for (from, to) in split.edges {
-            let rows: Vec<(Option<String>, TotalsRow)> = record_window(tenant_id, from, to)
-                .group_by(cr::feature_tag)
-                .select((cr::feature_tag, record_totals()))
-                .load(self.conn)?;
-            for (tag, totals) in rows {
-                *tags.entry(tag).or_default() += totals.into();
-            }
-        }
+        let tags = self.fold(
+            tenant_id,
+            window,
+            |conn, from, to| {
+                let rows: Vec<(String, TotalsRow)> = per_feature(tenant_id, from, to).load(conn)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(tag, totals)| (blank_to_none(tag), totals))
+                    .collect())
+            },
+            |conn, from, to| {
+                record_window(tenant_id, from, to)
+                    .group_by(cr::feature_tag)
+                    .select((cr::feature_tag, record_totals()))
+                    .load(conn)
+            },
+        )?;
         let mut out: Vec<FeatureSpend> = tags
             .into_iter()
             .map(|(feature_tag, t)| FeatureSpend {

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::db::require_transaction;
 use crate::error::{Error, Result};
-use crate::models::rollup::{daily_totals, daily_window, tag_of, TotalsRow};
+use crate::models::rollup::{blank_to_none, daily_totals, daily_window, TotalsRow};
 use crate::models::{
     ids, AnomalyType, BreachType, CostAnomaly, CostBudget, DerivedCause, DriftTracking, EntityType,
     Severity, Totals,
@@ -104,6 +104,25 @@ pub struct BreachInput {
     pub current_value_cents: f64,
     /// The baseline, an amount in cents.
     pub baseline_value_cents: f64,
+}
+
+impl BreachInput {
+    fn validate(&self) -> Result<()> {
+        entity(&self.entity)?;
+        validate::finite("deviation_pct", self.deviation_pct)?;
+        validate::amount("current_value_cents", self.current_value_cents)?;
+        validate::amount("baseline_value_cents", self.baseline_value_cents)
+    }
+
+    /// The unique key's order (entity, rule, day), which concurrent writers lock in.
+    fn key(&self) -> (&str, Option<&str>, &str, NaiveDate) {
+        (
+            self.entity.entity_type.as_str(),
+            self.entity.id(),
+            self.breach_type.as_str(),
+            self.breach_date,
+        )
+    }
 }
 
 /// One day's drift observation, for [`CostAnomalyDriver::upsert_drift_tracking`] and
@@ -415,8 +434,35 @@ impl<'c> CostAnomalyDriver<'c> {
             .unwrap_or(0.0))
     }
 
-    /// The totals of a budget's scope over the UTC days `from..=to`, from the daily
-    /// rollup.
+    /// The totals of a budget's scope per UTC day of `from..=to` (days with calls), from
+    /// the daily rollup.
+    fn scope_days(
+        &mut self,
+        tenant_id: &str,
+        from: NaiveDate,
+        to: NaiveDate,
+        scope: &BudgetScope,
+    ) -> Result<BTreeMap<NaiveDate, Totals>> {
+        let mut query = tags(tenant_id, from, to)?
+            .group_by(df::day)
+            .select((df::day, daily_totals()))
+            .into_boxed();
+        match scope {
+            BudgetScope::Tenant => {}
+            BudgetScope::Feature(tag) => {
+                validate::required("scope", tag, limits::TAG)?;
+                query = query.filter(df::feature_tag.eq(tag));
+            }
+            BudgetScope::User(user) => {
+                validate::required("scope", user, limits::TAG)?;
+                query = query.filter(df::user_id.eq(user));
+            }
+        }
+        let rows: Vec<(NaiveDate, TotalsRow)> = query.load(self.conn)?;
+        Ok(rows.into_iter().map(|(day, t)| (day, t.into())).collect())
+    }
+
+    /// The totals of a budget's scope over the UTC days `from..=to`.
     fn scope_totals(
         &mut self,
         tenant_id: &str,
@@ -424,23 +470,11 @@ impl<'c> CostAnomalyDriver<'c> {
         to: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<Totals> {
-        let tags = tags(tenant_id, from, to)?;
-        let totals: TotalsRow = match scope {
-            BudgetScope::Tenant => tags.select(daily_totals()).get_result(self.conn)?,
-            BudgetScope::Feature(tag) => {
-                validate::required("scope", tag, limits::TAG)?;
-                tags.filter(df::feature_tag.eq(tag))
-                    .select(daily_totals())
-                    .get_result(self.conn)?
-            }
-            BudgetScope::User(user) => {
-                validate::required("scope", user, limits::TAG)?;
-                tags.filter(df::user_id.eq(user))
-                    .select(daily_totals())
-                    .get_result(self.conn)?
-            }
-        };
-        Ok(totals.into())
+        let mut sum = Totals::default();
+        for totals in self.scope_days(tenant_id, from, to, scope)?.into_values() {
+            sum += totals;
+        }
+        Ok(sum)
     }
 
     /// The spend of a budget's scope on the UTC day `today` (a user's, a feature tag's, or
@@ -485,17 +519,19 @@ impl<'c> CostAnomalyDriver<'c> {
         let yesterday = today
             .pred_opt()
             .ok_or_else(|| Error::invalid("today", "has no day before it"))?;
-        let mut day_activity = |day| -> Result<DayActivity> {
-            let totals = self.scope_totals(tenant_id, day, day, scope)?;
-            Ok(DayActivity {
+        // Both days in one read.
+        let days = self.scope_days(tenant_id, yesterday, today, scope)?;
+        let activity = |day| {
+            let totals = days.get(&day).copied().unwrap_or_default();
+            DayActivity {
                 calls: totals.requests,
                 retried: totals.retries,
                 prompt_tokens: totals.input_tokens,
-            })
+            }
         };
         Ok(ActivityComparison {
-            today: day_activity(today)?,
-            yesterday: day_activity(yesterday)?,
+            today: activity(today),
+            yesterday: activity(yesterday),
         })
     }
 
@@ -583,36 +619,11 @@ impl<'c> CostAnomalyDriver<'c> {
     /// rule and day: concurrent detectors leave one row). Returns whether the row is new.
     pub fn insert_breach_history(&mut self, tenant_id: &str, input: &BreachInput) -> Result<bool> {
         validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        entity(&input.entity)?;
-        validate::finite("deviation_pct", input.deviation_pct)?;
-        validate::amount("current_value_cents", input.current_value_cents)?;
-        validate::amount("baseline_value_cents", input.baseline_value_cents)?;
+        input.validate()?;
         require_transaction(self.conn)?;
-        use crate::schema::cost_breach_history::dsl as b;
         let id = ids::breach_history_id();
-        // A second record of the same day keeps the first's id, baseline and creation and
-        // takes the new deviation and value; the id that comes back says which happened.
-        let stored: String = diesel::insert_into(b::cost_breach_history)
-            .values((
-                b::id.eq(&id),
-                b::tenant_id.eq(tenant_id),
-                b::entity_type.eq(input.entity.entity_type),
-                b::entity_id.eq(input.entity.id()),
-                b::breach_type.eq(input.breach_type),
-                b::breach_date.eq(input.breach_date),
-                b::deviation_pct.eq(input.deviation_pct + 0.0),
-                b::current_value_cents.eq(input.current_value_cents + 0.0),
-                b::baseline_value_cents.eq(input.baseline_value_cents + 0.0),
-            ))
-            .on_conflict(on_constraint("uq_breach_per_entity_day"))
-            .do_update()
-            .set((
-                b::deviation_pct.eq(excluded(b::deviation_pct)),
-                b::current_value_cents.eq(excluded(b::current_value_cents)),
-            ))
-            .returning(b::id)
-            .get_result(self.conn)?;
-        Ok(stored == id)
+        let stored = self.upsert_breaches(vec![(tenant_id, input, id.clone())])?;
+        Ok(stored.first() == Some(&id))
     }
 
     /// Records many breaches in one statement, each as
@@ -622,39 +633,31 @@ impl<'c> CostAnomalyDriver<'c> {
     pub fn insert_breach_histories(&mut self, breaches: &[(&str, &BreachInput)]) -> Result<usize> {
         for (tenant_id, input) in breaches {
             validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-            entity(&input.entity)?;
-            validate::finite("deviation_pct", input.deviation_pct)?;
-            validate::amount("current_value_cents", input.current_value_cents)?;
-            validate::amount("baseline_value_cents", input.baseline_value_cents)?;
+            input.validate()?;
         }
         require_transaction(self.conn)?;
-        if breaches.is_empty() {
-            return Ok(0);
+        let mut rows: Vec<_> = breaches
+            .iter()
+            .map(|&(tenant_id, input)| (tenant_id, input, ids::breach_history_id()))
+            .collect();
+        rows.sort_by(|(t1, x, _), (t2, y, _)| (t1, x.key()).cmp(&(t2, y.key())));
+        Ok(self.upsert_breaches(rows)?.len())
+    }
+
+    /// The one upsert of breaches (validated, inside a transaction): a second record of the
+    /// same day keeps the first's id, baseline and creation and takes the new deviation and
+    /// value. Returns the stored ids, which tell a new row (its own id) from an old one.
+    fn upsert_breaches(&mut self, rows: Vec<(&str, &BreachInput, String)>) -> Result<Vec<String>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
         }
         use crate::schema::cost_breach_history::dsl as b;
-        let mut sorted = breaches.to_vec();
-        sorted.sort_by(|(t1, x), (t2, y)| {
-            (
-                t1,
-                x.entity.entity_type.as_str(),
-                x.entity.id(),
-                x.breach_type.as_str(),
-                x.breach_date,
-            )
-                .cmp(&(
-                    t2,
-                    y.entity.entity_type.as_str(),
-                    y.entity.id(),
-                    y.breach_type.as_str(),
-                    y.breach_date,
-                ))
-        });
-        let rows: Vec<_> = sorted
-            .iter()
-            .map(|(tenant_id, input)| {
+        let values: Vec<_> = rows
+            .into_iter()
+            .map(|(tenant_id, input, id)| {
                 (
-                    b::id.eq(ids::breach_history_id()),
-                    b::tenant_id.eq(*tenant_id),
+                    b::id.eq(id),
+                    b::tenant_id.eq(tenant_id),
                     b::entity_type.eq(input.entity.entity_type),
                     b::entity_id.eq(input.entity.id()),
                     b::breach_type.eq(input.breach_type),
@@ -666,14 +669,15 @@ impl<'c> CostAnomalyDriver<'c> {
             })
             .collect();
         Ok(diesel::insert_into(b::cost_breach_history)
-            .values(rows)
+            .values(values)
             .on_conflict(on_constraint("uq_breach_per_entity_day"))
             .do_update()
             .set((
                 b::deviation_pct.eq(excluded(b::deviation_pct)),
                 b::current_value_cents.eq(excluded(b::current_value_cents)),
             ))
-            .execute(self.conn)?)
+            .returning(b::id)
+            .get_results(self.conn)?)
     }
 
     /// The days of `[from, to]` on which each entity of these tenants breached
@@ -902,8 +906,8 @@ impl<'c> CostAnomalyDriver<'c> {
             .map(|((tenant_id, day, tag, user), totals)| DayRow {
                 tenant_id,
                 day,
-                feature_tag: tag_of(tag),
-                user_id: tag_of(user),
+                feature_tag: blank_to_none(tag),
+                user_id: blank_to_none(user),
                 totals,
             })
             .collect())

@@ -124,7 +124,7 @@ pub(crate) fn record_window<'a>(tenant_id: &'a str, from: DateTime<Utc>, to: Dat
 }
 
 /// The feature tag or user of a rollup row: records without one are `''` there.
-pub(crate) fn tag_of(rolled: String) -> Option<String> {
+pub(crate) fn blank_to_none(rolled: String) -> Option<String> {
     (!rolled.is_empty()).then_some(rolled)
 }
 
