@@ -21,6 +21,7 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, Utc};
 use diesel::PgConnection;
 use serde::Serialize;
 
+use crate::drivers::anomaly::run_ending;
 use crate::drivers::{
     AnomalyInput, AnomalyKey, BreachInput, CostAnomalyDriver, DriftObservation, EntityColumn,
 };
@@ -28,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::models::{
     AnomalyType, BreachType, BudgetType, CostAnomaly, DerivedCause, EntityType, Severity, Totals,
 };
-use crate::types::{BudgetScope, EntityKey, Tenants};
+use crate::types::{EntityKey, Tenants};
 
 /// The detector's thresholds; `Default` is the original engine's constants.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -185,27 +186,9 @@ impl DayBook {
     }
 }
 
-/// The key of a scope.
-fn scope_key(tenant_id: &str, scope: &BudgetScope) -> ScopeKey {
-    match scope {
-        BudgetScope::Tenant => (None, tenant_id.to_owned(), None),
-        BudgetScope::User(u) => (
-            Some(EntityColumn::User),
-            tenant_id.to_owned(),
-            Some(u.clone()),
-        ),
-        BudgetScope::Feature(f) => (
-            Some(EntityColumn::Feature),
-            tenant_id.to_owned(),
-            Some(f.clone()),
-        ),
-    }
-}
-
 /// A spike breach found today, before its run is known.
-struct Breach {
-    tenant_id: String,
-    scope: BudgetScope,
+struct Breach<'b> {
+    scope: &'b ScopeKey,
     input: BreachInput,
 }
 
@@ -322,23 +305,15 @@ impl AnomalyDetector {
                 if ratio < self.config.spike_ratio {
                     continue;
                 }
-                let (tenant_id, entity) = (key.1.clone(), key.2.clone());
-                let (entity_type, scope) = match (level, entity) {
-                    (Some(EntityColumn::User), Some(user)) => {
-                        (EntityType::User, BudgetScope::User(user))
-                    }
-                    (Some(EntityColumn::Feature), Some(tag)) => {
-                        (EntityType::Feature, BudgetScope::Feature(tag))
-                    }
-                    _ => (EntityType::Tenant, BudgetScope::Tenant),
+                let entity_type = match level {
+                    Some(EntityColumn::User) => EntityType::User,
+                    Some(EntityColumn::Feature) => EntityType::Feature,
+                    None => EntityType::Tenant,
                 };
-                let entity_id = match &scope {
-                    BudgetScope::User(id) | BudgetScope::Feature(id) => id.clone(),
-                    BudgetScope::Tenant => tenant_id.clone(),
-                };
+                // A tenant's own spike names the tenant as its entity.
+                let entity_id = key.2.clone().unwrap_or_else(|| key.1.clone());
                 breaches.push(Breach {
-                    tenant_id,
-                    scope,
+                    scope: key,
                     input: BreachInput {
                         entity: EntityKey {
                             entity_type,
@@ -358,11 +333,11 @@ impl AnomalyDetector {
         }
         let rows: Vec<(&str, &BreachInput)> = breaches
             .iter()
-            .map(|b| (b.tenant_id.as_str(), &b.input))
+            .map(|b| (b.scope.1.as_str(), &b.input))
             .collect();
         d.insert_breach_histories(&rows)?;
         // Each breaching entity's run of days up to today, within the week before it.
-        let mut breaching: Vec<&str> = breaches.iter().map(|b| b.tenant_id.as_str()).collect();
+        let mut breaching: Vec<&str> = breaches.iter().map(|b| b.scope.1.as_str()).collect();
         breaching.sort_unstable();
         breaching.dedup();
         let week = shift(today, -7)?;
@@ -374,19 +349,14 @@ impl AnomalyDetector {
         }
         let mut found = Vec::new();
         for breach in breaches {
-            let key = (breach.tenant_id.clone(), breach.input.entity.clone());
+            let key = (breach.scope.1.clone(), breach.input.entity.clone());
             let run = days.get(&key).map_or(0, |breach_days| {
-                breach_days
-                    .iter()
-                    .rev()
-                    .zip(today.iter_days().rev())
-                    .take_while(|(breach, expected)| *breach == expected)
-                    .count() as i32
+                run_ending(today, breach_days.iter().rev().copied())
             });
             if run < self.config.spike_days {
                 continue;
             }
-            let tenant_id = breach.tenant_id.as_str();
+            let tenant_id = breach.scope.1.as_str();
             let BreachInput {
                 entity,
                 deviation_pct,
@@ -416,7 +386,7 @@ impl AnomalyDetector {
                 threshold_pct: self.config.spike_ratio * 100.0,
                 message,
                 breach_count: run,
-                derived_cause: Some(self.cause(book, tenant_id, &breach.scope, today)),
+                derived_cause: Some(self.cause(book, breach.scope, today)),
                 metadata: Some(serde_json::json!({
                     "lookback_days": self.config.lookback_days,
                     "baseline_daily_avg": base,
@@ -424,10 +394,7 @@ impl AnomalyDetector {
                 })),
                 detected_at: now,
             };
-            found.push((
-                breach.tenant_id.clone(),
-                d.upsert_anomaly(tenant_id, &input)?,
-            ));
+            found.push((breach.scope.1.clone(), d.upsert_anomaly(tenant_id, &input)?));
         }
         Ok(found)
     }
@@ -484,7 +451,7 @@ impl AnomalyDetector {
                     "Sustained drift detected: {drift_pct:.1}% above baseline for {days} days"
                 ),
                 breach_count: days,
-                derived_cause: Some(self.cause(book, tenant, &BudgetScope::Tenant, today)),
+                derived_cause: Some(self.cause(book, key, today)),
                 metadata: Some(serde_json::json!({
                     "rolling_7d_avg": rolling,
                     "baseline_avg": baseline,
@@ -512,15 +479,16 @@ impl AnomalyDetector {
         let mut found = Vec::new();
         for budget in d.fetch_active_budgets_of(tenants)? {
             let tenant_id = budget.tenant_id.as_str();
-            let (scope, entity_type) = match (budget.budget_type, budget.entity_id.clone()) {
-                (BudgetType::Feature, Some(tag)) => {
-                    (BudgetScope::Feature(tag), EntityType::Feature)
+            let (level, entity_type) = match (budget.budget_type, &budget.entity_id) {
+                (BudgetType::Feature, Some(_)) => {
+                    (Some(EntityColumn::Feature), EntityType::Feature)
                 }
-                (BudgetType::User, Some(user)) => (BudgetScope::User(user), EntityType::User),
-                (BudgetType::Tenant, _) => (BudgetScope::Tenant, EntityType::Tenant),
+                (BudgetType::User, Some(_)) => (Some(EntityColumn::User), EntityType::User),
+                (BudgetType::Tenant, _) => (None, EntityType::Tenant),
                 _ => continue, // a feature or user budget without its id checks nothing
             };
-            let key = scope_key(tenant_id, &scope);
+            let entity = level.and(budget.entity_id.clone());
+            let key: ScopeKey = (level, tenant_id.to_owned(), entity);
             // One anomaly per type and budget a day: of the two periods, the fuller one.
             let mut worst: Vec<AnomalyInput> = Vec::new();
             for (daily, limit) in [
@@ -604,22 +572,15 @@ impl AnomalyDetector {
         Ok(found)
     }
 
-    /// The first cause that today's calls against yesterday's show: a retry loop, prompt
-    /// growth, a feature surge (tenant only), traffic growth, else unknown. A retry share
-    /// that appears from none yesterday counts as a retry loop.
-    fn cause(
-        &self,
-        book: &DayBook,
-        tenant_id: &str,
-        scope: &BudgetScope,
-        today: NaiveDate,
-    ) -> DerivedCause {
+    /// The first cause that the scope's calls today against yesterday's show: a retry
+    /// loop, prompt growth, a feature surge (tenant only), traffic growth, else unknown. A
+    /// retry share that appears from none yesterday counts as a retry loop.
+    fn cause(&self, book: &DayBook, key: &ScopeKey, today: NaiveDate) -> DerivedCause {
         let c = &self.config;
-        let key = scope_key(tenant_id, scope);
-        let now = book.day(&key, today);
+        let now = book.day(key, today);
         let before = today
             .pred_opt()
-            .map(|y| book.day(&key, y))
+            .map(|y| book.day(key, y))
             .unwrap_or_default();
         let retry_loop = match (
             per_call(&now, now.retries),
@@ -639,9 +600,10 @@ impl AnomalyDetector {
         if prompt.is_some_and(|g| g > c.prompt_growth) {
             return DerivedCause::PromptGrowth;
         }
-        if *scope == BudgetScope::Tenant && now.cost_cents > 0.0 {
+        let (level, tenant_id, _) = key;
+        if level.is_none() && now.cost_cents > 0.0 {
             let top = book
-                .scopes(Some(EntityColumn::Feature), Some(tenant_id))
+                .scopes(Some(EntityColumn::Feature), Some(tenant_id.as_str()))
                 .map(|k| book.day(k, today).cost_cents)
                 .fold(0.0, f64::max);
             if top / now.cost_cents > c.feature_share {

@@ -237,6 +237,15 @@ fn days(from: NaiveDate, to: NaiveDate) -> Result<(DateTime<Utc>, DateTime<Utc>)
     Ok((midnight(from), midnight(end)))
 }
 
+/// How many days in a row up to and including `today` are in `days` (distinct days,
+/// newest first): today, the day before, … for as long as each is there.
+pub(crate) fn run_ending(today: NaiveDate, days: impl IntoIterator<Item = NaiveDate>) -> i32 {
+    days.into_iter()
+        .zip(today.iter_days().rev())
+        .take_while(|(day, expected)| day == expected)
+        .count() as i32
+}
+
 /// A rollup row's sums as stored: requests, retries, input and output tokens, cents.
 type RolledRow = (i64, i64, i64, i64, f64);
 
@@ -742,13 +751,7 @@ impl<'c> CostAnomalyDriver<'c> {
             .distinct()
             .order(b::breach_date.desc())
             .load(self.conn)?;
-        // The run: today, the day before, … for as long as each is there.
-        let run = days
-            .iter()
-            .zip(today.iter_days().rev())
-            .take_while(|(breach, expected)| breach == &expected)
-            .count();
-        Ok(run as i32)
+        Ok(run_ending(today, days))
     }
 
     /// The entity's active drift tracker, if any.
