@@ -184,8 +184,6 @@ impl ReconcileLine {
     }
 }
 
-/// Creates the missing counters of the budgets that apply to a request.
-const ENSURE_COUNTERS: &str = include_str!("admission/ensure_counters.sql");
 /// The reservation, decided in one statement (see the file).
 const RESERVE: &str = include_str!("admission/reserve.sql");
 /// Creates the missing counters of some budgets for a day and a month.
@@ -370,17 +368,8 @@ impl<'c> AdmissionDriver<'c> {
             }
             if !verdict.ready {
                 if attempt < 2 {
-                    Prepared {
-                        sql: ENSURE_COUNTERS,
-                        params: &[
-                            Param::Text(tenant_id),
-                            Param::OptText(input.feature_tag.as_deref()),
-                            Param::OptText(input.user_id.as_deref()),
-                            Param::Day(day),
-                            Param::Day(month_of(day)),
-                        ],
-                    }
-                    .execute(self.conn)?;
+                    let budgets = self.applicable_budgets(tenant_id, input)?;
+                    self.ensure_window(&budgets, day)?;
                 }
                 continue;
             }
@@ -416,6 +405,43 @@ impl<'c> AdmissionDriver<'c> {
         Err(Error::Conflict(
             "the budget counters kept changing while reserving; retry".into(),
         ))
+    }
+
+    /// The ids of the tenant's active budgets that apply to a request, in id order: the
+    /// tenant-wide one, its feature tag's and its user's.
+    fn applicable_budgets(&mut self, tenant_id: &str, input: &ReserveInput) -> Result<Vec<String>> {
+        use crate::schema::cost_budgets as b;
+        let scope = b::budget_type
+            .eq(BudgetType::Tenant)
+            .and(b::entity_id.is_null())
+            .or(b::budget_type
+                .eq(BudgetType::Feature)
+                .and(b::entity_id.eq(input.feature_tag.as_deref())))
+            .or(b::budget_type
+                .eq(BudgetType::User)
+                .and(b::entity_id.eq(input.user_id.as_deref())));
+        Ok(b::table
+            .filter(b::tenant_id.eq(tenant_id))
+            .filter(b::is_active)
+            .filter(scope)
+            .select(b::id)
+            .order(b::id)
+            .load(self.conn)?)
+    }
+
+    /// Creates the missing counters of `budgets` for `day` and its month, in key order, so
+    /// concurrent creators wait for each other instead of deadlocking.
+    fn ensure_window(&mut self, budgets: &[String], day: NaiveDate) -> Result<()> {
+        Prepared {
+            sql: ENSURE_WINDOW,
+            params: &[
+                Param::Texts(budgets),
+                Param::Day(day),
+                Param::Day(month_of(day)),
+            ],
+        }
+        .execute(self.conn)?;
+        Ok(())
     }
 
     /// The held reservation of a request reserved before, or a conflict.
@@ -498,16 +524,7 @@ impl<'c> AdmissionDriver<'c> {
         }
         let day = record.created_at.date_naive();
         if inserted && (day != held.day || month_of(day) != held.month) {
-            let params = [
-                Param::Texts(&held.budget_ids),
-                Param::Day(day),
-                Param::Day(month_of(day)),
-            ];
-            Prepared {
-                sql: ENSURE_WINDOW,
-                params: &params,
-            }
-            .execute(self.conn)?;
+            self.ensure_window(&held.budget_ids, day)?;
         }
         let release = held.status == ReservationStatus::Held;
         let charge = if inserted { record.cost_cents } else { 0.0 };

@@ -4,7 +4,9 @@
 //! PostgreSQL's catalog that leader election reads.
 #![allow(missing_docs)]
 
-use diesel::sql_types::{BigInt, Bool, Double, Nullable, Numeric, Text, Timestamp, Timestamptz};
+use diesel::sql_types::{
+    BigInt, Bool, Date, Double, Nullable, Numeric, Text, Timestamp, Timestamptz,
+};
 
 diesel::define_sql_function! {
     /// Takes a session-level advisory lock if it is free.
@@ -77,6 +79,22 @@ diesel::define_sql_function! {
     /// The first of two instants that is not NULL.
     #[sql_name = "coalesce"]
     fn coalesce_instant(first: Nullable<Timestamptz>, second: Timestamptz) -> Timestamptz;
+}
+diesel::define_sql_function! {
+    /// Recomputes the rollups of a tenant's records (every tenant's when NULL) between two
+    /// UTC midnights (unbounded when NULL), under a `SHARE` lock on `cost_records`;
+    /// returns the rows each rollup gained (migration `rollup_upkeep`).
+    fn costdb_rebuild_rollups(
+        tenant: Nullable<Text>,
+        from_at: Nullable<Timestamptz>,
+        to_at: Nullable<Timestamptz>,
+    ) -> Record<(BigInt, BigInt)>;
+}
+diesel::define_sql_function! {
+    /// Folds the slots of the rollup rows of the UTC days before `before` into slot 0;
+    /// returns the rows removed and the rows they were folded into (migration
+    /// `rollup_upkeep`).
+    fn costdb_compact_rollups(before: Date) -> Record<(BigInt, BigInt)>;
 }
 
 diesel::table! {

@@ -941,10 +941,7 @@ fn the_migration_folds_the_originals_empty_entities_into_one_row_per_key() {
     let mut conn = db::connect(&url).unwrap();
     db::run_migrations(&mut conn).unwrap();
     // Back to the shape before the fold (the rollups came after it).
-    let reverted = db::revert_last_migration(&mut conn).unwrap().unwrap();
-    assert!(reverted.contains("cost_rollups"), "{reverted}");
-    let reverted = db::revert_last_migration(&mut conn).unwrap().unwrap();
-    assert!(reverted.contains("tenant_wide_entity"), "{reverted}");
+    common::revert_through(&mut conn, "tenant_wide_entity");
     // A database both wrote to before the fold: '' rows of the original, NULL rows of
     // costdb, and both for one day and for one tracker.
     conn.batch_execute(

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
-use diesel::dsl::{count, sum};
+use diesel::dsl::{case_when, count, sum};
 use diesel::prelude::*;
-use diesel::sql_types::{Double, Int4, Nullable, Text};
+use diesel::sql_types::{Double, Nullable, Text};
 use diesel::upsert::{excluded, on_constraint};
 use serde::Serialize;
 
@@ -150,15 +150,6 @@ impl DriftObservation {
 fn entity(key: &EntityKey) -> Result<()> {
     validate::optional("entity_id", key.id(), limits::TAG)
 }
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = Int4)]
-    n: i32,
-}
-
-/// A drift day, counted in one upsert (see the file).
-const DRIFT: &str = include_str!("anomaly/upsert_drift.sql");
 
 /// Which column names an entity of the spike rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -786,22 +777,49 @@ impl<'c> CostAnomalyDriver<'c> {
         entity(key)?;
         observation.validate()?;
         require_transaction(self.conn)?;
-        let id = ids::drift_tracking_id();
-        Ok(Prepared {
-            sql: DRIFT,
-            params: &[
-                Param::Text(&id),
-                Param::Text(tenant_id),
-                Param::Text(key.entity_type.as_str()),
-                Param::OptText(key.id()),
-                Param::Float(observation.rolling_avg_cents),
-                Param::Float(observation.baseline_avg_cents),
-                Param::Float(observation.drift_pct),
-                Param::Day(observation.today),
-            ],
-        }
-        .get_result::<Count>(self.conn)?
-        .n)
+        use crate::schema::cost_drift_tracking as d;
+        let today = observation.today;
+        let yesterday = today
+            .pred_opt()
+            .ok_or_else(|| Error::invalid("today", "has no day before it"))?;
+        // Checked today already, or yesterday: the run goes on.
+        let checked_today = || d::is_active.and(d::last_check_date.eq(today));
+        let checked_yesterday = || d::is_active.and(d::last_check_date.eq(yesterday));
+        // `+ 0.0` stores -0 as 0.
+        Ok(diesel::insert_into(d::table)
+            .values((
+                d::id.eq(ids::drift_tracking_id()),
+                d::tenant_id.eq(tenant_id),
+                d::entity_type.eq(key.entity_type),
+                d::entity_id.eq(key.id()),
+                d::rolling_7d_avg_cents.eq(observation.rolling_avg_cents + 0.0),
+                d::baseline_7d_avg_cents.eq(observation.baseline_avg_cents + 0.0),
+                d::drift_pct.eq(observation.drift_pct + 0.0),
+                d::drift_days_count.eq(1),
+                d::first_drift_date.eq(today),
+                d::last_check_date.eq(today),
+                d::is_active.eq(true),
+            ))
+            .on_conflict(on_constraint("uq_drift_tracker_per_entity"))
+            .do_update()
+            .set((
+                d::drift_days_count.eq(case_when(checked_today(), d::drift_days_count)
+                    .when(checked_yesterday(), d::drift_days_count + 1)
+                    .otherwise(1)),
+                d::first_drift_date.eq(case_when(
+                    checked_today().or(checked_yesterday()),
+                    d::first_drift_date,
+                )
+                .otherwise(today)),
+                d::rolling_7d_avg_cents.eq(excluded(d::rolling_7d_avg_cents)),
+                d::baseline_7d_avg_cents.eq(excluded(d::baseline_7d_avg_cents)),
+                d::drift_pct.eq(excluded(d::drift_pct)),
+                d::last_check_date.eq(today),
+                d::is_active.eq(true),
+                d::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(d::drift_days_count)
+            .get_result(self.conn)?)
     }
 
     /// Sets the tenant's tracker `id` to `drift_days_count` with the observation's values.

@@ -104,8 +104,6 @@ pub const BULK_CHUNK: usize = 5_000;
 
 /// The bulk insert: the thirteen columns as arrays, in column order.
 const BULK_INSERT: &str = include_str!("cost_write/insert_bulk.sql");
-/// The bulk insert that also skips an id that is already stored.
-const BULK_RETRY: &str = include_str!("cost_write/insert_bulk_retry.sql");
 
 impl<'c> CostWriteDriver<'c> {
     /// Wraps the caller's connection.
@@ -320,7 +318,7 @@ impl<'c> CostWriteDriver<'c> {
         let retries: Vec<bool> = rows().map(|c| c.is_retry).collect();
         let created_at: Vec<Option<DateTime<Utc>>> = rows().map(|c| c.created_at).collect();
         let inserted: Vec<IdRow> = Prepared {
-            sql: if retry { BULK_RETRY } else { BULK_INSERT },
+            sql: BULK_INSERT,
             params: &[
                 Param::Strs(&ids),
                 Param::Strs(&tenants),
@@ -364,7 +362,8 @@ impl<'c> CostWriteDriver<'c> {
         if skipped.is_empty() {
             return Ok(());
         }
-        // Only rows with a request id can conflict: look up the ids they collided with.
+        // A skipped row met a stored request id of its tenant (or, 2^-64 likely, a stored
+        // id): look up the records they collided with.
         let key = |i: usize| {
             let c = &costs[i];
             (
@@ -392,7 +391,11 @@ impl<'c> CostWriteDriver<'c> {
                 .get(&(tenant.to_owned(), request.to_owned()))
                 .cloned()
                 .ok_or_else(|| {
-                    Error::Conflict(format!("cost record for request {request:?} vanished"))
+                    Error::Conflict(format!(
+                        "cost record {:?} (request {request:?}) was not stored: its id is taken \
+                         or the record it collided with vanished",
+                        out[i].id
+                    ))
                 })?;
         }
         Ok(())

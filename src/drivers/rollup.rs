@@ -3,7 +3,6 @@
 //! [`Totals`](crate::models::Totals)); nothing here is needed to keep them right.
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
-use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz};
 use serde::Serialize;
@@ -12,7 +11,7 @@ use crate::db::require_transaction;
 use crate::error::{Error, Result};
 use crate::models::Totals;
 use crate::prepared::{Param, Prepared};
-use crate::schema::{cost_rollup_daily as d, cost_rollup_hourly as h};
+use crate::sql_fns::{costdb_compact_rollups, costdb_rebuild_rollups};
 use crate::types::limits;
 use crate::validate;
 
@@ -159,32 +158,16 @@ impl From<DifferenceRow> for RollupDifference {
 }
 
 /// What [`RollupDriver::rebuild`] wrote.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, QueryableByName)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct RebuildSummary {
     /// Rows of `cost_rollup_hourly` written.
-    #[diesel(sql_type = BigInt)]
     pub hourly_rows: i64,
     /// Rows of `cost_rollup_daily` written.
-    #[diesel(sql_type = BigInt)]
     pub daily_rows: i64,
 }
 
 /// Every key of a range whose rollup differs from its records (see the file).
 const VERIFY: &str = include_str!("rollup/verify.sql");
-/// The rollups of a range summed again from its records (see the file).
-const REBUILD: &str = include_str!("rollup/rebuild.sql");
-
-/// Rows folded by [`RollupDriver::compact`].
-#[derive(QueryableByName)]
-struct Compacted {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-    #[diesel(sql_type = BigInt)]
-    folded: i64,
-}
-
-/// The slots of the days before a day folded into one row per key (see the file).
-const COMPACT: &str = include_str!("rollup/compact.sql");
 
 /// Checks and repairs the rollups of `cost_records`.
 pub struct RollupDriver<'c> {
@@ -225,12 +208,7 @@ impl<'c> RollupDriver<'c> {
     pub fn compact(&mut self, before: NaiveDate) -> Result<(i64, i64)> {
         validate::instant("before", before.and_time(NaiveTime::MIN).and_utc())?;
         require_transaction(self.conn)?;
-        let done: Compacted = Prepared {
-            sql: COMPACT,
-            params: &[Param::Day(before)],
-        }
-        .get_result(self.conn)?;
-        Ok((done.n, done.folded))
+        Ok(diesel::select(costdb_compact_rollups(before)).get_result(self.conn)?)
     }
 
     /// Recomputes the rollups of `range` from its records. Blocks inserts of cost records
@@ -243,33 +221,12 @@ impl<'c> RollupDriver<'c> {
     pub fn rebuild(&mut self, range: &RollupRange) -> Result<RebuildSummary> {
         let (from, to) = range.instants()?;
         require_transaction(self.conn)?;
-        self.conn
-            .batch_execute("LOCK TABLE cost_records IN SHARE MODE")?;
-        let tenant = range.tenant_id.as_deref();
-        let mut hours = diesel::delete(h::table).into_boxed();
-        let mut days = diesel::delete(d::table).into_boxed();
-        if let Some(tenant) = tenant {
-            hours = hours.filter(h::tenant_id.eq(tenant));
-            days = days.filter(d::tenant_id.eq(tenant));
-        }
-        if let (Some(from), Some(day)) = (from, range.from) {
-            hours = hours.filter(h::bucket_hour.ge(from));
-            days = days.filter(d::day.ge(day));
-        }
-        if let (Some(to), Some(day)) = (to, range.to) {
-            hours = hours.filter(h::bucket_hour.lt(to));
-            days = days.filter(d::day.le(day));
-        }
-        hours.execute(self.conn)?;
-        days.execute(self.conn)?;
-        Ok(Prepared {
-            sql: REBUILD,
-            params: &[
-                Param::OptText(tenant),
-                Param::OptInstant(from.as_ref()),
-                Param::OptInstant(to.as_ref()),
-            ],
-        }
-        .get_result(self.conn)?)
+        let (hourly_rows, daily_rows) =
+            diesel::select(costdb_rebuild_rollups(range.tenant_id.as_deref(), from, to))
+                .get_result(self.conn)?;
+        Ok(RebuildSummary {
+            hourly_rows,
+            daily_rows,
+        })
     }
 }

@@ -99,3 +99,17 @@ pub fn count_for_tenant(conn: &mut diesel::PgConnection, table: &str, tenant: &s
     .expect("count")
     .n
 }
+
+/// Reverts the migrations from the newest back to the first whose name contains `name`,
+/// that one included: the schema as it was before it.
+#[allow(dead_code)]
+pub fn revert_through(conn: &mut diesel::PgConnection, name: &str) {
+    loop {
+        let reverted = costdb::db::revert_last_migration(conn)
+            .unwrap()
+            .unwrap_or_else(|| panic!("no migration named {name:?} to revert"));
+        if reverted.contains(name) {
+            return;
+        }
+    }
+}
