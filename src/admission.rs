@@ -29,7 +29,7 @@ use crate::models::{BudgetPeriod, BudgetType, CostInput, CostRecord, Reservation
 use crate::prepared::{Param, Prepared};
 use crate::schema::budget_reservations;
 use crate::sql_fns::numeric_float8;
-use crate::types::limits;
+use crate::types::{limits, TenantId};
 use crate::validate;
 
 /// What a request asks of its budgets, for [`AdmissionDriver::reserve`].
@@ -329,8 +329,7 @@ impl<'c> AdmissionDriver<'c> {
     /// [`Error::InvalidInput`] for bad input; [`Error::Conflict`] when the tenant already
     /// has a reservation for `request_id` that is no longer held. A repeated request whose
     /// reservation is held gets that reservation back, charged once.
-    pub fn reserve(&mut self, tenant_id: &str, input: &ReserveInput) -> Result<Admission> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+    pub fn reserve(&mut self, tenant_id: &TenantId, input: &ReserveInput) -> Result<Admission> {
         validate::required("request_id", &input.request_id, limits::COST_ID)?;
         validate::optional("feature_tag", input.feature_tag.as_deref(), limits::TAG)?;
         validate::optional("user_id", input.user_id.as_deref(), limits::COST_ID)?;
@@ -464,8 +463,11 @@ impl<'c> AdmissionDriver<'c> {
     }
 
     /// The tenant's reservation `id`, in whatever state it is.
-    pub fn fetch_reservation(&mut self, tenant_id: &str, id: &str) -> Result<Option<Reservation>> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+    pub fn fetch_reservation(
+        &mut self,
+        tenant_id: &TenantId,
+        id: &str,
+    ) -> Result<Option<Reservation>> {
         validate::required("id", id, limits::COST_ID)?;
         Ok(budget_reservations::table
             .filter(budget_reservations::tenant_id.eq(tenant_id))
@@ -587,8 +589,11 @@ impl<'c> AdmissionDriver<'c> {
     /// counter of that month, beside the exact sums of the cost records of the budget's
     /// scope in those windows: a line that does not [`match`](ReconcileLine::matches)
     /// shows spend that bypassed the gate (or a counter that went wrong).
-    pub fn reconcile(&mut self, tenant_id: &str, day: NaiveDate) -> Result<Vec<ReconcileLine>> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+    pub fn reconcile(
+        &mut self,
+        tenant_id: &TenantId,
+        day: NaiveDate,
+    ) -> Result<Vec<ReconcileLine>> {
         Ok(Prepared {
             sql: RECONCILE,
             params: &[

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::models::{
     AnomalyType, BreachType, BudgetType, CostAnomaly, DerivedCause, EntityType, Severity, Totals,
 };
-use crate::types::{EntityKey, Tenants};
+use crate::types::{EntityKey, TenantId, Tenants};
 
 /// The detector's thresholds; `Default` is the original engine's constants.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -103,7 +103,7 @@ pub struct AnomalyDetector {
 
 /// A scope of the rules: its level (`None` the whole tenant, else users or feature tags),
 /// its tenant and its entity (`None` for the whole tenant).
-type ScopeKey = (Option<EntityColumn>, String, Option<String>);
+type ScopeKey = (Option<EntityColumn>, TenantId, Option<String>);
 
 /// Every scope's totals per UTC day over the days the rules look at, read in one
 /// statement for all the tenants of a run.
@@ -124,18 +124,15 @@ impl DayBook {
         };
         // Each row counts for its tenant, its tag and its user.
         for row in d.fetch_days(tenants, from, to)? {
-            add((None, row.tenant_id.clone(), None), row.day, row.totals);
+            let tenant = TenantId::stored(row.tenant_id);
+            add((None, tenant.clone(), None), row.day, row.totals);
             if row.feature_tag.is_some() {
-                let key = (
-                    Some(EntityColumn::Feature),
-                    row.tenant_id.clone(),
-                    row.feature_tag,
-                );
+                let key = (Some(EntityColumn::Feature), tenant.clone(), row.feature_tag);
                 add(key, row.day, row.totals);
             }
             if row.user_id.is_some() {
                 add(
-                    (Some(EntityColumn::User), row.tenant_id, row.user_id),
+                    (Some(EntityColumn::User), tenant, row.user_id),
                     row.day,
                     row.totals,
                 );
@@ -148,14 +145,15 @@ impl DayBook {
     fn scopes<'a>(
         &'a self,
         level: Option<EntityColumn>,
-        tenant: Option<&'a str>,
+        tenant: Option<&'a TenantId>,
     ) -> impl Iterator<Item = &'a ScopeKey> {
         // Keys are ordered by level, tenant and entity: the wanted ones are one run.
-        let first = (level, tenant.unwrap_or_default().to_owned(), None);
+        let least = || TenantId::stored(String::new());
+        let first = (level, tenant.cloned().unwrap_or_else(least), None);
         self.days
             .range(first..)
             .map(|(key, _)| key)
-            .take_while(move |k| k.0 == level && tenant.is_none_or(|t| k.1 == t))
+            .take_while(move |k| k.0 == level && tenant.is_none_or(|t| k.1 == *t))
     }
 
     /// The scope's totals over `from..=to`, and how many of those days had calls.
@@ -227,7 +225,7 @@ impl AnomalyDetector {
     pub fn detect(
         &self,
         conn: &mut PgConnection,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         now: DateTime<Utc>,
     ) -> Result<Vec<CostAnomaly>> {
         self.run(conn, Tenants::One(tenant_id), now)
@@ -311,7 +309,7 @@ impl AnomalyDetector {
                     None => EntityType::Tenant,
                 };
                 // A tenant's own spike names the tenant as its entity.
-                let entity_id = key.2.clone().unwrap_or_else(|| key.1.clone());
+                let entity_id = key.2.clone().unwrap_or_else(|| key.1.to_string());
                 breaches.push(Breach {
                     scope: key,
                     input: BreachInput {
@@ -331,21 +329,20 @@ impl AnomalyDetector {
         if breaches.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<(&str, &BreachInput)> = breaches
-            .iter()
-            .map(|b| (b.scope.1.as_str(), &b.input))
-            .collect();
+        let rows: Vec<(&TenantId, &BreachInput)> =
+            breaches.iter().map(|b| (&b.scope.1, &b.input)).collect();
         d.insert_breach_histories(&rows)?;
         // Each breaching entity's run of days up to today, within the week before it.
-        let mut breaching: Vec<&str> = breaches.iter().map(|b| b.scope.1.as_str()).collect();
+        let mut breaching: Vec<&TenantId> = breaches.iter().map(|b| &b.scope.1).collect();
         breaching.sort_unstable();
         breaching.dedup();
         let week = shift(today, -7)?;
-        let mut days: HashMap<(String, EntityKey), Vec<NaiveDate>> = HashMap::new();
+        let mut days: HashMap<(TenantId, EntityKey), Vec<NaiveDate>> = HashMap::new();
         for (tenant, entity, day) in
             d.fetch_breach_days(&breaching, BreachType::AbsoluteSpike, week, today)?
         {
-            days.entry((tenant, entity)).or_default().push(day);
+            let key = (TenantId::stored(tenant), entity);
+            days.entry(key).or_default().push(day);
         }
         let mut found = Vec::new();
         for breach in breaches {
@@ -356,7 +353,7 @@ impl AnomalyDetector {
             if run < self.config.spike_days {
                 continue;
             }
-            let tenant_id = breach.scope.1.as_str();
+            let tenant_id = &breach.scope.1;
             let BreachInput {
                 entity,
                 deviation_pct,
@@ -372,7 +369,7 @@ impl AnomalyDetector {
             let message = format!(
                 "{who} {} spending {deviation_pct:.1}% above baseline for {run} consecutive \
                  day(s)",
-                entity.entity_id.as_deref().unwrap_or(tenant_id)
+                entity.entity_id.as_deref().unwrap_or(tenant_id.as_str())
             );
             let input = AnomalyInput {
                 key: AnomalyKey {
@@ -394,7 +391,7 @@ impl AnomalyDetector {
                 })),
                 detected_at: now,
             };
-            found.push((breach.scope.1.clone(), d.upsert_anomaly(tenant_id, &input)?));
+            found.push((tenant_id.to_string(), d.upsert_anomaly(tenant_id, &input)?));
         }
         Ok(found)
     }
@@ -415,7 +412,7 @@ impl AnomalyDetector {
             let Some(baseline) = book.active_day_avg(key, base_from, base_to) else {
                 continue;
             };
-            let tenant = key.1.as_str();
+            let tenant = &key.1;
             let rolling = book.range(key, week, today).0.cost_cents / 7.0;
             let ratio = rolling / baseline;
             if ratio < self.config.drift_ratio {
@@ -424,7 +421,7 @@ impl AnomalyDetector {
             }
             let entity = EntityKey {
                 entity_type: EntityType::Tenant,
-                entity_id: Some(tenant.to_owned()),
+                entity_id: Some(tenant.to_string()),
             };
             let drift_pct = (ratio - 1.0) * 100.0;
             let observation = DriftObservation {
@@ -459,7 +456,7 @@ impl AnomalyDetector {
                 })),
                 detected_at: now,
             };
-            found.push((tenant.to_owned(), d.upsert_anomaly(tenant, &input)?));
+            found.push((tenant.to_string(), d.upsert_anomaly(tenant, &input)?));
         }
         d.reset_tenant_drift(&ended)?;
         Ok(found)
@@ -478,7 +475,7 @@ impl AnomalyDetector {
         let first = today.with_day(1).expect("every month has a first day");
         let mut found = Vec::new();
         for budget in d.fetch_active_budgets_of(tenants)? {
-            let tenant_id = budget.tenant_id.as_str();
+            let tenant_id = TenantId::stored(budget.tenant_id.clone());
             let (level, entity_type) = match (budget.budget_type, &budget.entity_id) {
                 (BudgetType::Feature, Some(_)) => {
                     (Some(EntityColumn::Feature), EntityType::Feature)
@@ -488,7 +485,7 @@ impl AnomalyDetector {
                 _ => continue, // a feature or user budget without its id checks nothing
             };
             let entity = level.and(budget.entity_id.clone());
-            let key: ScopeKey = (level, tenant_id.to_owned(), entity);
+            let key: ScopeKey = (level, tenant_id, entity);
             // One anomaly per type and budget a day: of the two periods, the fuller one.
             let mut worst: Vec<AnomalyInput> = Vec::new();
             for (daily, limit) in [
@@ -566,7 +563,7 @@ impl AnomalyDetector {
                 }
             }
             for input in worst {
-                found.push((tenant_id.to_owned(), d.upsert_anomaly(tenant_id, &input)?));
+                found.push((budget.tenant_id.clone(), d.upsert_anomaly(&key.1, &input)?));
             }
         }
         Ok(found)
@@ -603,7 +600,7 @@ impl AnomalyDetector {
         let (level, tenant_id, _) = key;
         if level.is_none() && now.cost_cents > 0.0 {
             let top = book
-                .scopes(Some(EntityColumn::Feature), Some(tenant_id.as_str()))
+                .scopes(Some(EntityColumn::Feature), Some(tenant_id))
                 .map(|k| book.day(k, today).cost_cents)
                 .fold(0.0, f64::max);
             if top / now.cost_cents > c.feature_share {

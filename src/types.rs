@@ -1,12 +1,159 @@
-//! Types every layer shares: time windows, budget scopes, entity keys, tenant sets, the
-//! advisory lock ids of the singleton jobs, and the column limits of the schema, defined once.
+//! Types every layer shares: validated ids, time windows, budget scopes, entity keys, tenant
+//! sets, the advisory lock ids of the singleton jobs, and the column limits of the schema,
+//! defined once.
+
+use std::fmt;
+use std::ops::Deref;
+use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
+use diesel::expression::AsExpression;
+use diesel::pg::Pg;
+use diesel::serialize::{self, Output, ToSql};
+use diesel::sql_types::Text;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::models::{BudgetType, EntityType};
 use crate::validate;
+
+/// Declares a validated text id: a newtype whose constructor refuses what its column
+/// cannot hold, naming the field.
+macro_rules! text_id {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:path) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, AsExpression)]
+        #[serde(transparent)]
+        #[diesel(sql_type = Text)]
+        pub struct $name(String);
+
+        impl ToSql<Text, Pg> for $name {
+            fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+                <str as ToSql<Text, Pg>>::to_sql(&self.0, out)
+            }
+        }
+
+        impl $name {
+            #[doc = concat!(
+                "Checks `value`: not blank, at most [`", stringify!($max), "`] characters, ",
+                "no NUL.\n\n# Errors\n[`Error::InvalidInput`] naming `", $field, "`."
+            )]
+            pub fn new(value: impl Into<String>) -> Result<Self> {
+                let value = value.into();
+                validate::required($field, &value, $max)?;
+                Ok($name(value))
+            }
+
+            /// A value read from its column, which fits by construction.
+            #[allow(dead_code)]
+            pub(crate) fn stored(value: String) -> Self {
+                $name(value)
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                $name::new(s)
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = Error;
+            fn try_from(s: &str) -> Result<Self> {
+                $name::new(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(s: String) -> Result<Self> {
+                $name::new(s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl From<&$name> for String {
+            fn from(id: &$name) -> String {
+                id.0.clone()
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+
+        impl PartialEq<$name> for String {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+
+        impl PartialEq<$name> for &str {
+            fn eq(&self, other: &$name) -> bool {
+                *self == other.0
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                $name::new(String::deserialize(d)?).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+text_id!(
+    /// A tenant of the cost tables: the scope every cost-family method takes first. At most
+    /// [`limits::TENANT_ID`] characters, so it fits every `tenant_id` column it is bound to.
+    TenantId,
+    "tenant_id",
+    limits::TENANT_ID
+);
+
+text_id!(
+    /// A worker run's id (`worker_runs.id`): at most [`limits::WORKER_RUN_ID`] characters.
+    RunId,
+    "run_id",
+    limits::WORKER_RUN_ID
+);
 
 /// A half-open window `[from, to)` of instants; `from` must be before `to`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,17 +207,7 @@ pub enum Tenants<'a> {
     /// Every tenant.
     All,
     /// One tenant.
-    One(&'a str),
-}
-
-impl Tenants<'_> {
-    /// Refuses an empty or too long tenant id.
-    pub(crate) fn validate(self) -> Result<()> {
-        match self {
-            Tenants::All => Ok(()),
-            Tenants::One(t) => validate::required("tenant_id", t, limits::TENANT_ID),
-        }
-    }
+    One(&'a TenantId),
 }
 
 /// Whose breach or drift: an entity of a tenant (`entity_id: None` for the tenant as a
@@ -145,4 +282,43 @@ pub mod limits {
     pub const THRESHOLD_USED: usize = 100;
     /// A holder's name in `leader_terms.holder` (text; bounded here, not by the column).
     pub const HOLDER: usize = 256;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_holds_only_what_its_column_takes() {
+        let fits = "é".repeat(limits::TENANT_ID);
+        assert_eq!(TenantId::new(fits.clone()).unwrap(), fits.as_str());
+        for (bad, why) in [
+            ("".to_owned(), "must not be empty"),
+            ("  ".to_owned(), "must not be empty"),
+            ("é".repeat(limits::TENANT_ID + 1), "the column holds 64"),
+            ("a\0b".to_owned(), "NUL"),
+        ] {
+            match TenantId::new(bad) {
+                Err(Error::InvalidInput { field, reason }) => {
+                    assert_eq!(field, "tenant_id");
+                    assert!(reason.contains(why), "{reason}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(RunId::new("r".repeat(limits::WORKER_RUN_ID)).is_ok());
+        assert!(RunId::new("r".repeat(limits::WORKER_RUN_ID + 1)).is_err());
+    }
+
+    #[test]
+    fn an_id_reads_and_writes_as_its_text() {
+        let acme: TenantId = "acme".parse().unwrap();
+        assert_eq!(acme.to_string(), "acme");
+        assert_eq!(serde_json::to_string(&acme).unwrap(), "\"acme\"");
+        let back: TenantId = serde_json::from_str("\"acme\"").unwrap();
+        assert_eq!(back, acme);
+        // Deserializing checks too.
+        assert!(serde_json::from_str::<TenantId>("\"\"").is_err());
+        assert_eq!(String::from(&acme), "acme");
+    }
 }

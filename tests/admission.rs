@@ -13,7 +13,7 @@ use costdb::admission::{Admission, AdmissionDriver, Reservation, ReserveInput};
 use costdb::drivers::BudgetLimits;
 use costdb::models::CostInput;
 use costdb::models::{BudgetPeriod, BudgetType, ReservationStatus};
-use costdb::types::BudgetScope;
+use costdb::types::{BudgetScope, TenantId};
 use costdb::{db, drivers::CostWriteDriver, Error};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Text};
@@ -49,7 +49,7 @@ fn actual(r: &Reservation, cents: f64, at: DateTime<Utc>) -> CostInput {
 
 /// Creates (committed) a budget and returns its id.
 fn budget(
-    tenant: &str,
+    tenant: &TenantId,
     scope: BudgetScope,
     daily: Option<i32>,
     monthly: Option<i32>,
@@ -75,7 +75,7 @@ fn budget(
 /// Reserves in a transaction of its own (committed).
 fn reserve(
     conn: &mut PgConnection,
-    tenant: &str,
+    tenant: &TenantId,
     input: &ReserveInput,
 ) -> costdb::Result<Admission> {
     conn.transaction(|c| AdmissionDriver::new(c).reserve(tenant, input))
@@ -115,7 +115,7 @@ fn counter(
     .map(|r| (r.spent, r.reserved))
 }
 
-fn reservations_of(conn: &mut PgConnection, tenant: &str) -> i64 {
+fn reservations_of(conn: &mut PgConnection, tenant: &TenantId) -> i64 {
     common::count_for_tenant(conn, "budget_reservations", tenant)
 }
 
@@ -289,7 +289,7 @@ fn settling_a_request_already_billed_charges_nothing_and_releases() {
     // The request was billed before, outside the gate.
     conn.transaction(|c| {
         CostWriteDriver::new(c).insert_cost_record(&CostInput {
-            tenant_id: tenant.clone(),
+            tenant_id: tenant.to_string(),
             request_id: Some("req".into()),
             model: "m".into(),
             cost_cents: 42.0,
@@ -707,7 +707,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     for (input, field) in cases {
         assert_invalid(gate.reserve(&tenant, &input), field);
     }
-    assert_invalid(gate.reserve("", &base), "tenant_id");
+    assert_invalid(TenantId::new(""), "tenant_id");
     assert_invalid(gate.reclaim_expired(now, 0), "limit");
     let r = admitted(gate.reserve(&tenant, &base).unwrap());
     // A settlement that does not match the reservation writes nothing.
@@ -715,7 +715,7 @@ fn bad_input_is_refused_and_changes_nothing() {
     for (bad, field) in [
         (
             CostInput {
-                tenant_id: common::tenant(),
+                tenant_id: common::tenant().to_string(),
                 ..good.clone()
             },
             "tenant_id",

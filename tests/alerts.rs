@@ -441,7 +441,7 @@ fn upsert_spike(
     use costdb::types::EntityKey;
     costdb::drivers::CostAnomalyDriver::new(c)
         .upsert_anomaly(
-            tenant,
+            &common::tid(tenant),
             &AnomalyInput {
                 key: AnomalyKey {
                     anomaly_type: AnomalyType::UserSpike,

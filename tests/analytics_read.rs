@@ -11,7 +11,7 @@ use costdb::drivers::AnalyticsQuery;
 use costdb::models::CostInput;
 use costdb::models::{NewAosTrace, NewRun, TimeBucket};
 use costdb::schema::{aos_traces, runs};
-use costdb::types::TimeWindow;
+use costdb::types::{TenantId, TimeWindow};
 use costdb::{drivers::AnalyticsReadDriver, drivers::CostWriteDriver};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -29,7 +29,7 @@ fn trunc(t: DateTime<Utc>, bucket: TimeBucket) -> DateTime<Utc> {
 }
 
 /// A day and a half of calls for `tenant`, with edge instants around the window.
-fn fixture(tenant: &str) -> Vec<CostInput> {
+fn fixture(tenant: &TenantId) -> Vec<CostInput> {
     let models = ["gpt-4o", "claude", "gpt-4o-mini"];
     let features = [
         Some("support.chat"),
@@ -69,7 +69,7 @@ fn seed(conn: &mut PgConnection, rows: &[CostInput]) {
 
 /// A new tenant's fixture, seeded beside another tenant's (which must never show up): the
 /// tenant and its rows.
-fn seed_beside_another(conn: &mut PgConnection) -> (String, Vec<CostInput>) {
+fn seed_beside_another(conn: &mut PgConnection) -> (TenantId, Vec<CostInput>) {
     let (tenant, other) = (common::tenant(), common::tenant());
     let rows = fixture(&tenant);
     seed(conn, &rows);
@@ -146,10 +146,7 @@ fn model_spend_per_bucket_matches_the_fixture() {
             assert!((g.1 .0 - e.1 .0).abs() < 1e-9, "{g:?} {e:?}");
         }
     }
-    assert_invalid(
-        AnalyticsReadDriver::new(&mut conn).fetch_model_spend("", w, TimeBucket::Day),
-        "tenant_id",
-    );
+    assert_invalid(TenantId::new(""), "tenant_id");
 }
 
 #[test]
@@ -165,7 +162,7 @@ fn a_record_at_from_is_in_and_a_record_at_to_is_out() {
         (w.to, 8.0),
     ] {
         rows.push(CostInput {
-            tenant_id: tenant.clone(),
+            tenant_id: tenant.to_string(),
             model: "m".into(),
             cost_cents: cents,
             created_at: Some(when),
@@ -192,7 +189,7 @@ fn buckets_are_utc_whatever_the_session_time_zone() {
     let rows: Vec<CostInput> = [at(10, 20, 15), at(10, 23, 59), at(11, 0, 30)]
         .into_iter()
         .map(|t| CostInput {
-            tenant_id: tenant.clone(),
+            tenant_id: tenant.to_string(),
             model: "m".into(),
             cost_cents: 1.0,
             created_at: Some(t),
@@ -233,7 +230,7 @@ fn llm_usage_counts_input_plus_output_tokens_of_runs() {
         .enumerate()
         .map(|(i, (t, inp, out))| NewRun {
             id: format!("{tenant}-{i}"),
-            tenant_id: Some(tenant.clone()),
+            tenant_id: Some(tenant.to_string()),
             created_at: *t,
             input_tokens: *inp,
             output_tokens: *out,
@@ -241,7 +238,7 @@ fn llm_usage_counts_input_plus_output_tokens_of_runs() {
         .chain([
             NewRun {
                 id: format!("{other}-x"),
-                tenant_id: Some(other.clone()),
+                tenant_id: Some(other.to_string()),
                 created_at: at(10, 1, 0),
                 input_tokens: Some(1),
                 output_tokens: Some(1),
@@ -285,12 +282,12 @@ fn worker_executions_are_counted_from_traces() {
         .enumerate()
         .map(|(i, t)| NewAosTrace {
             trace_id: format!("{tenant}-{i}"),
-            tenant_id: tenant.clone(),
+            tenant_id: tenant.to_string(),
             created_at: *t,
         })
         .chain([NewAosTrace {
             trace_id: format!("{other}-0"),
-            tenant_id: other.clone(),
+            tenant_id: other.to_string(),
             created_at: at(10, 2, 0),
         }])
         .collect();
@@ -367,7 +364,7 @@ fn equal_spend_is_ordered_by_label() {
     let rows: Vec<CostInput> = ["b-model", "a-model", "c-model"]
         .into_iter()
         .map(|m| CostInput {
-            tenant_id: tenant.clone(),
+            tenant_id: tenant.to_string(),
             model: m.into(),
             feature_tag: Some(m.into()),
             cost_cents: 5.0,
@@ -427,21 +424,20 @@ fn bad_input_is_a_typed_error() {
     assert_invalid(TimeWindow::new(t, t - Duration::seconds(1)), "window");
     let mut conn = common::test_conn();
     let mut d = AnalyticsReadDriver::new(&mut conn);
-    assert_invalid(
-        d.fetch_cost_metrics("", window(), TimeBucket::Day),
-        "tenant_id",
-    );
-    assert_invalid(
-        d.fetch_cost_by_feature(&"x".repeat(65), window()),
-        "tenant_id",
-    );
+    // Tenant ids that fit no column are refused when they are made.
+    assert_invalid(TenantId::new(""), "tenant_id");
+    assert_invalid(TenantId::new("x".repeat(65)), "tenant_id");
+    let acme = common::tid("acme");
     // A window built by hand past the constructor is checked again.
     let reversed = TimeWindow { from: t, to: t };
     assert_invalid(
-        d.fetch_cost_spend("t", reversed, TimeBucket::Hour),
+        d.fetch_cost_spend(&acme, reversed, TimeBucket::Hour),
         "window",
     );
-    assert_invalid(d.fetch_llm_usage("t", reversed, TimeBucket::Hour), "window");
+    assert_invalid(
+        d.fetch_llm_usage(&acme, reversed, TimeBucket::Hour),
+        "window",
+    );
     // Instants PostgreSQL cannot store, and NUL in text, never reach it.
     let ancient = TimeWindow {
         from: DateTime::<Utc>::MIN_UTC,
@@ -449,10 +445,10 @@ fn bad_input_is_a_typed_error() {
     };
     assert_invalid(TimeWindow::new(ancient.from, t), "window.from");
     assert_invalid(
-        d.fetch_cost_spend("t", ancient, TimeBucket::Day),
+        d.fetch_cost_spend(&acme, ancient, TimeBucket::Day),
         "window.from",
     );
-    assert_invalid(d.fetch_cost_by_model("t\0", window()), "tenant_id");
+    assert_invalid(TenantId::new("t\0"), "tenant_id");
     // The connection is still usable.
-    assert!(d.fetch_cost_by_model("t", window()).unwrap().is_empty());
+    assert!(d.fetch_cost_by_model(&acme, window()).unwrap().is_empty());
 }

@@ -42,7 +42,7 @@ fn stored(conn: &mut PgConnection, tenant: &str) -> Vec<CoordinationAuditRecord>
 #[test]
 fn a_record_keeps_every_field_and_replay_writes_nothing() {
     let mut conn = common::test_conn();
-    let tenant = common::tenant();
+    let tenant = common::tenant().to_string();
     let input = decision(&tenant);
     let out = AuditDriver::new(&mut conn)
         .insert_audit_record(&input, true)
@@ -78,7 +78,7 @@ fn a_record_keeps_every_field_and_replay_writes_nothing() {
 
 #[test]
 fn a_duplicate_is_a_typed_error_and_the_callers_other_work_stays() {
-    let tenant = common::tenant();
+    let tenant = common::tenant().to_string();
     let mut conn = common::conn();
     let input = decision(&tenant);
     let outcome = conn.transaction::<_, Error, _>(|c| {
@@ -106,7 +106,7 @@ fn a_duplicate_is_a_typed_error_and_the_callers_other_work_stays() {
 #[test]
 fn bad_input_is_refused_before_sql_and_writes_need_a_transaction() {
     let mut conn = common::test_conn();
-    let tenant = common::tenant();
+    let tenant = common::tenant().to_string();
     let ok = decision(&tenant);
     let cases = [
         (

@@ -11,11 +11,11 @@ use costdb::drivers::{BudgetLimits, FeatureTagChanges, FeatureTagInput};
 use costdb::models::CostInput;
 use costdb::models::{BudgetType, CostRecord};
 use costdb::schema::{cost_records, feature_tags};
-use costdb::types::BudgetScope;
+use costdb::types::{BudgetScope, TenantId};
 use costdb::{drivers::CostWriteDriver, Error};
 use diesel::prelude::*;
 
-fn cost(tenant: &str, request: Option<&str>, cents: f64) -> CostInput {
+fn cost(tenant: &TenantId, request: Option<&str>, cents: f64) -> CostInput {
     CostInput {
         tenant_id: tenant.into(),
         request_id: request.map(Into::into),
@@ -41,7 +41,7 @@ fn tag_input(
     }
 }
 
-fn records_of(conn: &mut PgConnection, tenant: &str) -> Vec<CostRecord> {
+fn records_of(conn: &mut PgConnection, tenant: &TenantId) -> Vec<CostRecord> {
     cost_records::table
         .filter(cost_records::tenant_id.eq(tenant))
         .select(CostRecord::as_select())
@@ -164,7 +164,7 @@ fn a_cost_record_keeps_every_field() {
     let tenant = common::tenant();
     let at = Utc.with_ymd_and_hms(2026, 3, 10, 14, 30, 0).unwrap();
     let input = CostInput {
-        tenant_id: tenant.clone(),
+        tenant_id: tenant.to_string(),
         user_id: Some("u-1".into()),
         feature_tag: Some("support.chat".into()),
         request_id: Some("req-1".into()),
@@ -827,7 +827,7 @@ fn a_batch_of_new_requests_goes_in_whole_with_every_field() {
     let tenant = common::tenant();
     let at = Utc.with_ymd_and_hms(2026, 5, 4, 3, 2, 1).unwrap();
     let full = CostInput {
-        tenant_id: tenant.clone(),
+        tenant_id: tenant.to_string(),
         user_id: Some("u".into()),
         feature_tag: Some("f.g".into()),
         request_id: Some("r-1".into()),

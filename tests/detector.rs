@@ -9,7 +9,7 @@ use costdb::detector::{severity_band, AnomalyDetector, DetectorConfig};
 use costdb::drivers::BudgetLimits;
 use costdb::models::CostInput;
 use costdb::models::{AnomalyType, CostAnomaly, DerivedCause, EntityType, Severity};
-use costdb::types::BudgetScope;
+use costdb::types::{BudgetScope, TenantId};
 use costdb::{drivers::CostWriteDriver, Error};
 use diesel::Connection;
 
@@ -27,7 +27,7 @@ fn noon(day: NaiveDate) -> DateTime<Utc> {
 #[allow(clippy::too_many_arguments)]
 fn calls(
     out: &mut Vec<CostInput>,
-    tenant: &str,
+    tenant: &TenantId,
     day: NaiveDate,
     user: &str,
     n: usize,
@@ -67,10 +67,10 @@ fn mostly_search(k: usize) -> &'static str {
 }
 
 struct Tenants {
-    calm: String,
-    spike: String,
-    drift: String,
-    budget: String,
+    calm: TenantId,
+    spike: TenantId,
+    drift: TenantId,
+    budget: TenantId,
 }
 
 /// 36 days of history. Every tenant has 10 users with 10 calls of 10¢ a day (1,000¢),
@@ -370,7 +370,7 @@ fn replay(url: &str, all_at_once: bool) -> Vec<String> {
             conn.transaction(|c| detector.detect_all(c, now)).unwrap()
         } else {
             let mut each = Vec::new();
-            let mut by_id: Vec<&String> = roles.iter().map(|(t, _)| *t).collect();
+            let mut by_id: Vec<&TenantId> = roles.iter().map(|(t, _)| *t).collect();
             by_id.sort();
             for tenant in by_id {
                 each.extend(

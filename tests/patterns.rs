@@ -91,7 +91,7 @@ fn ids(rows: Vec<WorkerRun>) -> Vec<String> {
 #[test]
 fn run_reads_match_the_fixture_and_isolate_tenants() {
     let mut conn = common::test_conn();
-    let tenants = [common::tenant(), common::tenant()];
+    let tenants = [common::tenant().to_string(), common::tenant().to_string()];
     let all = fixture(&mut conn, &tenants);
     let since = t0() + Duration::hours(3);
     let of = |t: usize| -> Vec<WorkerRun> {
@@ -167,7 +167,7 @@ fn run_reads_match_the_fixture_and_isolate_tenants() {
     assert_eq!(ids(got), newest_first(cost_runs));
 
     // Another tenant sees none of these.
-    let stranger = common::tenant();
+    let stranger = common::tenant().to_string();
     assert!(p
         .fetch_failed_runs(Some(&stranger), t0(), None, 100)
         .unwrap()
@@ -196,7 +196,7 @@ fn feedback(kind: PatternType, at: DateTime<Utc>) -> FeedbackInput {
 #[test]
 fn feedback_round_trips_and_lists_newest_first() {
     let mut conn = common::test_conn();
-    let tenant = common::tenant();
+    let tenant = common::tenant().to_string();
     let mut d = PatternDetectionDriver::new(&mut conn);
     let first = d
         .insert_feedback(&tenant, &feedback(PatternType::FailurePattern, t0()))
@@ -287,7 +287,7 @@ fn prediction(
 #[test]
 fn predictions_round_trip_expire_and_summarise() {
     let mut conn = common::test_conn();
-    let tenant = common::tenant();
+    let tenant = common::tenant().to_string();
     let mut p = PredictionDriver::new(&mut conn);
     let specs = [
         (
@@ -467,7 +467,7 @@ fn with_sequential_scans_off_tenant_queries_use_a_tenant_index() {
 #[test]
 fn bad_input_is_refused_and_nothing_is_written() {
     let mut conn = common::test_conn();
-    let tenant = common::tenant();
+    let tenant = common::tenant().to_string();
     let ok = feedback(PatternType::FailurePattern, t0());
     let mut d = PatternDetectionDriver::new(&mut conn);
     assert_invalid(

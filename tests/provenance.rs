@@ -45,7 +45,7 @@ fn set_created(conn: &mut PgConnection, id: i64, at: DateTime<Utc>) {
 #[test]
 fn a_write_keeps_every_field_and_a_missing_payload_is_sql_null() {
     let mut conn = common::test_conn();
-    let tenant = common::tenant();
+    let tenant = common::tenant().to_string();
     let full = ProvenanceInput {
         run_id: Some("run-1".into()),
         tenant_id: Some(tenant.clone()),
@@ -124,7 +124,7 @@ fn a_write_keeps_every_field_and_a_missing_payload_is_sql_null() {
 #[test]
 fn a_batch_returns_the_real_ids_in_input_order() {
     let mut conn = common::test_conn();
-    let tenant = common::tenant();
+    let tenant = common::tenant().to_string();
     let inputs: Vec<ProvenanceInput> = (0..7)
         .map(|i| ProvenanceInput {
             payload: Some(json!({ "i": i })),
@@ -178,7 +178,7 @@ fn a_batch_returns_the_real_ids_in_input_order() {
 #[test]
 fn queries_filter_page_newest_first_and_windows_are_half_open() {
     let mut conn = common::test_conn();
-    let tenant = common::tenant();
+    let tenant = common::tenant().to_string();
     let base = Utc.with_ymd_and_hms(2026, 4, 1, 0, 0, 0).unwrap();
     let mut ids = Vec::new();
     for i in 0..6 {
@@ -265,7 +265,7 @@ fn queries_filter_page_newest_first_and_windows_are_half_open() {
     );
 
     let other = ProvenanceFilter {
-        tenant_id: Some(common::tenant()),
+        tenant_id: Some(common::tenant().to_string()),
         ..Default::default()
     };
     assert_eq!(d.fetch_provenance_count(&other).unwrap(), 0);
@@ -281,7 +281,7 @@ fn drift_statistics_match_the_fixture() {
     // transaction, which is rolled back.
     conn.batch_execute("DELETE FROM costsim_provenance")
         .unwrap();
-    let tenant = common::tenant();
+    let tenant = common::tenant().to_string();
     let mut d = ProvenanceDriver::new(&mut conn);
     let empty = d.fetch_drift_stats(None).unwrap();
     assert_eq!(
@@ -479,7 +479,7 @@ fn two_backfills_at_once_store_each_hash_once() {
 #[test]
 fn bad_input_is_refused_and_nothing_is_written() {
     let mut conn = common::test_conn();
-    let tenant = common::tenant();
+    let tenant = common::tenant().to_string();
     let ok = input(&tenant, "r", Some(1.0), Some(2.0));
     let cases = [
         (

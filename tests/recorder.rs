@@ -4,6 +4,8 @@
 
 mod common;
 
+use costdb::types::TenantId;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
@@ -16,7 +18,7 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 
-fn call(tenant: &str, request: String, cents: f64) -> CostInput {
+fn call(tenant: &TenantId, request: String, cents: f64) -> CostInput {
     CostInput {
         tenant_id: tenant.into(),
         request_id: Some(request),
@@ -37,7 +39,7 @@ struct Stored {
 }
 
 /// request id → ids stored under it, for the tenant.
-fn stored(conn: &mut PgConnection, tenant: &str) -> HashMap<String, Vec<String>> {
+fn stored(conn: &mut PgConnection, tenant: &TenantId) -> HashMap<String, Vec<String>> {
     let rows: Vec<Stored> =
         diesel::sql_query("SELECT id, request_id FROM cost_records WHERE tenant_id = $1")
             .bind::<Text, _>(tenant)
@@ -54,7 +56,7 @@ fn stored(conn: &mut PgConnection, tenant: &str) -> HashMap<String, Vec<String>>
 type Told = Vec<(String, costdb::Result<costdb::drivers::RecordedCost>)>;
 
 /// `threads` callers recording `each` calls; returns what they were told.
-fn stream(recorder: &CostRecorder, tenant: &str, threads: usize, each: usize) -> Told {
+fn stream(recorder: &CostRecorder, tenant: &TenantId, threads: usize, each: usize) -> Told {
     let barrier = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|t| {
@@ -82,7 +84,7 @@ fn stream(recorder: &CostRecorder, tenant: &str, threads: usize, each: usize) ->
 /// `Err` with an unknown outcome is stored at most once, under the id it carries.
 fn assert_exactly_what_was_acknowledged(
     conn: &mut PgConnection,
-    tenant: &str,
+    tenant: &TenantId,
     told: &Told,
 ) -> usize {
     let stored = stored(conn, tenant);

@@ -18,7 +18,7 @@ use costdb::leader::{self, LeaderGuard};
 use costdb::models::CostInput;
 use costdb::models::{AlertStatus, AlertType};
 use costdb::recorder::{CostRecorder, RecorderConfig};
-use costdb::types::BudgetScope;
+use costdb::types::{BudgetScope, RunId, TenantId};
 use costdb::{
     db, drivers::AlertDriver, drivers::CostWriteDriver, drivers::ProvenanceDriver, Error,
 };
@@ -53,7 +53,7 @@ fn call(tenant: &str, request: String, cents: f64) -> CostInput {
     }
 }
 
-fn hard_budget(conn: &mut PgConnection, tenant: &str, daily: i32) {
+fn hard_budget(conn: &mut PgConnection, tenant: &TenantId, daily: i32) {
     conn.transaction(|c| {
         CostWriteDriver::new(c).upsert_budget(
             tenant,
@@ -493,7 +493,9 @@ fn mixed_load_for_a_bounded_time_keeps_every_promise() {
     let url = common::database_url().to_owned();
     let tenant = common::tenant();
     let mut setup = common::conn();
-    let budgets: Vec<String> = (0..3).map(|i| format!("{tenant}-b{i}")).collect();
+    let budgets: Vec<TenantId> = (0..3)
+        .map(|i| common::tid(&format!("{tenant}-b{i}")))
+        .collect();
     for b in &budgets {
         hard_budget(&mut setup, b, 700);
     }
@@ -919,7 +921,7 @@ fn hostile_text_through_the_other_write_methods_is_stored_exactly() {
     let mut conn = common::test_conn();
     let tenant = common::tenant();
     for (i, text) in HOSTILE.iter().enumerate() {
-        let run_id = format!("run-{i}");
+        let run_id = RunId::new(format!("run-{i}")).unwrap();
         let run = WorkerWriteDriver::new(&mut conn)
             .upsert_worker_run(
                 &tenant,
@@ -1006,7 +1008,7 @@ fn hostile_text_through_the_other_write_methods_is_stored_exactly() {
     common::assert_invalid(
         WorkerWriteDriver::new(&mut conn).upsert_worker_run(
             &tenant,
-            "nul",
+            &RunId::new("nul").unwrap(),
             &WorkerRunData {
                 task: Some("a\0".into()),
                 ..Default::default()

@@ -20,7 +20,7 @@ use costdb::drivers::{
 use costdb::models::{CostInput, CostRecord, TimeBucket};
 use costdb::recorder::{CostRecorder, RecorderConfig};
 use costdb::schema::cost_records as cr;
-use costdb::types::{BudgetScope, TimeWindow};
+use costdb::types::{BudgetScope, TenantId, TimeWindow};
 
 /// A small deterministic generator (splitmix64), so a failure replays from its seed.
 struct Rng(u64);
@@ -45,7 +45,7 @@ impl Rng {
 }
 
 /// A call of `model` costing `cents`, everything else empty.
-fn base(tenant: &str, model: &str, cents: f64) -> CostInput {
+fn base(tenant: &TenantId, model: &str, cents: f64) -> CostInput {
     CostInput {
         tenant_id: tenant.into(),
         model: model.into(),
@@ -62,7 +62,7 @@ fn month_end() -> DateTime<Utc> {
 /// A random call of one of `tenants`: users, tags and models from small sets (some
 /// absent), instants within two days of a month end at any microsecond, one in ten
 /// forty days in the past, request ids from a small pool so that retries repeat them.
-fn call(rng: &mut Rng, tenants: &[String]) -> CostInput {
+fn call(rng: &mut Rng, tenants: &[TenantId]) -> CostInput {
     let tenant = tenants[rng.below(tenants.len() as u64) as usize].clone();
     let micros = rng.below(4 * 86_400_000_000) as i64 - 2 * 86_400_000_000;
     let past = if rng.below(10) == 0 {
@@ -86,7 +86,7 @@ fn call(rng: &mut Rng, tenants: &[String]) -> CostInput {
 
 /// Writes `n` random calls through one write path, in transactions of up to 8 calls of
 /// which one in four is rolled back.
-fn write(path: usize, seed: u64, tenants: &[String], n: usize) {
+fn write(path: usize, seed: u64, tenants: &[TenantId], n: usize) {
     let mut rng = Rng(seed);
     let mut conn = db::connect(common::database_url()).unwrap();
     let mut left = n;
@@ -141,7 +141,7 @@ fn settle(c: &mut PgConnection, cost: &CostInput) -> costdb::Result<()> {
         now: at,
     };
     let mut d = AdmissionDriver::new(c);
-    match d.reserve(&cost.tenant_id, &input)? {
+    match d.reserve(&TenantId::new(cost.tenant_id.as_str())?, &input)? {
         Admission::Admitted { reservation, .. } => {
             let actual = CostInput {
                 request_id: Some(request),
@@ -155,7 +155,7 @@ fn settle(c: &mut PgConnection, cost: &CostInput) -> costdb::Result<()> {
 }
 
 /// The recorder's path: many callers, one group commit.
-fn record(seed: u64, tenants: &[String], n: usize) {
+fn record(seed: u64, tenants: &[TenantId], n: usize) {
     let recorder = CostRecorder::start(common::database_url(), RecorderConfig::default()).unwrap();
     let mut rng = Rng(seed);
     let calls: Vec<CostInput> = (0..n).map(|_| call(&mut rng, tenants)).collect();
@@ -172,7 +172,7 @@ fn record(seed: u64, tenants: &[String], n: usize) {
     recorder.shutdown();
 }
 
-fn records(conn: &mut PgConnection, tenant: &str) -> Vec<CostRecord> {
+fn records(conn: &mut PgConnection, tenant: &TenantId) -> Vec<CostRecord> {
     cr::table
         .filter(cr::tenant_id.eq(tenant))
         .select(CostRecord::as_select())
@@ -217,7 +217,7 @@ fn sums<K: Ord>(rows: &[CostRecord], pick: impl Fn(&CostRecord) -> Option<K>) ->
 }
 
 /// Every rollup-served read of `tenant` against the same read computed from its records.
-fn compare_reads(conn: &mut PgConnection, tenant: &str, rows: &[CostRecord]) {
+fn compare_reads(conn: &mut PgConnection, tenant: &TenantId, rows: &[CostRecord]) {
     let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
     let windows = [
         (t("2026-01-29T00:00:00Z"), t("2026-02-04T00:00:00Z")),
@@ -287,7 +287,7 @@ fn compare_reads(conn: &mut PgConnection, tenant: &str, rows: &[CostRecord]) {
 /// Every rollup-served input of the detector for `tenant` on `today`, against the records.
 fn compare_detector_inputs(
     conn: &mut PgConnection,
-    tenant: &str,
+    tenant: &TenantId,
     rows: &[CostRecord],
     today: NaiveDate,
 ) {
@@ -405,7 +405,7 @@ use chrono::Datelike;
 
 #[test]
 fn every_write_path_at_once_leaves_rollups_equal_to_the_records_in_every_time_zone() {
-    let tenants: Vec<String> = (0..3).map(|_| common::tenant()).collect();
+    let tenants: Vec<TenantId> = (0..3).map(|_| common::tenant()).collect();
     let seed = 0x5eed_2026;
     std::thread::scope(|s| {
         for path in 0..3 {
@@ -436,7 +436,7 @@ fn every_write_path_at_once_leaves_rollups_equal_to_the_records_in_every_time_zo
     assert!(total > 3 * 300, "{total}");
     for tenant in &tenants {
         let range = RollupRange {
-            tenant_id: Some(tenant.clone()),
+            tenant_id: Some(tenant.to_string()),
             ..RollupRange::default()
         };
         let differences = RollupDriver::new(&mut conn)
@@ -587,7 +587,7 @@ fn verify_names_a_planted_difference_and_rebuild_repairs_it() {
     })
     .unwrap();
     let range = RollupRange {
-        tenant_id: Some(tenant.clone()),
+        tenant_id: Some(tenant.to_string()),
         from: Some(at.date_naive()),
         to: Some(at.date_naive()),
     };
@@ -642,7 +642,7 @@ fn verify_names_a_planted_difference_and_rebuild_repairs_it() {
     );
     // The other day is not in the range, and has no difference anyway.
     let everything = RollupRange {
-        tenant_id: Some(tenant.clone()),
+        tenant_id: Some(tenant.to_string()),
         ..RollupRange::default()
     };
     assert_eq!(
@@ -717,16 +717,16 @@ fn the_migration_fills_the_rollups_from_the_records_already_there() {
             .unwrap(),
         vec![]
     );
-    for tenant in ["t0", "t1", "t2"] {
-        let rows = records(&mut conn, tenant);
+    for tenant in ["t0", "t1", "t2"].map(common::tid) {
+        let rows = records(&mut conn, &tenant);
         assert!(!rows.is_empty());
-        compare_reads(&mut conn, tenant, &rows);
+        compare_reads(&mut conn, &tenant, &rows);
     }
     // And from then on the trigger keeps them.
     conn.transaction::<_, costdb::Error, _>(|c| {
         CostWriteDriver::new(c).insert_cost_record(&CostInput {
             created_at: Some(Utc.with_ymd_and_hms(2026, 4, 1, 1, 0, 0).unwrap()),
-            ..base("t0", "m0", 3.0)
+            ..base(&common::tid("t0"), "m0", 3.0)
         })?;
         Ok(())
     })
@@ -873,7 +873,7 @@ fn compact_folds_the_slots_of_past_days_and_leaves_every_sum_as_it_was() {
     assert_eq!(
         RollupDriver::new(&mut conn)
             .fetch_differences(&RollupRange {
-                tenant_id: Some(tenant.clone()),
+                tenant_id: Some(tenant.to_string()),
                 ..RollupRange::default()
             })
             .unwrap(),

@@ -3,6 +3,8 @@
 
 mod common;
 
+use costdb::types::TenantId;
+
 use costdb::db;
 use costdb::models::{ids, BudgetType, NewCostBudget, NewWorkerRun, WorkerStatus};
 use costdb::schema::{cost_budgets, worker_runs};
@@ -133,7 +135,7 @@ fn every_tenant_scoped_table_has_an_index_leading_with_tenant_id() {
     assert!(missing.is_empty(), "no tenant_id-led index on {missing:?}");
 }
 
-fn finished_run(conn: &mut PgConnection, tenant: &str) -> String {
+fn finished_run(conn: &mut PgConnection, tenant: &TenantId) -> String {
     let id = uuid::Uuid::new_v4().to_string();
     diesel::insert_into(worker_runs::table)
         .values(NewWorkerRun {
@@ -239,7 +241,7 @@ fn a_second_tenant_level_budget_for_the_same_tenant_is_refused() {
     let tenant = common::tenant();
     let budget = |id: String| NewCostBudget {
         id,
-        tenant_id: tenant.clone(),
+        tenant_id: tenant.to_string(),
         budget_type: BudgetType::Tenant,
         entity_id: None,
         daily_limit_cents: Some(1000),
@@ -312,12 +314,12 @@ fn every_session_runs_in_utc() {
 fn an_unknown_stored_value_is_a_clear_error_when_read() {
     let mut conn = common::test_conn();
     let tenant = common::tenant();
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = costdb::types::RunId::new(uuid::Uuid::new_v4().to_string()).unwrap();
     diesel::sql_query(
         "INSERT INTO worker_runs (id, tenant_id, task, status) VALUES ($1, $2, 't', 'paused')",
     )
-    .bind::<Text, _>(&id)
-    .bind::<Text, _>(&tenant)
+    .bind::<Text, _>(id.as_str())
+    .bind::<Text, _>(tenant.as_str())
     .execute(&mut conn)
     .unwrap();
     let err = costdb::drivers::WorkerWriteDriver::new(&mut conn)
@@ -468,7 +470,7 @@ fn a_statement_held_as_text_binds_only_the_parameters_outside_its_comments() {
     )
     .unwrap();
     costdb::drivers::AnalyticsReadDriver::new(&mut conn)
-        .fetch_worker_execution("t", day, costdb::models::TimeBucket::Hour)
+        .fetch_worker_execution(&common::tid("t"), day, costdb::models::TimeBucket::Hour)
         .unwrap();
     let prepared: Vec<Prepared> = diesel::sql_query(
         "SELECT statement, cardinality(parameter_types) AS parameters \

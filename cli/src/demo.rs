@@ -19,7 +19,7 @@ use costdb::models::CostInput;
 use costdb::models::{AnomalyType, CostAnomaly, TimeBucket, WorkerStatus};
 use costdb::recorder::{CostRecorder, RecorderConfig};
 use costdb::types::locks::LOCK_ALERT_WORKER;
-use costdb::types::{BudgetScope, TimeWindow};
+use costdb::types::{BudgetScope, RunId, TenantId, TimeWindow};
 use costdb::{
     db, drivers::AlertDriver, drivers::AnalyticsReadDriver, drivers::CostAnomalyDriver,
     drivers::CostWriteDriver, drivers::ProvenanceDriver, drivers::WorkerWriteDriver,
@@ -112,7 +112,7 @@ fn noise(seed: u64, width: f64, place: [u64; 4]) -> f64 {
 
 /// The simulated platform: who does what on which day.
 struct Platform {
-    tenants: Vec<String>,
+    tenants: Vec<TenantId>,
     first: NaiveDate,
     last: NaiveDate,
     seed: u64,
@@ -160,7 +160,7 @@ impl Platform {
                     let second =
                         (k as i64 * 7_919 + user.len() as i64 * 13 + t as i64 * 101) % 86_400;
                     out.push(CostInput {
-                        tenant_id: tenant.clone(),
+                        tenant_id: tenant.to_string(),
                         user_id: Some(user.into()),
                         feature_tag: Some(feature(k).into()),
                         request_id: Some(format!("{day}-{user}-{k}")),
@@ -295,8 +295,8 @@ pub fn run(options: Options) -> Outcome {
     let last = Utc::now().date_naive() - chrono::Duration::days(1);
     let platform = Platform {
         tenants: (0..options.tenants)
-            .map(|i| format!("tenant-{i:02}"))
-            .collect(),
+            .map(|i| TenantId::new(format!("tenant-{i:02}")))
+            .collect::<costdb::Result<_>>()?,
         first: last - chrono::Duration::days(i64::from(options.days) - 1),
         last,
         seed: options.seed.unwrap_or_else(|| {
@@ -427,7 +427,9 @@ fn today(
             expires_at: at + chrono::Duration::minutes(5),
             now: at,
         };
-        match conn.transaction(|c| AdmissionDriver::new(c).reserve(&call.tenant_id, &ask))? {
+        match conn.transaction(|c| {
+            AdmissionDriver::new(c).reserve(&TenantId::new(call.tenant_id.as_str())?, &ask)
+        })? {
             Admission::Admitted {
                 reservation,
                 warnings,
@@ -485,6 +487,7 @@ fn today(
                     status: Some(WorkerStatus::Running),
                     ..Default::default()
                 };
+                let run_id = RunId::new(run_id)?;
                 workers.upsert_worker_run(tenant, &run_id, &running)?;
                 let cost = RunCost {
                     model: MODELS[0].into(),
@@ -601,7 +604,7 @@ fn provenance(conn: &mut PgConnection, p: &Platform, found: &mut Findings) -> co
             let input = serde_json::json!({"tenant": tenant, "day": b.bucket.date_naive().to_string(), "calls": b.requests});
             let drift = 1.0 + 0.02 * ((i % 5) as f64 - 2.0);
             runs.push(ProvenanceInput {
-                tenant_id: Some(tenant.clone()),
+                tenant_id: Some(tenant.to_string()),
                 run_id: Some(format!("sim-{tenant}-{i}")),
                 input_hash: Some(costdb::input_hash::compute_input_hash(&input)),
                 v1_cost: Some(b.spend_cents),

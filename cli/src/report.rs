@@ -10,7 +10,7 @@ use costdb::db;
 use costdb::drivers::AnalyticsReadDriver;
 use costdb::drivers::{FeatureSpend, ModelSpend, SpendBucket};
 use costdb::models::TimeBucket;
-use costdb::types::TimeWindow;
+use costdb::types::{TenantId, TimeWindow};
 use diesel::{PgConnection, RunQueryDsl};
 use serde::Serialize;
 
@@ -102,7 +102,7 @@ pub fn run(options: Options) -> Outcome {
             options.tenant
         )));
     }
-    let tenant = options.tenant;
+    let tenant = TenantId::new(options.tenant)?;
     let mut analytics = AnalyticsReadDriver::new(&mut conn);
     let days = analytics.fetch_cost_spend(&tenant, whole, TimeBucket::Day)?;
     let models = analytics.fetch_cost_by_model(&tenant, whole)?;
@@ -116,7 +116,7 @@ pub fn run(options: Options) -> Outcome {
     }
     let report = Report {
         spend_cents: days.iter().map(|d| d.spend_cents).sum(),
-        tenant,
+        tenant: tenant.into(),
         from,
         to,
         days,

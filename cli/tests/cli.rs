@@ -859,18 +859,19 @@ fn report_prints_tables_json_and_a_chart_and_refuses_bad_input() {
 fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
     use costdb::admission::{Admission, AdmissionDriver, ReserveInput};
     use costdb::drivers::BudgetLimits;
-    use costdb::types::BudgetScope;
+    use costdb::types::{BudgetScope, TenantId};
     use diesel::connection::SimpleConnection;
     use diesel::Connection;
     let url = common::fresh_database();
     let mut conn = costdb::db::connect(&url).unwrap();
     costdb::db::run_migrations(&mut conn).unwrap();
+    let acme = TenantId::new("acme").unwrap();
     // A reservation whose holder vanished an hour ago.
     let past = chrono::Utc::now() - chrono::Duration::hours(1);
     let held = conn
         .transaction(|c| {
             costdb::drivers::CostWriteDriver::new(c).upsert_budget(
-                "acme",
+                &acme,
                 &BudgetScope::Tenant,
                 &BudgetLimits {
                     daily_limit_cents: Some(100),
@@ -880,7 +881,7 @@ fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
                 },
             )?;
             AdmissionDriver::new(c).reserve(
-                "acme",
+                &acme,
                 &ReserveInput {
                     request_id: "gone".into(),
                     feature_tag: None,
@@ -918,7 +919,7 @@ fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
     );
     assert!(text.contains("into 2"), "{text}");
     let stored = conn
-        .transaction(|c| AdmissionDriver::new(c).fetch_reservation("acme", &reservation.id))
+        .transaction(|c| AdmissionDriver::new(c).fetch_reservation(&acme, &reservation.id))
         .unwrap()
         .unwrap();
     assert_eq!(stored.status, costdb::models::ReservationStatus::Expired);

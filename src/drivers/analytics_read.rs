@@ -17,8 +17,7 @@ use crate::models::rollup::{
 use crate::models::{TimeBucket, Totals};
 use crate::prepared::{Param, Prepared};
 use crate::schema::{cost_records as cr, cost_rollup_hourly as h};
-use crate::types::{limits, TimeWindow};
-use crate::validate;
+use crate::types::{TenantId, TimeWindow};
 
 /// Requests and tokens in one bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, QueryableByName)]
@@ -240,7 +239,7 @@ impl<'c> AnalyticsReadDriver<'c> {
     where
         T: QueryableByName<Pg> + 'static,
     {
-        check(tenant_id, window)?;
+        check(window)?;
         let params = [
             Param::Text(tenant_id),
             Param::Instant(&window.from),
@@ -259,12 +258,11 @@ impl<'c> AnalyticsReadDriver<'c> {
     /// edge, which lies within one UTC hour). Keys without calls are left out.
     fn fold<K: Ord>(
         &mut self,
-        tenant_id: &str,
         window: TimeWindow,
         whole: impl FnOnce(&mut PgConnection, DateTime<Utc>, DateTime<Utc>) -> KeyedRows<K>,
         mut edge: impl FnMut(&mut PgConnection, DateTime<Utc>, DateTime<Utc>) -> KeyedRows<K>,
     ) -> Result<BTreeMap<K, Totals>> {
-        check(tenant_id, window)?;
+        check(window)?;
         let split = split_hours(window.from, window.to);
         let mut rows = match split.whole {
             Some((from, to)) => whole(self.conn, from, to)?,
@@ -291,7 +289,6 @@ impl<'c> AnalyticsReadDriver<'c> {
         bucket: TimeBucket,
     ) -> Result<BTreeMap<DateTime<Utc>, Totals>> {
         self.fold(
-            tenant_id,
             window,
             |conn, from, to| {
                 let rows: Vec<(DateTime<Utc>, TotalsRow)> =
@@ -319,7 +316,6 @@ impl<'c> AnalyticsReadDriver<'c> {
         bucket: Option<TimeBucket>,
     ) -> Result<BTreeMap<ModelKey, Totals>> {
         self.fold(
-            tenant_id,
             window,
             |conn, from, to| {
                 Ok(match bucket {
@@ -358,7 +354,7 @@ impl<'c> AnalyticsReadDriver<'c> {
     /// Requests and tokens per bucket.
     pub fn fetch_cost_metrics(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<UsageBucket>> {
@@ -376,7 +372,7 @@ impl<'c> AnalyticsReadDriver<'c> {
     /// Runs and their LLM tokens (input + output) per bucket from `runs`.
     pub fn fetch_llm_usage(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<UsageBucket>> {
@@ -386,7 +382,7 @@ impl<'c> AnalyticsReadDriver<'c> {
     /// Worker executions per bucket from `aos_traces`.
     pub fn fetch_worker_execution(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<CountBucket>> {
@@ -396,7 +392,7 @@ impl<'c> AnalyticsReadDriver<'c> {
     /// Spend, requests and tokens per bucket.
     pub fn fetch_cost_spend(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<SpendBucket>> {
@@ -417,7 +413,7 @@ impl<'c> AnalyticsReadDriver<'c> {
     /// chart of spend over time per model.
     pub fn fetch_model_spend(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<ModelBucket>> {
@@ -438,7 +434,7 @@ impl<'c> AnalyticsReadDriver<'c> {
     /// Spend per model over the window, largest first (ties by model name).
     pub fn fetch_cost_by_model(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         window: TimeWindow,
     ) -> Result<Vec<ModelSpend>> {
         let mut out: Vec<ModelSpend> = self
@@ -460,11 +456,10 @@ impl<'c> AnalyticsReadDriver<'c> {
     /// Spend per feature tag over the window, largest first (ties by tag, untagged last).
     pub fn fetch_cost_by_feature(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         window: TimeWindow,
     ) -> Result<Vec<FeatureSpend>> {
         let tags = self.fold(
-            tenant_id,
             window,
             |conn, from, to| {
                 let rows: Vec<(String, TotalsRow)> = per_feature(tenant_id, from, to).load(conn)?;
@@ -500,11 +495,11 @@ impl<'c> AnalyticsReadDriver<'c> {
     pub fn explain(
         &mut self,
         query: AnalyticsQuery,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         window: TimeWindow,
         bucket: TimeBucket,
     ) -> Result<Vec<String>> {
-        check(tenant_id, window)?;
+        check(window)?;
         let (from, to) = split_hours(window.from, window.to)
             .whole
             .unwrap_or((window.from, window.to));
@@ -549,8 +544,7 @@ impl<'c> AnalyticsReadDriver<'c> {
     }
 }
 
-/// Refuses a bad tenant or window before any SQL.
-fn check(tenant_id: &str, window: TimeWindow) -> Result<()> {
-    validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+/// Refuses a bad window before any SQL.
+fn check(window: TimeWindow) -> Result<()> {
     TimeWindow::new(window.from, window.to).map(|_| ())
 }

@@ -22,7 +22,7 @@ use crate::prepared::{Param, Prepared};
 use crate::schema::{
     cost_anomalies as ca, cost_budgets, cost_drift_tracking as dt, cost_rollup_daily as df,
 };
-use crate::types::{limits, BudgetScope, EntityKey, Tenants};
+use crate::types::{limits, BudgetScope, EntityKey, TenantId, Tenants};
 use crate::validate;
 
 /// Which anomaly: its type and the entity it is about.
@@ -314,12 +314,11 @@ impl<'c> CostAnomalyDriver<'c> {
     /// entities without spend are left out. By entity.
     pub fn fetch_entity_baseline(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         column: EntityColumn,
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<EntitySpend>> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let rows: Vec<(String, Option<f64>, i64)> = match column {
             EntityColumn::User => tags(tenant_id, from, to)?
                 .filter(df::user_id.ne(""))
@@ -358,11 +357,10 @@ impl<'c> CostAnomalyDriver<'c> {
     /// upper bound). By entity.
     pub fn fetch_entity_today_spend(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         column: EntityColumn,
         today: NaiveDate,
     ) -> Result<Vec<EntitySpend>> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let rows: Vec<(String, Option<f64>)> = match column {
             EntityColumn::User => tags(tenant_id, today, today)?
                 .filter(df::user_id.ne(""))
@@ -389,11 +387,10 @@ impl<'c> CostAnomalyDriver<'c> {
     /// had records; `None` without spend.
     pub fn fetch_tenant_baseline(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Option<f64>> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let (cents, days): (Option<f64>, i64) = tags(tenant_id, from, to)?
             .select((sum(df::cost_cents), count(df::day).aggregate_distinct()))
             .get_result(self.conn)?;
@@ -401,7 +398,11 @@ impl<'c> CostAnomalyDriver<'c> {
     }
 
     /// The tenant's spend on the UTC day `today` (0 without records).
-    pub fn fetch_tenant_today_spend(&mut self, tenant_id: &str, today: NaiveDate) -> Result<f64> {
+    pub fn fetch_tenant_today_spend(
+        &mut self,
+        tenant_id: &TenantId,
+        today: NaiveDate,
+    ) -> Result<f64> {
         self.fetch_daily_spend(tenant_id, today, &BudgetScope::Tenant)
     }
 
@@ -409,11 +410,10 @@ impl<'c> CostAnomalyDriver<'c> {
     /// range (the original's 7-day rolling average; pass a 7-day range); 0 without spend.
     pub fn fetch_rolling_avg(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<f64> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         Ok(self
             .scope_totals(tenant_id, from, to, &BudgetScope::Tenant)?
             .cost_cents
@@ -425,7 +425,7 @@ impl<'c> CostAnomalyDriver<'c> {
     /// without spend.
     pub fn fetch_baseline_avg(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<f64> {
@@ -482,11 +482,10 @@ impl<'c> CostAnomalyDriver<'c> {
     /// budget without an id).
     pub fn fetch_daily_spend(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<f64> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         Ok(self
             .scope_totals(tenant_id, today, today, scope)?
             .cost_cents)
@@ -496,11 +495,10 @@ impl<'c> CostAnomalyDriver<'c> {
     /// (UTC days).
     pub fn fetch_monthly_spend(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<f64> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let first = today.with_day(1).expect("every month has a first day");
         Ok(self
             .scope_totals(tenant_id, first, today, scope)?
@@ -511,11 +509,10 @@ impl<'c> CostAnomalyDriver<'c> {
     /// for [`ActivityComparison`]'s three comparisons.
     pub fn fetch_activity_comparison(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<ActivityComparison> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let yesterday = today
             .pred_opt()
             .ok_or_else(|| Error::invalid("today", "has no day before it"))?;
@@ -538,7 +535,7 @@ impl<'c> CostAnomalyDriver<'c> {
     /// The share of retried calls (`is_retry`) today and yesterday, for the scope.
     pub fn fetch_retry_comparison(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<DayComparison> {
@@ -550,7 +547,7 @@ impl<'c> CostAnomalyDriver<'c> {
     /// The average prompt size (`input_tokens`) today and yesterday, for the scope.
     pub fn fetch_prompt_comparison(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<DayComparison> {
@@ -563,7 +560,7 @@ impl<'c> CostAnomalyDriver<'c> {
     /// scope.
     pub fn fetch_request_comparison(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         today: NaiveDate,
         scope: &BudgetScope,
     ) -> Result<DayComparison> {
@@ -576,10 +573,9 @@ impl<'c> CostAnomalyDriver<'c> {
     /// statement never ran).
     pub fn fetch_feature_concentration(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         today: NaiveDate,
     ) -> Result<FeatureConcentration> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let per_feature: Vec<(String, Option<f64>)> = tags(tenant_id, today, today)?
             .group_by(df::feature_tag)
             .select((df::feature_tag, sum(df::cost_cents)))
@@ -598,12 +594,11 @@ impl<'c> CostAnomalyDriver<'c> {
     /// Whether the entity already has a breach of `breach_type` recorded on `today`.
     pub fn fetch_breach_exists_today(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         key: &EntityKey,
         breach_type: BreachType,
         today: NaiveDate,
     ) -> Result<bool> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         entity(key)?;
         use crate::schema::cost_breach_history::dsl as b;
         let q = b::cost_breach_history
@@ -617,8 +612,11 @@ impl<'c> CostAnomalyDriver<'c> {
 
     /// Records the entity's breach of `input.breach_date` (an upsert on tenant, entity,
     /// rule and day: concurrent detectors leave one row). Returns whether the row is new.
-    pub fn insert_breach_history(&mut self, tenant_id: &str, input: &BreachInput) -> Result<bool> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+    pub fn insert_breach_history(
+        &mut self,
+        tenant_id: &TenantId,
+        input: &BreachInput,
+    ) -> Result<bool> {
         input.validate()?;
         require_transaction(self.conn)?;
         let id = ids::breach_history_id();
@@ -630,9 +628,11 @@ impl<'c> CostAnomalyDriver<'c> {
     /// [`insert_breach_history`](Self::insert_breach_history) records one; keys are
     /// written in one global order, so concurrent detectors do not deadlock. Returns how
     /// many rows were written.
-    pub fn insert_breach_histories(&mut self, breaches: &[(&str, &BreachInput)]) -> Result<usize> {
-        for (tenant_id, input) in breaches {
-            validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+    pub fn insert_breach_histories(
+        &mut self,
+        breaches: &[(&TenantId, &BreachInput)],
+    ) -> Result<usize> {
+        for (_, input) in breaches {
             input.validate()?;
         }
         require_transaction(self.conn)?;
@@ -647,7 +647,10 @@ impl<'c> CostAnomalyDriver<'c> {
     /// The one upsert of breaches (validated, inside a transaction): a second record of the
     /// same day keeps the first's id, baseline and creation and takes the new deviation and
     /// value. Returns the stored ids, which tell a new row (its own id) from an old one.
-    fn upsert_breaches(&mut self, rows: Vec<(&str, &BreachInput, String)>) -> Result<Vec<String>> {
+    fn upsert_breaches(
+        &mut self,
+        rows: Vec<(&TenantId, &BreachInput, String)>,
+    ) -> Result<Vec<String>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -685,7 +688,7 @@ impl<'c> CostAnomalyDriver<'c> {
     /// served by the tenant-led unique key. The detector counts its breach runs from it.
     pub fn fetch_breach_days(
         &mut self,
-        tenant_ids: &[&str],
+        tenant_ids: &[&TenantId],
         breach_type: BreachType,
         from: NaiveDate,
         to: NaiveDate,
@@ -723,12 +726,11 @@ impl<'c> CostAnomalyDriver<'c> {
     /// (the original always answered 1).
     pub fn fetch_consecutive_breaches(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         key: &EntityKey,
         breach_type: BreachType,
         today: NaiveDate,
     ) -> Result<i32> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         entity(key)?;
         use crate::schema::cost_breach_history::dsl as b;
         let week_before = today - chrono::Duration::days(7);
@@ -748,10 +750,9 @@ impl<'c> CostAnomalyDriver<'c> {
     /// The entity's active drift tracker, if any.
     pub fn fetch_drift_tracking(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         key: &EntityKey,
     ) -> Result<Option<DriftTracking>> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         entity(key)?;
         Ok(dt::table
             .filter(dt::tenant_id.eq(tenant_id))
@@ -769,11 +770,10 @@ impl<'c> CostAnomalyDriver<'c> {
     /// detectors leave one row.
     pub fn upsert_drift_tracking(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         key: &EntityKey,
         observation: &DriftObservation,
     ) -> Result<i32> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         entity(key)?;
         observation.validate()?;
         require_transaction(self.conn)?;
@@ -829,12 +829,11 @@ impl<'c> CostAnomalyDriver<'c> {
     /// tenant's).
     pub fn update_drift_tracking(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         id: &str,
         drift_days_count: i32,
         observation: &DriftObservation,
     ) -> Result<DriftTracking> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         validate::required("id", id, limits::DETECTOR_ROW_ID)?;
         observation.validate()?;
         if drift_days_count < 1 {
@@ -864,8 +863,7 @@ impl<'c> CostAnomalyDriver<'c> {
     }
 
     /// Deactivates the entity's active tracker (drift ended); returns how many were.
-    pub fn reset_drift_tracking(&mut self, tenant_id: &str, key: &EntityKey) -> Result<usize> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+    pub fn reset_drift_tracking(&mut self, tenant_id: &TenantId, key: &EntityKey) -> Result<usize> {
         entity(key)?;
         require_transaction(self.conn)?;
         Ok(diesel::update(
@@ -888,7 +886,6 @@ impl<'c> CostAnomalyDriver<'c> {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<DayRow>> {
-        tenants.validate()?;
         days(from, to)?;
         // The rows as stored, one per slot, summed here: cheaper than grouping them in the
         // server, which sums bigints as decimals.
@@ -936,7 +933,6 @@ impl<'c> CostAnomalyDriver<'c> {
 
     /// The active budgets of one tenant or all, by tenant, type and entity.
     pub fn fetch_active_budgets_of(&mut self, tenants: Tenants<'_>) -> Result<Vec<CostBudget>> {
-        tenants.validate()?;
         use cost_budgets::dsl as b;
         let mut query = b::cost_budgets
             .filter(b::is_active.eq(true))
@@ -957,7 +953,7 @@ impl<'c> CostAnomalyDriver<'c> {
     /// Deactivates the active drift trackers of these tenants' whole spend (entity type
     /// `tenant`, the tenant's own id as entity, as the detector keys them) in one
     /// statement: drift ended for each. Returns how many were.
-    pub fn reset_tenant_drift(&mut self, tenant_ids: &[&str]) -> Result<usize> {
+    pub fn reset_tenant_drift(&mut self, tenant_ids: &[&TenantId]) -> Result<usize> {
         for tenant in tenant_ids {
             validate::required("tenant_id", tenant, limits::TENANT_ID)?;
         }
@@ -977,8 +973,7 @@ impl<'c> CostAnomalyDriver<'c> {
     }
 
     /// The tenant's active budgets, by type and entity.
-    pub fn fetch_active_budgets(&mut self, tenant_id: &str) -> Result<Vec<CostBudget>> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+    pub fn fetch_active_budgets(&mut self, tenant_id: &TenantId) -> Result<Vec<CostBudget>> {
         use cost_budgets::dsl as b;
         Ok(b::cost_budgets
             .filter(b::tenant_id.eq(tenant_id))
@@ -993,11 +988,10 @@ impl<'c> CostAnomalyDriver<'c> {
     #[doc(alias = "find_existing_anomaly")]
     pub fn fetch_open_anomaly(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         key: &AnomalyKey,
         since: DateTime<Utc>,
     ) -> Result<Option<CostAnomaly>> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         entity(&key.entity)?;
         validate::instant("since", since)?;
         Ok(ca::table
@@ -1015,8 +1009,11 @@ impl<'c> CostAnomalyDriver<'c> {
 
     /// Records the anomaly: one open row per tenant, key and UTC day of `detected_at`
     /// (see [`AnomalyInput`]). Returns the whole stored row.
-    pub fn upsert_anomaly(&mut self, tenant_id: &str, input: &AnomalyInput) -> Result<CostAnomaly> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
+    pub fn upsert_anomaly(
+        &mut self,
+        tenant_id: &TenantId,
+        input: &AnomalyInput,
+    ) -> Result<CostAnomaly> {
         input.validate()?;
         require_transaction(self.conn)?;
         let id = ids::cost_anomaly_id();

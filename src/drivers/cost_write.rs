@@ -17,7 +17,7 @@ use crate::models::{
 use crate::prepared::{Param, Prepared};
 use crate::schema::{cost_budgets, cost_records, feature_tags};
 use crate::sql_fns::transaction_timestamp;
-use crate::types::{limits, BudgetScope};
+use crate::types::{limits, BudgetScope, TenantId};
 use crate::validate;
 
 /// The outcome of recording one cost in bulk: its id, and whether this call inserted it.
@@ -116,10 +116,9 @@ impl<'c> CostWriteDriver<'c> {
     #[doc(alias = "create_feature_tag")]
     pub fn insert_feature_tag(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         input: &FeatureTagInput,
     ) -> Result<FeatureTag> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         validate::required("tag", &input.tag, limits::TAG)?;
         validate::required("display_name", &input.display_name, limits::DISPLAY_NAME)?;
         validate::optional_text("description", input.description.as_deref())?;
@@ -152,11 +151,10 @@ impl<'c> CostWriteDriver<'c> {
     /// Changes only the given fields of the tenant's feature tag `id`, and `updated_at`.
     pub fn update_feature_tag(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         id: &str,
         changes: &FeatureTagChanges,
     ) -> Result<FeatureTag> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         validate::required("id", id, limits::COST_ID)?;
         if let Some(name) = &changes.display_name {
             validate::required("display_name", name, limits::DISPLAY_NAME)?;
@@ -406,11 +404,10 @@ impl<'c> CostWriteDriver<'c> {
     #[doc(alias = "create_or_update_budget")]
     pub fn upsert_budget(
         &mut self,
-        tenant_id: &str,
+        tenant_id: &TenantId,
         scope: &BudgetScope,
         limits: &BudgetLimits,
     ) -> Result<CostBudget> {
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
         let (budget_type, entity_id) = scope.parts();
         validate::optional("entity_id", entity_id, limits::TAG)?;
         for (field, limit) in [

@@ -11,7 +11,7 @@ use crate::models::{
 };
 use crate::prepared::{Param, Prepared};
 use crate::schema::{cost_anomalies, worker_runs};
-use crate::types::limits;
+use crate::types::{limits, RunId, TenantId};
 use crate::validate;
 
 /// What a worker reports about a run. `None` leaves a column as it is (on insert: its
@@ -137,12 +137,12 @@ impl<'c> WorkerWriteDriver<'c> {
     /// (completed, failed, crashed) is [`Error::FinishedRun`]. Either way nothing changes.
     pub fn upsert_worker_run(
         &mut self,
-        tenant_id: &str,
-        run_id: &str,
+        tenant_id: &TenantId,
+        run_id: &RunId,
         data: &WorkerRunData,
     ) -> Result<WorkerRun> {
+        // `worker_runs.tenant_id` is narrower than the cost tables'.
         validate::required("tenant_id", tenant_id, limits::WORKER_RUN_ID)?;
-        validate::required("run_id", run_id, limits::WORKER_RUN_ID)?;
         data.validate()?;
         let output = json_text("artifacts", &data.artifacts)?;
         let replay = json_text("replay_token", &data.replay_token)?;
@@ -185,7 +185,7 @@ impl<'c> WorkerWriteDriver<'c> {
             .find(run_id)
             .select((worker_runs::tenant_id, worker_runs::status))
             .first(self.conn)?;
-        if owner != tenant_id {
+        if owner != tenant_id.as_str() {
             Err(Error::Conflict(format!(
                 "worker run {run_id} belongs to another tenant"
             )))
@@ -201,11 +201,10 @@ impl<'c> WorkerWriteDriver<'c> {
     /// recording it again returns the first record.
     pub fn insert_cost_record(
         &mut self,
-        tenant_id: &str,
-        run_id: &str,
+        tenant_id: &TenantId,
+        run_id: &RunId,
         cost: &RunCost,
     ) -> Result<CostRecord> {
-        validate::required("run_id", run_id, limits::COST_ID)?;
         let cost = CostInput {
             tenant_id: tenant_id.into(),
             request_id: Some(run_id.into()),
@@ -232,13 +231,11 @@ impl<'c> WorkerWriteDriver<'c> {
     /// finite number (a threshold so close to zero that the percentage overflows).
     pub fn insert_cost_advisory(
         &mut self,
-        tenant_id: &str,
-        run_id: &str,
+        tenant_id: &TenantId,
+        run_id: &RunId,
         advisory: &CostAdvisory,
     ) -> Result<CostAnomaly> {
         let budget = &advisory.budget;
-        validate::required("tenant_id", tenant_id, limits::TENANT_ID)?;
-        validate::required("run_id", run_id, limits::COST_ID)?;
         validate::non_negative("daily_spend_cents", advisory.daily_spend_cents)?;
         validate::amount("warn_threshold_cents", advisory.warn_threshold_cents)?;
         validate::required("budget.budget_id", &budget.budget_id, limits::COST_ID)?;
@@ -297,9 +294,9 @@ impl<'c> WorkerWriteDriver<'c> {
     }
 
     /// Deletes the tenant's run; [`Error::NotFound`] if the tenant has no such run.
-    pub fn delete_worker_run(&mut self, tenant_id: &str, run_id: &str) -> Result<()> {
+    pub fn delete_worker_run(&mut self, tenant_id: &TenantId, run_id: &RunId) -> Result<()> {
+        // `worker_runs.tenant_id` is narrower than the cost tables'.
         validate::required("tenant_id", tenant_id, limits::WORKER_RUN_ID)?;
-        validate::required("run_id", run_id, limits::WORKER_RUN_ID)?;
         require_transaction(self.conn)?;
         let deleted = diesel::delete(
             worker_runs::table
@@ -318,9 +315,13 @@ impl<'c> WorkerWriteDriver<'c> {
 
     /// The tenant's run, or `None` (also when the id belongs to another tenant).
     #[doc(alias = "get_worker_run")]
-    pub fn fetch_worker_run(&mut self, tenant_id: &str, run_id: &str) -> Result<Option<WorkerRun>> {
+    pub fn fetch_worker_run(
+        &mut self,
+        tenant_id: &TenantId,
+        run_id: &RunId,
+    ) -> Result<Option<WorkerRun>> {
+        // `worker_runs.tenant_id` is narrower than the cost tables'.
         validate::required("tenant_id", tenant_id, limits::WORKER_RUN_ID)?;
-        validate::required("run_id", run_id, limits::WORKER_RUN_ID)?;
         Ok(worker_runs::table
             .filter(worker_runs::id.eq(run_id))
             .filter(worker_runs::tenant_id.eq(tenant_id))

@@ -55,8 +55,14 @@ pub fn test_conn() -> diesel::PgConnection {
 
 /// A tenant id no other test uses, so committed rows never collide (34 characters: fits
 /// every tenant column, the narrowest being `worker_runs.tenant_id`, varchar(36)).
-pub fn tenant() -> String {
-    format!("t-{}", uuid::Uuid::new_v4().simple())
+pub fn tenant() -> costdb::types::TenantId {
+    tid(&format!("t-{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// A tenant id that fits.
+#[allow(dead_code)]
+pub fn tid(id: &str) -> costdb::types::TenantId {
+    costdb::types::TenantId::new(id).unwrap()
 }
 
 /// The current transaction's `now()`: what server-side stamps in it are set to.

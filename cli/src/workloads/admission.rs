@@ -12,7 +12,7 @@ use costdb::admission::{Admission, AdmissionDriver, ReserveInput};
 use costdb::db;
 use costdb::drivers::{BudgetLimits, CostWriteDriver};
 use costdb::models::CostInput;
-use costdb::types::BudgetScope;
+use costdb::types::{BudgetScope, TenantId};
 use costdb::Error;
 use costdb_testkit::Result;
 
@@ -36,7 +36,7 @@ fn hard_budget(conn: &mut PgConnection, tenant: &str) -> Result<String> {
     conn.transaction(|c| {
         Ok(CostWriteDriver::new(c)
             .upsert_budget(
-                tenant,
+                &TenantId::new(tenant)?,
                 &BudgetScope::Tenant,
                 &BudgetLimits {
                     daily_limit_cents: Some(i32::MAX),
@@ -60,7 +60,9 @@ fn admit(conn: &mut PgConnection, request: String, now: DateTime<Utc>) -> Result
         expires_at: now + chrono::Duration::minutes(10),
         now,
     };
-    let reservation = match conn.transaction(|c| AdmissionDriver::new(c).reserve(TENANT, &input))? {
+    let reservation = match conn
+        .transaction(|c| AdmissionDriver::new(c).reserve(&TenantId::new(TENANT)?, &input))?
+    {
         Admission::Admitted { reservation, .. } => reservation,
         Admission::Refused { budget } => {
             return Err(Error::Conflict(format!("refused by {}", budget.budget_id)).into())

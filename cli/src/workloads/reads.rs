@@ -10,7 +10,7 @@ use diesel::sql_types::{BigInt, Interval, Json, Text, Timestamptz};
 use super::{Combine, Ctx, Direction, Scale, Target, Workload};
 use costdb::drivers::{bucket_width, AnalyticsQuery, AnalyticsReadDriver};
 use costdb::models::TimeBucket;
-use costdb::types::TimeWindow;
+use costdb::types::{TenantId, TimeWindow};
 use costdb::Error;
 use costdb_testkit::Result;
 
@@ -132,14 +132,14 @@ impl Read {
     fn call(&self, conn: &mut PgConnection) -> Result<usize> {
         let w = self.window()?;
         let mut d = AnalyticsReadDriver::new(conn);
-        let b = TimeBucket::Day;
+        let (t, b) = (&TenantId::new(TENANT)?, TimeBucket::Day);
         Ok(match self.query {
-            AnalyticsQuery::CostMetrics => d.fetch_cost_metrics(TENANT, w, b)?.len(),
-            AnalyticsQuery::LlmUsage => d.fetch_llm_usage(TENANT, w, b)?.len(),
-            AnalyticsQuery::WorkerExecution => d.fetch_worker_execution(TENANT, w, b)?.len(),
-            AnalyticsQuery::CostSpend => d.fetch_cost_spend(TENANT, w, b)?.len(),
-            AnalyticsQuery::CostByModel => d.fetch_cost_by_model(TENANT, w)?.len(),
-            AnalyticsQuery::CostByFeature => d.fetch_cost_by_feature(TENANT, w)?.len(),
+            AnalyticsQuery::CostMetrics => d.fetch_cost_metrics(t, w, b)?.len(),
+            AnalyticsQuery::LlmUsage => d.fetch_llm_usage(t, w, b)?.len(),
+            AnalyticsQuery::WorkerExecution => d.fetch_worker_execution(t, w, b)?.len(),
+            AnalyticsQuery::CostSpend => d.fetch_cost_spend(t, w, b)?.len(),
+            AnalyticsQuery::CostByModel => d.fetch_cost_by_model(t, w)?.len(),
+            AnalyticsQuery::CostByFeature => d.fetch_cost_by_feature(t, w)?.len(),
         })
     }
 
@@ -294,6 +294,7 @@ struct Flat {
 
 impl Flat {
     fn reads(&self, conn: &mut PgConnection, tenant: &str) -> Result<usize> {
+        let tenant = &TenantId::new(tenant)?;
         let w = self
             .window
             .ok_or_else(|| Error::invalid("window", "prepare() was not called"))?;

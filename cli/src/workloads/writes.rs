@@ -11,6 +11,7 @@ use costdb::drivers::{CostWriteDriver, RunCost, WorkerWriteDriver};
 use costdb::models::ids;
 use costdb::models::CostInput;
 use costdb::schema::cost_records;
+use costdb::types::{RunId, TenantId};
 use costdb::Error;
 use costdb_testkit::Result;
 
@@ -93,8 +94,9 @@ fn record_run_cost(conn: &mut PgConnection, cost: &CostInput) -> Result<()> {
         output_tokens: cost.output_tokens,
         cost_cents: cost.cost_cents,
     };
-    let run_id = cost.request_id.as_deref().unwrap_or_default();
-    WorkerWriteDriver::new(conn).insert_cost_record(&cost.tenant_id, run_id, &run)?;
+    let tenant = TenantId::new(cost.tenant_id.as_str())?;
+    let run_id = RunId::new(cost.request_id.clone().unwrap_or_default())?;
+    WorkerWriteDriver::new(conn).insert_cost_record(&tenant, &run_id, &run)?;
     Ok(())
 }
 
