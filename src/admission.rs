@@ -32,6 +32,9 @@ use crate::sql_fns::numeric_float8;
 use crate::types::{limits, TenantId};
 use crate::validate;
 
+mod service;
+pub use service::{AdmissionConfig, AdmissionService, AdmissionStats};
+
 /// What a request asks of its budgets, for [`AdmissionDriver::reserve`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReserveInput {
@@ -48,6 +51,44 @@ pub struct ReserveInput {
     pub expires_at: DateTime<Utc>,
     /// The caller's now: its UTC day and month pick the counters.
     pub now: DateTime<Utc>,
+}
+
+impl ReserveInput {
+    /// Refuses bad input before any SQL, naming the field.
+    pub(crate) fn validate(&self) -> Result<()> {
+        validate::required("request_id", &self.request_id, limits::COST_ID)?;
+        validate::optional("feature_tag", self.feature_tag.as_deref(), limits::TAG)?;
+        validate::optional("user_id", self.user_id.as_deref(), limits::COST_ID)?;
+        validate::amount("estimated_cents", self.estimated_cents)?;
+        validate::instant("now", self.now)?;
+        validate::instant("expires_at", self.expires_at)?;
+        if self.expires_at <= self.now {
+            return Err(Error::invalid("expires_at", "must be after `now`"));
+        }
+        Ok(())
+    }
+}
+
+/// Refuses an actual cost that is bad input or does not belong to `reservation`.
+pub(crate) fn check_settlement(reservation: &Reservation, actual: &CostInput) -> Result<()> {
+    actual.validate()?;
+    let matches = |field: &'static str, ok: bool| {
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::invalid(field, "differs from the reservation's"))
+        }
+    };
+    matches("tenant_id", actual.tenant_id == reservation.tenant_id)?;
+    matches(
+        "request_id",
+        actual
+            .request_id
+            .as_ref()
+            .is_none_or(|r| *r == reservation.request_id),
+    )?;
+    matches("feature_tag", actual.feature_tag == reservation.feature_tag)?;
+    matches("user_id", actual.user_id == reservation.user_id)
 }
 
 /// A held reservation: the estimate counted against every budget it names.
@@ -330,15 +371,7 @@ impl<'c> AdmissionDriver<'c> {
     /// has a reservation for `request_id` that is no longer held. A repeated request whose
     /// reservation is held gets that reservation back, charged once.
     pub fn reserve(&mut self, tenant_id: &TenantId, input: &ReserveInput) -> Result<Admission> {
-        validate::required("request_id", &input.request_id, limits::COST_ID)?;
-        validate::optional("feature_tag", input.feature_tag.as_deref(), limits::TAG)?;
-        validate::optional("user_id", input.user_id.as_deref(), limits::COST_ID)?;
-        validate::amount("estimated_cents", input.estimated_cents)?;
-        validate::instant("now", input.now)?;
-        validate::instant("expires_at", input.expires_at)?;
-        if input.expires_at <= input.now {
-            return Err(Error::invalid("expires_at", "must be after `now`"));
-        }
+        input.validate()?;
         require_transaction(self.conn)?;
         let day = input.now.date_naive();
         let id = format!("rsv_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
@@ -492,24 +525,7 @@ impl<'c> AdmissionDriver<'c> {
     /// [`Error::InvalidInput`] for bad input or an `actual` that does not match the
     /// reservation; [`Error::NotFound`] when the tenant has no such reservation.
     pub fn settle(&mut self, reservation: &Reservation, actual: &CostInput) -> Result<Settlement> {
-        actual.validate()?;
-        let matches = |field: &'static str, ok: bool| {
-            if ok {
-                Ok(())
-            } else {
-                Err(Error::invalid(field, "differs from the reservation's"))
-            }
-        };
-        matches("tenant_id", actual.tenant_id == reservation.tenant_id)?;
-        matches(
-            "request_id",
-            actual
-                .request_id
-                .as_ref()
-                .is_none_or(|r| *r == reservation.request_id),
-        )?;
-        matches("feature_tag", actual.feature_tag == reservation.feature_tag)?;
-        matches("user_id", actual.user_id == reservation.user_id)?;
+        check_settlement(reservation, actual)?;
         require_transaction(self.conn)?;
         let held = self.lock(reservation)?;
         let cost = CostInput {

@@ -207,3 +207,31 @@ pub fn require_transaction(conn: &mut PgConnection) -> Result<()> {
         None => Err(Error::NoTransaction),
     }
 }
+
+/// A serialization failure or deadlock: the statement was rolled back and may succeed.
+pub(crate) fn must_retry(e: &Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+    matches!(e, Error::Database(DieselError::DatabaseError(kind, info))
+        if *kind == DatabaseErrorKind::SerializationFailure
+            || info.message().contains("deadlock detected"))
+}
+
+/// The connection broke.
+pub(crate) fn lost(e: &Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+    matches!(
+        e,
+        Error::Database(DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _
+        ))
+    )
+}
+
+/// Whether the connection still answers.
+pub(crate) fn alive(conn: &mut PgConnection) -> bool {
+    use diesel::{IntoSql, RunQueryDsl};
+    diesel::select(1_i32.into_sql::<diesel::sql_types::Int4>())
+        .execute(conn)
+        .is_ok()
+}

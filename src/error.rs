@@ -68,11 +68,25 @@ pub enum Error {
         /// The last error the writer saw.
         reason: String,
     },
-    /// The recorder's queue is full (`try_record`); nothing was queued.
-    #[error("the recorder's queue is full")]
+    /// The [`AdmissionService`](crate::admission::AdmissionService) could not commit the
+    /// batch holding this request. Unless `outcome_unknown`, nothing of it changed; with
+    /// it, a commit was sent whose answer never came: look the reservation up by its
+    /// request id.
+    #[error("admission request {request_id} was not committed: {reason}")]
+    NotAdmitted {
+        /// The request (for a settle or release, the reservation's).
+        request_id: String,
+        /// Whether a commit holding it may have succeeded.
+        outcome_unknown: bool,
+        /// The last error the service saw.
+        reason: String,
+    },
+    /// The queue of a recorder or an admission service is full (`try_record`,
+    /// `try_reserve`); nothing was queued.
+    #[error("the queue is full")]
     Busy,
-    /// The recorder was shut down; nothing was queued.
-    #[error("the recorder is shut down")]
+    /// The recorder or admission service was shut down; nothing was queued.
+    #[error("the service is shut down")]
     Closed,
     /// PostgreSQL or Diesel reported an error (including rows it could not decode).
     #[error("database error")]

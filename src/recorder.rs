@@ -40,7 +40,7 @@ use crate::sql_fns::set_config;
 use diesel::prelude::*;
 use serde::Serialize;
 
-use crate::db::{self, PgPool, PooledConn};
+use crate::db::{self, alive, lost, must_retry, PgPool, PooledConn};
 use crate::drivers::cost_write::{BulkMode, CostWriteDriver, RecordedCost, BULK_CHUNK};
 use crate::error::{Error, Result};
 use crate::models::ids;
@@ -626,31 +626,4 @@ impl Flusher {
             }
         }
     }
-}
-
-/// A serialization failure or deadlock: the statement was rolled back and may succeed.
-fn must_retry(e: &Error) -> bool {
-    use diesel::result::{DatabaseErrorKind, Error as DieselError};
-    matches!(e, Error::Database(DieselError::DatabaseError(kind, info))
-        if *kind == DatabaseErrorKind::SerializationFailure
-            || info.message().contains("deadlock detected"))
-}
-
-/// The connection broke.
-fn lost(e: &Error) -> bool {
-    use diesel::result::{DatabaseErrorKind, Error as DieselError};
-    matches!(
-        e,
-        Error::Database(DieselError::DatabaseError(
-            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
-            _
-        ))
-    )
-}
-
-/// Whether the connection still answers.
-fn alive(conn: &mut PgConnection) -> bool {
-    diesel::select(1.into_sql::<diesel::sql_types::Int4>())
-        .execute(conn)
-        .is_ok()
 }

@@ -1,0 +1,517 @@
+//! `AdmissionService`: [`AdmissionDriver`]'s reserve, settle and release for many callers at
+//! once, committed in batches on a connection of its own.
+//!
+//! Callers block until the transaction holding their request has committed. One worker
+//! thread takes whatever is queued (up to [`AdmissionConfig::max_batch`]) in arrival order
+//! and runs each request with the driver's own statements inside **one** transaction, so
+//! the budget counters a batch touches are locked once and flushed to disk once for all of
+//! its requests. Each request is decided exactly as [`AdmissionDriver`] decides it, seeing
+//! the requests before it in the batch: first come, first served, and a hard limit is never
+//! passed.
+//!
+//! Bad input is refused at once, before it is queued. A request the driver refuses (a
+//! repeated request whose reservation is closed, an unknown reservation) gets its typed
+//! error and the rest of the batch goes on. When a statement fails, the batch is rolled
+//! back and its requests run again one transaction each, so only the failing one gets the
+//! error. When the connection is lost, the batch is retried on a new one until
+//! [`AdmissionConfig::retry_deadline`]: every request is idempotent by its request id, so a
+//! batch that had committed unseen reserves and bills nothing twice.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use super::{check_settlement, Admission, AdmissionDriver, Reservation, ReserveInput, Settlement};
+use crate::db::{self, alive, lost, must_retry};
+use crate::error::{Error, Result};
+use crate::models::CostInput;
+use crate::sql_fns::set_config;
+use crate::types::TenantId;
+
+/// How an [`AdmissionService`] batches and how long it keeps trying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    /// The most requests one transaction decides.
+    pub max_batch: usize,
+    /// The most requests queued and not yet being decided; `reserve` waits beyond it and
+    /// `try_reserve` answers [`Error::Busy`].
+    pub capacity: usize,
+    /// How long a batch is retried while the server is unreachable before its callers get
+    /// [`Error::NotAdmitted`].
+    pub retry_deadline: Duration,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            max_batch: 64,
+            capacity: 4_096,
+            retry_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters a service can export.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+pub struct AdmissionStats {
+    /// Transactions committed.
+    pub batches: u64,
+    /// Requests answered from committed transactions.
+    pub requests: u64,
+    /// Requests waiting now.
+    pub queue_depth: usize,
+    /// Requests of the batch being decided now.
+    pub in_flight: usize,
+    /// Batches run again after a lost connection, a serialization failure or a deadlock.
+    pub retries: u64,
+}
+
+impl AdmissionStats {
+    /// Requests per committed transaction.
+    pub fn mean_batch(&self) -> f64 {
+        if self.batches == 0 {
+            0.0
+        } else {
+            self.requests as f64 / self.batches as f64
+        }
+    }
+}
+
+/// One queued request.
+enum Job {
+    Reserve(TenantId, ReserveInput),
+    Settle(Reservation, CostInput),
+    Release(Reservation),
+}
+
+/// A request's answer.
+enum Answer {
+    Reserved(Admission),
+    Settled(Settlement),
+    Released(bool),
+}
+
+impl Job {
+    /// The request id it is about.
+    fn request_id(&self) -> &str {
+        match self {
+            Job::Reserve(_, input) => &input.request_id,
+            Job::Settle(r, _) | Job::Release(r) => &r.request_id,
+        }
+    }
+
+    /// Runs the request with the driver inside the caller's transaction.
+    fn run(&self, conn: &mut PgConnection) -> Result<Answer> {
+        let mut d = AdmissionDriver::new(conn);
+        Ok(match self {
+            Job::Reserve(tenant, input) => Answer::Reserved(d.reserve(tenant, input)?),
+            Job::Settle(reservation, actual) => Answer::Settled(d.settle(reservation, actual)?),
+            Job::Release(reservation) => Answer::Released(d.release(reservation)?),
+        })
+    }
+}
+
+/// Where a caller waits for its answer.
+#[derive(Default)]
+struct Slot {
+    answer: Mutex<Option<Result<Answer>>>,
+    ready: Condvar,
+}
+
+impl Slot {
+    fn fill(&self, answer: Result<Answer>) {
+        *self.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer);
+        self.ready.notify_one();
+    }
+
+    fn wait(&self) -> Result<Answer> {
+        let mut answer = self.answer.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(answer) = answer.take() {
+                return answer;
+            }
+            answer = self.ready.wait(answer).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+struct Queued {
+    job: Job,
+    slot: Arc<Slot>,
+}
+
+struct State {
+    queue: VecDeque<Queued>,
+    closed: bool,
+}
+
+struct Shared {
+    config: AdmissionConfig,
+    state: Mutex<State>,
+    /// Signalled when requests are queued or the service closes.
+    work: Condvar,
+    /// Signalled when the worker takes requests off the queue.
+    room: Condvar,
+    batches: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Shuts the service down when the last handle goes.
+struct Handle {
+    shared: Arc<Shared>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        close(&self.shared, &self.worker);
+    }
+}
+
+fn close(shared: &Shared, worker: &Mutex<Option<JoinHandle<()>>>) {
+    shared.lock().closed = true;
+    shared.work.notify_all();
+    shared.room.notify_all();
+    if let Some(handle) = worker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        let _ = handle.join();
+    }
+}
+
+/// Budget admission in batches (see the [module docs](self)).
+///
+/// `Send + Sync + Clone`: clones share one queue and one worker; dropping the last one
+/// shuts it down as [`AdmissionService::shutdown`] does.
+#[derive(Clone)]
+pub struct AdmissionService {
+    handle: Arc<Handle>,
+}
+
+impl std::fmt::Debug for AdmissionService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdmissionService")
+            .field("config", &self.handle.shared.config)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl AdmissionService {
+    /// Starts a service whose worker connects to `database_url`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a zero batch size or capacity; a connection error when
+    /// the server cannot be reached now.
+    pub fn start(database_url: &str, config: AdmissionConfig) -> Result<Self> {
+        if config.max_batch == 0 {
+            return Err(Error::invalid("max_batch", "must be at least 1"));
+        }
+        if config.capacity == 0 {
+            return Err(Error::invalid("capacity", "must be at least 1"));
+        }
+        let url = database_url.to_owned();
+        let conn = connect(&url)?;
+        let shared = Arc::new(Shared {
+            config,
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closed: false,
+            }),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            batches: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        });
+        let worker = Worker {
+            shared: shared.clone(),
+            url,
+            conn: Some(conn),
+        };
+        let thread = std::thread::Builder::new()
+            .name("costdb-admission".into())
+            .spawn(move || worker.run())
+            .map_err(|source| Error::Thread {
+                what: "the admission service's worker",
+                source,
+            })?;
+        Ok(AdmissionService {
+            handle: Arc::new(Handle {
+                shared,
+                worker: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// [`AdmissionDriver::reserve`], answered once the batch holding it has committed.
+    /// Waits while the queue is full.
+    ///
+    /// # Errors
+    /// As the driver's; [`Error::InvalidInput`] at once, queueing nothing; [`Error::Closed`]
+    /// after shutdown; [`Error::NotAdmitted`] when no batch holding it could be committed.
+    pub fn reserve(&self, tenant_id: &TenantId, input: &ReserveInput) -> Result<Admission> {
+        input.validate()?;
+        match self.submit(Job::Reserve(tenant_id.clone(), input.clone()), true)? {
+            Answer::Reserved(admission) => Ok(admission),
+            _ => unreachable!("a reserve is answered with an admission"),
+        }
+    }
+
+    /// [`Self::reserve`], but answers [`Error::Busy`] at once when the queue is full.
+    pub fn try_reserve(&self, tenant_id: &TenantId, input: &ReserveInput) -> Result<Admission> {
+        input.validate()?;
+        match self.submit(Job::Reserve(tenant_id.clone(), input.clone()), false)? {
+            Answer::Reserved(admission) => Ok(admission),
+            _ => unreachable!("a reserve is answered with an admission"),
+        }
+    }
+
+    /// [`AdmissionDriver::settle`]: the cost record, its rollups and the counters' deltas
+    /// committed with the rest of its batch.
+    ///
+    /// # Errors
+    /// As [`Self::reserve`].
+    pub fn settle(&self, reservation: &Reservation, actual: &CostInput) -> Result<Settlement> {
+        check_settlement(reservation, actual)?;
+        match self.submit(Job::Settle(reservation.clone(), actual.clone()), true)? {
+            Answer::Settled(settlement) => Ok(settlement),
+            _ => unreachable!("a settle is answered with a settlement"),
+        }
+    }
+
+    /// [`AdmissionDriver::release`]. After a lost connection whose commit had in fact
+    /// released it, the retry finds it no longer held and answers false.
+    ///
+    /// # Errors
+    /// As [`Self::reserve`].
+    pub fn release(&self, reservation: &Reservation) -> Result<bool> {
+        match self.submit(Job::Release(reservation.clone()), true)? {
+            Answer::Released(released) => Ok(released),
+            _ => unreachable!("a release is answered with a flag"),
+        }
+    }
+
+    fn submit(&self, job: Job, wait: bool) -> Result<Answer> {
+        let shared = &self.handle.shared;
+        let slot = Arc::new(Slot::default());
+        {
+            let mut state = shared.lock();
+            while !state.closed && state.queue.len() >= shared.config.capacity {
+                if !wait {
+                    return Err(Error::Busy);
+                }
+                state = shared.room.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            if state.closed {
+                return Err(Error::Closed);
+            }
+            state.queue.push_back(Queued {
+                job,
+                slot: slot.clone(),
+            });
+        }
+        shared.work.notify_one();
+        slot.wait()
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> AdmissionStats {
+        let shared = &self.handle.shared;
+        AdmissionStats {
+            batches: shared.batches.load(Ordering::Relaxed),
+            requests: shared.requests.load(Ordering::Relaxed),
+            queue_depth: shared.lock().queue.len(),
+            in_flight: shared.in_flight.load(Ordering::Relaxed),
+            retries: shared.retries.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops taking requests, decides everything queued, and waits for it. Later calls
+    /// return [`Error::Closed`]. Dropping the last handle does the same.
+    pub fn shutdown(&self) {
+        close(&self.handle.shared, &self.handle.worker);
+    }
+}
+
+fn connect(url: &str) -> Result<PgConnection> {
+    let mut conn = db::connect(url)?;
+    diesel::select(set_config("application_name", "costdb-admission", false)).execute(&mut conn)?;
+    Ok(conn)
+}
+
+/// How one try of a batch ended.
+enum Attempt {
+    /// Committed: one answer per request.
+    Committed(Vec<Result<Answer>>),
+    /// Rolled back by the server for a reason that may pass (serialization, deadlock), or
+    /// never sent: try the same again.
+    NotCommitted(Error),
+    /// The connection was lost while the batch ran or committed.
+    Unknown(Error),
+    /// A statement of one request failed: run the requests one by one.
+    Isolate,
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    url: String,
+    conn: Option<PgConnection>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        while let Some(batch) = self.take() {
+            let answers = self.decide(&batch);
+            self.shared.in_flight.store(0, Ordering::Relaxed);
+            for (queued, answer) in batch.into_iter().zip(answers) {
+                queued.slot.fill(answer);
+            }
+        }
+    }
+
+    /// The next batch in arrival order; `None` once closed and drained.
+    fn take(&self) -> Option<Vec<Queued>> {
+        let shared = &self.shared;
+        let mut state = shared.lock();
+        while state.queue.is_empty() {
+            if state.closed {
+                return None;
+            }
+            state = shared.work.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        let n = state.queue.len().min(shared.config.max_batch);
+        let batch = state.queue.drain(..n).collect();
+        shared.in_flight.store(n, Ordering::Relaxed);
+        drop(state);
+        shared.room.notify_all();
+        Some(batch)
+    }
+
+    /// Answers every request of `batch`, retrying until the deadline.
+    fn decide(&mut self, batch: &[Queued]) -> Vec<Result<Answer>> {
+        let deadline = Instant::now() + self.shared.config.retry_deadline;
+        let mut unknown = false;
+        let mut pause = Duration::from_millis(20);
+        let failure = loop {
+            let error = match self.attempt(batch) {
+                Attempt::Committed(answers) => {
+                    self.count(answers.len());
+                    return answers;
+                }
+                Attempt::Isolate => return batch.iter().map(|q| self.alone(&q.job)).collect(),
+                Attempt::NotCommitted(e) => e,
+                Attempt::Unknown(e) => {
+                    unknown = true;
+                    e
+                }
+            };
+            if Instant::now() + pause > deadline {
+                break error;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(1));
+            self.shared.retries.fetch_add(1, Ordering::Relaxed);
+        };
+        let reason = crate::error::report(&failure);
+        batch
+            .iter()
+            .map(|q| {
+                Err(Error::NotAdmitted {
+                    request_id: q.job.request_id().to_owned(),
+                    outcome_unknown: unknown,
+                    reason: reason.clone(),
+                })
+            })
+            .collect()
+    }
+
+    fn count(&self, requests: usize) {
+        self.shared.batches.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .requests
+            .fetch_add(requests as u64, Ordering::Relaxed);
+    }
+
+    /// The connection, opened again if the last one was lost.
+    fn conn(&mut self) -> Result<PgConnection> {
+        match self.conn.take() {
+            Some(conn) => Ok(conn),
+            None => connect(&self.url),
+        }
+    }
+
+    /// Every request of the batch in one transaction.
+    fn attempt(&mut self, batch: &[Queued]) -> Attempt {
+        let mut conn = match self.conn() {
+            Ok(conn) => conn,
+            Err(e) => return Attempt::NotCommitted(e),
+        };
+        let outcome = conn.transaction(|c| {
+            let mut answers = Vec::with_capacity(batch.len());
+            for q in batch {
+                match q.job.run(c) {
+                    // A statement failed: the transaction is aborted.
+                    Err(e @ Error::Database(_)) => return Err(e),
+                    answer => answers.push(answer),
+                }
+            }
+            Ok(answers)
+        });
+        match outcome {
+            Ok(answers) => {
+                self.conn = Some(conn);
+                Attempt::Committed(answers)
+            }
+            Err(e) if lost(&e) || !alive(&mut conn) => Attempt::Unknown(e),
+            Err(e) if must_retry(&e) => {
+                self.conn = Some(conn);
+                Attempt::NotCommitted(e)
+            }
+            Err(_) => {
+                self.conn = Some(conn);
+                Attempt::Isolate
+            }
+        }
+    }
+
+    /// One request in a transaction of its own, retried like a batch.
+    fn alone(&mut self, job: &Job) -> Result<Answer> {
+        let deadline = Instant::now() + self.shared.config.retry_deadline;
+        loop {
+            let mut conn = self.conn()?;
+            let outcome = conn.transaction(|c| job.run(c));
+            let retry = match &outcome {
+                Err(e) if lost(e) || !alive(&mut conn) => true,
+                Err(e) if must_retry(e) => {
+                    self.conn = Some(conn);
+                    true
+                }
+                _ => {
+                    self.conn = Some(conn);
+                    false
+                }
+            };
+            if !retry || Instant::now() >= deadline {
+                if outcome.is_ok() {
+                    self.count(1);
+                }
+                return outcome;
+            }
+            self.shared.retries.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

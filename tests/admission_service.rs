@@ -1,0 +1,233 @@
+//! `AdmissionService` against a real PostgreSQL: many callers' reserves and settles
+//! committed in batches, exact under racing callers, killed backends and full queues.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use common::assert_invalid;
+use costdb::admission::{
+    Admission, AdmissionConfig, AdmissionDriver, AdmissionService, Reservation, ReserveInput,
+};
+use costdb::drivers::{BudgetLimits, CostWriteDriver};
+use costdb::models::{CostInput, ReservationStatus};
+use costdb::types::{BudgetScope, TenantId};
+use costdb::Error;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 5, 20, 12, 0, 0).unwrap()
+}
+
+fn ask(request: &str, cents: f64) -> ReserveInput {
+    ReserveInput {
+        request_id: request.into(),
+        feature_tag: None,
+        user_id: None,
+        estimated_cents: cents,
+        expires_at: now() + chrono::Duration::minutes(5),
+        now: now(),
+    }
+}
+
+fn actual(r: &Reservation, cents: f64) -> CostInput {
+    CostInput {
+        tenant_id: r.tenant_id.clone(),
+        feature_tag: r.feature_tag.clone(),
+        user_id: r.user_id.clone(),
+        model: "gpt-4o".into(),
+        cost_cents: cents,
+        created_at: Some(now()),
+        ..CostInput::default()
+    }
+}
+
+/// A committed tenant-wide budget with a daily limit.
+fn budget(tenant: &TenantId, daily: i32, hard: bool) -> String {
+    common::conn()
+        .transaction(|c| {
+            CostWriteDriver::new(c).upsert_budget(
+                tenant,
+                &BudgetScope::Tenant,
+                &BudgetLimits {
+                    daily_limit_cents: Some(daily),
+                    monthly_limit_cents: None,
+                    warn_threshold_pct: 80,
+                    hard_limit_enabled: hard,
+                },
+            )
+        })
+        .unwrap()
+        .id
+}
+
+fn service(config: AdmissionConfig) -> AdmissionService {
+    AdmissionService::start(common::database_url(), config).unwrap()
+}
+
+/// The tenant's counters match its records exactly, and no hard limit is passed.
+fn assert_exact(tenant: &TenantId, limit: f64) {
+    let lines = common::conn()
+        .transaction(|c| AdmissionDriver::new(c).reconcile(tenant, now().date_naive()))
+        .unwrap();
+    assert!(!lines.is_empty());
+    for line in lines {
+        assert!(line.matches(), "{line:?}");
+        assert!(
+            line.counted_cents + line.reserved_cents <= limit,
+            "{line:?} over {limit}"
+        );
+    }
+}
+
+fn admitted(a: Admission) -> Option<Reservation> {
+    match a {
+        Admission::Admitted { reservation, .. } => Some(reservation),
+        Admission::Refused { .. } => None,
+    }
+}
+
+/// Waits until `cond` holds: the state it checks comes from the service's own threads.
+fn until(mut cond: impl FnMut() -> bool) {
+    while !cond() {
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn sixty_four_callers_never_pass_a_hard_limit_and_settle_exactly() {
+    const THREADS: usize = 64;
+    const EACH: usize = 4;
+    let tenant = common::tenant();
+    budget(&tenant, 1_000, true);
+    let svc = service(AdmissionConfig::default());
+    let start = Barrier::new(THREADS);
+    let admitted: Vec<Reservation> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (svc, start, tenant) = (&svc, &start, &tenant);
+                s.spawn(move || {
+                    start.wait();
+                    let mut mine = Vec::new();
+                    for i in 0..EACH {
+                        let input = ask(&format!("r-{t}-{i}"), 7.0);
+                        if let Some(r) = admitted(svc.reserve(tenant, &input).unwrap()) {
+                            let settled = svc.settle(&r, &actual(&r, 7.0)).unwrap();
+                            assert!(settled.charged && settled.released);
+                            mine.push(r);
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    // ⌊1000 ÷ 7⌋ calls fit; every one settled at its estimate.
+    assert_eq!(admitted.len(), 1_000 / 7);
+    let ids: HashSet<&str> = admitted.iter().map(|r| r.request_id.as_str()).collect();
+    assert_eq!(ids.len(), admitted.len());
+    let mut conn = common::conn();
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "cost_records", &tenant),
+        admitted.len() as i64
+    );
+    assert_exact(&tenant, 1_000.0);
+    let stats = svc.stats();
+    assert!(stats.batches >= 1 && stats.requests >= (THREADS * EACH) as u64);
+    svc.shutdown();
+}
+
+#[test]
+fn a_mixed_batch_answers_each_request_as_the_driver_would() {
+    let (tight, soft, free) = (common::tenant(), common::tenant(), common::tenant());
+    let tight_budget = budget(&tight, 10, true);
+    budget(&soft, 10, false);
+    let svc = service(AdmissionConfig::default());
+    // The first request goes alone and creates the counters. Then a lock on the tight
+    // counter holds the next request in the worker while the others queue behind it, so
+    // the worker takes those as one batch, in the order they arrived.
+    let first = admitted(svc.reserve(&tight, &ask("t-1", 6.0)).unwrap()).unwrap();
+    let mut blocker = common::test_conn();
+    blocker.batch_execute("BEGIN").unwrap();
+    diesel::sql_query("SELECT 1 FROM budget_counters WHERE budget_id = $1 FOR UPDATE")
+        .bind::<diesel::sql_types::Text, _>(&tight_budget)
+        .execute(&mut blocker)
+        .unwrap();
+    let requests = [
+        (&tight, "t-0", 1.0), // held in the worker by the lock: 7 of 10
+        (&tight, "t-2", 5.0), // 12 would pass the limit: refused
+        (&tight, "t-3", 3.0), // 10 fits exactly
+        (&tight, "t-1", 6.0), // a repeat: t-1's reservation back, charged once
+        (&soft, "s-1", 12.0), // over a soft limit: admitted, warned
+        (&free, "f-1", 3.0),  // no budget applies: admitted
+    ];
+    let answers = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for (i, &(tenant, request, cents)) in requests.iter().enumerate() {
+            let svc = &svc;
+            handles.push(s.spawn(move || svc.reserve(tenant, &ask(request, cents))));
+            if i == 0 {
+                until(|| svc.stats().in_flight == 1);
+            } else {
+                until(|| svc.stats().queue_depth == i);
+            }
+        }
+        // Bad input is refused at once, while the batch waits.
+        assert_invalid(
+            svc.reserve(&tight, &ask("bad", f64::NAN)),
+            "estimated_cents",
+        );
+        blocker.batch_execute("COMMIT").unwrap();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap().unwrap())
+            .collect::<Vec<_>>()
+    });
+    assert!(svc.stats().batches >= 3);
+    let ok = |a: &Admission| matches!(a, Admission::Admitted { .. });
+    assert!(ok(&answers[0]));
+    assert!(
+        matches!(&answers[1], Admission::Refused { budget } if budget.budget_id == tight_budget)
+    );
+    assert!(ok(&answers[2]));
+    match &answers[3] {
+        Admission::Admitted { reservation, .. } => assert_eq!(reservation.id, first.id),
+        other => panic!("{other:?}"),
+    }
+    match &answers[4] {
+        Admission::Admitted { warnings, .. } => assert_eq!(warnings.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    match &answers[5] {
+        Admission::Admitted { reservation, .. } => assert!(reservation.budget_ids.is_empty()),
+        other => panic!("{other:?}"),
+    }
+    #[derive(QueryableByName)]
+    struct Held {
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        v: f64,
+    }
+    let mut conn = common::conn();
+    let held: Held = diesel::sql_query(
+        "SELECT coalesce(sum(estimated_cents), 0)::float8 AS v FROM budget_reservations \
+         WHERE tenant_id = $1 AND status = 'held'",
+    )
+    .bind::<diesel::sql_types::Text, _>(tight.as_str())
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(held.v, 10.0);
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "budget_reservations", &tight),
+        3
+    );
+    assert_exact(&tight, 10.0);
+}
