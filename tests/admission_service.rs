@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -230,4 +230,130 @@ fn a_mixed_batch_answers_each_request_as_the_driver_would() {
         3
     );
     assert_exact(&tight, 10.0);
+}
+
+#[test]
+fn killed_backends_lose_no_answer_and_nothing_counts_twice() {
+    const THREADS: usize = 16;
+    const EACH: usize = 25;
+    let tenant = common::tenant();
+    budget(&tenant, 2_000, true);
+    let svc = service(AdmissionConfig::default());
+    let done = AtomicBool::new(false);
+    let (admitted, kills) = std::thread::scope(|s| {
+        let killer = s.spawn(|| {
+            let mut conn = common::test_conn();
+            let mut kills = 0;
+            while !done.load(Ordering::Relaxed) {
+                #[derive(QueryableByName)]
+                struct Killed {
+                    #[diesel(sql_type = diesel::sql_types::BigInt)]
+                    n: i64,
+                }
+                let killed: Killed = diesel::sql_query(
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) AS n \
+                     FROM pg_stat_activity WHERE application_name = 'costdb-admission' \
+                       AND datname = current_database()",
+                )
+                .get_result(&mut conn)
+                .unwrap();
+                kills += killed.n;
+                // Fault injection, not a wait for a race: let some batches commit.
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            kills
+        });
+        let callers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (svc, tenant) = (&svc, &tenant);
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    for i in 0..EACH {
+                        let input = ask(&format!("k-{t}-{i}"), 3.0);
+                        // Every caller gets an answer, whatever the worker went through.
+                        if let Some(r) = admitted(svc.reserve(tenant, &input).unwrap()) {
+                            let settled = svc.settle(&r, &actual(&r, 2.5)).unwrap();
+                            assert_eq!(settled.cost.cost_cents, 2.5);
+                            mine.push(r);
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        let admitted: Vec<Reservation> = callers
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        done.store(true, Ordering::Relaxed);
+        (admitted, killer.join().unwrap())
+    });
+    assert!(kills > 0, "the worker's backend was never killed");
+    assert!(svc.stats().retries > 0);
+    // 400 calls of 3¢ each fit in 2,000¢ settled at 2.5¢: all admitted.
+    assert_eq!(admitted.len(), THREADS * EACH);
+    let mut conn = common::conn();
+    // Reserved once and billed once per request, whatever was retried.
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "budget_reservations", &tenant),
+        (THREADS * EACH) as i64
+    );
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "cost_records", &tenant),
+        (THREADS * EACH) as i64
+    );
+    let open: i64 = budget_reservations_held(&mut conn, &tenant);
+    assert_eq!(open, 0);
+    assert_exact(&tenant, 2_000.0);
+}
+
+fn budget_reservations_held(conn: &mut PgConnection, tenant: &TenantId) -> i64 {
+    use costdb::schema::budget_reservations as r;
+    r::table
+        .filter(r::tenant_id.eq(tenant))
+        .filter(r::status.ne(ReservationStatus::Settled.as_str()))
+        .count()
+        .get_result(conn)
+        .unwrap()
+}
+
+#[test]
+fn a_full_queue_answers_busy_and_shutdown_drains_it() {
+    let tenant = common::tenant();
+    let id = budget(&tenant, 100, true);
+    let svc = service(AdmissionConfig {
+        capacity: 1,
+        ..AdmissionConfig::default()
+    });
+    admitted(svc.reserve(&tenant, &ask("q-0", 1.0)).unwrap()).unwrap();
+    let mut blocker = common::test_conn();
+    blocker.batch_execute("BEGIN").unwrap();
+    diesel::sql_query("SELECT 1 FROM budget_counters WHERE budget_id = $1 FOR UPDATE")
+        .bind::<diesel::sql_types::Text, _>(&id)
+        .execute(&mut blocker)
+        .unwrap();
+    std::thread::scope(|s| {
+        let svc = &svc;
+        let tenant = &tenant;
+        let held = s.spawn(move || svc.reserve(tenant, &ask("q-1", 1.0)));
+        until(|| svc.stats().in_flight == 1);
+        let queued = s.spawn(move || svc.reserve(tenant, &ask("q-2", 1.0)));
+        until(|| svc.stats().queue_depth == 1);
+        assert!(matches!(
+            svc.try_reserve(tenant, &ask("q-3", 1.0)),
+            Err(Error::Busy)
+        ));
+        // Shutting down takes no new request and answers the queued ones.
+        let closer = s.spawn(move || svc.shutdown());
+        until(|| matches!(svc.reserve(tenant, &ask("q-4", 1.0)), Err(Error::Closed)));
+        blocker.batch_execute("COMMIT").unwrap();
+        closer.join().unwrap();
+        assert!(admitted(held.join().unwrap().unwrap()).is_some());
+        assert!(admitted(queued.join().unwrap().unwrap()).is_some());
+    });
+    let mut conn = common::conn();
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "budget_reservations", &tenant),
+        3
+    );
 }
