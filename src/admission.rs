@@ -225,8 +225,8 @@ impl ReconcileLine {
     }
 }
 
-/// The reservation, decided in one statement (see the file).
-const RESERVE: &str = include_str!("admission/reserve.sql");
+/// Reservations of many requests decided in one statement (see the file).
+const RESERVE: &str = include_str!("admission/reserve_batch.sql");
 /// Creates the missing counters of some budgets for a day and a month.
 const ENSURE_WINDOW: &str = include_str!("admission/ensure_window.sql");
 /// Closes a locked reservation and applies its deltas to the counters.
@@ -275,6 +275,9 @@ impl From<ReservationRow> for Reservation {
 
 #[derive(QueryableByName)]
 struct VerdictRow {
+    /// The request's place in its batch, from 1.
+    #[diesel(sql_type = Int4)]
+    n: i32,
     #[diesel(sql_type = Bool)]
     ready: bool,
     #[diesel(sql_type = Bool)]
@@ -373,92 +376,146 @@ impl<'c> AdmissionDriver<'c> {
     pub fn reserve(&mut self, tenant_id: &TenantId, input: &ReserveInput) -> Result<Admission> {
         input.validate()?;
         require_transaction(self.conn)?;
-        let day = input.now.date_naive();
-        let id = format!("rsv_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
-        // The first attempt finds every counter in the common case; a new day, month or
-        // budget creates its counters and decides again.
-        for attempt in 0..3 {
-            let params = [
-                Param::Text(tenant_id),
-                Param::OptText(input.feature_tag.as_deref()),
-                Param::OptText(input.user_id.as_deref()),
-                Param::Day(day),
-                Param::Day(month_of(day)),
-                Param::Float(input.estimated_cents + 0.0),
-                Param::Text(&id),
-                Param::Text(&input.request_id),
-                Param::Instant(&input.expires_at),
-            ];
-            let rows: Vec<VerdictRow> = Prepared {
-                sql: RESERVE,
-                params: &params,
-            }
-            .load(self.conn)?;
-            let verdict = rows.first().expect("the verdict row is always there");
-            if verdict.repeated || (verdict.ready && verdict.fits && !verdict.held) {
-                return self.repeated(tenant_id, &input.request_id);
-            }
-            if !verdict.ready {
-                if attempt < 2 {
-                    let budgets = self.applicable_budgets(tenant_id, input)?;
-                    self.ensure_window(&budgets, day)?;
-                }
-                continue;
-            }
-            let flagged = |flag: fn(&VerdictRow) -> Option<bool>| {
-                rows.iter()
-                    .filter(move |r| flag(r) == Some(true))
-                    .filter_map(VerdictRow::budget_use)
-            };
-            if !verdict.fits {
-                let budget = flagged(|r| r.full)
-                    .next()
-                    .ok_or_else(|| Error::Conflict("a refusal without a full budget".into()))?;
-                return Ok(Admission::Refused { budget });
-            }
-            let reservation = Reservation {
-                id,
-                tenant_id: tenant_id.into(),
-                request_id: input.request_id.clone(),
-                feature_tag: input.feature_tag.clone(),
-                user_id: input.user_id.clone(),
-                estimated_cents: verdict.held_estimate.unwrap_or(input.estimated_cents),
-                budget_ids: verdict.held_budget_ids.clone().unwrap_or_default(),
-                day,
-                month: month_of(day),
-                status: ReservationStatus::Held,
-                expires_at: verdict.held_expires_at.unwrap_or(input.expires_at),
-            };
-            return Ok(Admission::Admitted {
-                reservation,
-                warnings: flagged(|r| r.warns).collect(),
-            });
-        }
-        Err(Error::Conflict(
-            "the budget counters kept changing while reserving; retry".into(),
-        ))
+        self.reserve_batch(&[(tenant_id, input)])?
+            .pop()
+            .expect("one answer per request")
     }
 
-    /// The ids of the tenant's active budgets that apply to a request, in id order: the
-    /// tenant-wide one, its feature tag's and its user's.
-    fn applicable_budgets(&mut self, tenant_id: &str, input: &ReserveInput) -> Result<Vec<String>> {
-        use crate::schema::cost_budgets as b;
-        let scope = b::budget_type
-            .eq(BudgetType::Tenant)
-            .and(b::entity_id.is_null())
-            .or(b::budget_type
-                .eq(BudgetType::Feature)
-                .and(b::entity_id.eq(input.feature_tag.as_deref())))
-            .or(b::budget_type
-                .eq(BudgetType::User)
-                .and(b::entity_id.eq(input.user_id.as_deref())));
-        Ok(b::table
-            .filter(b::tenant_id.eq(tenant_id))
-            .filter(b::is_active)
-            .filter(scope)
-            .select(b::id)
-            .order(b::id)
-            .load(self.conn)?)
+    /// Decides `requests` (validated, inside the caller's transaction) in order, each as
+    /// [`reserve`](Self::reserve) would one after the other, with one statement for all of
+    /// them in the common case. The outer error is the batch's; each request has its own.
+    pub(crate) fn reserve_batch(
+        &mut self,
+        requests: &[(&TenantId, &ReserveInput)],
+    ) -> Result<Vec<Result<Admission>>> {
+        let ids: Vec<String> = requests
+            .iter()
+            .map(|_| format!("rsv_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]))
+            .collect();
+        let mut answers: Vec<Option<Result<Admission>>> = requests.iter().map(|_| None).collect();
+        let mut pending: Vec<usize> = (0..requests.len()).collect();
+        // A budget made active while the batch ran leaves its requests undecided: they
+        // are decided again.
+        for _ in 0..3 {
+            if pending.is_empty() {
+                break;
+            }
+            let rows = self.decide(requests, &ids, &pending)?;
+            let mut again = Vec::new();
+            for (k, &i) in pending.iter().enumerate() {
+                let mine: Vec<&VerdictRow> =
+                    rows.iter().filter(|r| r.n as usize == k + 1).collect();
+                let (tenant_id, input) = requests[i];
+                match self.verdict(tenant_id, input, &ids[i], &mine) {
+                    Some(answer) => answers[i] = Some(answer),
+                    None => again.push(i),
+                }
+            }
+            pending = again;
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| {
+                a.unwrap_or_else(|| {
+                    Err(Error::Conflict(
+                        "the budget counters kept changing while reserving; retry".into(),
+                    ))
+                })
+            })
+            .collect())
+    }
+
+    /// The verdict rows of the requests `pending` (their 1-based place in it as `n`).
+    fn decide(
+        &mut self,
+        requests: &[(&TenantId, &ReserveInput)],
+        ids: &[String],
+        pending: &[usize],
+    ) -> Result<Vec<VerdictRow>> {
+        let pick = |i: &usize| requests[*i];
+        let tenants: Vec<&str> = pending.iter().map(|i| pick(i).0.as_str()).collect();
+        let tags: Vec<Option<&str>> = pending
+            .iter()
+            .map(|i| pick(i).1.feature_tag.as_deref())
+            .collect();
+        let users: Vec<Option<&str>> = pending
+            .iter()
+            .map(|i| pick(i).1.user_id.as_deref())
+            .collect();
+        let days: Vec<NaiveDate> = pending.iter().map(|i| pick(i).1.now.date_naive()).collect();
+        let estimates: Vec<f64> = pending
+            .iter()
+            .map(|i| pick(i).1.estimated_cents + 0.0)
+            .collect();
+        let held_ids: Vec<&str> = pending.iter().map(|i| ids[*i].as_str()).collect();
+        let request_ids: Vec<&str> = pending
+            .iter()
+            .map(|i| pick(i).1.request_id.as_str())
+            .collect();
+        let expires: Vec<Option<DateTime<Utc>>> =
+            pending.iter().map(|i| Some(pick(i).1.expires_at)).collect();
+        Ok(Prepared {
+            sql: RESERVE,
+            params: &[
+                Param::Strs(&tenants),
+                Param::OptTexts(&tags),
+                Param::OptTexts(&users),
+                Param::Days(&days),
+                Param::Floats(&estimates),
+                Param::Strs(&held_ids),
+                Param::Strs(&request_ids),
+                Param::OptInstants(&expires),
+            ],
+        }
+        .load(self.conn)?)
+    }
+
+    /// One request's answer from its verdict rows; `None` when it must be decided again.
+    fn verdict(
+        &mut self,
+        tenant_id: &TenantId,
+        input: &ReserveInput,
+        id: &str,
+        rows: &[&VerdictRow],
+    ) -> Option<Result<Admission>> {
+        let verdict = rows.first().expect("the verdict row is always there");
+        if verdict.repeated || (verdict.ready && verdict.fits && !verdict.held) {
+            return Some(self.repeated(tenant_id, &input.request_id));
+        }
+        if !verdict.ready {
+            return None;
+        }
+        let flagged = |flag: fn(&VerdictRow) -> Option<bool>| {
+            rows.iter()
+                .filter(move |r| flag(r) == Some(true))
+                .filter_map(|r| r.budget_use())
+        };
+        if !verdict.fits {
+            return Some(
+                flagged(|r| r.full)
+                    .next()
+                    .map(|budget| Admission::Refused { budget })
+                    .ok_or_else(|| Error::Conflict("a refusal without a full budget".into())),
+            );
+        }
+        let day = input.now.date_naive();
+        let reservation = Reservation {
+            id: id.to_owned(),
+            tenant_id: tenant_id.into(),
+            request_id: input.request_id.clone(),
+            feature_tag: input.feature_tag.clone(),
+            user_id: input.user_id.clone(),
+            estimated_cents: verdict.held_estimate.unwrap_or(input.estimated_cents),
+            budget_ids: verdict.held_budget_ids.clone().unwrap_or_default(),
+            day,
+            month: month_of(day),
+            status: ReservationStatus::Held,
+            expires_at: verdict.held_expires_at.unwrap_or(input.expires_at),
+        };
+        Some(Ok(Admission::Admitted {
+            reservation,
+            warnings: flagged(|r| r.warns).collect(),
+        }))
     }
 
     /// Creates the missing counters of `budgets` for `day` and its month, in key order, so

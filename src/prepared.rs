@@ -24,6 +24,7 @@ pub(crate) enum Param<'a> {
     Floats(&'a [f64]),
     Flags(&'a [bool]),
     OptInstants(&'a [Option<DateTime<Utc>>]),
+    Days(&'a [NaiveDate]),
     OptTexts(&'a [Option<&'a str>]),
     OptFloats(&'a [Option<f64>]),
     OptInt4s(&'a [Option<i32>]),
@@ -104,6 +105,7 @@ impl Prepared<'_> {
                 Param::OptInstants(v) => {
                     out.push_bind_param::<Array<Nullable<Timestamptz>>, _>(*v)?
                 }
+                Param::Days(v) => out.push_bind_param::<Array<Date>, _>(*v)?,
                 Param::OptTexts(v) => out.push_bind_param::<Array<Nullable<Text>>, _>(*v)?,
                 Param::OptFloats(v) => out.push_bind_param::<Array<Nullable<Double>>, _>(*v)?,
                 Param::OptInt4s(v) => out.push_bind_param::<Array<Nullable<Int4>>, _>(*v)?,

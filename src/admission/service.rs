@@ -461,11 +461,36 @@ impl Worker {
         };
         let outcome = conn.transaction(|c| {
             let mut answers = Vec::with_capacity(batch.len());
-            for q in batch {
-                match q.job.run(c) {
-                    // A statement failed: the transaction is aborted.
-                    Err(e @ Error::Database(_)) => return Err(e),
-                    answer => answers.push(answer),
+            let mut rest = batch;
+            while let Some(first) = rest.first() {
+                // A run of reservations is decided in one statement.
+                let run = rest
+                    .iter()
+                    .take_while(|q| matches!(q.job, Job::Reserve(..)))
+                    .count();
+                let step: Vec<Result<Answer>> = if run > 0 {
+                    let requests: Vec<(&TenantId, &ReserveInput)> = rest[..run]
+                        .iter()
+                        .filter_map(|q| match &q.job {
+                            Job::Reserve(tenant, input) => Some((tenant, input)),
+                            _ => None,
+                        })
+                        .collect();
+                    AdmissionDriver::new(c)
+                        .reserve_batch(&requests)?
+                        .into_iter()
+                        .map(|a| a.map(Answer::Reserved))
+                        .collect()
+                } else {
+                    vec![first.job.run(c)]
+                };
+                rest = &rest[run.max(1)..];
+                for answer in step {
+                    match answer {
+                        // A statement failed: the transaction is aborted.
+                        Err(e @ Error::Database(_)) => return Err(e),
+                        answer => answers.push(answer),
+                    }
                 }
             }
             Ok(answers)

@@ -8,7 +8,9 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
 use super::{percentile, pgbench, Ctx, Scale, Target, Workload};
-use costdb::admission::{Admission, AdmissionDriver, ReserveInput};
+use costdb::admission::{
+    Admission, AdmissionConfig, AdmissionDriver, AdmissionService, ReserveInput,
+};
 use costdb::db;
 use costdb::drivers::{BudgetLimits, CostWriteDriver};
 use costdb::models::CostInput;
@@ -139,16 +141,169 @@ impl Workload for HotBudget {
     }
 }
 
-/// The admission workload at `scale`: 16 threads.
+/// The same admissions through an [`AdmissionService`]: callers on as many threads share
+/// one worker that decides and commits their requests in batches.
+struct Service {
+    threads: usize,
+    per_thread: usize,
+    tenant: String,
+    service: Option<AdmissionService>,
+    baseline_budget: String,
+    now: DateTime<Utc>,
+    round: usize,
+    rate: f64,
+    p99: Duration,
+    batch: f64,
+}
+
+impl Service {
+    fn service(&self) -> Result<&AdmissionService> {
+        self.service
+            .as_ref()
+            .ok_or_else(|| Error::invalid("service", "prepare() was not called").into())
+    }
+}
+
+/// One admission through the service: reserve, then settle at the actual cost.
+fn admit_through(
+    svc: &AdmissionService,
+    tenant: &TenantId,
+    request: String,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let input = ReserveInput {
+        request_id: request,
+        feature_tag: None,
+        user_id: None,
+        estimated_cents: 2.0,
+        expires_at: now + chrono::Duration::minutes(10),
+        now,
+    };
+    let reservation = match svc.reserve(tenant, &input)? {
+        Admission::Admitted { reservation, .. } => reservation,
+        Admission::Refused { budget } => {
+            return Err(Error::Conflict(format!("refused by {}", budget.budget_id)).into())
+        }
+    };
+    let actual = CostInput {
+        tenant_id: tenant.to_string(),
+        model: "gpt-4o-mini".into(),
+        input_tokens: 500,
+        output_tokens: 80,
+        cost_cents: 1.5,
+        created_at: Some(now),
+        ..CostInput::default()
+    };
+    svc.settle(&reservation, &actual)?;
+    Ok(())
+}
+
+impl Workload for Service {
+    fn name(&self) -> String {
+        format!(
+            "admission service: {} threads reserve + settle on one budget ({:.0}/s, p99 {:.1} ms, \
+             {:.1} requests per commit)",
+            self.threads,
+            self.rate,
+            self.p99.as_secs_f64() * 1e3,
+            self.batch
+        )
+    }
+    fn baseline_name(&self) -> &'static str {
+        "pgbench, the bare conditional UPDATE"
+    }
+    fn target(&self) -> Target {
+        Target::AtLeast(if self.threads >= 64 { 3.0 } else { 1.5 })
+    }
+    fn prepare(&mut self, ctx: &mut Ctx) -> Result<()> {
+        hard_budget(&mut ctx.conn, &self.tenant)?;
+        self.baseline_budget = hard_budget(&mut ctx.conn, &format!("{}-baseline", self.tenant))?;
+        diesel::sql_query(
+            "INSERT INTO budget_counters (budget_id, period, window_start) \
+             VALUES ($1, 'daily', $2) ON CONFLICT DO NOTHING",
+        )
+        .bind::<diesel::sql_types::Text, _>(&self.baseline_budget)
+        .bind::<diesel::sql_types::Date, _>(self.now.date_naive())
+        .execute(&mut ctx.conn)?;
+        self.service = Some(AdmissionService::start(
+            &ctx.url,
+            AdmissionConfig::default(),
+        )?);
+        Ok(())
+    }
+    fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        self.round += 1;
+        let (round, now, per_thread) = (self.round, self.now, self.per_thread);
+        let tenant = TenantId::new(self.tenant.as_str())?;
+        let before = self.service()?.stats();
+        let mut callers: Vec<(AdmissionService, TenantId)> = (0..self.threads)
+            .map(|_| Ok((self.service()?.clone(), tenant.clone())))
+            .collect::<Result<_>>()?;
+        let (elapsed, latencies) = super::on_threads(&mut callers, move |i, (svc, tenant)| {
+            (0..per_thread)
+                .map(|n| {
+                    let started = std::time::Instant::now();
+                    admit_through(svc, tenant, format!("s{round}-{i}-{n}"), now)?;
+                    Ok(started.elapsed())
+                })
+                .collect()
+        })?;
+        let after = self.service()?.stats();
+        self.batch = (after.requests - before.requests) as f64
+            / (after.batches - before.batches).max(1) as f64;
+        self.rate = latencies.len() as f64 / elapsed.as_secs_f64();
+        self.p99 = percentile(latencies, 0.99);
+        // Never over the limit, and the counters equal the records.
+        let mut conn = db::connect(&ctx.url)?;
+        let lines =
+            conn.transaction(|c| AdmissionDriver::new(c).reconcile(&tenant, now.date_naive()))?;
+        for line in lines {
+            if !line.matches() || line.counted_cents + line.reserved_cents > f64::from(i32::MAX) {
+                return Err(Error::Conflict(format!("admission service off: {line:?}")).into());
+            }
+        }
+        Ok(elapsed)
+    }
+    fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        let script = format!(
+            "UPDATE budget_counters SET reserved_cents = reserved_cents + 2 \
+             WHERE budget_id = '{}' AND period = 'daily' AND window_start = '{}' \
+               AND spent_cents + reserved_cents + 2 <= 2147483647 RETURNING reserved_cents;\n",
+            self.baseline_budget,
+            self.now.date_naive()
+        );
+        pgbench(ctx, &script, self.threads, self.per_thread)
+    }
+}
+
+/// The admission workloads at `scale`: the gate at 16 threads, the service at 16 and 64.
 pub fn admission_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
-    vec![Box::new(HotBudget {
-        threads: 16,
-        per_thread: scale.of(200),
-        conns: Vec::new(),
-        baseline_budget: String::new(),
-        now: Utc::now(),
-        round: 0,
-        rate: 0.0,
-        p99: Duration::ZERO,
-    })]
+    let service = |threads: usize| -> Box<dyn Workload> {
+        Box::new(Service {
+            threads,
+            per_thread: scale.of(3_200 / threads),
+            tenant: format!("bench-admission-service-{threads}"),
+            service: None,
+            baseline_budget: String::new(),
+            now: Utc::now(),
+            round: 0,
+            rate: 0.0,
+            p99: Duration::ZERO,
+            batch: 0.0,
+        })
+    };
+    vec![
+        service(16),
+        service(64),
+        Box::new(HotBudget {
+            threads: 16,
+            per_thread: scale.of(200),
+            conns: Vec::new(),
+            baseline_budget: String::new(),
+            now: Utc::now(),
+            round: 0,
+            rate: 0.0,
+            p99: Duration::ZERO,
+        }),
+    ]
 }

@@ -1,4 +1,5 @@
--- A reservation, decided in one statement.
+-- One reservation decided in one statement (the body of what was the library's
+-- reserve statement):
 --   want     the counters of the budgets that apply ($1 tenant, $2 feature tag, $3 user;
 --            day $4, month $5) with their limits;
 --   present  whether all of them exist;
@@ -11,6 +12,14 @@
 --   charged  and adds the estimate to every counter.
 -- The rows are the counters as they were before, beside the verdict (one row of NULLs
 -- when no budget applies).
+CREATE FUNCTION costdb_reserve_one(
+    text, text, text, date, date, float8, text, text, timestamptz)
+RETURNS TABLE (
+    ready bool, repeated bool, fits bool, held bool, held_budget_ids text[],
+    held_estimate float8, held_expires_at timestamptz, budget_id text, budget_type text,
+    entity_id text, hard bool, warn_pct int, period text, window_start date,
+    limit_cents int, spent_cents float8, reserved_cents float8, "full" bool, warns bool)
+LANGUAGE sql AS $$
 WITH want AS (
     SELECT b.id AS budget_id, b.budget_type, b.entity_id, b.hard_limit_enabled AS hard,
            b.warn_threshold_pct AS warn_pct, p.period, p.window_start, p.limit_cents
@@ -75,3 +84,60 @@ SELECT v.ready, v.repeated, v.fits, EXISTS (SELECT 1 FROM held) AS held,
 FROM verdict v
 LEFT JOIN (want w JOIN locked l USING (budget_id, period, window_start)) ON true
 ORDER BY w.budget_id, w.period, w.window_start
+$$;
+
+-- Admission decided for many requests in one statement: the requests' arrays, element i
+-- of each the request i. The budget counters of every request are created if missing and
+-- locked in key order first, so a batch waits for other admissions in the same order as
+-- a single reservation does; then each request is decided in array order exactly as one
+-- reservation is, seeing the ones before it. One row per counter of a request (one row
+-- of NULL counter columns when no budget applies), tagged with the request's ordinal.
+CREATE FUNCTION costdb_reserve_batch(
+    tenants text[], tags text[], users text[], days date[], estimates float8[],
+    ids text[], requests text[], expires timestamptz[])
+RETURNS TABLE (
+    n int, ready bool, repeated bool, fits bool, held bool, held_budget_ids text[],
+    held_estimate float8, held_expires_at timestamptz, budget_id text, budget_type text,
+    entity_id text, hard bool, warn_pct int, period text, window_start date,
+    limit_cents int, spent_cents float8, reserved_cents float8, "full" bool, warns bool)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    INSERT INTO budget_counters (budget_id, period, window_start)
+    SELECT DISTINCT b.id, p.period, p.window_start
+    FROM unnest(tenants, tags, users, days) AS r(tenant, tag, usr, day)
+    JOIN cost_budgets b
+      ON b.tenant_id = r.tenant AND b.is_active
+     AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
+       OR (b.budget_type = 'feature' AND b.entity_id = r.tag)
+       OR (b.budget_type = 'user' AND b.entity_id = r.usr))
+    CROSS JOIN LATERAL (VALUES ('daily', r.day),
+                               ('monthly', date_trunc('month', r.day)::date))
+         AS p(period, window_start)
+    ORDER BY 1, 2, 3
+    ON CONFLICT DO NOTHING;
+
+    PERFORM 1
+    FROM budget_counters c
+    JOIN (SELECT DISTINCT b.id, p.period, p.window_start
+          FROM unnest(tenants, tags, users, days) AS r(tenant, tag, usr, day)
+          JOIN cost_budgets b
+            ON b.tenant_id = r.tenant AND b.is_active
+           AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
+             OR (b.budget_type = 'feature' AND b.entity_id = r.tag)
+             OR (b.budget_type = 'user' AND b.entity_id = r.usr))
+          CROSS JOIN LATERAL (VALUES ('daily', r.day),
+                                     ('monthly', date_trunc('month', r.day)::date))
+               AS p(period, window_start)) k
+      ON (c.budget_id, c.period, c.window_start) = (k.id, k.period, k.window_start)
+    ORDER BY c.budget_id, c.period, c.window_start
+    FOR UPDATE OF c;
+
+    FOR i IN 1 .. coalesce(array_length(requests, 1), 0) LOOP
+        RETURN QUERY
+        SELECT i, v.* FROM costdb_reserve_one(
+            tenants[i], tags[i], users[i], days[i], date_trunc('month', days[i])::date,
+            estimates[i], ids[i], requests[i], expires[i]) AS v;
+    END LOOP;
+END
+$$;
