@@ -24,8 +24,9 @@ use diesel::sql_types::{Array, BigInt, Bool, Date, Double, Int4, Nullable, Text,
 use serde::Serialize;
 
 use crate::db::require_transaction;
+use crate::drivers::cost_write::{BulkMode, CostWriteDriver};
 use crate::error::{Error, Result};
-use crate::models::{BudgetPeriod, BudgetType, CostInput, CostRecord, ReservationStatus};
+use crate::models::{ids, BudgetPeriod, BudgetType, CostInput, CostRecord, ReservationStatus};
 use crate::prepared::{Param, Prepared};
 use crate::schema::budget_reservations;
 use crate::sql_fns::numeric_float8;
@@ -590,6 +591,96 @@ impl<'c> AdmissionDriver<'c> {
             ..actual.clone()
         };
         let (record, inserted) = cost.insert_once(self.conn)?;
+        self.settled(&held, record, inserted)
+    }
+
+    /// Settles `settlements` (checked, inside the caller's transaction) as
+    /// [`settle`](Self::settle) would one after the other, locking their reservations and
+    /// writing their cost records with one statement each. The outer error is the
+    /// batch's; each settlement has its own.
+    pub(crate) fn settle_batch(
+        &mut self,
+        settlements: &[(&Reservation, &CostInput)],
+    ) -> Result<Vec<Result<Settlement>>> {
+        use crate::schema::cost_records;
+        let mut ids: Vec<&str> = settlements.iter().map(|(r, _)| r.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let locked: Vec<Reservation> = budget_reservations::table
+            .filter(budget_reservations::id.eq_any(&ids))
+            .select(ReservationRow::as_select())
+            .order(budget_reservations::id)
+            .for_update()
+            .load(self.conn)?
+            .into_iter()
+            .map(Reservation::from)
+            .collect();
+        let held: Vec<Option<&Reservation>> = settlements
+            .iter()
+            .map(|(r, _)| {
+                locked
+                    .iter()
+                    .find(|l| l.id == r.id && l.tenant_id == r.tenant_id)
+            })
+            .collect();
+        let costs: Vec<CostInput> = settlements
+            .iter()
+            .zip(&held)
+            .filter_map(|((_, actual), held)| {
+                held.map(|h| CostInput {
+                    request_id: Some(h.request_id.clone()),
+                    ..(*actual).clone()
+                })
+            })
+            .collect();
+        let record_ids = costs.iter().map(|_| ids::cost_record_id()).collect();
+        let recorded = CostWriteDriver::new(self.conn).insert_with_ids(
+            &costs,
+            record_ids,
+            BulkMode::Insert,
+        )?;
+        let wanted: Vec<&str> = recorded.iter().map(|r| r.id.as_str()).collect();
+        let records: Vec<CostRecord> = cost_records::table
+            .filter(cost_records::id.eq_any(&wanted))
+            .select(CostRecord::as_select())
+            .load(self.conn)?;
+        let mut recorded = recorded.into_iter();
+        let mut out = Vec::with_capacity(settlements.len());
+        // A reservation settled twice in one batch: the second finds it settled.
+        let mut closed: Vec<String> = Vec::new();
+        for ((reservation, _), held) in settlements.iter().zip(held) {
+            let Some(held) = held else {
+                out.push(Err(Error::NotFound {
+                    entity: "budget reservation",
+                    id: reservation.id.clone(),
+                }));
+                continue;
+            };
+            let row = recorded.next().expect("one record per settlement");
+            let at = records
+                .iter()
+                .position(|r| r.id == row.id)
+                .ok_or_else(|| Error::Conflict(format!("cost record {} vanished", row.id)))?;
+            let record = records[at].clone();
+            let mut held = held.clone();
+            if closed.contains(&held.id) {
+                held.status = ReservationStatus::Settled;
+            }
+            let inserted = row.inserted && !closed.contains(&held.id);
+            closed.push(held.id.clone());
+            out.push(self.settled(&held, record, inserted));
+        }
+        Ok(out)
+    }
+
+    /// The rest of a settlement once its reservation is locked and its cost record
+    /// stored (`inserted`: by this settlement): closes it and moves the counters.
+    fn settled(
+        &mut self,
+        held: &Reservation,
+        record: CostRecord,
+        inserted: bool,
+    ) -> Result<Settlement> {
         if held.status == ReservationStatus::Settled {
             return Ok(Settlement {
                 cost: record,
@@ -604,7 +695,7 @@ impl<'c> AdmissionDriver<'c> {
         let release = held.status == ReservationStatus::Held;
         let charge = if inserted { record.cost_cents } else { 0.0 };
         self.close(
-            &held,
+            held,
             ReservationStatus::Settled,
             release,
             charge,

@@ -1,91 +1,3 @@
--- One reservation decided in one statement (the body of what was the library's
--- reserve statement):
---   want     the counters of the budgets that apply ($1 tenant, $2 feature tag, $3 user;
---            day $4, month $5) with their limits;
---   present  whether all of them exist;
---   locked   locks them in key order and reads them as they are now, but only when all
---            exist, so a transaction that must create a counter first holds no lock
---            while it does;
---   verdict  admits when every counter exists, the request is new and every hard limit
---            has room for the estimate $6;
---   held     only then stores reservation $7 of request $8, expiring at $9;
---   charged  and adds the estimate to every counter.
--- The rows are the counters as they were before, beside the verdict (one row of NULLs
--- when no budget applies).
-CREATE FUNCTION costdb_reserve_one(
-    text, text, text, date, date, float8, text, text, timestamptz)
-RETURNS TABLE (
-    ready bool, repeated bool, fits bool, held bool, held_budget_ids text[],
-    held_estimate float8, held_expires_at timestamptz, budget_id text, budget_type text,
-    entity_id text, hard bool, warn_pct int, period text, window_start date,
-    limit_cents int, spent_cents float8, reserved_cents float8, "full" bool, warns bool)
-LANGUAGE sql AS $$
-WITH want AS (
-    SELECT b.id AS budget_id, b.budget_type, b.entity_id, b.hard_limit_enabled AS hard,
-           b.warn_threshold_pct AS warn_pct, p.period, p.window_start, p.limit_cents
-    FROM cost_budgets b
-    CROSS JOIN LATERAL (VALUES ('daily', $4::date, b.daily_limit_cents),
-                               ('monthly', $5::date, b.monthly_limit_cents))
-         AS p(period, window_start, limit_cents)
-    WHERE b.tenant_id = $1 AND b.is_active
-      AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
-        OR (b.budget_type = 'feature' AND b.entity_id = $2)
-        OR (b.budget_type = 'user' AND b.entity_id = $3))
-),
-present AS (
-    SELECT count(*) = (SELECT count(*) FROM want) AS all_there
-    FROM budget_counters c JOIN want w USING (budget_id, period, window_start)
-),
-locked AS (
-    SELECT c.budget_id, c.period, c.window_start, c.spent_cents, c.reserved_cents
-    FROM budget_counters c JOIN want w USING (budget_id, period, window_start)
-    WHERE (SELECT all_there FROM present)
-    ORDER BY c.budget_id, c.period, c.window_start
-    FOR UPDATE OF c
-),
-verdict AS (
-    SELECT (SELECT count(*) FROM want) = (SELECT count(*) FROM locked) AS ready,
-           EXISTS (SELECT 1 FROM budget_reservations
-                   WHERE tenant_id = $1 AND request_id = $8) AS repeated,
-           coalesce((SELECT bool_and(w.limit_cents IS NULL OR NOT w.hard
-                            OR l.spent_cents + l.reserved_cents + $6::numeric <= w.limit_cents)
-                     FROM want w JOIN locked l USING (budget_id, period, window_start)),
-                    true) AS fits
-),
-held AS (
-    INSERT INTO budget_reservations (id, tenant_id, request_id, feature_tag, user_id,
-                                     estimated_cents, budget_ids, day, month, expires_at)
-    SELECT $7, $1, $8, $2, $3, $6::numeric,
-           ARRAY(SELECT DISTINCT budget_id::text FROM want ORDER BY 1), $4, $5, $9
-    FROM verdict WHERE ready AND fits AND NOT repeated
-    ON CONFLICT (tenant_id, request_id) DO NOTHING
-    RETURNING id, budget_ids, estimated_cents, expires_at
-),
-charged AS (
-    UPDATE budget_counters c
-    SET reserved_cents = c.reserved_cents + $6::numeric, updated_at = now()
-    FROM locked l
-    WHERE (c.budget_id, c.period, c.window_start) = (l.budget_id, l.period, l.window_start)
-      AND EXISTS (SELECT 1 FROM held)
-    RETURNING 1
-)
-SELECT v.ready, v.repeated, v.fits, EXISTS (SELECT 1 FROM held) AS held,
-       (SELECT budget_ids FROM held) AS held_budget_ids,
-       (SELECT estimated_cents::float8 FROM held) AS held_estimate,
-       (SELECT expires_at FROM held) AS held_expires_at,
-       w.budget_id::text, w.budget_type::text, w.entity_id::text, w.hard, w.warn_pct,
-       w.period, w.window_start, w.limit_cents,
-       l.spent_cents::float8 AS spent_cents, l.reserved_cents::float8 AS reserved_cents,
-       w.limit_cents IS NOT NULL AND w.hard
-         AND l.spent_cents + l.reserved_cents + $6::numeric > w.limit_cents AS full,
-       w.limit_cents IS NOT NULL
-         AND (l.spent_cents + l.reserved_cents + $6::numeric) * 100
-             >= w.limit_cents::numeric * w.warn_pct AS warns
-FROM verdict v
-LEFT JOIN (want w JOIN locked l USING (budget_id, period, window_start)) ON true
-ORDER BY w.budget_id, w.period, w.window_start
-$$;
-
 -- Admission decided for many requests in one statement: the requests' arrays, element i
 -- of each the request i. The budget counters of every request are created if missing and
 -- locked in key order first, so a batch waits for other admissions in the same order as
@@ -133,11 +45,83 @@ BEGIN
     ORDER BY c.budget_id, c.period, c.window_start
     FOR UPDATE OF c;
 
+    -- Each request as one reservation (what was the library's reserve statement):
+    --   want     the counters of the budgets that apply, with their limits;
+    --   present  whether all of them exist;
+    --   locked   locks them in key order and reads them as they are now (the batch holds
+    --            them already), but only when all exist;
+    --   verdict  admits when every counter exists, the request is new and every hard
+    --            limit has room for the estimate;
+    --   held     only then stores the reservation;
+    --   charged  and adds the estimate to every counter.
+    -- Its rows are the counters as they were before, beside the verdict (one row of NULLs
+    -- when no budget applies).
     FOR i IN 1 .. coalesce(array_length(requests, 1), 0) LOOP
         RETURN QUERY
-        SELECT i, v.* FROM costdb_reserve_one(
-            tenants[i], tags[i], users[i], days[i], date_trunc('month', days[i])::date,
-            estimates[i], ids[i], requests[i], expires[i]) AS v;
+        WITH want AS (
+            SELECT b.id AS budget_id, b.budget_type, b.entity_id, b.hard_limit_enabled AS hard,
+                   b.warn_threshold_pct AS warn_pct, p.period, p.window_start, p.limit_cents
+            FROM cost_budgets b
+            CROSS JOIN LATERAL (VALUES ('daily', days[i]::date, b.daily_limit_cents),
+                                       ('monthly', date_trunc('month', days[i])::date::date, b.monthly_limit_cents))
+                 AS p(period, window_start, limit_cents)
+            WHERE b.tenant_id = tenants[i] AND b.is_active
+              AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
+                OR (b.budget_type = 'feature' AND b.entity_id = tags[i])
+                OR (b.budget_type = 'user' AND b.entity_id = users[i]))
+        ),
+        present AS (
+            SELECT count(*) = (SELECT count(*) FROM want) AS all_there
+            FROM budget_counters c JOIN want w USING (budget_id, period, window_start)
+        ),
+        locked AS (
+            SELECT c.budget_id, c.period, c.window_start, c.spent_cents, c.reserved_cents
+            FROM budget_counters c JOIN want w USING (budget_id, period, window_start)
+            WHERE (SELECT all_there FROM present)
+            ORDER BY c.budget_id, c.period, c.window_start
+            FOR UPDATE OF c
+        ),
+        verdict AS (
+            SELECT (SELECT count(*) FROM want) = (SELECT count(*) FROM locked) AS ready,
+                   EXISTS (SELECT 1 FROM budget_reservations
+                           WHERE tenant_id = tenants[i] AND request_id = requests[i]) AS repeated,
+                   coalesce((SELECT bool_and(w.limit_cents IS NULL OR NOT w.hard
+                                    OR l.spent_cents + l.reserved_cents + estimates[i]::numeric <= w.limit_cents)
+                             FROM want w JOIN locked l USING (budget_id, period, window_start)),
+                            true) AS fits
+        ),
+        held AS (
+            INSERT INTO budget_reservations (id, tenant_id, request_id, feature_tag, user_id,
+                                             estimated_cents, budget_ids, day, month, expires_at)
+            SELECT ids[i], tenants[i], requests[i], tags[i], users[i], estimates[i]::numeric,
+                   ARRAY(SELECT DISTINCT budget_id::text FROM want ORDER BY 1), days[i], date_trunc('month', days[i])::date, expires[i]
+            FROM verdict WHERE ready AND fits AND NOT repeated
+            ON CONFLICT (tenant_id, request_id) DO NOTHING
+            RETURNING id, budget_ids, estimated_cents, expires_at
+        ),
+        charged AS (
+            UPDATE budget_counters c
+            SET reserved_cents = c.reserved_cents + estimates[i]::numeric, updated_at = now()
+            FROM locked l
+            WHERE (c.budget_id, c.period, c.window_start) = (l.budget_id, l.period, l.window_start)
+              AND EXISTS (SELECT 1 FROM held)
+            RETURNING 1
+        )
+        SELECT i, v.ready, v.repeated, v.fits, EXISTS (SELECT 1 FROM held) AS held,
+               (SELECT budget_ids FROM held) AS held_budget_ids,
+               (SELECT estimated_cents::float8 FROM held) AS held_estimate,
+               (SELECT expires_at FROM held) AS held_expires_at,
+               w.budget_id::text, w.budget_type::text, w.entity_id::text, w.hard, w.warn_pct,
+               w.period, w.window_start, w.limit_cents,
+               l.spent_cents::float8 AS spent_cents, l.reserved_cents::float8 AS reserved_cents,
+               w.limit_cents IS NOT NULL AND w.hard
+                 AND l.spent_cents + l.reserved_cents + estimates[i]::numeric > w.limit_cents AS full,
+               w.limit_cents IS NOT NULL
+                 AND (l.spent_cents + l.reserved_cents + estimates[i]::numeric) * 100
+                     >= w.limit_cents::numeric * w.warn_pct AS warns
+        FROM verdict v
+        LEFT JOIN (want w JOIN locked l USING (budget_id, period, window_start)) ON true
+        ORDER BY w.budget_id, w.period, w.window_start;
     END LOOP;
 END
 $$;

@@ -463,28 +463,44 @@ impl Worker {
             let mut answers = Vec::with_capacity(batch.len());
             let mut rest = batch;
             while let Some(first) = rest.first() {
-                // A run of reservations is decided in one statement.
-                let run = rest
-                    .iter()
-                    .take_while(|q| matches!(q.job, Job::Reserve(..)))
-                    .count();
-                let step: Vec<Result<Answer>> = if run > 0 {
-                    let requests: Vec<(&TenantId, &ReserveInput)> = rest[..run]
-                        .iter()
-                        .filter_map(|q| match &q.job {
-                            Job::Reserve(tenant, input) => Some((tenant, input)),
-                            _ => None,
-                        })
-                        .collect();
-                    AdmissionDriver::new(c)
-                        .reserve_batch(&requests)?
-                        .into_iter()
-                        .map(|a| a.map(Answer::Reserved))
-                        .collect()
-                } else {
-                    vec![first.job.run(c)]
+                // A run of reservations is decided in one statement, a run of settlements
+                // locked and recorded with one statement each.
+                let same = |q: &&Queued| {
+                    std::mem::discriminant(&q.job) == std::mem::discriminant(&first.job)
                 };
-                rest = &rest[run.max(1)..];
+                let run = rest.iter().take_while(same).count();
+                let step: Vec<Result<Answer>> = match first.job {
+                    Job::Reserve(..) => {
+                        let requests: Vec<(&TenantId, &ReserveInput)> = rest[..run]
+                            .iter()
+                            .filter_map(|q| match &q.job {
+                                Job::Reserve(tenant, input) => Some((tenant, input)),
+                                _ => None,
+                            })
+                            .collect();
+                        AdmissionDriver::new(c)
+                            .reserve_batch(&requests)?
+                            .into_iter()
+                            .map(|a| a.map(Answer::Reserved))
+                            .collect()
+                    }
+                    Job::Settle(..) => {
+                        let settlements: Vec<(&Reservation, &CostInput)> = rest[..run]
+                            .iter()
+                            .filter_map(|q| match &q.job {
+                                Job::Settle(reservation, actual) => Some((reservation, actual)),
+                                _ => None,
+                            })
+                            .collect();
+                        AdmissionDriver::new(c)
+                            .settle_batch(&settlements)?
+                            .into_iter()
+                            .map(|a| a.map(Answer::Settled))
+                            .collect()
+                    }
+                    Job::Release(_) => rest[..run].iter().map(|q| q.job.run(c)).collect(),
+                };
+                rest = &rest[run..];
                 for answer in step {
                     match answer {
                         // A statement failed: the transaction is aborted.
