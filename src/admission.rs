@@ -70,6 +70,19 @@ impl ReserveInput {
     }
 }
 
+/// How one locked reservation is closed (see `close.sql`).
+struct Close {
+    id: String,
+    status: ReservationStatus,
+    /// Give its estimate back.
+    release: bool,
+    /// Spend added to the counters of `day` and its month.
+    charge: f64,
+    day: NaiveDate,
+    actual_cents: Option<f64>,
+    record_id: Option<String>,
+}
+
 /// Refuses an actual cost that is bad input or does not belong to `reservation`.
 pub(crate) fn check_settlement(reservation: &Reservation, actual: &CostInput) -> Result<()> {
     actual.validate()?;
@@ -230,7 +243,7 @@ impl ReconcileLine {
 const RESERVE: &str = include_str!("admission/reserve_batch.sql");
 /// Creates the missing counters of some budgets for a day and a month.
 const ENSURE_WINDOW: &str = include_str!("admission/ensure_window.sql");
-/// Closes a locked reservation and applies its deltas to the counters.
+/// Closes locked reservations and applies their deltas to the counters.
 const CLOSE: &str = include_str!("admission/close.sql");
 /// Expires held reservations past their expiry and gives their estimates back.
 const RECLAIM: &str = include_str!("admission/reclaim.sql");
@@ -591,7 +604,9 @@ impl<'c> AdmissionDriver<'c> {
             ..actual.clone()
         };
         let (record, inserted) = cost.insert_once(self.conn)?;
-        self.settled(&held, record, inserted)
+        let (settlement, close) = self.settled(&held, record, inserted)?;
+        self.close(close.as_slice())?;
+        Ok(settlement)
     }
 
     /// Settles `settlements` (checked, inside the caller's transaction) as
@@ -648,6 +663,7 @@ impl<'c> AdmissionDriver<'c> {
         let mut out = Vec::with_capacity(settlements.len());
         // A reservation settled twice in one batch: the second finds it settled.
         let mut closed: Vec<String> = Vec::new();
+        let mut closes = Vec::new();
         for ((reservation, _), held) in settlements.iter().zip(held) {
             let Some(held) = held else {
                 out.push(Err(Error::NotFound {
@@ -668,45 +684,54 @@ impl<'c> AdmissionDriver<'c> {
             }
             let inserted = row.inserted && !closed.contains(&held.id);
             closed.push(held.id.clone());
-            out.push(self.settled(&held, record, inserted));
+            match self.settled(&held, record, inserted) {
+                Ok((settlement, close)) => {
+                    closes.extend(close);
+                    out.push(Ok(settlement));
+                }
+                Err(e) => out.push(Err(e)),
+            }
         }
+        self.close(&closes)?;
         Ok(out)
     }
 
     /// The rest of a settlement once its reservation is locked and its cost record
-    /// stored (`inserted`: by this settlement): closes it and moves the counters.
+    /// stored (`inserted`: by this settlement): its answer, and how to close it.
     fn settled(
         &mut self,
         held: &Reservation,
         record: CostRecord,
         inserted: bool,
-    ) -> Result<Settlement> {
+    ) -> Result<(Settlement, Option<Close>)> {
         if held.status == ReservationStatus::Settled {
-            return Ok(Settlement {
+            let settlement = Settlement {
                 cost: record,
                 charged: false,
                 released: false,
-            });
+            };
+            return Ok((settlement, None));
         }
         let day = record.created_at.date_naive();
         if inserted && (day != held.day || month_of(day) != held.month) {
             self.ensure_window(&held.budget_ids, day)?;
         }
         let release = held.status == ReservationStatus::Held;
-        let charge = if inserted { record.cost_cents } else { 0.0 };
-        self.close(
-            held,
-            ReservationStatus::Settled,
+        let close = Close {
+            id: held.id.clone(),
+            status: ReservationStatus::Settled,
             release,
-            charge,
+            charge: if inserted { record.cost_cents } else { 0.0 },
             day,
-            Some(&record),
-        )?;
-        Ok(Settlement {
+            actual_cents: Some(record.cost_cents),
+            record_id: Some(record.id.clone()),
+        };
+        let settlement = Settlement {
             cost: record,
             charged: inserted,
             released: release,
-        })
+        };
+        Ok((settlement, Some(close)))
     }
 
     /// Gives a held reservation's estimate back (the call failed or was not made).
@@ -720,14 +745,15 @@ impl<'c> AdmissionDriver<'c> {
         if held.status != ReservationStatus::Held {
             return Ok(false);
         }
-        self.close(
-            &held,
-            ReservationStatus::Released,
-            true,
-            0.0,
-            held.day,
-            None,
-        )?;
+        self.close(&[Close {
+            id: held.id.clone(),
+            status: ReservationStatus::Released,
+            release: true,
+            charge: 0.0,
+            day: held.day,
+            actual_cents: None,
+            record_id: None,
+        }])?;
         Ok(true)
     }
 
@@ -787,29 +813,32 @@ impl<'c> AdmissionDriver<'c> {
             })
     }
 
-    /// Runs [`CLOSE`] for a locked reservation.
-    fn close(
-        &mut self,
-        held: &Reservation,
-        status: ReservationStatus,
-        release: bool,
-        charge: f64,
-        day: NaiveDate,
-        record: Option<&CostRecord>,
-    ) -> Result<()> {
-        let params = [
-            Param::Text(&held.id),
-            Param::Text(status.as_str()),
-            Param::Flag(release),
-            Param::Float(charge),
-            Param::Day(day),
-            Param::Day(month_of(day)),
-            Param::OptFloat(record.map(|r| r.cost_cents)),
-            Param::OptText(record.map(|r| r.id.as_str())),
-        ];
+    /// Closes locked reservations and applies their deltas to the counters, all in one
+    /// statement.
+    fn close(&mut self, closes: &[Close]) -> Result<()> {
+        if closes.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = closes.iter().map(|c| c.id.as_str()).collect();
+        let statuses: Vec<&str> = closes.iter().map(|c| c.status.as_str()).collect();
+        let releases: Vec<bool> = closes.iter().map(|c| c.release).collect();
+        let charges: Vec<f64> = closes.iter().map(|c| c.charge).collect();
+        let days: Vec<NaiveDate> = closes.iter().map(|c| c.day).collect();
+        let months: Vec<NaiveDate> = closes.iter().map(|c| month_of(c.day)).collect();
+        let actual: Vec<Option<f64>> = closes.iter().map(|c| c.actual_cents).collect();
+        let records: Vec<Option<&str>> = closes.iter().map(|c| c.record_id.as_deref()).collect();
         Prepared {
             sql: CLOSE,
-            params: &params,
+            params: &[
+                Param::Strs(&ids),
+                Param::Strs(&statuses),
+                Param::Flags(&releases),
+                Param::Floats(&charges),
+                Param::Days(&days),
+                Param::Days(&months),
+                Param::OptFloats(&actual),
+                Param::OptTexts(&records),
+            ],
         }
         .execute(self.conn)?;
         Ok(())

@@ -6,8 +6,10 @@
 //! and runs each request with the driver's own statements inside **one** transaction, so
 //! the budget counters a batch touches are locked once and flushed to disk once for all of
 //! its requests. Each request is decided exactly as [`AdmissionDriver`] decides it, seeing
-//! the requests before it in the batch: first come, first served, and a hard limit is never
-//! passed.
+//! the requests before it in the batch. The requests of a batch were all waiting at once, so
+//! any order of them is one they could have arrived in: the settlements and releases go
+//! first (they give room back), then the reservations first come, first served. A hard
+//! limit is never passed.
 //!
 //! Bad input is refused at once, before it is queued. A request the driver refuses (a
 //! repeated request whose reservation is closed, an unknown reservation) gets its typed
@@ -460,56 +462,42 @@ impl Worker {
             Err(e) => return Attempt::NotCommitted(e),
         };
         let outcome = conn.transaction(|c| {
-            let mut answers = Vec::with_capacity(batch.len());
-            let mut rest = batch;
-            while let Some(first) = rest.first() {
-                // A run of reservations is decided in one statement, a run of settlements
-                // locked and recorded with one statement each.
-                let same = |q: &&Queued| {
-                    std::mem::discriminant(&q.job) == std::mem::discriminant(&first.job)
-                };
-                let run = rest.iter().take_while(same).count();
-                let step: Vec<Result<Answer>> = match first.job {
-                    Job::Reserve(..) => {
-                        let requests: Vec<(&TenantId, &ReserveInput)> = rest[..run]
-                            .iter()
-                            .filter_map(|q| match &q.job {
-                                Job::Reserve(tenant, input) => Some((tenant, input)),
-                                _ => None,
-                            })
-                            .collect();
-                        AdmissionDriver::new(c)
-                            .reserve_batch(&requests)?
-                            .into_iter()
-                            .map(|a| a.map(Answer::Reserved))
-                            .collect()
-                    }
-                    Job::Settle(..) => {
-                        let settlements: Vec<(&Reservation, &CostInput)> = rest[..run]
-                            .iter()
-                            .filter_map(|q| match &q.job {
-                                Job::Settle(reservation, actual) => Some((reservation, actual)),
-                                _ => None,
-                            })
-                            .collect();
-                        AdmissionDriver::new(c)
-                            .settle_batch(&settlements)?
-                            .into_iter()
-                            .map(|a| a.map(Answer::Settled))
-                            .collect()
-                    }
-                    Job::Release(_) => rest[..run].iter().map(|q| q.job.run(c)).collect(),
-                };
-                rest = &rest[run..];
-                for answer in step {
-                    match answer {
-                        // A statement failed: the transaction is aborted.
-                        Err(e @ Error::Database(_)) => return Err(e),
-                        answer => answers.push(answer),
-                    }
+            // The requests of a batch were all waiting at once, so any order of them is
+            // one they could have arrived in: settlements and releases go first (they
+            // give room back), then the reservations in the order they came. Each kind is
+            // one call of the driver for the whole batch.
+            let mut answers: Vec<Option<Result<Answer>>> = batch.iter().map(|_| None).collect();
+            let mut settles = Vec::new();
+            let mut reserves = Vec::new();
+            for (i, q) in batch.iter().enumerate() {
+                match &q.job {
+                    Job::Settle(reservation, actual) => settles.push((i, (reservation, actual))),
+                    Job::Reserve(tenant, input) => reserves.push((i, (tenant, input))),
+                    Job::Release(_) => answers[i] = Some(q.job.run(c)),
                 }
             }
-            Ok(answers)
+            if !settles.is_empty() {
+                let (at, settlements): (Vec<usize>, Vec<_>) = settles.into_iter().unzip();
+                let settled = AdmissionDriver::new(c).settle_batch(&settlements)?;
+                for (i, answer) in at.into_iter().zip(settled) {
+                    answers[i] = Some(answer.map(Answer::Settled));
+                }
+            }
+            if !reserves.is_empty() {
+                let (at, requests): (Vec<usize>, Vec<_>) = reserves.into_iter().unzip();
+                let decided = AdmissionDriver::new(c).reserve_batch(&requests)?;
+                for (i, answer) in at.into_iter().zip(decided) {
+                    answers[i] = Some(answer.map(Answer::Reserved));
+                }
+            }
+            answers
+                .into_iter()
+                .map(|answer| match answer.expect("every request is answered") {
+                    // A statement failed: the transaction is aborted.
+                    Err(e @ Error::Database(_)) => Err(e),
+                    answer => Ok(answer),
+                })
+                .collect::<Result<Vec<_>>>()
         });
         match outcome {
             Ok(answers) => {
