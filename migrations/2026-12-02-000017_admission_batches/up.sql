@@ -14,6 +14,8 @@ RETURNS TABLE (
     limit_cents int, spent_cents float8, reserved_cents float8, "full" bool, warns bool)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
+DECLARE
+    decided bigint;
 BEGIN
     INSERT INTO budget_counters (budget_id, period, window_start)
     SELECT DISTINCT b.id, p.period, p.window_start
@@ -44,6 +46,88 @@ BEGIN
       ON (c.budget_id, c.period, c.window_start) = (k.id, k.period, k.window_start)
     ORDER BY c.budget_id, c.period, c.window_start
     FOR UPDATE OF c;
+
+    -- The common case in one pass: when every request is new and distinct, every counter
+    -- exists and each request fits with all the ones before it admitted, the running sum
+    -- of the estimates on each counter decides them all at once, with one insert of the
+    -- reservations and one update per counter. Otherwise (a refusal, a repeat, a budget
+    -- that changed meanwhile) nothing is written here and the loop below decides the
+    -- requests one by one.
+    RETURN QUERY
+    WITH r AS (
+        SELECT *
+        FROM unnest(tenants, tags, users, days, estimates, ids, requests, expires)
+             WITH ORDINALITY AS r(tenant, tag, usr, day, estimate, id, request, expires, n)
+    ),
+    want AS (
+        SELECT r.n, b.id AS budget_id, b.budget_type, b.entity_id, b.hard_limit_enabled AS hard,
+               b.warn_threshold_pct AS warn_pct, p.period, p.window_start, p.limit_cents
+        FROM r
+        JOIN cost_budgets b
+          ON b.tenant_id = r.tenant AND b.is_active
+         AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
+           OR (b.budget_type = 'feature' AND b.entity_id = r.tag)
+           OR (b.budget_type = 'user' AND b.entity_id = r.usr))
+        CROSS JOIN LATERAL (VALUES ('daily', r.day, b.daily_limit_cents),
+                                   ('monthly', date_trunc('month', r.day)::date,
+                                    b.monthly_limit_cents))
+             AS p(period, window_start, limit_cents)
+    ),
+    run AS (
+        SELECT w.*, c.spent_cents AS spent, c.reserved_cents AS base,
+               r.estimate::numeric AS own,
+               sum(r.estimate::numeric) OVER (PARTITION BY w.budget_id, w.period, w.window_start
+                                              ORDER BY w.n) AS upto
+        FROM want w
+        JOIN r ON r.n = w.n
+        LEFT JOIN budget_counters c
+               ON (c.budget_id, c.period, c.window_start)
+                = (w.budget_id, w.period, w.window_start)
+    ),
+    ok AS (
+        SELECT NOT EXISTS (SELECT 1 FROM run WHERE spent IS NULL)
+           AND NOT EXISTS (SELECT 1 FROM run
+                           WHERE limit_cents IS NOT NULL AND hard
+                             AND spent + base + upto > limit_cents)
+           AND NOT EXISTS (SELECT 1 FROM r JOIN budget_reservations b
+                           ON b.tenant_id = r.tenant AND b.request_id = r.request)
+           AND (SELECT count(DISTINCT (tenant, request)) FROM r) = (SELECT count(*) FROM r)
+           AS go
+    ),
+    held AS (
+        INSERT INTO budget_reservations (id, tenant_id, request_id, feature_tag, user_id,
+                                         estimated_cents, budget_ids, day, month, expires_at)
+        SELECT r.id, r.tenant, r.request, r.tag, r.usr, r.estimate::numeric,
+               ARRAY(SELECT DISTINCT w.budget_id::text FROM want w WHERE w.n = r.n ORDER BY 1),
+               r.day, date_trunc('month', r.day)::date, r.expires
+        FROM r
+        WHERE (SELECT go FROM ok)
+        ORDER BY r.n
+        RETURNING id, budget_ids, estimated_cents, expires_at
+    ),
+    charged AS (
+        UPDATE budget_counters c
+        SET reserved_cents = c.reserved_cents + t.total, updated_at = now()
+        FROM (SELECT budget_id, period, window_start, sum(own) AS total
+              FROM run GROUP BY 1, 2, 3) t
+        WHERE (c.budget_id, c.period, c.window_start) = (t.budget_id, t.period, t.window_start)
+          AND (SELECT go FROM ok)
+        RETURNING 1
+    )
+    SELECT r.n::int, true, false, true, true, h.budget_ids, h.estimated_cents::float8,
+           h.expires_at, w.budget_id::text, w.budget_type::text, w.entity_id::text, w.hard,
+           w.warn_pct, w.period, w.window_start, w.limit_cents, w.spent::float8,
+           (w.base + w.upto - w.own)::float8, false,
+           w.limit_cents IS NOT NULL
+             AND (w.spent + w.base + w.upto) * 100 >= w.limit_cents::numeric * w.warn_pct
+    FROM r
+    JOIN held h ON h.id = r.id
+    LEFT JOIN run w ON w.n = r.n
+    ORDER BY r.n, w.budget_id, w.period, w.window_start;
+    GET DIAGNOSTICS decided = ROW_COUNT;
+    IF decided > 0 THEN
+        RETURN;
+    END IF;
 
     -- Each request as one reservation (what was the library's reserve statement):
     --   want     the counters of the budgets that apply, with their limits;
