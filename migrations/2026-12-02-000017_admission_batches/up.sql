@@ -12,7 +12,11 @@ RETURNS TABLE (
     held_estimate float8, held_expires_at timestamptz, budget_id text, budget_type text,
     entity_id text, hard bool, warn_pct int, period text, window_start date,
     limit_cents int, spent_cents float8, reserved_cents float8, "full" bool, warns bool)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+-- Its statements take arrays: a plan made for one batch's values serves every batch, and
+-- planning them again for each call cost more than running them.
+SET plan_cache_mode = force_generic_plan
+AS $$
 #variable_conflict use_column
 DECLARE
     decided bigint;
