@@ -192,7 +192,19 @@ fn close(shared: &Shared, worker: &Mutex<Option<JoinHandle<()>>>) {
     }
 }
 
-/// Budget admission in batches (see the [module docs](self)).
+/// [`AdmissionDriver`]'s reserve, settle and release for many callers at once, committed in
+/// batches on a connection of its own.
+///
+/// Callers block until the transaction holding their request has committed. One worker
+/// thread takes whatever is queued (up to [`AdmissionConfig::max_batch`]) and decides it in
+/// one transaction: the settlements and releases first, then the reservations in the order
+/// they came, each as the driver decides it. The requests of a batch were all waiting at
+/// once, so any order of them is one they could have arrived in. A hard limit is never
+/// passed, and a request id is reserved and billed once, also when a lost connection
+/// makes the worker retry a batch whose commit it never saw.
+///
+/// Bad input is refused before it is queued; a request the driver refuses gets its own
+/// typed error while the rest of the batch goes on.
 ///
 /// `Send + Sync + Clone`: clones share one queue and one worker; dropping the last one
 /// shuts it down as [`AdmissionService::shutdown`] does.
