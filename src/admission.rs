@@ -71,7 +71,7 @@ impl ReserveInput {
 }
 
 /// How one locked reservation is closed (see `close.sql`).
-struct Close {
+pub(crate) struct Close {
     id: String,
     status: ReservationStatus,
     /// Give its estimate back.
@@ -81,6 +81,48 @@ struct Close {
     day: NaiveDate,
     actual_cents: Option<f64>,
     record_id: Option<String>,
+    /// The reservation's budgets and day: whose counters the release changes.
+    budget_ids: Vec<String>,
+    held_day: NaiveDate,
+}
+
+/// How a held reservation is released.
+fn released(held: &Reservation) -> Close {
+    Close {
+        id: held.id.clone(),
+        status: ReservationStatus::Released,
+        release: true,
+        charge: 0.0,
+        day: held.day,
+        actual_cents: None,
+        record_id: None,
+        budget_ids: held.budget_ids.clone(),
+        held_day: held.day,
+    }
+}
+
+/// A budget counter's key: budget, period, window start.
+pub(crate) type CounterKey = (String, BudgetPeriod, NaiveDate);
+
+impl Close {
+    /// The counters it changes.
+    pub(crate) fn counters(&self) -> Vec<CounterKey> {
+        let mut windows = Vec::new();
+        if self.release {
+            windows.push(self.held_day);
+        }
+        if self.charge != 0.0 {
+            windows.push(self.day);
+        }
+        let mut keys = Vec::new();
+        for budget in &self.budget_ids {
+            for day in &windows {
+                keys.push((budget.clone(), BudgetPeriod::Daily, *day));
+                keys.push((budget.clone(), BudgetPeriod::Monthly, month_of(*day)));
+            }
+        }
+        keys
+    }
 }
 
 /// Refuses an actual cost that is bad input or does not belong to `reservation`.
@@ -390,17 +432,20 @@ impl<'c> AdmissionDriver<'c> {
     pub fn reserve(&mut self, tenant_id: &TenantId, input: &ReserveInput) -> Result<Admission> {
         input.validate()?;
         require_transaction(self.conn)?;
-        self.reserve_batch(&[(tenant_id, input)])?
+        self.reserve_batch(&[(tenant_id, input)], &[])?
             .pop()
             .expect("one answer per request")
     }
 
     /// Decides `requests` (validated, inside the caller's transaction) in order, each as
     /// [`reserve`](Self::reserve) would one after the other, with one statement for all of
-    /// them in the common case. The outer error is the batch's; each request has its own.
+    /// them in the common case. It first locks, in key order, their counters and those of
+    /// `lock` (what the caller changes next in the same transaction). The outer error is
+    /// the batch's; each request has its own.
     pub(crate) fn reserve_batch(
         &mut self,
         requests: &[(&TenantId, &ReserveInput)],
+        lock: &[CounterKey],
     ) -> Result<Vec<Result<Admission>>> {
         let ids: Vec<String> = requests
             .iter()
@@ -408,13 +453,17 @@ impl<'c> AdmissionDriver<'c> {
             .collect();
         let mut answers: Vec<Option<Result<Admission>>> = requests.iter().map(|_| None).collect();
         let mut pending: Vec<usize> = (0..requests.len()).collect();
+        if pending.is_empty() && !lock.is_empty() {
+            // Nothing to decide: only the locks.
+            self.decide(requests, &ids, &pending, lock)?;
+        }
         // A budget made active while the batch ran leaves its requests undecided: they
         // are decided again.
         for _ in 0..3 {
             if pending.is_empty() {
                 break;
             }
-            let rows = self.decide(requests, &ids, &pending)?;
+            let rows = self.decide(requests, &ids, &pending, lock)?;
             let mut again = Vec::new();
             for (k, &i) in pending.iter().enumerate() {
                 let mine: Vec<&VerdictRow> =
@@ -445,7 +494,11 @@ impl<'c> AdmissionDriver<'c> {
         requests: &[(&TenantId, &ReserveInput)],
         ids: &[String],
         pending: &[usize],
+        lock: &[CounterKey],
     ) -> Result<Vec<VerdictRow>> {
+        let lock_budgets: Vec<&str> = lock.iter().map(|k| k.0.as_str()).collect();
+        let lock_periods: Vec<&str> = lock.iter().map(|k| k.1.as_str()).collect();
+        let lock_starts: Vec<NaiveDate> = lock.iter().map(|k| k.2).collect();
         let pick = |i: &usize| requests[*i];
         let tenants: Vec<&str> = pending.iter().map(|i| pick(i).0.as_str()).collect();
         let tags: Vec<Option<&str>> = pending
@@ -479,6 +532,9 @@ impl<'c> AdmissionDriver<'c> {
                 Param::Strs(&held_ids),
                 Param::Strs(&request_ids),
                 Param::OptInstants(&expires),
+                Param::Strs(&lock_budgets),
+                Param::Strs(&lock_periods),
+                Param::Days(&lock_starts),
             ],
         }
         .load(self.conn)?)
@@ -611,12 +667,14 @@ impl<'c> AdmissionDriver<'c> {
 
     /// Settles `settlements` (checked, inside the caller's transaction) as
     /// [`settle`](Self::settle) would one after the other, locking their reservations and
-    /// writing their cost records with one statement each. The outer error is the
-    /// batch's; each settlement has its own.
-    pub(crate) fn settle_batch(
+    /// writing their cost records with one statement each, but leaves their closes (which
+    /// change the counters) to the caller, who runs them with [`Self::close`] once it
+    /// holds every counter lock it needs. The outer error is the batch's; each settlement
+    /// has its own.
+    pub(crate) fn prepare_settlements(
         &mut self,
         settlements: &[(&Reservation, &CostInput)],
-    ) -> Result<Vec<Result<Settlement>>> {
+    ) -> Result<(Vec<Result<Settlement>>, Vec<Close>)> {
         use crate::schema::cost_records;
         let mut ids: Vec<&str> = settlements.iter().map(|(r, _)| r.id.as_str()).collect();
         ids.sort_unstable();
@@ -692,8 +750,7 @@ impl<'c> AdmissionDriver<'c> {
                 Err(e) => out.push(Err(e)),
             }
         }
-        self.close(&closes)?;
-        Ok(out)
+        Ok((out, closes))
     }
 
     /// The rest of a settlement once its reservation is locked and its cost record
@@ -725,6 +782,8 @@ impl<'c> AdmissionDriver<'c> {
             day,
             actual_cents: Some(record.cost_cents),
             record_id: Some(record.id.clone()),
+            budget_ids: held.budget_ids.clone(),
+            held_day: held.day,
         };
         let settlement = Settlement {
             cost: record,
@@ -732,6 +791,12 @@ impl<'c> AdmissionDriver<'c> {
             released: release,
         };
         Ok((settlement, Some(close)))
+    }
+
+    /// Locks `reservation` and says how to release it: `None` when it is no longer held.
+    pub(crate) fn prepare_release(&mut self, reservation: &Reservation) -> Result<Option<Close>> {
+        let held = self.lock(reservation)?;
+        Ok((held.status == ReservationStatus::Held).then(|| released(&held)))
     }
 
     /// Gives a held reservation's estimate back (the call failed or was not made).
@@ -745,15 +810,7 @@ impl<'c> AdmissionDriver<'c> {
         if held.status != ReservationStatus::Held {
             return Ok(false);
         }
-        self.close(&[Close {
-            id: held.id.clone(),
-            status: ReservationStatus::Released,
-            release: true,
-            charge: 0.0,
-            day: held.day,
-            actual_cents: None,
-            record_id: None,
-        }])?;
+        self.close(&[released(&held)])?;
         Ok(true)
     }
 
@@ -815,7 +872,7 @@ impl<'c> AdmissionDriver<'c> {
 
     /// Closes locked reservations and applies their deltas to the counters, all in one
     /// statement.
-    fn close(&mut self, closes: &[Close]) -> Result<()> {
+    pub(crate) fn close(&mut self, closes: &[Close]) -> Result<()> {
         if closes.is_empty() {
             return Ok(());
         }

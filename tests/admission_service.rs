@@ -302,16 +302,16 @@ fn killed_backends_lose_no_answer_and_nothing_counts_twice() {
         common::count_for_tenant(&mut conn, "cost_records", &tenant),
         (THREADS * EACH) as i64
     );
-    let open: i64 = budget_reservations_held(&mut conn, &tenant);
+    let open: i64 = held_reservations(&mut conn, &tenant);
     assert_eq!(open, 0);
     assert_exact(&tenant, 2_000.0);
 }
 
-fn budget_reservations_held(conn: &mut PgConnection, tenant: &TenantId) -> i64 {
+fn held_reservations(conn: &mut PgConnection, tenant: &TenantId) -> i64 {
     use costdb::schema::budget_reservations as r;
     r::table
         .filter(r::tenant_id.eq(tenant))
-        .filter(r::status.ne(ReservationStatus::Settled.as_str()))
+        .filter(r::status.eq(ReservationStatus::Held.as_str()))
         .count()
         .get_result(conn)
         .unwrap()
@@ -355,5 +355,166 @@ fn a_full_queue_answers_busy_and_shutdown_drains_it() {
     assert_eq!(
         common::count_for_tenant(&mut conn, "budget_reservations", &tenant),
         3
+    );
+}
+
+/// A budget of `scope` with the given limits, committed.
+fn scoped_budget(
+    tenant: &TenantId,
+    scope: BudgetScope,
+    daily: Option<i32>,
+    monthly: Option<i32>,
+) -> String {
+    common::conn()
+        .transaction(|c| {
+            CostWriteDriver::new(c).upsert_budget(
+                tenant,
+                &scope,
+                &BudgetLimits {
+                    daily_limit_cents: daily,
+                    monthly_limit_cents: monthly,
+                    warn_threshold_pct: 80,
+                    hard_limit_enabled: true,
+                },
+            )
+        })
+        .unwrap()
+        .id
+}
+
+#[test]
+fn overlapping_scope_sets_in_every_order_through_the_service_reconcile_exactly() {
+    const SERVICE_THREADS: usize = 8;
+    const EACH: u32 = 40;
+    let tenant = common::tenant();
+    scoped_budget(&tenant, BudgetScope::Tenant, Some(2_000), Some(200_000));
+    for f in ["a", "b", "c"] {
+        scoped_budget(&tenant, BudgetScope::Feature(f.into()), Some(300), None);
+    }
+    for u in ["x", "y"] {
+        scoped_budget(&tenant, BudgetScope::User(u.into()), Some(400), Some(900));
+    }
+    let svc = service(AdmissionConfig::default());
+    // Thread i's n-th request: its scopes in an order that differs between threads.
+    let input = |i: usize, n: u32| {
+        let feature = ["a", "b", "c"][(i + n as usize) % 3];
+        let user = ["x", "y"][(i * 7 + n as usize) % 2];
+        ReserveInput {
+            feature_tag: Some(feature.into()),
+            user_id: Some(user.into()),
+            ..ask(&format!("o{i}-{n}"), f64::from(5 + (n % 7) * 3) + 0.25)
+        }
+    };
+    let settle_or_release = |n: u32, r: &Reservation| {
+        (n % 5 != 0).then(|| actual(r, r.estimated_cents * f64::from(n % 3 + 1) / 2.0))
+    };
+    let (admitted_n, refused) = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for i in 0..SERVICE_THREADS {
+            let (svc, tenant) = (&svc, &tenant);
+            handles.push(s.spawn(move || {
+                let (mut a, mut r) = (0, 0);
+                for n in 0..EACH {
+                    match svc
+                        .reserve(tenant, &input(i, n))
+                        .expect("no deadlock, no error")
+                    {
+                        Admission::Admitted { reservation, .. } => {
+                            a += 1;
+                            match settle_or_release(n, &reservation) {
+                                Some(cost) => drop(svc.settle(&reservation, &cost).unwrap()),
+                                None => assert!(svc.release(&reservation).unwrap()),
+                            }
+                        }
+                        Admission::Refused { .. } => r += 1,
+                    }
+                }
+                (a, r)
+            }));
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |(a, r), (x, y)| (a + x, r + y))
+    });
+    assert!(
+        admitted_n > 0 && refused > 0,
+        "admitted {admitted_n}, refused {refused}"
+    );
+    let mut conn = common::conn();
+    assert_eq!(held_reservations(&mut conn, &tenant), 0);
+    let lines = conn
+        .transaction(|c| AdmissionDriver::new(c).reconcile(&tenant, now().date_naive()))
+        .unwrap();
+    assert_eq!(lines.len(), 12);
+    for l in &lines {
+        assert!(l.matches() && l.reserved_cents == 0.0, "{l:?}");
+    }
+}
+
+#[test]
+fn requests_at_midnight_and_month_start_in_one_batch_land_in_their_own_windows() {
+    let tenant = common::tenant();
+    let b = scoped_budget(&tenant, BudgetScope::Tenant, Some(100), Some(150));
+    let before = Utc.with_ymd_and_hms(2026, 1, 31, 23, 59, 59).unwrap()
+        + chrono::Duration::microseconds(999_999);
+    let after = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();
+    let svc = service(AdmissionConfig::default());
+    let at = |i: usize| if i % 2 == 0 { before } else { after };
+    let verdicts: Vec<Admission> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (svc, tenant) = (&svc, &tenant);
+                s.spawn(move || {
+                    let input = ReserveInput {
+                        now: at(i),
+                        expires_at: at(i) + chrono::Duration::minutes(5),
+                        ..ask(&format!("m{i}"), 60.0)
+                    };
+                    svc.reserve(tenant, &input).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut days: Vec<chrono::NaiveDate> = verdicts
+        .into_iter()
+        .filter_map(admitted)
+        .map(|r| r.day)
+        .collect();
+    days.sort();
+    // One 60-cent call fits each day's 100, and each month's 150.
+    let (jan31, feb1) = (before.date_naive(), after.date_naive());
+    assert_eq!(days, vec![jan31, feb1]);
+    let mut conn = common::conn();
+    #[derive(QueryableByName)]
+    struct Counter {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        period: String,
+        #[diesel(sql_type = diesel::sql_types::Date)]
+        window_start: chrono::NaiveDate,
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        reserved: f64,
+    }
+    let counters: Vec<Counter> = diesel::sql_query(
+        "SELECT period, window_start, reserved_cents::float8 AS reserved FROM budget_counters \
+         WHERE budget_id = $1 ORDER BY window_start, period",
+    )
+    .bind::<diesel::sql_types::Text, _>(&b)
+    .load(&mut conn)
+    .unwrap();
+    let got: Vec<(&str, chrono::NaiveDate, f64)> = counters
+        .iter()
+        .map(|c| (c.period.as_str(), c.window_start, c.reserved))
+        .collect();
+    let jan1 = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+    assert_eq!(
+        got,
+        vec![
+            ("monthly", jan1, 60.0),
+            ("daily", jan31, 60.0),
+            ("daily", feb1, 60.0),
+            ("monthly", feb1, 60.0),
+        ]
     );
 }

@@ -1,12 +1,14 @@
 -- Admission decided for many requests in one statement: the requests' arrays, element i
 -- of each the request i. The budget counters of every request are created if missing and
--- locked in key order first, so a batch waits for other admissions in the same order as
--- a single reservation does; then each request is decided in array order exactly as one
--- reservation is, seeing the ones before it. One row per counter of a request (one row
+-- locked in key order first, together with the counters `lock_*` name (those a batch of
+-- settlements will change after it), so a batch takes every counter lock it needs in the
+-- one order every admission uses and cannot deadlock with them; then each request is
+-- decided in array order exactly as one reservation is, seeing the ones before it. One row per counter of a request (one row
 -- of NULL counter columns when no budget applies), tagged with the request's ordinal.
 CREATE FUNCTION costdb_reserve_batch(
     tenants text[], tags text[], users text[], days date[], estimates float8[],
-    ids text[], requests text[], expires timestamptz[])
+    ids text[], requests text[], expires timestamptz[],
+    lock_budgets text[], lock_periods text[], lock_starts date[])
 RETURNS TABLE (
     n int, ready bool, repeated bool, fits bool, held bool, held_budget_ids text[],
     held_estimate float8, held_expires_at timestamptz, budget_id text, budget_type text,
@@ -46,7 +48,9 @@ BEGIN
              OR (b.budget_type = 'user' AND b.entity_id = r.usr))
           CROSS JOIN LATERAL (VALUES ('daily', r.day),
                                      ('monthly', date_trunc('month', r.day)::date))
-               AS p(period, window_start)) k
+               AS p(period, window_start)
+          UNION
+          SELECT * FROM unnest(lock_budgets, lock_periods, lock_starts)) k
       ON (c.budget_id, c.period, c.window_start) = (k.id, k.period, k.window_start)
     ORDER BY c.budget_id, c.period, c.window_start
     FOR UPDATE OF c;

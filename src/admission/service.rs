@@ -6,10 +6,12 @@
 //! and runs each request with the driver's own statements inside **one** transaction, so
 //! the budget counters a batch touches are locked once and flushed to disk once for all of
 //! its requests. Each request is decided exactly as [`AdmissionDriver`] decides it, seeing
-//! the requests before it in the batch. The requests of a batch were all waiting at once, so
-//! any order of them is one they could have arrived in: the settlements and releases go
-//! first (they give room back), then the reservations first come, first served. A hard
-//! limit is never passed.
+//! the requests before it in the batch. Every counter lock of a batch is taken in one
+//! statement, in the key order every admission uses; a deadlock the server reports anyway
+//! rolls the batch back and it runs again. The requests of a batch were all
+//! waiting at once, so any order of them is one they could have arrived in: the
+//! reservations first come, first served, then the settlements and releases. A hard limit
+//! is never passed.
 //!
 //! Bad input is refused at once, before it is queued. A request the driver refuses (a
 //! repeated request whose reservation is closed, an unknown reservation) gets its typed
@@ -197,9 +199,10 @@ fn close(shared: &Shared, worker: &Mutex<Option<JoinHandle<()>>>) {
 ///
 /// Callers block until the transaction holding their request has committed. One worker
 /// thread takes whatever is queued (up to [`AdmissionConfig::max_batch`]) and decides it in
-/// one transaction: the settlements and releases first, then the reservations in the order
-/// they came, each as the driver decides it. The requests of a batch were all waiting at
-/// once, so any order of them is one they could have arrived in. A hard limit is never
+/// one transaction, taking every counter lock it needs in the one key order all admissions
+/// use: the reservations in the order they came, then the settlements and releases, each
+/// as the driver decides it. The requests of a batch were all waiting at once, so any
+/// order of them is one they could have arrived in. A hard limit is never
 /// passed, and a request id is reserved and billed once, also when a lost connection
 /// makes the worker retry a batch whose commit it never saw.
 ///
@@ -474,34 +477,49 @@ impl Worker {
             Err(e) => return Attempt::NotCommitted(e),
         };
         let outcome = conn.transaction(|c| {
-            // The requests of a batch were all waiting at once, so any order of them is
-            // one they could have arrived in: settlements and releases go first (they
-            // give room back), then the reservations in the order they came. Each kind is
-            // one call of the driver for the whole batch.
+            // First the settlements' and releases' reservations are locked and their cost
+            // records written; then one call locks, in the key order every admission
+            // uses, the counters of the reservations and those the closes will change,
+            // and decides the reservations in the order they came; then the closes move
+            // the counters. The requests of a batch were all waiting at once, so this
+            // order is one they could have arrived in.
             let mut answers: Vec<Option<Result<Answer>>> = batch.iter().map(|_| None).collect();
             let mut settles = Vec::new();
             let mut reserves = Vec::new();
+            let mut closes = Vec::new();
             for (i, q) in batch.iter().enumerate() {
                 match &q.job {
                     Job::Settle(reservation, actual) => settles.push((i, (reservation, actual))),
                     Job::Reserve(tenant, input) => reserves.push((i, (tenant, input))),
-                    Job::Release(_) => answers[i] = Some(q.job.run(c)),
+                    Job::Release(reservation) => {
+                        let release = AdmissionDriver::new(c).prepare_release(reservation);
+                        answers[i] = Some(release.map(|close| {
+                            let released = close.is_some();
+                            closes.extend(close);
+                            Answer::Released(released)
+                        }));
+                    }
                 }
             }
             if !settles.is_empty() {
                 let (at, settlements): (Vec<usize>, Vec<_>) = settles.into_iter().unzip();
-                let settled = AdmissionDriver::new(c).settle_batch(&settlements)?;
+                let (settled, more) = AdmissionDriver::new(c).prepare_settlements(&settlements)?;
+                closes.extend(more);
                 for (i, answer) in at.into_iter().zip(settled) {
                     answers[i] = Some(answer.map(Answer::Settled));
                 }
             }
-            if !reserves.is_empty() {
+            let mut lock: Vec<_> = closes.iter().flat_map(|c| c.counters()).collect();
+            lock.sort();
+            lock.dedup();
+            if !reserves.is_empty() || !lock.is_empty() {
                 let (at, requests): (Vec<usize>, Vec<_>) = reserves.into_iter().unzip();
-                let decided = AdmissionDriver::new(c).reserve_batch(&requests)?;
+                let decided = AdmissionDriver::new(c).reserve_batch(&requests, &lock)?;
                 for (i, answer) in at.into_iter().zip(decided) {
                     answers[i] = Some(answer.map(Answer::Reserved));
                 }
             }
+            AdmissionDriver::new(c).close(&closes)?;
             answers
                 .into_iter()
                 .map(|answer| match answer.expect("every request is answered") {
