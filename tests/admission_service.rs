@@ -383,8 +383,9 @@ fn scoped_budget(
 }
 
 #[test]
-fn overlapping_scope_sets_in_every_order_through_the_service_reconcile_exactly() {
+fn the_service_and_the_gate_side_by_side_on_overlapping_scopes_never_deadlock() {
     const SERVICE_THREADS: usize = 8;
+    const GATE_THREADS: usize = 4;
     const EACH: u32 = 40;
     let tenant = common::tenant();
     scoped_budget(&tenant, BudgetScope::Tenant, Some(2_000), Some(200_000));
@@ -425,6 +426,34 @@ fn overlapping_scope_sets_in_every_order_through_the_service_reconcile_exactly()
                                 Some(cost) => drop(svc.settle(&reservation, &cost).unwrap()),
                                 None => assert!(svc.release(&reservation).unwrap()),
                             }
+                        }
+                        Admission::Refused { .. } => r += 1,
+                    }
+                }
+                (a, r)
+            }));
+        }
+        // The gate's callers commit each reservation and settlement on their own.
+        for i in SERVICE_THREADS..SERVICE_THREADS + GATE_THREADS {
+            let tenant = &tenant;
+            handles.push(s.spawn(move || {
+                let mut conn = costdb::db::connect(common::database_url()).unwrap();
+                let (mut a, mut r) = (0, 0);
+                for n in 0..EACH {
+                    let verdict = conn
+                        .transaction(|c| AdmissionDriver::new(c).reserve(tenant, &input(i, n)))
+                        .expect("no deadlock, no error");
+                    match verdict {
+                        Admission::Admitted { reservation, .. } => {
+                            a += 1;
+                            conn.transaction(|c| {
+                                let mut gate = AdmissionDriver::new(c);
+                                match settle_or_release(n, &reservation) {
+                                    Some(cost) => gate.settle(&reservation, &cost).map(drop),
+                                    None => gate.release(&reservation).map(drop),
+                                }
+                            })
+                            .expect("no deadlock, no error");
                         }
                         Admission::Refused { .. } => r += 1,
                     }

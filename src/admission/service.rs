@@ -7,8 +7,9 @@
 //! the budget counters a batch touches are locked once and flushed to disk once for all of
 //! its requests. Each request is decided exactly as [`AdmissionDriver`] decides it, seeing
 //! the requests before it in the batch. Every counter lock of a batch is taken in one
-//! statement, in the key order every admission uses; a deadlock the server reports anyway
-//! rolls the batch back and it runs again. The requests of a batch were all
+//! statement, in the key order every admission uses, so batches and `AdmissionDriver`
+//! callers do not deadlock (one the server reported anyway would roll the batch back and
+//! run it again). The requests of a batch were all
 //! waiting at once, so any order of them is one they could have arrived in: the
 //! reservations first come, first served, then the settlements and releases. A hard limit
 //! is never passed.
