@@ -547,3 +547,121 @@ fn requests_at_midnight_and_month_start_in_one_batch_land_in_their_own_windows()
         ]
     );
 }
+
+#[test]
+fn a_settlement_after_midnight_through_the_service_charges_the_new_day() {
+    let tenant = common::tenant();
+    let b = budget(&tenant, 100, true);
+    let svc = service(AdmissionConfig::default());
+    let evening = Utc.with_ymd_and_hms(2026, 6, 30, 23, 0, 0).unwrap();
+    let input = ReserveInput {
+        now: evening,
+        expires_at: evening + chrono::Duration::minutes(5),
+        ..ask("late", 40.0)
+    };
+    let r = admitted(svc.reserve(&tenant, &input).unwrap()).unwrap();
+    let next = Utc.with_ymd_and_hms(2026, 7, 1, 0, 0, 5).unwrap();
+    let settled = svc
+        .settle(
+            &r,
+            &CostInput {
+                created_at: Some(next),
+                ..actual(&r, 30.0)
+            },
+        )
+        .unwrap();
+    assert!(settled.charged && settled.released);
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Counter {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        period: String,
+        #[diesel(sql_type = diesel::sql_types::Date)]
+        window_start: chrono::NaiveDate,
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        spent: f64,
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        reserved: f64,
+    }
+    let mut conn = common::conn();
+    let counters: Vec<Counter> = diesel::sql_query(
+        "SELECT period, window_start, spent_cents::float8 AS spent, \
+                reserved_cents::float8 AS reserved \
+         FROM budget_counters WHERE budget_id = $1 ORDER BY window_start, period",
+    )
+    .bind::<diesel::sql_types::Text, _>(&b)
+    .load(&mut conn)
+    .unwrap();
+    let day = |m, d| chrono::NaiveDate::from_ymd_opt(2026, m, d).unwrap();
+    let row = |period: &str, window_start, spent, reserved| Counter {
+        period: period.into(),
+        window_start,
+        spent,
+        reserved,
+    };
+    // The estimate left June's windows; the actual cost went to July's.
+    assert_eq!(
+        counters,
+        vec![
+            row("monthly", day(6, 1), 0.0, 0.0),
+            row("daily", day(6, 30), 0.0, 0.0),
+            row("daily", day(7, 1), 30.0, 0.0),
+            row("monthly", day(7, 1), 30.0, 0.0),
+        ]
+    );
+    for d in [day(6, 30), day(7, 1)] {
+        let lines = conn
+            .transaction(|c| AdmissionDriver::new(c).reconcile(&tenant, d))
+            .unwrap();
+        assert!(lines.iter().all(|l| l.matches()), "{d}: {lines:?}");
+    }
+}
+
+#[test]
+fn a_vanished_holder_reclaimed_at_expiry_is_billed_once_when_it_settles_late() {
+    let tenant = common::tenant();
+    let b = budget(&tenant, 100, true);
+    let svc = service(AdmissionConfig::default());
+    // Reclaiming expires every tenant's reservations up to an instant: this test's come
+    // before every other test's of this binary, so it reclaims only its own.
+    let then = Utc.with_ymd_and_hms(2025, 3, 3, 9, 0, 0).unwrap();
+    let ask = |request: &str, cents: f64| ReserveInput {
+        now: then,
+        expires_at: then + chrono::Duration::minutes(5),
+        ..ask(request, cents)
+    };
+    let actual = |r: &Reservation, cents: f64| CostInput {
+        created_at: Some(then),
+        ..actual(r, cents)
+    };
+    let lost = admitted(svc.reserve(&tenant, &ask("lost", 80.0)).unwrap()).unwrap();
+    // While it is held there is no room for another 80.
+    assert!(admitted(svc.reserve(&tenant, &ask("blocked", 80.0)).unwrap()).is_none());
+    let mut conn = common::conn();
+    let reclaimed = conn
+        .transaction(|c| AdmissionDriver::new(c).reclaim_expired(lost.expires_at, 100))
+        .unwrap();
+    assert_eq!(reclaimed, 1);
+    // The budget has room again; the lost holder comes back late and is billed once, its
+    // estimate not given back a second time, and a release changes nothing.
+    let again = admitted(svc.reserve(&tenant, &ask("again", 100.0)).unwrap()).unwrap();
+    let late = svc.settle(&lost, &actual(&lost, 70.0)).unwrap();
+    assert!(late.charged && !late.released);
+    assert!(!svc.release(&lost).unwrap());
+    assert!(svc.release(&again).unwrap());
+    let lines = conn
+        .transaction(|c| AdmissionDriver::new(c).reconcile(&tenant, then.date_naive()))
+        .unwrap();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.matches() && l.recorded_cents == 70.0 && l.reserved_cents == 0.0),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| l.budget_id.as_str())
+            .collect::<Vec<_>>(),
+        vec![b.as_str(), b.as_str()]
+    );
+}
