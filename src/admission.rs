@@ -731,18 +731,17 @@ impl<'c> AdmissionDriver<'c> {
                 continue;
             };
             let row = recorded.next().expect("one record per settlement");
-            let at = records
+            let record = records
                 .iter()
-                .position(|r| r.id == row.id)
+                .find(|r| r.id == row.id)
+                .cloned()
                 .ok_or_else(|| Error::Conflict(format!("cost record {} vanished", row.id)))?;
-            let record = records[at].clone();
             let mut held = held.clone();
             if closed.contains(&held.id) {
                 held.status = ReservationStatus::Settled;
             }
-            let inserted = row.inserted && !closed.contains(&held.id);
             closed.push(held.id.clone());
-            match self.settled(&held, record, inserted) {
+            match self.settled(&held, record, row.inserted) {
                 Ok((settlement, close)) => {
                     closes.extend(close);
                     out.push(Ok(settlement));

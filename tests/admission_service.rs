@@ -49,21 +49,7 @@ fn actual(r: &Reservation, cents: f64) -> CostInput {
 
 /// A committed tenant-wide budget with a daily limit.
 fn budget(tenant: &TenantId, daily: i32, hard: bool) -> String {
-    common::conn()
-        .transaction(|c| {
-            CostWriteDriver::new(c).upsert_budget(
-                tenant,
-                &BudgetScope::Tenant,
-                &BudgetLimits {
-                    daily_limit_cents: Some(daily),
-                    monthly_limit_cents: None,
-                    warn_threshold_pct: 80,
-                    hard_limit_enabled: hard,
-                },
-            )
-        })
-        .unwrap()
-        .id
+    scoped_budget(tenant, BudgetScope::Tenant, Some(daily), None, hard)
 }
 
 fn service(config: AdmissionConfig) -> AdmissionService {
@@ -358,12 +344,13 @@ fn a_full_queue_answers_busy_and_shutdown_drains_it() {
     );
 }
 
-/// A budget of `scope` with the given limits, committed.
+/// A committed budget of `scope` with the given limits.
 fn scoped_budget(
     tenant: &TenantId,
     scope: BudgetScope,
     daily: Option<i32>,
     monthly: Option<i32>,
+    hard: bool,
 ) -> String {
     common::conn()
         .transaction(|c| {
@@ -374,7 +361,7 @@ fn scoped_budget(
                     daily_limit_cents: daily,
                     monthly_limit_cents: monthly,
                     warn_threshold_pct: 80,
-                    hard_limit_enabled: true,
+                    hard_limit_enabled: hard,
                 },
             )
         })
@@ -388,12 +375,30 @@ fn the_service_and_the_gate_side_by_side_on_overlapping_scopes_never_deadlock() 
     const GATE_THREADS: usize = 4;
     const EACH: u32 = 40;
     let tenant = common::tenant();
-    scoped_budget(&tenant, BudgetScope::Tenant, Some(2_000), Some(200_000));
+    scoped_budget(
+        &tenant,
+        BudgetScope::Tenant,
+        Some(2_000),
+        Some(200_000),
+        true,
+    );
     for f in ["a", "b", "c"] {
-        scoped_budget(&tenant, BudgetScope::Feature(f.into()), Some(300), None);
+        scoped_budget(
+            &tenant,
+            BudgetScope::Feature(f.into()),
+            Some(300),
+            None,
+            true,
+        );
     }
     for u in ["x", "y"] {
-        scoped_budget(&tenant, BudgetScope::User(u.into()), Some(400), Some(900));
+        scoped_budget(
+            &tenant,
+            BudgetScope::User(u.into()),
+            Some(400),
+            Some(900),
+            true,
+        );
     }
     let svc = service(AdmissionConfig::default());
     // Thread i's n-th request: its scopes in an order that differs between threads.
@@ -484,7 +489,7 @@ fn the_service_and_the_gate_side_by_side_on_overlapping_scopes_never_deadlock() 
 #[test]
 fn requests_at_midnight_and_month_start_in_one_batch_land_in_their_own_windows() {
     let tenant = common::tenant();
-    let b = scoped_budget(&tenant, BudgetScope::Tenant, Some(100), Some(150));
+    let b = scoped_budget(&tenant, BudgetScope::Tenant, Some(100), Some(150), true);
     let before = Utc.with_ymd_and_hms(2026, 1, 31, 23, 59, 59).unwrap()
         + chrono::Duration::microseconds(999_999);
     let after = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();

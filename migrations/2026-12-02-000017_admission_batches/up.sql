@@ -22,24 +22,14 @@ AS $$
 #variable_conflict use_column
 DECLARE
     decided bigint;
+    want_budgets text[];
+    want_periods text[];
+    want_starts date[];
 BEGIN
-    INSERT INTO budget_counters (budget_id, period, window_start)
-    SELECT DISTINCT b.id, p.period, p.window_start
-    FROM unnest(tenants, tags, users, days) AS r(tenant, tag, usr, day)
-    JOIN cost_budgets b
-      ON b.tenant_id = r.tenant AND b.is_active
-     AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
-       OR (b.budget_type = 'feature' AND b.entity_id = r.tag)
-       OR (b.budget_type = 'user' AND b.entity_id = r.usr))
-    CROSS JOIN LATERAL (VALUES ('daily', r.day),
-                               ('monthly', date_trunc('month', r.day)::date))
-         AS p(period, window_start)
-    ORDER BY 1, 2, 3
-    ON CONFLICT DO NOTHING;
-
-    PERFORM 1
-    FROM budget_counters c
-    JOIN (SELECT DISTINCT b.id, p.period, p.window_start
+    -- The counters of the budgets that apply to each request, once for the batch.
+    SELECT array_agg(k.id), array_agg(k.period), array_agg(k.window_start)
+    INTO want_budgets, want_periods, want_starts
+    FROM (SELECT DISTINCT b.id, p.period, p.window_start
           FROM unnest(tenants, tags, users, days) AS r(tenant, tag, usr, day)
           JOIN cost_budgets b
             ON b.tenant_id = r.tenant AND b.is_active
@@ -48,9 +38,21 @@ BEGIN
              OR (b.budget_type = 'user' AND b.entity_id = r.usr))
           CROSS JOIN LATERAL (VALUES ('daily', r.day),
                                      ('monthly', date_trunc('month', r.day)::date))
-               AS p(period, window_start)
+               AS p(period, window_start)) k;
+
+    -- The missing ones are created, in key order.
+    INSERT INTO budget_counters (budget_id, period, window_start)
+    SELECT * FROM unnest(want_budgets, want_periods, want_starts)
+    ORDER BY 1, 2, 3
+    ON CONFLICT DO NOTHING;
+
+    -- They and the ones the caller names are locked, in key order.
+    PERFORM 1
+    FROM budget_counters c
+    JOIN (SELECT * FROM unnest(want_budgets, want_periods, want_starts)
           UNION
-          SELECT * FROM unnest(lock_budgets, lock_periods, lock_starts)) k
+          SELECT * FROM unnest(lock_budgets, lock_periods, lock_starts))
+         AS k(id, period, window_start)
       ON (c.budget_id, c.period, c.window_start) = (k.id, k.period, k.window_start)
     ORDER BY c.budget_id, c.period, c.window_start
     FOR UPDATE OF c;

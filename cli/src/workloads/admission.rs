@@ -9,7 +9,7 @@ use diesel::prelude::*;
 
 use super::{percentile, pgbench, Ctx, Scale, Target, Workload};
 use costdb::admission::{
-    Admission, AdmissionConfig, AdmissionDriver, AdmissionService, ReserveInput,
+    Admission, AdmissionConfig, AdmissionDriver, AdmissionService, Reservation, ReserveInput,
 };
 use costdb::db;
 use costdb::drivers::{BudgetLimits, CostWriteDriver};
@@ -51,36 +51,84 @@ fn hard_budget(conn: &mut PgConnection, tenant: &str) -> Result<String> {
     })
 }
 
-/// One admission: reserve in one transaction, settle in another, as a service does
-/// around its LLM call.
-fn admit(conn: &mut PgConnection, request: String, now: DateTime<Utc>) -> Result<()> {
-    let input = ReserveInput {
-        request_id: request,
+/// The request of one admission: a 2¢ estimate for `now`.
+fn request(request_id: String, now: DateTime<Utc>) -> ReserveInput {
+    ReserveInput {
+        request_id,
         feature_tag: None,
         user_id: None,
         estimated_cents: 2.0,
         expires_at: now + chrono::Duration::minutes(10),
         now,
-    };
-    let reservation = match conn
-        .transaction(|c| AdmissionDriver::new(c).reserve(&TenantId::new(TENANT)?, &input))?
-    {
-        Admission::Admitted { reservation, .. } => reservation,
-        Admission::Refused { budget } => {
-            return Err(Error::Conflict(format!("refused by {}", budget.budget_id)).into())
-        }
-    };
-    let actual = CostInput {
-        tenant_id: TENANT.into(),
+    }
+}
+
+/// Its actual cost, 1.5¢.
+fn actual(tenant: &str, now: DateTime<Utc>) -> CostInput {
+    CostInput {
+        tenant_id: tenant.into(),
         model: "gpt-4o-mini".into(),
         input_tokens: 500,
         output_tokens: 80,
         cost_cents: 1.5,
         created_at: Some(now),
         ..CostInput::default()
-    };
+    }
+}
+
+/// The reservation of an admission; a refusal is an error (the budget has no limit to
+/// speak of).
+fn admitted(admission: Admission) -> Result<Reservation> {
+    match admission {
+        Admission::Admitted { reservation, .. } => Ok(reservation),
+        Admission::Refused { budget } => {
+            Err(Error::Conflict(format!("refused by {}", budget.budget_id)).into())
+        }
+    }
+}
+
+/// One admission: reserve in one transaction, settle in another, as a service does
+/// around its LLM call.
+fn admit(conn: &mut PgConnection, request_id: String, now: DateTime<Utc>) -> Result<()> {
+    let input = request(request_id, now);
+    let reservation = admitted(
+        conn.transaction(|c| AdmissionDriver::new(c).reserve(&TenantId::new(TENANT)?, &input))?,
+    )?;
+    let actual = actual(TENANT, now);
     conn.transaction(|c| AdmissionDriver::new(c).settle(&reservation, &actual))?;
     Ok(())
+}
+
+/// The baseline's budget (of a tenant of its own, so it never shares a row with the
+/// contender) with today's daily counter in place; returns its id.
+fn baseline_budget(conn: &mut PgConnection, tenant: &str, now: DateTime<Utc>) -> Result<String> {
+    let id = hard_budget(conn, tenant)?;
+    diesel::sql_query(
+        "INSERT INTO budget_counters (budget_id, period, window_start) \
+         VALUES ($1, 'daily', $2) ON CONFLICT DO NOTHING",
+    )
+    .bind::<diesel::sql_types::Text, _>(&id)
+    .bind::<diesel::sql_types::Date, _>(now.date_naive())
+    .execute(conn)?;
+    Ok(id)
+}
+
+/// pgbench's bare conditional `UPDATE` of `budget`'s daily counter, `per_client` times on
+/// each of `clients`.
+fn bare_update(
+    ctx: &mut Ctx,
+    budget: &str,
+    now: DateTime<Utc>,
+    clients: usize,
+    per_client: usize,
+) -> Result<Duration> {
+    let script = format!(
+        "UPDATE budget_counters SET reserved_cents = reserved_cents + 2 \
+         WHERE budget_id = '{budget}' AND period = 'daily' AND window_start = '{}' \
+           AND spent_cents + reserved_cents + 2 <= 2147483647 RETURNING reserved_cents;\n",
+        now.date_naive()
+    );
+    pgbench(ctx, &script, clients, per_client)
 }
 
 impl Workload for HotBudget {
@@ -100,14 +148,7 @@ impl Workload for HotBudget {
     }
     fn prepare(&mut self, ctx: &mut Ctx) -> Result<()> {
         hard_budget(&mut ctx.conn, TENANT)?;
-        self.baseline_budget = hard_budget(&mut ctx.conn, BASELINE_TENANT)?;
-        diesel::sql_query(
-            "INSERT INTO budget_counters (budget_id, period, window_start) \
-             VALUES ($1, 'daily', $2) ON CONFLICT DO NOTHING",
-        )
-        .bind::<diesel::sql_types::Text, _>(&self.baseline_budget)
-        .bind::<diesel::sql_types::Date, _>(self.now.date_naive())
-        .execute(&mut ctx.conn)?;
+        self.baseline_budget = baseline_budget(&mut ctx.conn, BASELINE_TENANT, self.now)?;
         self.conns = (0..self.threads)
             .map(|_| db::connect(&ctx.url))
             .collect::<costdb::Result<_>>()?;
@@ -130,14 +171,8 @@ impl Workload for HotBudget {
         Ok(elapsed)
     }
     fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
-        let script = format!(
-            "UPDATE budget_counters SET reserved_cents = reserved_cents + 2 \
-             WHERE budget_id = '{}' AND period = 'daily' AND window_start = '{}' \
-               AND spent_cents + reserved_cents + 2 <= 2147483647 RETURNING reserved_cents;\n",
-            self.baseline_budget,
-            self.now.date_naive()
-        );
-        pgbench(ctx, &script, self.threads, self.per_thread)
+        let (budget, now) = (self.baseline_budget.clone(), self.now);
+        bare_update(ctx, &budget, now, self.threads, self.per_thread)
     }
 }
 
@@ -168,32 +203,11 @@ impl Service {
 fn admit_through(
     svc: &AdmissionService,
     tenant: &TenantId,
-    request: String,
+    request_id: String,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    let input = ReserveInput {
-        request_id: request,
-        feature_tag: None,
-        user_id: None,
-        estimated_cents: 2.0,
-        expires_at: now + chrono::Duration::minutes(10),
-        now,
-    };
-    let reservation = match svc.reserve(tenant, &input)? {
-        Admission::Admitted { reservation, .. } => reservation,
-        Admission::Refused { budget } => {
-            return Err(Error::Conflict(format!("refused by {}", budget.budget_id)).into())
-        }
-    };
-    let actual = CostInput {
-        tenant_id: tenant.to_string(),
-        model: "gpt-4o-mini".into(),
-        input_tokens: 500,
-        output_tokens: 80,
-        cost_cents: 1.5,
-        created_at: Some(now),
-        ..CostInput::default()
-    };
+    let reservation = admitted(svc.reserve(tenant, &request(request_id, now))?)?;
+    let actual = actual(tenant, now);
     svc.settle(&reservation, &actual)?;
     Ok(())
 }
@@ -217,14 +231,8 @@ impl Workload for Service {
     }
     fn prepare(&mut self, ctx: &mut Ctx) -> Result<()> {
         hard_budget(&mut ctx.conn, &self.tenant)?;
-        self.baseline_budget = hard_budget(&mut ctx.conn, &format!("{}-baseline", self.tenant))?;
-        diesel::sql_query(
-            "INSERT INTO budget_counters (budget_id, period, window_start) \
-             VALUES ($1, 'daily', $2) ON CONFLICT DO NOTHING",
-        )
-        .bind::<diesel::sql_types::Text, _>(&self.baseline_budget)
-        .bind::<diesel::sql_types::Date, _>(self.now.date_naive())
-        .execute(&mut ctx.conn)?;
+        let baseline_tenant = format!("{}-baseline", self.tenant);
+        self.baseline_budget = baseline_budget(&mut ctx.conn, &baseline_tenant, self.now)?;
         self.service = Some(AdmissionService::start(
             &ctx.url,
             AdmissionConfig::default(),
@@ -265,14 +273,8 @@ impl Workload for Service {
         Ok(elapsed)
     }
     fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
-        let script = format!(
-            "UPDATE budget_counters SET reserved_cents = reserved_cents + 2 \
-             WHERE budget_id = '{}' AND period = 'daily' AND window_start = '{}' \
-               AND spent_cents + reserved_cents + 2 <= 2147483647 RETURNING reserved_cents;\n",
-            self.baseline_budget,
-            self.now.date_naive()
-        );
-        pgbench(ctx, &script, self.threads, self.per_thread)
+        let (budget, now) = (self.baseline_budget.clone(), self.now);
+        bare_update(ctx, &budget, now, self.threads, self.per_thread)
     }
 }
 
