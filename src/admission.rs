@@ -283,6 +283,10 @@ impl ReconcileLine {
 
 /// Reservations of many requests decided in one statement (see the file).
 const RESERVE: &str = include_str!("admission/reserve_batch.sql");
+/// A whole batch in one statement, for the common case (see the file).
+const ADMIT: &str = include_str!("admission/admit_batch.sql");
+/// What [`ADMIT`] raises, writing nothing, when its batch needs the full path.
+const FULL_PATH: &str = "costdb: admit batch needs the full path";
 /// Creates the missing counters of some budgets for a day and a month.
 const ENSURE_WINDOW: &str = include_str!("admission/ensure_window.sql");
 /// Closes locked reservations and applies their deltas to the counters.
@@ -394,6 +398,23 @@ impl VerdictRow {
     }
 }
 
+/// A row of [`ADMIT`]: a verdict row of a reservation (`n` from 1), or a settlement's
+/// (`n` from -1 down) with its record's instant.
+#[derive(QueryableByName)]
+struct AdmitRow {
+    #[diesel(embed)]
+    verdict: VerdictRow,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    created_at: Option<DateTime<Utc>>,
+}
+
+/// What one statement answered for a whole batch: each reservation's verdict, and each
+/// settlement (every one charged and released).
+pub(crate) struct Admitted {
+    pub(crate) reserved: Vec<Result<Admission>>,
+    pub(crate) settled: Vec<Settlement>,
+}
+
 #[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
@@ -486,6 +507,141 @@ impl<'c> AdmissionDriver<'c> {
                 })
             })
             .collect())
+    }
+
+    /// Reservations, settlements and releases (all checked) in one statement, which
+    /// commits on its own when the connection is not in a transaction: the common case of
+    /// a batch, where every closed reservation is held and named once, every settlement's
+    /// cost record is new and on its reservation's day, and every request fits. `None`,
+    /// having written nothing, when the batch needs the full path (one of those fails).
+    /// The releases, when it answers, all released.
+    pub(crate) fn admit_batch(
+        &mut self,
+        requests: &[(&TenantId, &ReserveInput)],
+        settlements: &[(&Reservation, &CostInput)],
+        releases: &[&Reservation],
+    ) -> Result<Option<Admitted>> {
+        let held_ids: Vec<String> = requests
+            .iter()
+            .map(|_| format!("rsv_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]))
+            .collect();
+        let record_ids: Vec<String> = settlements.iter().map(|_| ids::cost_record_id()).collect();
+        let tenants: Vec<&str> = requests.iter().map(|r| r.0.as_str()).collect();
+        let request_ids: Vec<&str> = requests.iter().map(|r| r.1.request_id.as_str()).collect();
+        let tags: Vec<Option<&str>> = requests
+            .iter()
+            .map(|r| r.1.feature_tag.as_deref())
+            .collect();
+        let users: Vec<Option<&str>> = requests.iter().map(|r| r.1.user_id.as_deref()).collect();
+        let days: Vec<NaiveDate> = requests.iter().map(|r| r.1.now.date_naive()).collect();
+        let estimates: Vec<f64> = requests.iter().map(|r| r.1.estimated_cents + 0.0).collect();
+        let expires: Vec<Option<DateTime<Utc>>> =
+            requests.iter().map(|r| Some(r.1.expires_at)).collect();
+        let held: Vec<&str> = held_ids.iter().map(String::as_str).collect();
+        let s_ids: Vec<&str> = settlements.iter().map(|s| s.0.id.as_str()).collect();
+        let s_tenants: Vec<&str> = settlements.iter().map(|s| s.0.tenant_id.as_str()).collect();
+        let s_requests: Vec<&str> = settlements
+            .iter()
+            .map(|s| s.0.request_id.as_str())
+            .collect();
+        let s_models: Vec<&str> = settlements.iter().map(|s| s.1.model.as_str()).collect();
+        let s_opt = |f: for<'x> fn(&'x CostInput) -> Option<&'x str>| -> Vec<Option<&str>> {
+            settlements.iter().map(|s| f(s.1)).collect()
+        };
+        let s_users = s_opt(|c| c.user_id.as_deref());
+        let s_tags = s_opt(|c| c.feature_tag.as_deref());
+        let s_workflows = s_opt(|c| c.workflow_id.as_deref());
+        let s_skills = s_opt(|c| c.skill_id.as_deref());
+        let records: Vec<&str> = record_ids.iter().map(String::as_str).collect();
+        let input_tokens: Vec<i32> = settlements.iter().map(|s| s.1.input_tokens).collect();
+        let output_tokens: Vec<i32> = settlements.iter().map(|s| s.1.output_tokens).collect();
+        let cents: Vec<f64> = settlements.iter().map(|s| s.1.cost_cents + 0.0).collect();
+        let retries: Vec<bool> = settlements.iter().map(|s| s.1.is_retry).collect();
+        let created: Vec<Option<DateTime<Utc>>> =
+            settlements.iter().map(|s| s.1.created_at).collect();
+        let r_ids: Vec<&str> = releases.iter().map(|r| r.id.as_str()).collect();
+        let r_tenants: Vec<&str> = releases.iter().map(|r| r.tenant_id.as_str()).collect();
+        let rows: Vec<AdmitRow> = match (Prepared {
+            sql: ADMIT,
+            params: &[
+                Param::Strs(&tenants),
+                Param::OptTexts(&tags),
+                Param::OptTexts(&users),
+                Param::Days(&days),
+                Param::Floats(&estimates),
+                Param::Strs(&held),
+                Param::Strs(&request_ids),
+                Param::OptInstants(&expires),
+                Param::Strs(&s_ids),
+                Param::Strs(&s_tenants),
+                Param::Strs(&s_requests),
+                Param::Strs(&records),
+                Param::OptTexts(&s_users),
+                Param::OptTexts(&s_tags),
+                Param::OptTexts(&s_workflows),
+                Param::OptTexts(&s_skills),
+                Param::Strs(&s_models),
+                Param::Int4s(&input_tokens),
+                Param::Int4s(&output_tokens),
+                Param::Floats(&cents),
+                Param::Flags(&retries),
+                Param::OptInstants(&created),
+                Param::Strs(&r_ids),
+                Param::Strs(&r_tenants),
+            ],
+        }
+        .load(self.conn))
+        {
+            Ok(rows) => rows,
+            Err(diesel::result::Error::DatabaseError(_, info)) if info.message() == FULL_PATH => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut reserved = Vec::with_capacity(requests.len());
+        for (k, (tenant_id, input)) in requests.iter().enumerate() {
+            let mine: Vec<&VerdictRow> = rows
+                .iter()
+                .map(|r| &r.verdict)
+                .filter(|r| r.n as usize == k + 1)
+                .collect();
+            let answer = self.verdict(tenant_id, input, &held_ids[k], &mine);
+            reserved.push(answer.unwrap_or_else(|| {
+                Err(Error::Conflict(format!(
+                    "request {:?} was left undecided",
+                    input.request_id
+                )))
+            }));
+        }
+        let mut settled = Vec::with_capacity(settlements.len());
+        for (k, ((reservation, actual), id)) in settlements.iter().zip(record_ids).enumerate() {
+            let created_at = rows
+                .iter()
+                .find(|r| r.verdict.n == -(k as i32 + 1))
+                .and_then(|r| r.created_at)
+                .ok_or_else(|| Error::Conflict(format!("cost record {id} was not returned")))?;
+            let cost = CostRecord {
+                id,
+                tenant_id: actual.tenant_id.clone(),
+                user_id: actual.user_id.clone(),
+                feature_tag: actual.feature_tag.clone(),
+                request_id: Some(reservation.request_id.clone()),
+                workflow_id: actual.workflow_id.clone(),
+                skill_id: actual.skill_id.clone(),
+                model: actual.model.clone(),
+                input_tokens: actual.input_tokens,
+                output_tokens: actual.output_tokens,
+                cost_cents: actual.cost_cents + 0.0,
+                created_at,
+                is_retry: actual.is_retry,
+            };
+            settled.push(Settlement {
+                cost,
+                charged: true,
+                released: true,
+            });
+        }
+        Ok(Some(Admitted { reserved, settled }))
     }
 
     /// The verdict rows of the requests `pending` (their 1-based place in it as `n`).

@@ -133,6 +133,122 @@ fn sixty_four_callers_never_pass_a_hard_limit_and_settle_exactly() {
 }
 
 #[test]
+fn a_common_batch_is_one_statement_and_answers_what_it_stored() {
+    use costdb::models::CostRecord;
+    use costdb::schema::{budget_reservations, cost_records};
+    let tenant = common::tenant();
+    budget(&tenant, 1_000, true);
+    let chat = scoped_budget(
+        &tenant,
+        BudgetScope::Feature("chat".into()),
+        Some(50),
+        None,
+        true,
+    );
+    let svc = service(AdmissionConfig::default());
+    let chat_ask = |request: &str, cents: f64| ReserveInput {
+        feature_tag: Some("chat".into()),
+        ..ask(request, cents)
+    };
+    // Reservations, settlements and releases racing in: whatever batches they form, each
+    // one is decided by a single statement.
+    let (settled, released) = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (svc, chat_ask, tenant) = (&svc, &chat_ask, &tenant);
+                s.spawn(move || {
+                    let asked = chat_ask(&format!("c-{i}"), 6.0);
+                    let r = admitted(svc.reserve(tenant, &asked).unwrap()).unwrap();
+                    if i % 2 == 0 {
+                        let cost = CostInput {
+                            workflow_id: Some(format!("wf-{i}")),
+                            skill_id: Some("summarize".into()),
+                            input_tokens: 100 + i,
+                            output_tokens: 7,
+                            is_retry: i == 4,
+                            created_at: Some(now() + chrono::Duration::seconds(i.into())),
+                            ..actual(&r, 4.25 + f64::from(i))
+                        };
+                        (Some(svc.settle(&r, &cost).unwrap()), None)
+                    } else {
+                        (None, Some((r.id.clone(), svc.release(&r).unwrap())))
+                    }
+                })
+            })
+            .collect();
+        let mut settled = Vec::new();
+        let mut released = Vec::new();
+        for h in handles {
+            let (s, r) = h.join().unwrap();
+            settled.extend(s);
+            released.extend(r);
+        }
+        (settled, released)
+    });
+    let stats = svc.stats();
+    assert_eq!(stats.one_statement, stats.batches, "{stats:?}");
+    assert_eq!(stats.requests, 16);
+
+    let mut conn = common::conn();
+    // Each settlement answers the record as stored, charged and released.
+    assert_eq!(settled.len(), 4);
+    for settlement in &settled {
+        assert!(settlement.charged && settlement.released);
+        let stored: CostRecord = cost_records::table
+            .find(&settlement.cost.id)
+            .select(CostRecord::as_select())
+            .get_result(&mut conn)
+            .unwrap();
+        assert_eq!(settlement.cost, stored);
+        let (status, actual_cents, record): (String, Option<f64>, Option<String>) =
+            budget_reservations::table
+                .filter(budget_reservations::tenant_id.eq(&tenant))
+                .filter(budget_reservations::request_id.eq(stored.request_id.as_ref().unwrap()))
+                .select((
+                    budget_reservations::status,
+                    budget_reservations::actual_cents,
+                    budget_reservations::cost_record_id,
+                ))
+                .get_result(&mut conn)
+                .unwrap();
+        assert_eq!(status, "settled");
+        assert_eq!(actual_cents, Some(stored.cost_cents));
+        assert_eq!(record.as_deref(), Some(stored.id.as_str()));
+    }
+    for (id, was_held) in &released {
+        assert!(was_held);
+        let status: String = budget_reservations::table
+            .find(id)
+            .select(budget_reservations::status)
+            .get_result(&mut conn)
+            .unwrap();
+        assert_eq!(status, "released");
+    }
+    // Nothing is held any more; the counters hold exactly the four actual costs.
+    assert_eq!(held_reservations(&mut conn, &tenant), 0);
+    assert_exact(&tenant, 50.0);
+    let spent: f64 = (0..8).step_by(2).map(|i| 4.25 + f64::from(i)).sum();
+    let lines = conn
+        .transaction(|c| AdmissionDriver::new(c).reconcile(&tenant, now().date_naive()))
+        .unwrap();
+    for line in lines.iter().filter(|l| l.budget_id == chat) {
+        assert_eq!(
+            (line.counted_cents, line.reserved_cents),
+            (spent, 0.0),
+            "{line:?}"
+        );
+    }
+
+    // A repeat of a settled request cannot be one statement: the full path answers it.
+    let again = svc.reserve(&tenant, &chat_ask("c-0", 6.0));
+    assert!(matches!(again, Err(Error::Conflict(_))), "{again:?}");
+    let after = svc.stats();
+    assert_eq!(after.one_statement, stats.one_statement);
+    assert_eq!(after.batches, stats.batches + 1);
+    svc.shutdown();
+}
+
+#[test]
 fn a_mixed_batch_answers_each_request_as_the_driver_would() {
     let (tight, soft, free) = (common::tenant(), common::tenant(), common::tenant());
     let tight_budget = budget(&tight, 10, true);

@@ -2,7 +2,8 @@
 -- by the caller, gets status $2; its estimate is given back when $3; $4 cents of spend go
 -- to the counters of day $5 and month $6; actual cost $7 and cost record $8 are recorded).
 -- The deltas of all of them are summed per counter, and the counters are locked in key
--- order before they change. Returns how many counters changed.
+-- order before they change. Returns how many counters changed. The reservations are found
+-- by `id = ANY ($1)`: a plan kept from when the table was small still reads only them.
 WITH c AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::float8[], $5::date[],
                          $6::date[], $7::float8[], $8::text[])
@@ -10,7 +11,7 @@ WITH c AS (
 ),
 r AS (
     SELECT c.*, b.budget_ids, b.day AS held_day, b.month AS held_month, b.estimated_cents
-    FROM c JOIN budget_reservations b ON b.id = c.id
+    FROM c JOIN budget_reservations b ON b.id = c.id AND b.id = ANY ($1)
 ),
 deltas AS (
     SELECT b.budget_id, d.period, d.window_start,
@@ -44,5 +45,5 @@ counted AS (
 UPDATE budget_reservations b
 SET status = c.status, closed_at = now(), actual_cents = c.actual, cost_record_id = c.record_id
 FROM c
-WHERE b.id = c.id
+WHERE b.id = c.id AND b.id = ANY ($1)
 RETURNING (SELECT count(*) FROM counted) AS n
