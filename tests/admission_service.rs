@@ -13,10 +13,12 @@ use common::assert_invalid;
 use costdb::admission::{
     Admission, AdmissionConfig, AdmissionDriver, AdmissionService, Reservation, ReserveInput,
 };
+use costdb::db;
 use costdb::drivers::{BudgetLimits, CostWriteDriver};
 use costdb::models::{CostInput, ReservationStatus};
 use costdb::types::{BudgetScope, TenantId};
 use costdb::Error;
+use costdb_testkit::EmbeddedPostgres;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 
@@ -58,7 +60,12 @@ fn service(config: AdmissionConfig) -> AdmissionService {
 
 /// The tenant's counters match its records exactly, and no hard limit is passed.
 fn assert_exact(tenant: &TenantId, limit: f64) {
-    let lines = common::conn()
+    assert_exact_on(&mut common::conn(), tenant, limit);
+}
+
+/// [`assert_exact`] on the database of `conn`.
+fn assert_exact_on(conn: &mut PgConnection, tenant: &TenantId, limit: f64) {
+    let lines = conn
         .transaction(|c| AdmissionDriver::new(c).reconcile(tenant, now().date_naive()))
         .unwrap();
     assert!(!lines.is_empty());
@@ -407,6 +414,81 @@ fn killed_backends_lose_no_answer_and_nothing_counts_twice() {
     let open: i64 = held_reservations(&mut conn, &tenant);
     assert_eq!(open, 0);
     assert_exact(&tenant, 2_000.0);
+}
+
+#[test]
+fn a_server_restart_mid_stream_answers_every_caller_and_counts_nothing_twice() {
+    const THREADS: usize = 16;
+    const EACH: usize = 25;
+    // A cluster of its own: this test stops it.
+    let pg = EmbeddedPostgres::start().unwrap();
+    let url = costdb_testkit::create_database(&pg.url("postgres"), "admission_restart").unwrap();
+    let mut conn = db::connect(&url).unwrap();
+    db::run_migrations(&mut conn).unwrap();
+    let tenant = common::tenant();
+    let limits = BudgetLimits {
+        daily_limit_cents: Some(2_000),
+        monthly_limit_cents: None,
+        warn_threshold_pct: 80,
+        hard_limit_enabled: true,
+    };
+    conn.transaction(|c| {
+        CostWriteDriver::new(c).upsert_budget(&tenant, &BudgetScope::Tenant, &limits)
+    })
+    .unwrap();
+    let config = AdmissionConfig {
+        retry_deadline: Duration::from_secs(60),
+        ..AdmissionConfig::default()
+    };
+    let svc = AdmissionService::start(&url, config).unwrap();
+    let admitted: Vec<Reservation> = std::thread::scope(|s| {
+        let callers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (svc, tenant) = (&svc, &tenant);
+                s.spawn(move || {
+                    let mut mine = Vec::new();
+                    for i in 0..EACH {
+                        // Every caller gets its answer once the server is back.
+                        let input = ask(&format!("restart-{t}-{i}"), 3.0);
+                        if let Some(r) = admitted(svc.reserve(tenant, &input).unwrap()) {
+                            let settled = svc.settle(&r, &actual(&r, 2.5)).unwrap();
+                            assert_eq!(settled.cost.cost_cents, 2.5);
+                            mine.push(r);
+                        }
+                    }
+                    mine
+                })
+            })
+            .collect();
+        // Restart once some requests are in, while the callers go on.
+        until(|| svc.stats().requests >= 200);
+        pg.stop_server().unwrap();
+        pg.start_server().unwrap();
+        callers
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert!(
+        svc.stats().retries > 0,
+        "the restart was seen: {:?}",
+        svc.stats()
+    );
+    // 400 calls of 3¢ settled at 2.5¢ fit in 2,000¢: all admitted, each reserved once
+    // and billed once, nothing left held, the counters equal to the records.
+    assert_eq!(admitted.len(), THREADS * EACH);
+    let mut conn = db::connect(&url).unwrap();
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "budget_reservations", &tenant),
+        (THREADS * EACH) as i64
+    );
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "cost_records", &tenant),
+        (THREADS * EACH) as i64
+    );
+    assert_eq!(held_reservations(&mut conn, &tenant), 0);
+    assert_exact_on(&mut conn, &tenant, 2_000.0);
+    svc.shutdown();
 }
 
 fn held_reservations(conn: &mut PgConnection, tenant: &TenantId) -> i64 {

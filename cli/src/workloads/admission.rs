@@ -189,6 +189,11 @@ struct Service {
     rate: f64,
     p99: Duration,
     batch: f64,
+    /// The ceiling's admissions per second and the baseline's, of the last round.
+    ceiling: f64,
+    baseline_rate: f64,
+    /// Ceiling runs so far (their request ids differ).
+    ceiling_runs: usize,
 }
 
 impl Service {
@@ -216,11 +221,15 @@ impl Workload for Service {
     fn name(&self) -> String {
         format!(
             "admission service: {} threads reserve + settle on one budget ({:.0}/s, p99 {:.1} ms, \
-             {:.1} requests per commit)",
+             {:.1} requests per commit; ceiling, 1 connection × {}-request batches: {:.0}/s = \
+             {:.2}× the baseline)",
             self.threads,
             self.rate,
             self.p99.as_secs_f64() * 1e3,
-            self.batch
+            self.batch,
+            self.threads,
+            self.ceiling,
+            self.ceiling / self.baseline_rate.max(f64::MIN_POSITIVE)
         )
     }
     fn baseline_name(&self) -> &'static str {
@@ -274,7 +283,70 @@ impl Workload for Service {
     }
     fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
         let (budget, now) = (self.baseline_budget.clone(), self.now);
-        bare_update(ctx, &budget, now, self.threads, self.per_thread)
+        let took = bare_update(ctx, &budget, now, self.threads, self.per_thread)?;
+        let admissions = (self.threads * self.per_thread) as f64;
+        self.baseline_rate = admissions / took.as_secs_f64();
+        // Measured beside the baseline, outside both timings; reported in the name.
+        let ceiling = self.ceiling(ctx)?;
+        self.ceiling = admissions / ceiling.as_secs_f64();
+        Ok(took)
+    }
+}
+
+impl Service {
+    /// The service's ceiling: one connection sending the statement of a common batch,
+    /// each holding as many requests as there are threads (half of them new reservations,
+    /// half settlements of the previous batch's), with no client work between them: the
+    /// round's admissions in `2 × per_thread` statements.
+    fn ceiling(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        use diesel::sql_types::{Array, Bool, Date, Double, Int4, Nullable, Text, Timestamptz};
+        self.ceiling_runs += 1;
+        let (half, now, round) = (self.threads / 2, self.now, self.ceiling_runs);
+        let batches = 2 * self.per_thread;
+        let request = |b: usize, i: usize| format!("ceil{round}-{b}-{i}");
+        // Ids of their own, apart from every other workload's.
+        let threads = self.threads;
+        let reservation = |b: usize, i: usize| format!("rsv_ceil_{threads}_{round}_{b}_{i}");
+        let record = |b: usize, i: usize| format!("cr_ceil_{threads}_{round}_{b}_{i}");
+        let mut conn = db::connect(&ctx.url)?;
+        let started = std::time::Instant::now();
+        for b in 0..=batches {
+            // Batch b reserves `half` new requests and settles batch b - 1's.
+            let new = if b < batches { half } else { 0 };
+            let settled = if b > 0 { half } else { 0 };
+            let texts = |n: usize, f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>();
+            let none = |n: usize| vec![None::<String>; n];
+            diesel::sql_query(
+                "SELECT count(*) FROM costdb_admit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                 $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
+            )
+            .bind::<Array<Text>, _>(vec![self.tenant.clone(); new])
+            .bind::<Array<Nullable<Text>>, _>(none(new))
+            .bind::<Array<Nullable<Text>>, _>(none(new))
+            .bind::<Array<Date>, _>(vec![now.date_naive(); new])
+            .bind::<Array<Double>, _>(vec![2.0; new])
+            .bind::<Array<Text>, _>(texts(new, &|i| reservation(b, i)))
+            .bind::<Array<Text>, _>(texts(new, &|i| request(b, i)))
+            .bind::<Array<Timestamptz>, _>(vec![now + chrono::Duration::minutes(10); new])
+            .bind::<Array<Text>, _>(texts(settled, &|i| reservation(b.wrapping_sub(1), i)))
+            .bind::<Array<Text>, _>(vec![self.tenant.clone(); settled])
+            .bind::<Array<Text>, _>(texts(settled, &|i| request(b.wrapping_sub(1), i)))
+            .bind::<Array<Text>, _>(texts(settled, &|i| record(b.wrapping_sub(1), i)))
+            .bind::<Array<Nullable<Text>>, _>(none(settled))
+            .bind::<Array<Nullable<Text>>, _>(none(settled))
+            .bind::<Array<Nullable<Text>>, _>(none(settled))
+            .bind::<Array<Nullable<Text>>, _>(none(settled))
+            .bind::<Array<Text>, _>(vec!["gpt-4o-mini"; settled])
+            .bind::<Array<Int4>, _>(vec![500; settled])
+            .bind::<Array<Int4>, _>(vec![80; settled])
+            .bind::<Array<Double>, _>(vec![1.5; settled])
+            .bind::<Array<Bool>, _>(vec![false; settled])
+            .bind::<Array<Nullable<Timestamptz>>, _>(vec![Some(now); settled])
+            .bind::<Array<Text>, _>(Vec::<String>::new())
+            .bind::<Array<Text>, _>(Vec::<String>::new())
+            .execute(&mut conn)?;
+        }
+        Ok(started.elapsed())
     }
 }
 
@@ -292,6 +364,9 @@ pub fn admission_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
             rate: 0.0,
             p99: Duration::ZERO,
             batch: 0.0,
+            ceiling: 0.0,
+            baseline_rate: 0.0,
+            ceiling_runs: 0,
         })
     };
     vec![
