@@ -130,27 +130,19 @@ impl Job {
     }
 }
 
-/// Where a caller waits for its answer.
+/// Where a caller's answer is left for it.
 #[derive(Default)]
 struct Slot {
     answer: Mutex<Option<Result<Answer>>>,
-    ready: Condvar,
 }
 
 impl Slot {
     fn fill(&self, answer: Result<Answer>) {
         *self.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer);
-        self.ready.notify_one();
     }
 
-    fn wait(&self) -> Result<Answer> {
-        let mut answer = self.answer.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(answer) = answer.take() {
-                return answer;
-            }
-            answer = self.ready.wait(answer).unwrap_or_else(|e| e.into_inner());
-        }
+    fn take(&self) -> Option<Result<Answer>> {
+        self.answer.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
@@ -171,6 +163,12 @@ struct Shared {
     work: Condvar,
     /// Signalled when the worker takes requests off the queue.
     room: Condvar,
+    /// Held by a caller looking at its slot, and by the worker announcing that a batch's
+    /// slots are filled.
+    answered: Mutex<()>,
+    /// Signalled once per batch, after its slots are filled: one wake-up call for all of
+    /// its callers, instead of one per caller on the worker's way to the next batch.
+    answers: Condvar,
     batches: AtomicU64,
     requests: AtomicU64,
     retries: AtomicU64,
@@ -181,6 +179,23 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the worker has left an answer in `slot`.
+    fn wait(&self, slot: &Slot) -> Result<Answer> {
+        let mut guard = self.answered.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(answer) = slot.take() {
+                return answer;
+            }
+            guard = self.answers.wait(guard).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Wakes every waiting caller to look at its slot.
+    fn announce(&self) {
+        drop(self.answered.lock().unwrap_or_else(|e| e.into_inner()));
+        self.answers.notify_all();
     }
 }
 
@@ -259,6 +274,8 @@ impl AdmissionService {
             }),
             work: Condvar::new(),
             room: Condvar::new(),
+            answered: Mutex::new(()),
+            answers: Condvar::new(),
             batches: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
@@ -353,7 +370,7 @@ impl AdmissionService {
             });
         }
         shared.work.notify_one();
-        slot.wait()
+        shared.wait(&slot)
     }
 
     /// The counters so far.
@@ -447,6 +464,7 @@ impl Worker {
             for (queued, answer) in batch.into_iter().zip(answers) {
                 queued.slot.fill(answer);
             }
+            self.shared.announce();
         }
     }
 
