@@ -408,10 +408,11 @@ struct AdmitRow {
     created_at: Option<DateTime<Utc>>,
 }
 
-/// What one statement answered for a whole batch: each reservation's verdict, and each
-/// settlement (every one charged and released).
+/// What one statement answered for a whole batch: each reservation's verdict (`None` when
+/// a budget changed under it and it must be decided again), and each settlement (every
+/// one charged and released).
 pub(crate) struct Admitted {
-    pub(crate) reserved: Vec<Result<Admission>>,
+    pub(crate) reserved: Vec<Option<Result<Admission>>>,
     pub(crate) settled: Vec<Settlement>,
 }
 
@@ -511,10 +512,11 @@ impl<'c> AdmissionDriver<'c> {
 
     /// Reservations, settlements and releases (all checked) in one statement, which
     /// commits on its own when the connection is not in a transaction: the common case of
-    /// a batch, where every closed reservation is held and named once, every settlement's
-    /// cost record is new and on its reservation's day, and every request fits. `None`,
-    /// having written nothing, when the batch needs the full path (one of those fails).
-    /// The releases, when it answers, all released.
+    /// a batch, where every closed reservation is held and named once, and every
+    /// settlement's cost record is new and on its reservation's day. The reservations are
+    /// decided as [`reserve`](Self::reserve) decides them. `None`, having written nothing,
+    /// when the batch needs the full path (one of those fails). The releases, when it
+    /// answers, all released.
     pub(crate) fn admit_batch(
         &mut self,
         requests: &[(&TenantId, &ReserveInput)],
@@ -605,13 +607,7 @@ impl<'c> AdmissionDriver<'c> {
                 .map(|r| &r.verdict)
                 .filter(|r| r.n as usize == k + 1)
                 .collect();
-            let answer = self.verdict(tenant_id, input, &held_ids[k], &mine);
-            reserved.push(answer.unwrap_or_else(|| {
-                Err(Error::Conflict(format!(
-                    "request {:?} was left undecided",
-                    input.request_id
-                )))
-            }));
+            reserved.push(self.verdict(tenant_id, input, &held_ids[k], &mine));
         }
         let mut settled = Vec::with_capacity(settlements.len());
         for (k, ((reservation, actual), id)) in settlements.iter().zip(record_ids).enumerate() {

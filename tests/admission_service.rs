@@ -246,12 +246,24 @@ fn a_common_batch_is_one_statement_and_answers_what_it_stored() {
         );
     }
 
-    // A repeat of a settled request cannot be one statement: the full path answers it.
+    // A repeat of a settled request, and one that does not fit: still one statement, each
+    // answered as the driver would.
     let again = svc.reserve(&tenant, &chat_ask("c-0", 6.0));
     assert!(matches!(again, Err(Error::Conflict(_))), "{again:?}");
+    let refused = svc
+        .reserve(&tenant, &chat_ask("c-big", 50.0 - spent + 0.01))
+        .unwrap();
+    assert!(matches!(refused, Admission::Refused { ref budget } if budget.budget_id == chat));
+    // A settlement on another day than its reservation's goes the full path.
+    let r = admitted(svc.reserve(&tenant, &chat_ask("c-late", 1.0)).unwrap()).unwrap();
+    let late = CostInput {
+        created_at: Some(now() + chrono::Duration::days(1)),
+        ..actual(&r, 1.0)
+    };
+    assert!(svc.settle(&r, &late).unwrap().charged);
     let after = svc.stats();
-    assert_eq!(after.one_statement, stats.one_statement);
-    assert_eq!(after.batches, stats.batches + 1);
+    assert_eq!(after.batches, stats.batches + 4);
+    assert_eq!(after.one_statement, stats.one_statement + 3);
     svc.shutdown();
 }
 

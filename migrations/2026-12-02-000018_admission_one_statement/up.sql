@@ -6,21 +6,21 @@ ALTER FUNCTION costdb_reserve_batch(text[], text[], text[], date[], float8[], te
     SET enable_seqscan = off;
 
 -- A whole batch of the admission service in one statement, for the common case: every
--- settled or released reservation is held and closed once, each settlement's cost record
--- is new and falls on its reservation's UTC day, and every reservation fits (the fast path
--- of costdb_reserve_batch). Anything else raises 'costdb: admit batch needs the full path'
--- and the statement writes nothing; the service then runs the batch statement by statement.
+-- settled or released reservation is held and closed once, and each settlement's cost
+-- record is new and falls on its reservation's UTC day. Anything else raises
+-- 'costdb: admit batch needs the full path' and the statement writes nothing; the service
+-- then runs the batch statement by statement.
 --
--- Its plans are made once per session, maybe while the tables are nearly empty; a scan or a
--- hash join planned then would go on reading a whole table as it grows. So every table is
--- reached through an index (`= ANY (array)` conditions, or nested loops over the batch's
--- keys): scans and hash or merge joins are off inside the function.
+-- Its plans are made once per session, maybe while the tables are nearly empty; a scan
+-- planned then would go on reading a whole table as it grows. So every table is reached
+-- through an index condition (`= ANY (array)`), and scans are off inside the function.
 --
--- In order: the reservations to close are locked (id order); the counters of the requests
--- (created when missing) and of the closes are locked (key order); the requests are decided
--- and held; the cost records are written (their rollups with them); the closes move the
--- counters and close the reservations. Rows: the verdict rows of costdb_reserve_batch
--- (n from 1), then one row per settlement (n from -1 down) carrying its record's created_at.
+-- In order: the reservations to close are locked (id order); costdb_reserve_batch locks
+-- the counters of the requests (created when missing) and of the closes (key order) and
+-- decides the requests; the cost records are written (their rollups with them); the
+-- closes move the counters and close the reservations. Rows: costdb_reserve_batch's
+-- verdict rows (n from 1), then one row per settlement (n from -1 down) carrying its
+-- record's created_at.
 CREATE FUNCTION costdb_admit_batch(
     tenants text[], tags text[], users text[], days date[], estimates float8[],
     ids text[], requests text[], expires timestamptz[],
@@ -44,9 +44,6 @@ DECLARE
     closes int := settles + coalesce(cardinality(r_ids), 0);
     locked int;
     done bigint;
-    want_budgets text[];
-    want_periods text[];
-    want_starts date[];
     lock_budgets text[];
     lock_periods text[];
     lock_starts date[];
@@ -75,30 +72,10 @@ BEGIN
         RAISE EXCEPTION 'costdb: admit batch needs the full path';
     END IF;
 
-    -- The counters of the requests' budgets, created when missing, in key order.
-    SELECT array_agg(k.id), array_agg(k.period), array_agg(k.window_start)
-    INTO want_budgets, want_periods, want_starts
-    FROM (SELECT DISTINCT b.id, p.period, p.window_start
-          FROM unnest(tenants, tags, users, days) AS r(tenant, tag, usr, day)
-          JOIN cost_budgets b
-            ON b.tenant_id = r.tenant AND b.tenant_id = ANY (tenants) AND b.is_active
-           AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
-             OR (b.budget_type = 'feature' AND b.entity_id = r.tag)
-             OR (b.budget_type = 'user' AND b.entity_id = r.usr))
-          CROSS JOIN LATERAL (VALUES ('daily', r.day),
-                                     ('monthly', date_trunc('month', r.day)::date))
-               AS p(period, window_start)) k;
-    IF want_budgets IS NOT NULL THEN
-        INSERT INTO budget_counters (budget_id, period, window_start)
-        SELECT * FROM unnest(want_budgets, want_periods, want_starts)
-        ORDER BY 1, 2, 3
-        ON CONFLICT DO NOTHING;
-    END IF;
-
-    -- They and the counters of the closes, locked in key order.
-    SELECT coalesce(want_budgets, '{}') || coalesce(array_agg(k.id), '{}'),
-           coalesce(want_periods, '{}') || coalesce(array_agg(k.period), '{}'),
-           coalesce(want_starts, '{}') || coalesce(array_agg(k.window_start), '{}')
+    -- The counters the closes will change, locked by costdb_reserve_batch together with
+    -- the requests' own, in key order; then the requests, decided as it decides them.
+    SELECT coalesce(array_agg(k.id), '{}'), coalesce(array_agg(k.period), '{}'),
+           coalesce(array_agg(k.window_start), '{}')
     INTO lock_budgets, lock_periods, lock_starts
     FROM (SELECT DISTINCT u.budget_id, p.period, p.window_start
           FROM budget_reservations b
@@ -107,99 +84,11 @@ BEGIN
                AS p(period, window_start)
           WHERE b.id = ANY (s_ids || r_ids))
          AS k(id, period, window_start);
-    PERFORM 1
-    FROM budget_counters c
-    JOIN unnest(lock_budgets, lock_periods, lock_starts) AS k(id, period, window_start)
-      ON (c.budget_id, c.period, c.window_start) = (k.id, k.period, k.window_start)
-    WHERE c.budget_id = ANY (lock_budgets)
-    ORDER BY c.budget_id, c.period, c.window_start
-    FOR UPDATE OF c;
-
-    -- The requests, decided together as costdb_reserve_batch's fast path decides them.
-    IF coalesce(cardinality(requests), 0) > 0 THEN
+    IF coalesce(cardinality(requests), 0) > 0 OR cardinality(lock_budgets) > 0 THEN
         RETURN QUERY
-        WITH r AS (
-            SELECT *
-            FROM unnest(tenants, tags, users, days, estimates, ids, requests, expires)
-                 WITH ORDINALITY AS r(tenant, tag, usr, day, estimate, id, request, expires, n)
-        ),
-        want AS (
-            SELECT r.n, b.id AS budget_id, b.budget_type, b.entity_id,
-                   b.hard_limit_enabled AS hard, b.warn_threshold_pct AS warn_pct,
-                   p.period, p.window_start, p.limit_cents
-            FROM r
-            JOIN cost_budgets b
-              ON b.tenant_id = r.tenant AND b.tenant_id = ANY (tenants) AND b.is_active
-             AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
-               OR (b.budget_type = 'feature' AND b.entity_id = r.tag)
-               OR (b.budget_type = 'user' AND b.entity_id = r.usr))
-            CROSS JOIN LATERAL (VALUES ('daily', r.day, b.daily_limit_cents),
-                                       ('monthly', date_trunc('month', r.day)::date,
-                                        b.monthly_limit_cents))
-                 AS p(period, window_start, limit_cents)
-        ),
-        run AS (
-            SELECT w.*, c.spent_cents AS spent, c.reserved_cents AS base,
-                   r.estimate::numeric AS own,
-                   sum(r.estimate::numeric)
-                       OVER (PARTITION BY w.budget_id, w.period, w.window_start ORDER BY w.n)
-                       AS upto
-            FROM want w
-            JOIN r ON r.n = w.n
-            LEFT JOIN budget_counters c
-                   ON (c.budget_id, c.period, c.window_start)
-                    = (w.budget_id, w.period, w.window_start)
-                  AND c.budget_id = ANY (want_budgets)
-        ),
-        ok AS (
-            SELECT NOT EXISTS (SELECT 1 FROM run WHERE spent IS NULL)
-               AND NOT EXISTS (SELECT 1 FROM run
-                               WHERE limit_cents IS NOT NULL AND hard
-                                 AND spent + base + upto > limit_cents)
-               AND NOT EXISTS (SELECT 1 FROM r JOIN budget_reservations b
-                               ON b.tenant_id = r.tenant AND b.request_id = r.request)
-               AND (SELECT count(DISTINCT (tenant, request)) FROM r) = (SELECT count(*) FROM r)
-               AS go
-        ),
-        held AS (
-            INSERT INTO budget_reservations (id, tenant_id, request_id, feature_tag, user_id,
-                                             estimated_cents, budget_ids, day, month,
-                                             expires_at)
-            SELECT r.id, r.tenant, r.request, r.tag, r.usr, r.estimate::numeric,
-                   ARRAY(SELECT DISTINCT w.budget_id::text FROM want w WHERE w.n = r.n
-                         ORDER BY 1),
-                   r.day, date_trunc('month', r.day)::date, r.expires
-            FROM r
-            WHERE (SELECT go FROM ok)
-            ORDER BY r.n
-            RETURNING id, budget_ids, estimated_cents, expires_at
-        ),
-        charged AS (
-            UPDATE budget_counters c
-            SET reserved_cents = c.reserved_cents + t.total, updated_at = now()
-            FROM (SELECT budget_id, period, window_start, sum(own) AS total
-                  FROM run GROUP BY 1, 2, 3) t
-            WHERE (c.budget_id, c.period, c.window_start)
-                = (t.budget_id, t.period, t.window_start)
-              AND c.budget_id = ANY (want_budgets)
-              AND (SELECT go FROM ok)
-            RETURNING 1
-        )
-        SELECT r.n::int, true, false, true, true, h.budget_ids, h.estimated_cents::float8,
-               h.expires_at, w.budget_id::text, w.budget_type::text, w.entity_id::text,
-               w.hard, w.warn_pct, w.period, w.window_start, w.limit_cents, w.spent::float8,
-               (w.base + w.upto - w.own)::float8, false,
-               w.limit_cents IS NOT NULL
-                 AND (w.spent + w.base + w.upto) * 100 >= w.limit_cents::numeric * w.warn_pct,
-               NULL::timestamptz
-        FROM r
-        JOIN held h ON h.id = r.id
-        LEFT JOIN run w ON w.n = r.n
-        ORDER BY r.n, w.budget_id, w.period, w.window_start;
-        GET DIAGNOSTICS done = ROW_COUNT;
-        IF done = 0 THEN
-            RAISE EXCEPTION 'costdb: admit batch needs the full path';
-        END IF;
+        SELECT v.*, NULL::timestamptz
+        FROM costdb_reserve_batch(tenants, tags, users, days, estimates, ids, requests,
+                                  expires, lock_budgets, lock_periods, lock_starts) v;
     END IF;
 
     -- The settlements' cost records, every one of them new.

@@ -404,8 +404,12 @@ fn connect(url: &str) -> Result<PgConnection> {
 }
 
 /// The whole batch in one statement, committed on its own (the common case): `None`,
-/// having written nothing, when it needs the full path.
-fn one_statement(conn: &mut PgConnection, batch: &[Queued]) -> Result<Option<Vec<Result<Answer>>>> {
+/// having written nothing, when it needs the full path. A reservation left undecided (a
+/// budget changed under it) has no answer yet.
+fn one_statement(
+    conn: &mut PgConnection,
+    batch: &[Queued],
+) -> Result<Option<Vec<Option<Result<Answer>>>>> {
     let (mut reserves, mut settles, mut releases) = (Vec::new(), Vec::new(), Vec::new());
     for q in batch {
         match &q.job {
@@ -427,11 +431,11 @@ fn one_statement(conn: &mut PgConnection, batch: &[Queued]) -> Result<Option<Vec
                 Job::Reserve(..) => reserved
                     .next()
                     .expect("one answer per request")
-                    .map(Answer::Reserved),
-                Job::Settle(..) => Ok(Answer::Settled(
+                    .map(|answer| answer.map(Answer::Reserved)),
+                Job::Settle(..) => Some(Ok(Answer::Settled(
                     settled.next().expect("one answer per settlement"),
-                )),
-                Job::Release(_) => Ok(Answer::Released(true)),
+                ))),
+                Job::Release(_) => Some(Ok(Answer::Released(true))),
             })
             .collect(),
     ))
@@ -550,6 +554,13 @@ impl Worker {
             Ok(Some(answers)) => {
                 self.conn = Some(conn);
                 self.shared.one_statement.fetch_add(1, Ordering::Relaxed);
+                // The rare reservation left undecided goes again in a transaction of its
+                // own, as the driver decides it.
+                let answers = answers
+                    .into_iter()
+                    .zip(batch)
+                    .map(|(answer, q)| answer.unwrap_or_else(|| self.alone(&q.job)))
+                    .collect();
                 return Attempt::Committed(answers);
             }
             // Nothing was written: the full path below decides.
