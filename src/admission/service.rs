@@ -13,10 +13,10 @@
 //! in: the reservations first come, first served, then the settlements and releases. A
 //! hard limit is never passed.
 //!
-//! The common batch — every request fits, every settlement or release closes a held
-//! reservation once, each cost record falls on its reservation's day — is one statement
-//! (`costdb_admit_batch`) that commits on its own: one round trip. Any other batch makes
-//! that statement write nothing, and runs with the driver's statements one by one.
+//! The common batch — every settlement or release closes a held reservation once, each
+//! cost record falls on its reservation's day — is one statement (`costdb_admit_batch`)
+//! that commits on its own: one round trip. Any other batch makes that statement write
+//! nothing, and runs with the driver's statements one by one.
 //!
 //! Bad input is refused at once, before it is queued. A request the driver refuses (a
 //! repeated request whose reservation is closed, an unknown reservation) gets its typed
@@ -78,10 +78,10 @@ pub struct AdmissionStats {
     pub in_flight: usize,
     /// Batches run again after a lost connection, a serialization failure or a deadlock.
     pub retries: u64,
-    /// Committed batches decided by one statement: the common case, where every request
-    /// fits and every settlement or release closes a held reservation once, on its day.
-    /// The others ran statement by statement (a refusal, a repeat, a settlement on
-    /// another day, …).
+    /// Committed batches decided by one statement: the common case, where every
+    /// settlement or release closes a held reservation once, on its day. The others ran
+    /// statement by statement (a settlement on another day than its reservation's, a
+    /// request billed before, a reservation closed twice, …).
     pub one_statement: u64,
 }
 
