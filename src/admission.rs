@@ -398,6 +398,61 @@ impl VerdictRow {
     }
 }
 
+/// Reservation requests as the batch functions take them: one array per column, element i
+/// of each the request i.
+struct RequestColumns<'a> {
+    tenants: Vec<&'a str>,
+    tags: Vec<Option<&'a str>>,
+    users: Vec<Option<&'a str>>,
+    days: Vec<NaiveDate>,
+    estimates: Vec<f64>,
+    ids: Vec<&'a str>,
+    requests: Vec<&'a str>,
+    expires: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> RequestColumns<'a> {
+    /// The columns of `requests`: tenant, input and the reservation id it would get.
+    fn new(requests: impl Iterator<Item = (&'a TenantId, &'a ReserveInput, &'a str)>) -> Self {
+        let mut c = RequestColumns {
+            tenants: Vec::new(),
+            tags: Vec::new(),
+            users: Vec::new(),
+            days: Vec::new(),
+            estimates: Vec::new(),
+            ids: Vec::new(),
+            requests: Vec::new(),
+            expires: Vec::new(),
+        };
+        for (tenant, input, id) in requests {
+            c.tenants.push(tenant.as_str());
+            c.tags.push(input.feature_tag.as_deref());
+            c.users.push(input.user_id.as_deref());
+            c.days.push(input.now.date_naive());
+            // `-0` is held as `0`.
+            c.estimates.push(input.estimated_cents + 0.0);
+            c.ids.push(id);
+            c.requests.push(input.request_id.as_str());
+            c.expires.push(Some(input.expires_at));
+        }
+        c
+    }
+
+    /// The first eight parameters of either batch function.
+    fn params(&self) -> [Param<'_>; 8] {
+        [
+            Param::Strs(&self.tenants),
+            Param::OptTexts(&self.tags),
+            Param::OptTexts(&self.users),
+            Param::Days(&self.days),
+            Param::Floats(&self.estimates),
+            Param::Strs(&self.ids),
+            Param::Strs(&self.requests),
+            Param::OptInstants(&self.expires),
+        ]
+    }
+}
+
 /// A row of [`ADMIT`]: a verdict row of a reservation (`n` from 1), or a settlement's
 /// (`n` from -1 down) with its record's instant.
 #[derive(QueryableByName)]
@@ -528,18 +583,12 @@ impl<'c> AdmissionDriver<'c> {
             .map(|_| format!("rsv_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]))
             .collect();
         let record_ids: Vec<String> = settlements.iter().map(|_| ids::cost_record_id()).collect();
-        let tenants: Vec<&str> = requests.iter().map(|r| r.0.as_str()).collect();
-        let request_ids: Vec<&str> = requests.iter().map(|r| r.1.request_id.as_str()).collect();
-        let tags: Vec<Option<&str>> = requests
-            .iter()
-            .map(|r| r.1.feature_tag.as_deref())
-            .collect();
-        let users: Vec<Option<&str>> = requests.iter().map(|r| r.1.user_id.as_deref()).collect();
-        let days: Vec<NaiveDate> = requests.iter().map(|r| r.1.now.date_naive()).collect();
-        let estimates: Vec<f64> = requests.iter().map(|r| r.1.estimated_cents + 0.0).collect();
-        let expires: Vec<Option<DateTime<Utc>>> =
-            requests.iter().map(|r| Some(r.1.expires_at)).collect();
-        let held: Vec<&str> = held_ids.iter().map(String::as_str).collect();
+        let columns = RequestColumns::new(
+            requests
+                .iter()
+                .zip(&held_ids)
+                .map(|(&(tenant, input), id)| (tenant, input, id.as_str())),
+        );
         let s_ids: Vec<&str> = settlements.iter().map(|s| s.0.id.as_str()).collect();
         let s_tenants: Vec<&str> = settlements.iter().map(|s| s.0.tenant_id.as_str()).collect();
         let s_requests: Vec<&str> = settlements
@@ -563,34 +612,28 @@ impl<'c> AdmissionDriver<'c> {
             settlements.iter().map(|s| s.1.created_at).collect();
         let r_ids: Vec<&str> = releases.iter().map(|r| r.id.as_str()).collect();
         let r_tenants: Vec<&str> = releases.iter().map(|r| r.tenant_id.as_str()).collect();
+        let mut params = columns.params().to_vec();
+        params.extend([
+            Param::Strs(&s_ids),
+            Param::Strs(&s_tenants),
+            Param::Strs(&s_requests),
+            Param::Strs(&records),
+            Param::OptTexts(&s_users),
+            Param::OptTexts(&s_tags),
+            Param::OptTexts(&s_workflows),
+            Param::OptTexts(&s_skills),
+            Param::Strs(&s_models),
+            Param::Int4s(&input_tokens),
+            Param::Int4s(&output_tokens),
+            Param::Floats(&cents),
+            Param::Flags(&retries),
+            Param::OptInstants(&created),
+            Param::Strs(&r_ids),
+            Param::Strs(&r_tenants),
+        ]);
         let rows: Vec<AdmitRow> = match (Prepared {
             sql: ADMIT,
-            params: &[
-                Param::Strs(&tenants),
-                Param::OptTexts(&tags),
-                Param::OptTexts(&users),
-                Param::Days(&days),
-                Param::Floats(&estimates),
-                Param::Strs(&held),
-                Param::Strs(&request_ids),
-                Param::OptInstants(&expires),
-                Param::Strs(&s_ids),
-                Param::Strs(&s_tenants),
-                Param::Strs(&s_requests),
-                Param::Strs(&records),
-                Param::OptTexts(&s_users),
-                Param::OptTexts(&s_tags),
-                Param::OptTexts(&s_workflows),
-                Param::OptTexts(&s_skills),
-                Param::Strs(&s_models),
-                Param::Int4s(&input_tokens),
-                Param::Int4s(&output_tokens),
-                Param::Floats(&cents),
-                Param::Flags(&retries),
-                Param::OptInstants(&created),
-                Param::Strs(&r_ids),
-                Param::Strs(&r_tenants),
-            ],
+            params: &params,
         }
         .load(self.conn))
         {
@@ -651,43 +694,19 @@ impl<'c> AdmissionDriver<'c> {
         let lock_budgets: Vec<&str> = lock.iter().map(|k| k.0.as_str()).collect();
         let lock_periods: Vec<&str> = lock.iter().map(|k| k.1.as_str()).collect();
         let lock_starts: Vec<NaiveDate> = lock.iter().map(|k| k.2).collect();
-        let pick = |i: &usize| requests[*i];
-        let tenants: Vec<&str> = pending.iter().map(|i| pick(i).0.as_str()).collect();
-        let tags: Vec<Option<&str>> = pending
-            .iter()
-            .map(|i| pick(i).1.feature_tag.as_deref())
-            .collect();
-        let users: Vec<Option<&str>> = pending
-            .iter()
-            .map(|i| pick(i).1.user_id.as_deref())
-            .collect();
-        let days: Vec<NaiveDate> = pending.iter().map(|i| pick(i).1.now.date_naive()).collect();
-        let estimates: Vec<f64> = pending
-            .iter()
-            .map(|i| pick(i).1.estimated_cents + 0.0)
-            .collect();
-        let held_ids: Vec<&str> = pending.iter().map(|i| ids[*i].as_str()).collect();
-        let request_ids: Vec<&str> = pending
-            .iter()
-            .map(|i| pick(i).1.request_id.as_str())
-            .collect();
-        let expires: Vec<Option<DateTime<Utc>>> =
-            pending.iter().map(|i| Some(pick(i).1.expires_at)).collect();
+        let columns = RequestColumns::new(pending.iter().map(|&i| {
+            let (tenant, input) = requests[i];
+            (tenant, input, ids[i].as_str())
+        }));
+        let mut params = columns.params().to_vec();
+        params.extend([
+            Param::Strs(&lock_budgets),
+            Param::Strs(&lock_periods),
+            Param::Days(&lock_starts),
+        ]);
         Ok(Prepared {
             sql: RESERVE,
-            params: &[
-                Param::Strs(&tenants),
-                Param::OptTexts(&tags),
-                Param::OptTexts(&users),
-                Param::Days(&days),
-                Param::Floats(&estimates),
-                Param::Strs(&held_ids),
-                Param::Strs(&request_ids),
-                Param::OptInstants(&expires),
-                Param::Strs(&lock_budgets),
-                Param::Strs(&lock_periods),
-                Param::Days(&lock_starts),
-            ],
+            params: &params,
         }
         .load(self.conn)?)
     }

@@ -384,24 +384,7 @@ fn killed_backends_lose_no_answer_and_nothing_counts_twice() {
             }
             kills
         });
-        let callers: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let (svc, tenant) = (&svc, &tenant);
-                s.spawn(move || {
-                    let mut mine = Vec::new();
-                    for i in 0..EACH {
-                        let input = ask(&format!("k-{t}-{i}"), 3.0);
-                        // Every caller gets an answer, whatever the worker went through.
-                        if let Some(r) = admitted(svc.reserve(tenant, &input).unwrap()) {
-                            let settled = svc.settle(&r, &actual(&r, 2.5)).unwrap();
-                            assert_eq!(settled.cost.cost_cents, 2.5);
-                            mine.push(r);
-                        }
-                    }
-                    mine
-                })
-            })
-            .collect();
+        let callers = spawn_callers(s, &svc, &tenant, "k", THREADS, EACH);
         let admitted: Vec<Reservation> = callers
             .into_iter()
             .flat_map(|h| h.join().unwrap())
@@ -454,24 +437,7 @@ fn a_server_restart_mid_stream_answers_every_caller_and_counts_nothing_twice() {
     };
     let svc = AdmissionService::start(&url, config).unwrap();
     let admitted: Vec<Reservation> = std::thread::scope(|s| {
-        let callers: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let (svc, tenant) = (&svc, &tenant);
-                s.spawn(move || {
-                    let mut mine = Vec::new();
-                    for i in 0..EACH {
-                        // Every caller gets its answer once the server is back.
-                        let input = ask(&format!("restart-{t}-{i}"), 3.0);
-                        if let Some(r) = admitted(svc.reserve(tenant, &input).unwrap()) {
-                            let settled = svc.settle(&r, &actual(&r, 2.5)).unwrap();
-                            assert_eq!(settled.cost.cost_cents, 2.5);
-                            mine.push(r);
-                        }
-                    }
-                    mine
-                })
-            })
-            .collect();
+        let callers = spawn_callers(s, &svc, &tenant, "restart", THREADS, EACH);
         // Restart once some requests are in, while the callers go on.
         until(|| svc.stats().requests >= 200);
         pg.stop_server().unwrap();
@@ -501,6 +467,35 @@ fn a_server_restart_mid_stream_answers_every_caller_and_counts_nothing_twice() {
     assert_eq!(held_reservations(&mut conn, &tenant), 0);
     assert_exact_on(&mut conn, &tenant, 2_000.0);
     svc.shutdown();
+}
+
+/// `threads` callers in scope `s`, each reserving `each` calls of 3¢ and settling the
+/// admitted ones at 2.5¢; every call must be answered (faults or not). Each returns its
+/// admitted reservations.
+fn spawn_callers<'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    svc: &'scope AdmissionService,
+    tenant: &'scope TenantId,
+    prefix: &'static str,
+    threads: usize,
+    each: usize,
+) -> Vec<std::thread::ScopedJoinHandle<'scope, Vec<Reservation>>> {
+    (0..threads)
+        .map(|t| {
+            s.spawn(move || {
+                let mut mine = Vec::new();
+                for i in 0..each {
+                    let input = ask(&format!("{prefix}-{t}-{i}"), 3.0);
+                    if let Some(r) = admitted(svc.reserve(tenant, &input).unwrap()) {
+                        let settled = svc.settle(&r, &actual(&r, 2.5)).unwrap();
+                        assert_eq!(settled.cost.cost_cents, 2.5);
+                        mine.push(r);
+                    }
+                }
+                mine
+            })
+        })
+        .collect()
 }
 
 fn held_reservations(conn: &mut PgConnection, tenant: &TenantId) -> i64 {
