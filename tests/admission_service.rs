@@ -394,21 +394,7 @@ fn killed_backends_lose_no_answer_and_nothing_counts_twice() {
     });
     assert!(kills > 0, "the worker's backend was never killed");
     assert!(svc.stats().retries > 0);
-    // 400 calls of 3¢ each fit in 2,000¢ settled at 2.5¢: all admitted.
-    assert_eq!(admitted.len(), THREADS * EACH);
-    let mut conn = common::conn();
-    // Reserved once and billed once per request, whatever was retried.
-    assert_eq!(
-        common::count_for_tenant(&mut conn, "budget_reservations", &tenant),
-        (THREADS * EACH) as i64
-    );
-    assert_eq!(
-        common::count_for_tenant(&mut conn, "cost_records", &tenant),
-        (THREADS * EACH) as i64
-    );
-    let open: i64 = held_reservations(&mut conn, &tenant);
-    assert_eq!(open, 0);
-    assert_exact(&tenant, 2_000.0);
+    assert_each_once(&mut common::conn(), &tenant, &admitted, THREADS * EACH);
 }
 
 #[test]
@@ -452,20 +438,12 @@ fn a_server_restart_mid_stream_answers_every_caller_and_counts_nothing_twice() {
         "the restart was seen: {:?}",
         svc.stats()
     );
-    // 400 calls of 3¢ settled at 2.5¢ fit in 2,000¢: all admitted, each reserved once
-    // and billed once, nothing left held, the counters equal to the records.
-    assert_eq!(admitted.len(), THREADS * EACH);
-    let mut conn = db::connect(&url).unwrap();
-    assert_eq!(
-        common::count_for_tenant(&mut conn, "budget_reservations", &tenant),
-        (THREADS * EACH) as i64
+    assert_each_once(
+        &mut db::connect(&url).unwrap(),
+        &tenant,
+        &admitted,
+        THREADS * EACH,
     );
-    assert_eq!(
-        common::count_for_tenant(&mut conn, "cost_records", &tenant),
-        (THREADS * EACH) as i64
-    );
-    assert_eq!(held_reservations(&mut conn, &tenant), 0);
-    assert_exact_on(&mut conn, &tenant, 2_000.0);
     svc.shutdown();
 }
 
@@ -496,6 +474,28 @@ fn spawn_callers<'scope>(
             })
         })
         .collect()
+}
+
+/// After [`spawn_callers`]' `calls` against a 2,000¢ budget (which they all fit): every
+/// call admitted, reserved once and billed once whatever was retried, none left held,
+/// the counters equal to the records and within the limit.
+fn assert_each_once(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    admitted: &[Reservation],
+    calls: usize,
+) {
+    assert_eq!(admitted.len(), calls);
+    assert_eq!(
+        common::count_for_tenant(conn, "budget_reservations", tenant),
+        calls as i64
+    );
+    assert_eq!(
+        common::count_for_tenant(conn, "cost_records", tenant),
+        calls as i64
+    );
+    assert_eq!(held_reservations(conn, tenant), 0);
+    assert_exact_on(conn, tenant, 2_000.0);
 }
 
 fn held_reservations(conn: &mut PgConnection, tenant: &TenantId) -> i64 {
