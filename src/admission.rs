@@ -24,7 +24,7 @@ use diesel::sql_types::{Array, BigInt, Bool, Date, Double, Int4, Nullable, Text,
 use serde::Serialize;
 
 use crate::db::require_transaction;
-use crate::drivers::cost_write::{BulkMode, CostWriteDriver};
+use crate::drivers::cost_write::{BulkMode, CostColumns, CostWriteDriver};
 use crate::error::{Error, Result};
 use crate::models::{ids, BudgetPeriod, BudgetType, CostInput, CostRecord, ReservationStatus};
 use crate::prepared::{Param, Prepared};
@@ -524,15 +524,12 @@ impl<'c> AdmissionDriver<'c> {
         requests: &[(&TenantId, &ReserveInput)],
         lock: &[CounterKey],
     ) -> Result<Vec<Result<Admission>>> {
-        let ids: Vec<String> = requests
-            .iter()
-            .map(|_| format!("rsv_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]))
-            .collect();
+        let held_ids: Vec<String> = requests.iter().map(|_| ids::reservation_id()).collect();
         let mut answers: Vec<Option<Result<Admission>>> = requests.iter().map(|_| None).collect();
         let mut pending: Vec<usize> = (0..requests.len()).collect();
         if pending.is_empty() && !lock.is_empty() {
             // Nothing to decide: only the locks.
-            self.decide(requests, &ids, &pending, lock)?;
+            self.decide(requests, &held_ids, &pending, lock)?;
         }
         // A budget made active while the batch ran leaves its requests undecided: they
         // are decided again.
@@ -540,13 +537,13 @@ impl<'c> AdmissionDriver<'c> {
             if pending.is_empty() {
                 break;
             }
-            let rows = self.decide(requests, &ids, &pending, lock)?;
+            let rows = self.decide(requests, &held_ids, &pending, lock)?;
             let mut again = Vec::new();
             for (k, &i) in pending.iter().enumerate() {
                 let mine: Vec<&VerdictRow> =
                     rows.iter().filter(|r| r.n as usize == k + 1).collect();
                 let (tenant_id, input) = requests[i];
-                match self.verdict(tenant_id, input, &ids[i], &mine) {
+                match self.verdict(tenant_id, input, &held_ids[i], &mine) {
                     Some(answer) => answers[i] = Some(answer),
                     None => again.push(i),
                 }
@@ -578,10 +575,7 @@ impl<'c> AdmissionDriver<'c> {
         settlements: &[(&Reservation, &CostInput)],
         releases: &[&Reservation],
     ) -> Result<Option<Admitted>> {
-        let held_ids: Vec<String> = requests
-            .iter()
-            .map(|_| format!("rsv_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]))
-            .collect();
+        let held_ids: Vec<String> = requests.iter().map(|_| ids::reservation_id()).collect();
         let record_ids: Vec<String> = settlements.iter().map(|_| ids::cost_record_id()).collect();
         let columns = RequestColumns::new(
             requests
@@ -589,48 +583,22 @@ impl<'c> AdmissionDriver<'c> {
                 .zip(&held_ids)
                 .map(|(&(tenant, input), id)| (tenant, input, id.as_str())),
         );
-        let s_ids: Vec<&str> = settlements.iter().map(|s| s.0.id.as_str()).collect();
-        let s_tenants: Vec<&str> = settlements.iter().map(|s| s.0.tenant_id.as_str()).collect();
-        let s_requests: Vec<&str> = settlements
+        // The settlements' records, under their reservations' request ids.
+        let costs: Vec<CostInput> = settlements
             .iter()
-            .map(|s| s.0.request_id.as_str())
+            .map(|(reservation, actual)| CostInput {
+                request_id: Some(reservation.request_id.clone()),
+                ..(*actual).clone()
+            })
             .collect();
-        let s_models: Vec<&str> = settlements.iter().map(|s| s.1.model.as_str()).collect();
-        let s_opt = |f: for<'x> fn(&'x CostInput) -> Option<&'x str>| -> Vec<Option<&str>> {
-            settlements.iter().map(|s| f(s.1)).collect()
-        };
-        let s_users = s_opt(|c| c.user_id.as_deref());
-        let s_tags = s_opt(|c| c.feature_tag.as_deref());
-        let s_workflows = s_opt(|c| c.workflow_id.as_deref());
-        let s_skills = s_opt(|c| c.skill_id.as_deref());
-        let records: Vec<&str> = record_ids.iter().map(String::as_str).collect();
-        let input_tokens: Vec<i32> = settlements.iter().map(|s| s.1.input_tokens).collect();
-        let output_tokens: Vec<i32> = settlements.iter().map(|s| s.1.output_tokens).collect();
-        let cents: Vec<f64> = settlements.iter().map(|s| s.1.cost_cents + 0.0).collect();
-        let retries: Vec<bool> = settlements.iter().map(|s| s.1.is_retry).collect();
-        let created: Vec<Option<DateTime<Utc>>> =
-            settlements.iter().map(|s| s.1.created_at).collect();
+        let records = CostColumns::new(record_ids.iter().map(String::as_str).zip(&costs));
+        let s_ids: Vec<&str> = settlements.iter().map(|s| s.0.id.as_str()).collect();
         let r_ids: Vec<&str> = releases.iter().map(|r| r.id.as_str()).collect();
         let r_tenants: Vec<&str> = releases.iter().map(|r| r.tenant_id.as_str()).collect();
         let mut params = columns.params().to_vec();
-        params.extend([
-            Param::Strs(&s_ids),
-            Param::Strs(&s_tenants),
-            Param::Strs(&s_requests),
-            Param::Strs(&records),
-            Param::OptTexts(&s_users),
-            Param::OptTexts(&s_tags),
-            Param::OptTexts(&s_workflows),
-            Param::OptTexts(&s_skills),
-            Param::Strs(&s_models),
-            Param::Int4s(&input_tokens),
-            Param::Int4s(&output_tokens),
-            Param::Floats(&cents),
-            Param::Flags(&retries),
-            Param::OptInstants(&created),
-            Param::Strs(&r_ids),
-            Param::Strs(&r_tenants),
-        ]);
+        params.push(Param::Strs(&s_ids));
+        params.extend(records.params());
+        params.extend([Param::Strs(&r_ids), Param::Strs(&r_tenants)]);
         let rows: Vec<AdmitRow> = match (Prepared {
             sql: ADMIT,
             params: &params,
@@ -653,29 +621,14 @@ impl<'c> AdmissionDriver<'c> {
             reserved.push(self.verdict(tenant_id, input, &held_ids[k], &mine));
         }
         let mut settled = Vec::with_capacity(settlements.len());
-        for (k, ((reservation, actual), id)) in settlements.iter().zip(record_ids).enumerate() {
+        for (k, (cost, id)) in costs.into_iter().zip(record_ids).enumerate() {
             let created_at = rows
                 .iter()
                 .find(|r| r.verdict.n == -(k as i32 + 1))
                 .and_then(|r| r.created_at)
                 .ok_or_else(|| Error::Conflict(format!("cost record {id} was not returned")))?;
-            let cost = CostRecord {
-                id,
-                tenant_id: actual.tenant_id.clone(),
-                user_id: actual.user_id.clone(),
-                feature_tag: actual.feature_tag.clone(),
-                request_id: Some(reservation.request_id.clone()),
-                workflow_id: actual.workflow_id.clone(),
-                skill_id: actual.skill_id.clone(),
-                model: actual.model.clone(),
-                input_tokens: actual.input_tokens,
-                output_tokens: actual.output_tokens,
-                cost_cents: actual.cost_cents + 0.0,
-                created_at,
-                is_retry: actual.is_retry,
-            };
             settled.push(Settlement {
-                cost,
+                cost: cost.into_record(id, created_at),
                 charged: true,
                 released: true,
             });

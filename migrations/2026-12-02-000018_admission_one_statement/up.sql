@@ -24,9 +24,10 @@ ALTER FUNCTION costdb_reserve_batch(text[], text[], text[], date[], float8[], te
 CREATE FUNCTION costdb_admit_batch(
     tenants text[], tags text[], users text[], days date[], estimates float8[],
     ids text[], requests text[], expires timestamptz[],
-    s_ids text[], s_tenants text[], s_requests text[], s_records text[], s_users text[],
-    s_tags text[], s_workflows text[], s_skills text[], s_models text[], s_input int4[],
-    s_output int4[], s_cents float8[], s_retries bool[], s_created timestamptz[],
+    s_ids text[],
+    s_records text[], s_tenants text[], s_users text[], s_tags text[], s_requests text[],
+    s_workflows text[], s_skills text[], s_models text[], s_input int4[], s_output int4[],
+    s_cents float8[], s_retries bool[], s_created timestamptz[],
     r_ids text[], r_tenants text[])
 RETURNS TABLE (
     n int, ready bool, repeated bool, fits bool, held bool, held_budget_ids text[],

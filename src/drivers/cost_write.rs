@@ -105,6 +105,80 @@ pub const BULK_CHUNK: usize = 5_000;
 /// The bulk insert: the thirteen columns as arrays, in column order.
 const BULK_INSERT: &str = include_str!("cost_write/insert_bulk.sql");
 
+/// Cost records as `insert_bulk.sql` (and the admission service's batch function) take
+/// them: one array per column, element i of each the record i.
+pub(crate) struct CostColumns<'a> {
+    ids: Vec<&'a str>,
+    tenants: Vec<&'a str>,
+    users: Vec<Option<&'a str>>,
+    tags: Vec<Option<&'a str>>,
+    requests: Vec<Option<&'a str>>,
+    workflows: Vec<Option<&'a str>>,
+    skills: Vec<Option<&'a str>>,
+    models: Vec<&'a str>,
+    input_tokens: Vec<i32>,
+    output_tokens: Vec<i32>,
+    cents: Vec<f64>,
+    retries: Vec<bool>,
+    created_at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> CostColumns<'a> {
+    /// The columns of `rows`: each record's id and input (validated).
+    pub(crate) fn new(rows: impl Iterator<Item = (&'a str, &'a CostInput)>) -> Self {
+        let mut c = CostColumns {
+            ids: Vec::new(),
+            tenants: Vec::new(),
+            users: Vec::new(),
+            tags: Vec::new(),
+            requests: Vec::new(),
+            workflows: Vec::new(),
+            skills: Vec::new(),
+            models: Vec::new(),
+            input_tokens: Vec::new(),
+            output_tokens: Vec::new(),
+            cents: Vec::new(),
+            retries: Vec::new(),
+            created_at: Vec::new(),
+        };
+        for (id, cost) in rows {
+            c.ids.push(id);
+            c.tenants.push(&cost.tenant_id);
+            c.users.push(cost.user_id.as_deref());
+            c.tags.push(cost.feature_tag.as_deref());
+            c.requests.push(cost.request_id.as_deref());
+            c.workflows.push(cost.workflow_id.as_deref());
+            c.skills.push(cost.skill_id.as_deref());
+            c.models.push(&cost.model);
+            c.input_tokens.push(cost.input_tokens);
+            c.output_tokens.push(cost.output_tokens);
+            c.cents.push(cost.cost_cents);
+            c.retries.push(cost.is_retry);
+            c.created_at.push(cost.created_at);
+        }
+        c
+    }
+
+    /// The thirteen parameters, in the column order of `insert_bulk.sql`.
+    pub(crate) fn params(&self) -> [Param<'_>; 13] {
+        [
+            Param::Strs(&self.ids),
+            Param::Strs(&self.tenants),
+            Param::OptTexts(&self.users),
+            Param::OptTexts(&self.tags),
+            Param::OptTexts(&self.requests),
+            Param::OptTexts(&self.workflows),
+            Param::OptTexts(&self.skills),
+            Param::Strs(&self.models),
+            Param::Int4s(&self.input_tokens),
+            Param::Int4s(&self.output_tokens),
+            Param::Floats(&self.cents),
+            Param::Flags(&self.retries),
+            Param::OptInstants(&self.created_at),
+        ]
+    }
+}
+
 impl<'c> CostWriteDriver<'c> {
     /// Wraps the caller's connection.
     pub fn new(conn: &'c mut PgConnection) -> Self {
@@ -298,40 +372,10 @@ impl<'c> CostWriteDriver<'c> {
         out: &mut [RecordedCost],
         retry: bool,
     ) -> Result<()> {
-        let rows = || chunk.iter().map(|&i| &costs[i]);
-        let opt = |f: fn(&CostInput) -> Option<&str>| rows().map(f).collect::<Vec<_>>();
-        let ids: Vec<&str> = chunk.iter().map(|&i| out[i].id.as_str()).collect();
-        let tenants: Vec<&str> = rows().map(|c| c.tenant_id.as_str()).collect();
-        let (users, tags, requests, workflows, skills) = (
-            opt(|c| c.user_id.as_deref()),
-            opt(|c| c.feature_tag.as_deref()),
-            opt(|c| c.request_id.as_deref()),
-            opt(|c| c.workflow_id.as_deref()),
-            opt(|c| c.skill_id.as_deref()),
-        );
-        let models: Vec<&str> = rows().map(|c| c.model.as_str()).collect();
-        let input_tokens: Vec<i32> = rows().map(|c| c.input_tokens).collect();
-        let output_tokens: Vec<i32> = rows().map(|c| c.output_tokens).collect();
-        let cents: Vec<f64> = rows().map(|c| c.cost_cents).collect();
-        let retries: Vec<bool> = rows().map(|c| c.is_retry).collect();
-        let created_at: Vec<Option<DateTime<Utc>>> = rows().map(|c| c.created_at).collect();
+        let columns = CostColumns::new(chunk.iter().map(|&i| (out[i].id.as_str(), &costs[i])));
         let inserted: Vec<IdRow> = Prepared {
             sql: BULK_INSERT,
-            params: &[
-                Param::Strs(&ids),
-                Param::Strs(&tenants),
-                Param::OptTexts(&users),
-                Param::OptTexts(&tags),
-                Param::OptTexts(&requests),
-                Param::OptTexts(&workflows),
-                Param::OptTexts(&skills),
-                Param::Strs(&models),
-                Param::Int4s(&input_tokens),
-                Param::Int4s(&output_tokens),
-                Param::Floats(&cents),
-                Param::Flags(&retries),
-                Param::OptInstants(&created_at),
-            ],
+            params: &columns.params(),
         }
         .load(self.conn)?;
         let mut inserted: HashSet<String> = inserted.into_iter().map(|r| r.id).collect();

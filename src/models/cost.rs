@@ -361,6 +361,25 @@ impl CostInput {
         }
     }
 
+    /// The record this input was stored as, under `id` at `created_at` (`-0` cents as `0`).
+    pub(crate) fn into_record(self, id: String, created_at: DateTime<Utc>) -> CostRecord {
+        CostRecord {
+            id,
+            tenant_id: self.tenant_id,
+            user_id: self.user_id,
+            feature_tag: self.feature_tag,
+            request_id: self.request_id,
+            workflow_id: self.workflow_id,
+            skill_id: self.skill_id,
+            model: self.model,
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            cost_cents: self.cost_cents + 0.0,
+            created_at,
+            is_retry: self.is_retry,
+        }
+    }
+
     /// Refuses the input, naming the field, when it cannot be stored as it is.
     ///
     /// # Errors
@@ -411,24 +430,7 @@ impl CostInput {
         .optional()?
         .map(|row| row.created_at);
         match inserted {
-            Some(created_at) => Ok((
-                CostRecord {
-                    id,
-                    tenant_id: self.tenant_id.clone(),
-                    user_id: self.user_id.clone(),
-                    feature_tag: self.feature_tag.clone(),
-                    request_id: self.request_id.clone(),
-                    workflow_id: self.workflow_id.clone(),
-                    skill_id: self.skill_id.clone(),
-                    model: self.model.clone(),
-                    input_tokens: self.input_tokens,
-                    output_tokens: self.output_tokens,
-                    cost_cents: self.cost_cents + 0.0,
-                    created_at,
-                    is_retry: self.is_retry,
-                },
-                true,
-            )),
+            Some(created_at) => Ok((self.clone().into_record(id, created_at), true)),
             None => Ok((
                 cost_records::table
                     .filter(cost_records::tenant_id.eq(&self.tenant_id))

@@ -37,6 +37,11 @@ pub fn drift_tracking_id() -> String {
     prefixed("dt_")
 }
 
+/// `rsv_` + 16 lowercase hex digits: a budget reservation id.
+pub fn reservation_id() -> String {
+    prefixed("rsv_")
+}
+
 /// The first 12 characters of a hyphenated v4 UUID: a circuit-breaker incident id.
 pub fn cb_incident_id() -> String {
     Uuid::new_v4().hyphenated().to_string()[..12].to_string()
@@ -64,6 +69,9 @@ mod tests {
             );
         }
         assert_ne!(cost_record_id(), cost_record_id());
+        let rsv = reservation_id();
+        assert_eq!(rsv.len(), 20, "{rsv}");
+        assert!(rsv.starts_with("rsv_"));
         let inc = cb_incident_id();
         assert_eq!(inc.len(), 12);
         assert_eq!(inc.as_bytes()[8], b'-');

@@ -303,11 +303,13 @@ impl Service {
         self.ceiling_runs += 1;
         let (half, now, round) = (self.threads / 2, self.now, self.ceiling_runs);
         let batches = 2 * self.per_thread;
-        let request = |b: usize, i: usize| format!("ceil{round}-{b}-{i}");
+        let request_id = |b: usize, i: usize| format!("ceil{round}-{b}-{i}");
         // Ids of their own, apart from every other workload's.
         let threads = self.threads;
         let reservation = |b: usize, i: usize| format!("rsv_ceil_{threads}_{round}_{b}_{i}");
         let record = |b: usize, i: usize| format!("cr_ceil_{threads}_{round}_{b}_{i}");
+        // Every request and cost the same as the service's callers send.
+        let (ask, cost) = (request(String::new(), now), actual(&self.tenant, now));
         let mut conn = db::connect(&ctx.url)?;
         let started = std::time::Instant::now();
         for b in 0..=batches {
@@ -316,6 +318,7 @@ impl Service {
             let settled = if b > 0 { half } else { 0 };
             let texts = |n: usize, f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>();
             let none = |n: usize| vec![None::<String>; n];
+            let previous = b.wrapping_sub(1);
             diesel::sql_query(
                 "SELECT count(*) FROM costdb_admit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, \
                  $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
@@ -324,24 +327,24 @@ impl Service {
             .bind::<Array<Nullable<Text>>, _>(none(new))
             .bind::<Array<Nullable<Text>>, _>(none(new))
             .bind::<Array<Date>, _>(vec![now.date_naive(); new])
-            .bind::<Array<Double>, _>(vec![2.0; new])
+            .bind::<Array<Double>, _>(vec![ask.estimated_cents; new])
             .bind::<Array<Text>, _>(texts(new, &|i| reservation(b, i)))
-            .bind::<Array<Text>, _>(texts(new, &|i| request(b, i)))
-            .bind::<Array<Timestamptz>, _>(vec![now + chrono::Duration::minutes(10); new])
-            .bind::<Array<Text>, _>(texts(settled, &|i| reservation(b.wrapping_sub(1), i)))
+            .bind::<Array<Text>, _>(texts(new, &|i| request_id(b, i)))
+            .bind::<Array<Timestamptz>, _>(vec![ask.expires_at; new])
+            .bind::<Array<Text>, _>(texts(settled, &|i| reservation(previous, i)))
+            .bind::<Array<Text>, _>(texts(settled, &|i| record(previous, i)))
             .bind::<Array<Text>, _>(vec![self.tenant.clone(); settled])
-            .bind::<Array<Text>, _>(texts(settled, &|i| request(b.wrapping_sub(1), i)))
-            .bind::<Array<Text>, _>(texts(settled, &|i| record(b.wrapping_sub(1), i)))
             .bind::<Array<Nullable<Text>>, _>(none(settled))
             .bind::<Array<Nullable<Text>>, _>(none(settled))
+            .bind::<Array<Text>, _>(texts(settled, &|i| request_id(previous, i)))
             .bind::<Array<Nullable<Text>>, _>(none(settled))
             .bind::<Array<Nullable<Text>>, _>(none(settled))
-            .bind::<Array<Text>, _>(vec!["gpt-4o-mini"; settled])
-            .bind::<Array<Int4>, _>(vec![500; settled])
-            .bind::<Array<Int4>, _>(vec![80; settled])
-            .bind::<Array<Double>, _>(vec![1.5; settled])
-            .bind::<Array<Bool>, _>(vec![false; settled])
-            .bind::<Array<Nullable<Timestamptz>>, _>(vec![Some(now); settled])
+            .bind::<Array<Text>, _>(vec![cost.model.as_str(); settled])
+            .bind::<Array<Int4>, _>(vec![cost.input_tokens; settled])
+            .bind::<Array<Int4>, _>(vec![cost.output_tokens; settled])
+            .bind::<Array<Double>, _>(vec![cost.cost_cents; settled])
+            .bind::<Array<Bool>, _>(vec![cost.is_retry; settled])
+            .bind::<Array<Nullable<Timestamptz>>, _>(vec![cost.created_at; settled])
             .bind::<Array<Text>, _>(Vec::<String>::new())
             .bind::<Array<Text>, _>(Vec::<String>::new())
             .execute(&mut conn)?;
