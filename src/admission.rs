@@ -72,6 +72,7 @@ impl ReserveInput {
 
 /// How one locked reservation is closed (see `close.sql`).
 pub(crate) struct Close {
+    tenant_id: String,
     id: String,
     status: ReservationStatus,
     /// Give its estimate back.
@@ -89,6 +90,7 @@ pub(crate) struct Close {
 /// How a held reservation is released.
 fn released(held: &Reservation) -> Close {
     Close {
+        tenant_id: held.tenant_id.clone(),
         id: held.id.clone(),
         status: ReservationStatus::Released,
         release: true,
@@ -101,8 +103,8 @@ fn released(held: &Reservation) -> Close {
     }
 }
 
-/// A budget counter's key: budget, period, window start.
-pub(crate) type CounterKey = (String, BudgetPeriod, NaiveDate);
+/// A budget counter's key, in its order: tenant, budget, period, window start.
+pub(crate) type CounterKey = (String, String, BudgetPeriod, NaiveDate);
 
 impl Close {
     /// The counters it changes.
@@ -117,8 +119,9 @@ impl Close {
         let mut keys = Vec::new();
         for budget in &self.budget_ids {
             for day in &windows {
-                keys.push((budget.clone(), BudgetPeriod::Daily, *day));
-                keys.push((budget.clone(), BudgetPeriod::Monthly, month_of(*day)));
+                let key = |period, start| (self.tenant_id.clone(), budget.clone(), period, start);
+                keys.push(key(BudgetPeriod::Daily, *day));
+                keys.push(key(BudgetPeriod::Monthly, month_of(*day)));
             }
         }
         keys
@@ -644,15 +647,17 @@ impl<'c> AdmissionDriver<'c> {
         pending: &[usize],
         lock: &[CounterKey],
     ) -> Result<Vec<VerdictRow>> {
-        let lock_budgets: Vec<&str> = lock.iter().map(|k| k.0.as_str()).collect();
-        let lock_periods: Vec<&str> = lock.iter().map(|k| k.1.as_str()).collect();
-        let lock_starts: Vec<NaiveDate> = lock.iter().map(|k| k.2).collect();
+        let lock_tenants: Vec<&str> = lock.iter().map(|k| k.0.as_str()).collect();
+        let lock_budgets: Vec<&str> = lock.iter().map(|k| k.1.as_str()).collect();
+        let lock_periods: Vec<&str> = lock.iter().map(|k| k.2.as_str()).collect();
+        let lock_starts: Vec<NaiveDate> = lock.iter().map(|k| k.3).collect();
         let columns = RequestColumns::new(pending.iter().map(|&i| {
             let (tenant, input) = requests[i];
             (tenant, input, ids[i].as_str())
         }));
         let mut params = columns.params().to_vec();
         params.extend([
+            Param::Strs(&lock_tenants),
             Param::Strs(&lock_budgets),
             Param::Strs(&lock_periods),
             Param::Days(&lock_starts),
@@ -712,12 +717,13 @@ impl<'c> AdmissionDriver<'c> {
         }))
     }
 
-    /// Creates the missing counters of `budgets` for `day` and its month, in key order, so
-    /// concurrent creators wait for each other instead of deadlocking.
-    fn ensure_window(&mut self, budgets: &[String], day: NaiveDate) -> Result<()> {
+    /// Creates the missing counters of the tenant's `budgets` for `day` and its month, in
+    /// key order, so concurrent creators wait for each other instead of deadlocking.
+    fn ensure_window(&mut self, tenant_id: &str, budgets: &[String], day: NaiveDate) -> Result<()> {
         Prepared {
             sql: ENSURE_WINDOW,
             params: &[
+                Param::Text(tenant_id),
                 Param::Texts(budgets),
                 Param::Day(day),
                 Param::Day(month_of(day)),
@@ -800,13 +806,18 @@ impl<'c> AdmissionDriver<'c> {
         settlements: &[(&Reservation, &CostInput)],
     ) -> Result<(Vec<Result<Settlement>>, Vec<Close>)> {
         use crate::schema::cost_records;
-        let mut ids: Vec<&str> = settlements.iter().map(|(r, _)| r.id.as_str()).collect();
-        ids.sort_unstable();
-        ids.dedup();
+        let keys = |of: fn(&Reservation) -> &str| {
+            let mut keys: Vec<&str> = settlements.iter().map(|(r, _)| of(r)).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys
+        };
+        let (tenants, ids) = (keys(|r| &r.tenant_id), keys(|r| &r.id));
         let locked: Vec<Reservation> = budget_reservations::table
+            .filter(budget_reservations::tenant_id.eq_any(&tenants))
             .filter(budget_reservations::id.eq_any(&ids))
             .select(ReservationRow::as_select())
-            .order(budget_reservations::id)
+            .order((budget_reservations::tenant_id, budget_reservations::id))
             .for_update()
             .load(self.conn)?
             .into_iter()
@@ -838,6 +849,7 @@ impl<'c> AdmissionDriver<'c> {
         )?;
         let wanted: Vec<&str> = recorded.iter().map(|r| r.id.as_str()).collect();
         let records: Vec<CostRecord> = cost_records::table
+            .filter(cost_records::tenant_id.eq_any(&tenants))
             .filter(cost_records::id.eq_any(&wanted))
             .select(CostRecord::as_select())
             .load(self.conn)?;
@@ -894,10 +906,11 @@ impl<'c> AdmissionDriver<'c> {
         }
         let day = record.created_at.date_naive();
         if inserted && (day != held.day || month_of(day) != held.month) {
-            self.ensure_window(&held.budget_ids, day)?;
+            self.ensure_window(&held.tenant_id, &held.budget_ids, day)?;
         }
         let release = held.status == ReservationStatus::Held;
         let close = Close {
+            tenant_id: held.tenant_id.clone(),
             id: held.id.clone(),
             status: ReservationStatus::Settled,
             release,
@@ -999,6 +1012,7 @@ impl<'c> AdmissionDriver<'c> {
         if closes.is_empty() {
             return Ok(());
         }
+        let tenants: Vec<&str> = closes.iter().map(|c| c.tenant_id.as_str()).collect();
         let ids: Vec<&str> = closes.iter().map(|c| c.id.as_str()).collect();
         let statuses: Vec<&str> = closes.iter().map(|c| c.status.as_str()).collect();
         let releases: Vec<bool> = closes.iter().map(|c| c.release).collect();
@@ -1010,6 +1024,7 @@ impl<'c> AdmissionDriver<'c> {
         Prepared {
             sql: CLOSE,
             params: &[
+                Param::Strs(&tenants),
                 Param::Strs(&ids),
                 Param::Strs(&statuses),
                 Param::Flags(&releases),

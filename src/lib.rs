@@ -16,6 +16,8 @@
 //! - [`detector`]: the cost-anomaly detector's rules over the anomaly driver.
 //! - [`recorder`]: durable group commit for services that record each call as it happens.
 //! - [`leader`]: leader election among processes on advisory locks, with fencing terms.
+//! - [`placement`]: which tables are distributed by tenant on a Citus cluster, and why
+//!   the others are not.
 //!
 //! The `costdb` command is the crate `costdb-cli`; a throwaway PostgreSQL and scratch
 //! databases for tests are in `costdb-testkit`.
@@ -58,6 +60,7 @@ pub(crate) mod error;
 pub mod input_hash;
 pub mod leader;
 pub mod models;
+pub mod placement;
 mod prepared;
 pub mod recorder;
 #[allow(missing_docs)]

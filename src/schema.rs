@@ -12,7 +12,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    budget_counters (budget_id, period, window_start) {
+    budget_counters (tenant_id, budget_id, period, window_start) {
         #[max_length = 64]
         budget_id -> Varchar,
         #[max_length = 8]
@@ -21,11 +21,13 @@ diesel::table! {
         spent_cents -> Numeric,
         reserved_cents -> Numeric,
         updated_at -> Timestamptz,
+        #[max_length = 64]
+        tenant_id -> Varchar,
     }
 }
 
 diesel::table! {
-    budget_reservations (id) {
+    budget_reservations (tenant_id, id) {
         #[max_length = 64]
         id -> Varchar,
         #[max_length = 64]
@@ -74,7 +76,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    cost_anomalies (id) {
+    cost_anomalies (tenant_id, id) {
         #[max_length = 64]
         id -> Varchar,
         #[max_length = 64]
@@ -111,7 +113,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    cost_breach_history (id) {
+    cost_breach_history (tenant_id, id) {
         #[max_length = 32]
         id -> Varchar,
         #[max_length = 64]
@@ -131,7 +133,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    cost_budgets (id) {
+    cost_budgets (tenant_id, id) {
         #[max_length = 64]
         id -> Varchar,
         #[max_length = 64]
@@ -151,7 +153,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    cost_drift_tracking (id) {
+    cost_drift_tracking (tenant_id, id) {
         #[max_length = 32]
         id -> Varchar,
         #[max_length = 64]
@@ -173,7 +175,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    cost_records (id) {
+    cost_records (tenant_id, id) {
         #[max_length = 64]
         id -> Varchar,
         #[max_length = 64]
@@ -299,7 +301,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    feature_tags (id) {
+    feature_tags (tenant_id, id) {
         #[max_length = 64]
         id -> Varchar,
         #[max_length = 64]
@@ -326,7 +328,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    pattern_feedback (id) {
+    pattern_feedback (tenant_id, id) {
         id -> Uuid,
         #[max_length = 255]
         tenant_id -> Varchar,
@@ -353,7 +355,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    prediction_events (id) {
+    prediction_events (tenant_id, id) {
         id -> Uuid,
         #[max_length = 255]
         tenant_id -> Varchar,
@@ -384,7 +386,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    worker_runs (id) {
+    worker_runs (tenant_id, id) {
         #[max_length = 36]
         id -> Varchar,
         #[max_length = 36]
@@ -420,8 +422,6 @@ diesel::table! {
         synthetic_scenario_id -> Nullable<Text>,
     }
 }
-
-diesel::joinable!(budget_counters -> cost_budgets (budget_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     aos_traces,

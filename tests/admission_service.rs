@@ -202,7 +202,7 @@ fn a_common_batch_is_one_statement_and_answers_what_it_stored() {
     for settlement in &settled {
         assert!(settlement.charged && settlement.released);
         let stored: CostRecord = cost_records::table
-            .find(&settlement.cost.id)
+            .find((&tenant, &settlement.cost.id))
             .select(CostRecord::as_select())
             .get_result(&mut conn)
             .unwrap();
@@ -225,7 +225,7 @@ fn a_common_batch_is_one_statement_and_answers_what_it_stored() {
     for (id, was_held) in &released {
         assert!(was_held);
         let status: String = budget_reservations::table
-            .find(id)
+            .find((&tenant, id))
             .select(budget_reservations::status)
             .get_result(&mut conn)
             .unwrap();
@@ -404,8 +404,8 @@ fn a_server_restart_mid_stream_answers_every_caller_and_counts_nothing_twice() {
     // A cluster of its own: this test stops it.
     let pg = EmbeddedPostgres::start().unwrap();
     let url = costdb_testkit::create_database(&pg.url("postgres"), "admission_restart").unwrap();
+    costdb_testkit::migrate_and_lay_out(&url).unwrap();
     let mut conn = db::connect(&url).unwrap();
-    db::run_migrations(&mut conn).unwrap();
     let tenant = common::tenant();
     let limits = BudgetLimits {
         daily_limit_cents: Some(2_000),

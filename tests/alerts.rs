@@ -17,9 +17,7 @@ use diesel::prelude::*;
 use serde_json::json;
 
 fn queue_db() -> String {
-    let url = common::fresh_database();
-    db::run_migrations(&mut db::connect(&url).unwrap()).unwrap();
-    url
+    common::migrated_database()
 }
 
 fn t0() -> DateTime<Utc> {

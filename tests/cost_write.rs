@@ -151,7 +151,7 @@ fn feature_tag_updates_change_only_the_given_fields() {
         Err(Error::NotFound { .. })
     ));
     let active: bool = feature_tags::table
-        .find(&tag.id)
+        .find((&tag.tenant_id, &tag.id))
         .select(feature_tags::is_active)
         .first(&mut conn)
         .unwrap();

@@ -154,7 +154,7 @@ fn a_server_restart_mid_stream_loses_and_doubles_nothing() {
     // A cluster of its own: this test stops it.
     let pg = EmbeddedPostgres::start().unwrap();
     let url = costdb_testkit::create_database(&pg.url("postgres"), "restart").unwrap();
-    db::run_migrations(&mut db::connect(&url).unwrap()).unwrap();
+    costdb_testkit::migrate_and_lay_out(&url).unwrap();
     let config = RecorderConfig {
         retry_deadline: Duration::from_secs(60),
         ..RecorderConfig::default()
@@ -379,7 +379,7 @@ fn dropping_the_last_handle_writes_what_is_queued() {
 fn an_unreachable_server_past_the_deadline_gives_every_caller_a_typed_error() {
     let pg = EmbeddedPostgres::start().unwrap();
     let url = costdb_testkit::create_database(&pg.url("postgres"), "down").unwrap();
-    db::run_migrations(&mut db::connect(&url).unwrap()).unwrap();
+    costdb_testkit::migrate_and_lay_out(&url).unwrap();
     let pool = db::pool(&url, 2, Duration::from_millis(300)).unwrap();
     let config = RecorderConfig {
         retry_deadline: Duration::from_millis(500),

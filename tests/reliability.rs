@@ -127,8 +127,8 @@ type Told = Vec<(String, costdb::Result<String>)>;
 fn a_server_restart_in_the_middle_of_all_traffic_loses_and_doubles_nothing() {
     let pg = EmbeddedPostgres::start().unwrap();
     let url = costdb_testkit::create_database(&pg.url("postgres"), "faults").unwrap();
+    costdb_testkit::migrate_and_lay_out(&url).unwrap();
     let mut setup = db::connect(&url).unwrap();
-    db::run_migrations(&mut setup).unwrap();
     let tenant = common::tenant();
     hard_budget(&mut setup, &tenant, 5_000);
     queue_alerts(&mut setup, 300);

@@ -282,21 +282,28 @@ fn one_tenant_can_neither_read_update_nor_delete_another_tenants_run() {
     let original = svc.upsert_worker_run(&owner, &id, &queued("mine")).unwrap();
 
     assert_eq!(svc.fetch_worker_run(&other, &id).unwrap(), None);
-    let hijack = WorkerRunData {
-        status: Some(WorkerStatus::Failed),
-        error: Some(Some("x".into())),
-        ..queued("theirs")
-    };
-    assert!(matches!(
-        svc.upsert_worker_run(&other, &id, &hijack),
-        Err(Error::Conflict(_))
-    ));
     assert!(matches!(
         svc.delete_worker_run(&other, &id),
         Err(Error::NotFound { .. })
     ));
+    // Run ids are each tenant's own: the same id under another tenant is another run,
+    // and writing it leaves the owner's run as it was.
+    let theirs = WorkerRunData {
+        status: Some(WorkerStatus::Failed),
+        error: Some(Some("x".into())),
+        ..queued("theirs")
+    };
+    let second = svc.upsert_worker_run(&other, &id, &theirs).unwrap();
+    assert_eq!(
+        (
+            second.tenant_id.as_str(),
+            second.status,
+            second.error.as_deref()
+        ),
+        (other.as_str(), WorkerStatus::Failed, Some("x"))
+    );
     assert_eq!(svc.fetch_worker_run(&owner, &id).unwrap(), Some(original));
-    assert_eq!(runs_of(&mut conn, &other), 0);
+    assert_eq!(runs_of(&mut conn, &other), 1);
 
     let mut svc = WorkerWriteDriver::new(&mut conn);
     svc.delete_worker_run(&owner, &id).unwrap();
@@ -305,6 +312,7 @@ fn one_tenant_can_neither_read_update_nor_delete_another_tenants_run() {
         svc.delete_worker_run(&owner, &id),
         Err(Error::NotFound { .. })
     ));
+    assert_eq!(svc.fetch_worker_run(&other, &id).unwrap(), Some(second));
 }
 
 #[test]

@@ -85,6 +85,13 @@ enum Command {
     /// The rollups of the cost records: verify them against the records, rebuild a range.
     #[command(subcommand)]
     Rollup(rollup::Rollups),
+    /// Print the statements that distribute the schema by tenant on a Citus cluster.
+    #[command(after_help = "Example:\n  costdb distribute --print | psql \"$COORDINATOR_URL\"")]
+    Distribute {
+        /// Print the statements (the only mode: costdb does not run them itself).
+        #[arg(long, required = true)]
+        print: bool,
+    },
     /// Periodic chores under leader election: reclaim expired budget reservations, retry
     /// dead-letter alerts, purge old ones, fold the rollups' slots of past days.
     Upkeep(upkeep::Options),
@@ -208,6 +215,9 @@ fn main() -> ExitCode {
         Command::Report(options) => report::run(options),
         Command::Rollup(what) => rollup::run(what),
         Command::Upkeep(options) => upkeep::run(options),
+        Command::Distribute { print: _ } => {
+            say!("{}", costdb::placement::citus_ddl()).map_err(Failure::Output)
+        }
     };
     let message = match result {
         Ok(()) => return ExitCode::SUCCESS,

@@ -961,3 +961,94 @@ fn every_subcommand_explains_itself_with_an_example() {
         assert!(text.contains("Example:\n  costdb "), "{args:?}: {text}");
     }
 }
+
+/// Stand-ins for Citus's `create_distributed_table` that check what Citus checks before
+/// it shards a table: the column exists and is NOT NULL, every unique index includes it,
+/// the table to co-locate with is distributed already, and every foreign key to or from a
+/// distributed table includes the column on both sides. Each call is logged.
+const CITUS_STAND_IN: &str = r#"
+CREATE TABLE citus_stand_in_log (n serial, relation text, dist_column text, colocate text);
+CREATE FUNCTION create_distributed_table(tbl regclass, col text, colocate_with text DEFAULT 'default')
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = tbl AND attname = col AND attnotnull) THEN
+        RAISE EXCEPTION '% has no NOT NULL column %', tbl, col;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = tbl AND i.indisunique
+               AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = tbl
+                               AND a.attname = col AND a.attnum = ANY (i.indkey))) THEN
+        RAISE EXCEPTION 'cannot create constraint on "%": distributed relations cannot have UNIQUE constraints that do not include the partition column', tbl;
+    END IF;
+    IF colocate_with <> 'default' AND NOT EXISTS (SELECT 1 FROM citus_stand_in_log l WHERE l.relation = colocate_with) THEN
+        RAISE EXCEPTION 'cannot colocate % with %, which is not distributed', tbl, colocate_with;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_constraint f WHERE f.contype = 'f' AND f.conrelid = tbl
+               AND (f.confrelid::regclass::text NOT IN (SELECT l.relation FROM citus_stand_in_log l)
+                    AND f.confrelid <> tbl
+                    OR NOT (SELECT attnum FROM pg_attribute WHERE attrelid = f.conrelid AND attname = col) = ANY (f.conkey)
+                    OR NOT (SELECT attnum FROM pg_attribute WHERE attrelid = f.confrelid AND attname = col) = ANY (f.confkey))) THEN
+        RAISE EXCEPTION 'a foreign key of % does not reference a distributed table on %', tbl, col;
+    END IF;
+    INSERT INTO citus_stand_in_log (relation, dist_column, colocate) VALUES (tbl::text, col, colocate_with);
+END
+$$;
+"#;
+
+#[test]
+fn distribute_prints_statements_that_shard_the_migrated_schema_by_tenant() {
+    use diesel::connection::SimpleConnection;
+    use diesel::prelude::*;
+    let out = costdb(&["distribute", "--print"], None);
+    assert!(out.status.success(), "{out:?}");
+    let ddl = stdout(&out);
+    let url = common::fresh_database();
+    assert!(costdb(&["migrate"], Some(&url)).status.success());
+    let mut conn = costdb::db::connect(&url).unwrap();
+    conn.batch_execute(CITUS_STAND_IN).unwrap();
+    conn.batch_execute(&ddl).unwrap();
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Call {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        tbl: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        col: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        colocate: String,
+    }
+    let calls: Vec<Call> = diesel::sql_query(
+        "SELECT relation AS tbl, dist_column AS col, colocate FROM citus_stand_in_log ORDER BY n",
+    )
+    .load(&mut conn)
+    .unwrap();
+    let distributed: Vec<&str> = costdb::placement::distributed_tables().collect();
+    assert_eq!(
+        calls.iter().map(|c| c.tbl.as_str()).collect::<Vec<_>>(),
+        distributed
+    );
+    assert!(calls.iter().all(|c| c.col == "tenant_id"));
+    assert_eq!(calls[0].colocate, "default");
+    assert!(calls[1..].iter().all(|c| c.colocate == distributed[0]));
+
+    // The schema before tenant-led keys could not have been distributed.
+    let before = common::fresh_database();
+    assert!(costdb(&["migrate"], Some(&before)).status.success());
+    loop {
+        let reverted = stdout(&costdb(&["migrate", "--revert"], Some(&before)));
+        assert!(reverted.starts_with("reverted "), "{reverted}");
+        if reverted.contains("tenant_led_keys") {
+            break;
+        }
+    }
+    let mut conn = costdb::db::connect(&before).unwrap();
+    conn.batch_execute(CITUS_STAND_IN).unwrap();
+    let refused = conn.batch_execute(&ddl).unwrap_err().to_string();
+    assert!(
+        refused.contains("cannot have UNIQUE constraints that do not include the partition column"),
+        "{refused}"
+    );
+
+    // Printing is the only mode.
+    let bare = costdb(&["distribute"], None);
+    assert!(!bare.status.success());
+    assert!(String::from_utf8_lossy(&bare.stderr).contains("--print"));
+}

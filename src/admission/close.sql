@@ -1,20 +1,24 @@
--- Closes the reservations of the arrays (element i of each: reservation $1, already locked
--- by the caller, gets status $2; its estimate is given back when $3; $4 cents of spend go
--- to the counters of day $5 and month $6; actual cost $7 and cost record $8 are recorded).
+-- Closes the reservations of the arrays (element i of each: tenant $1's reservation $2,
+-- already locked by the caller, gets status $3; its estimate is given back when $4; $5
+-- cents of spend go to the counters of day $6 and month $7; actual cost $8 and cost record
+-- $9 are recorded).
 -- The deltas of all of them are summed per counter, and the counters are locked in key
--- order before they change. Returns how many counters changed. The reservations are found
--- by `id = ANY ($1)`: a plan kept from when the table was small still reads only them.
+-- order before they change. Returns how many counters changed. Every table is reached
+-- through `tenant_id = ANY ($1)`, so only the tenants' partitions (or shards) are read, and
+-- the reservations through `id = ANY ($2)` too, so a plan kept from when the table was
+-- small still reads only them.
 WITH c AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::bool[], $4::float8[], $5::date[],
-                         $6::date[], $7::float8[], $8::text[])
-         AS c(id, status, release, charge, day, month, actual, record_id)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::float8[],
+                         $6::date[], $7::date[], $8::float8[], $9::text[])
+         AS c(tenant_id, id, status, release, charge, day, month, actual, record_id)
 ),
 r AS (
     SELECT c.*, b.budget_ids, b.day AS held_day, b.month AS held_month, b.estimated_cents
-    FROM c JOIN budget_reservations b ON b.id = c.id AND b.id = ANY ($1)
+    FROM c JOIN budget_reservations b
+      ON (b.tenant_id, b.id) = (c.tenant_id, c.id) AND b.tenant_id = ANY ($1) AND b.id = ANY ($2)
 ),
 deltas AS (
-    SELECT b.budget_id, d.period, d.window_start,
+    SELECT r.tenant_id, b.budget_id, d.period, d.window_start,
            sum(d.reserved) AS reserved, sum(d.spent) AS spent
     FROM r CROSS JOIN unnest(r.budget_ids) AS b(budget_id)
     CROSS JOIN LATERAL (VALUES
@@ -25,25 +29,28 @@ deltas AS (
         ('daily', r.day, 0::numeric, r.charge::numeric),
         ('monthly', r.month, 0::numeric, r.charge::numeric))
         AS d(period, window_start, reserved, spent)
-    GROUP BY 1, 2, 3
+    GROUP BY 1, 2, 3, 4
     HAVING sum(d.reserved) <> 0 OR sum(d.spent) <> 0
 ),
 locked AS (
-    SELECT k.budget_id, k.period, k.window_start
-    FROM budget_counters k JOIN deltas USING (budget_id, period, window_start)
-    ORDER BY 1, 2, 3
+    SELECT k.tenant_id, k.budget_id, k.period, k.window_start
+    FROM budget_counters k JOIN deltas USING (tenant_id, budget_id, period, window_start)
+    WHERE k.tenant_id = ANY ($1)
+    ORDER BY 1, 2, 3, 4
     FOR UPDATE OF k
 ),
 counted AS (
     UPDATE budget_counters k
     SET reserved_cents = k.reserved_cents + d.reserved,
         spent_cents = k.spent_cents + d.spent, updated_at = now()
-    FROM locked l JOIN deltas d USING (budget_id, period, window_start)
-    WHERE (k.budget_id, k.period, k.window_start) = (l.budget_id, l.period, l.window_start)
+    FROM locked l JOIN deltas d USING (tenant_id, budget_id, period, window_start)
+    WHERE (k.tenant_id, k.budget_id, k.period, k.window_start)
+        = (l.tenant_id, l.budget_id, l.period, l.window_start)
+      AND k.tenant_id = ANY ($1)
     RETURNING 1
 )
 UPDATE budget_reservations b
 SET status = c.status, closed_at = now(), actual_cents = c.actual, cost_record_id = c.record_id
 FROM c
-WHERE b.id = c.id AND b.id = ANY ($1)
+WHERE (b.tenant_id, b.id) = (c.tenant_id, c.id) AND b.tenant_id = ANY ($1) AND b.id = ANY ($2)
 RETURNING (SELECT count(*) FROM counted) AS n

@@ -1,34 +1,36 @@
--- Expires up to $2 held reservations whose expiry is at or before $1 (skipping any a
--- settler holds) and gives their estimates back, the counters locked in key order.
+-- Expires up to $2 held reservations of any tenant whose expiry is at or before $1
+-- (skipping any a settler holds) and gives their estimates back, the counters locked in
+-- key order.
 WITH gone AS (
     UPDATE budget_reservations r SET status = 'expired', closed_at = now()
-    FROM (SELECT id FROM budget_reservations
+    FROM (SELECT tenant_id, id FROM budget_reservations
           WHERE status = 'held' AND expires_at <= $1
           ORDER BY expires_at, id LIMIT $2
           FOR UPDATE SKIP LOCKED) e
-    WHERE r.id = e.id
-    RETURNING r.budget_ids, r.day, r.month, r.estimated_cents
+    WHERE (r.tenant_id, r.id) = (e.tenant_id, e.id)
+    RETURNING r.tenant_id, r.budget_ids, r.day, r.month, r.estimated_cents
 ),
 deltas AS (
-    SELECT b.budget_id, d.period, d.window_start,
+    SELECT g.tenant_id, b.budget_id, d.period, d.window_start,
            -sum(g.estimated_cents) AS reserved, 0::numeric AS spent
     FROM gone g CROSS JOIN unnest(g.budget_ids) AS b(budget_id)
     CROSS JOIN LATERAL (VALUES ('daily', g.day), ('monthly', g.month))
          AS d(period, window_start)
-    GROUP BY 1, 2, 3
+    GROUP BY 1, 2, 3, 4
 ),
 locked AS (
-    SELECT c.budget_id, c.period, c.window_start
-    FROM budget_counters c JOIN deltas USING (budget_id, period, window_start)
-    ORDER BY 1, 2, 3
+    SELECT c.tenant_id, c.budget_id, c.period, c.window_start
+    FROM budget_counters c JOIN deltas USING (tenant_id, budget_id, period, window_start)
+    ORDER BY 1, 2, 3, 4
     FOR UPDATE OF c
 ),
 counted AS (
     UPDATE budget_counters c
     SET reserved_cents = c.reserved_cents + d.reserved,
         spent_cents = c.spent_cents + d.spent, updated_at = now()
-    FROM locked l JOIN deltas d USING (budget_id, period, window_start)
-    WHERE (c.budget_id, c.period, c.window_start) = (l.budget_id, l.period, l.window_start)
+    FROM locked l JOIN deltas d USING (tenant_id, budget_id, period, window_start)
+    WHERE (c.tenant_id, c.budget_id, c.period, c.window_start)
+        = (l.tenant_id, l.budget_id, l.period, l.window_start)
     RETURNING 1
 )
 SELECT count(*) AS n FROM gone

@@ -12,7 +12,7 @@ CROSS JOIN (VALUES ('daily', $2::date, $2::date + 1),
                    ('monthly', $3::date, ($3::date + interval '1 month')::date))
      AS w(period, window_start, window_end)
 LEFT JOIN budget_counters c
-       ON c.budget_id = b.id AND c.period = w.period AND c.window_start = w.window_start
+       ON c.tenant_id = $1 AND c.budget_id = b.id AND c.period = w.period AND c.window_start = w.window_start
 CROSS JOIN LATERAL (
     SELECT sum(r.cost_cents::numeric) AS recorded
     FROM cost_records r

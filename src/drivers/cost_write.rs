@@ -381,13 +381,14 @@ impl<'c> CostWriteDriver<'c> {
         let mut inserted: HashSet<String> = inserted.into_iter().map(|r| r.id).collect();
         if retry {
             // Rows an earlier attempt stored are this batch's own.
-            let unseen: Vec<&str> = chunk
+            let (tenants, unseen): (Vec<&str>, Vec<&str>) = chunk
                 .iter()
-                .map(|&i| out[i].id.as_str())
-                .filter(|id| !inserted.contains(*id))
-                .collect();
+                .filter(|&&i| !inserted.contains(&out[i].id))
+                .map(|&i| (costs[i].tenant_id.as_str(), out[i].id.as_str()))
+                .unzip();
             if !unseen.is_empty() {
                 let stored: Vec<String> = cost_records::table
+                    .filter(cost_records::tenant_id.eq_any(&tenants))
                     .filter(cost_records::id.eq_any(&unseen))
                     .select(cost_records::id)
                     .load(self.conn)?;
@@ -490,11 +491,12 @@ impl<'c> CostWriteDriver<'c> {
     }
 }
 
-/// Whether `e` is a unique violation of the per-tenant request id.
+/// Whether `e` is a unique violation of the per-tenant request id: of the table's key,
+/// or of a partition's or shard's copy of it (`uq_cost_records_tenant_request_p3`).
 fn is_request_conflict(e: &Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error as DieselError};
     matches!(e, Error::Database(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
-        if info.constraint_name() == Some("uq_cost_records_tenant_request"))
+        if info.constraint_name().is_some_and(|name| name.starts_with("uq_cost_records_tenant_request")))
 }
 
 /// The current transaction's `now()`, for rows that take it as `created_at`.

@@ -133,8 +133,9 @@ impl<'c> WorkerWriteDriver<'c> {
 
     /// Creates the run, or applies `data` to it, in one statement.
     ///
-    /// A run id that exists under another tenant is [`Error::Conflict`]; a finished run
-    /// (completed, failed, crashed) is [`Error::FinishedRun`]. Either way nothing changes.
+    /// Run ids are the tenant's own: the same id under another tenant is another run. A
+    /// finished run (completed, failed, crashed) is [`Error::FinishedRun`], and nothing
+    /// changes.
     pub fn upsert_worker_run(
         &mut self,
         tenant_id: &TenantId,
@@ -180,21 +181,15 @@ impl<'c> WorkerWriteDriver<'c> {
         if let Some(run) = row {
             return Ok(run);
         }
-        // The conflict row was left alone: say why.
-        let (owner, status): (String, WorkerStatus) = worker_runs::table
-            .find(run_id)
-            .select((worker_runs::tenant_id, worker_runs::status))
+        // The conflict row was left alone: it is finished.
+        let status: WorkerStatus = worker_runs::table
+            .find((tenant_id, run_id))
+            .select(worker_runs::status)
             .first(self.conn)?;
-        if owner != tenant_id.as_str() {
-            Err(Error::Conflict(format!(
-                "worker run {run_id} belongs to another tenant"
-            )))
-        } else {
-            Err(Error::FinishedRun {
-                run_id: run_id.into(),
-                status: status.to_string(),
-            })
-        }
+        Err(Error::FinishedRun {
+            run_id: run_id.into(),
+            status: status.to_string(),
+        })
     }
 
     /// Records the LLM cost of a run: `request_id` is the run id, so a run is billed once;

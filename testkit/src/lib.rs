@@ -1,21 +1,23 @@
 //! Test support for costdb: a throwaway PostgreSQL cluster started from the machine's own
 //! binaries ([`EmbeddedPostgres`]), databases of their own on a server
-//! ([`ScratchDatabase`]), and the per-binary test server that costdb's tests use
-//! ([`server()`]): the server in `DATABASE_URL`, else a throwaway cluster.
+//! ([`ScratchDatabase`]), the per-binary test server that costdb's tests use
+//! ([`server()`]): the server in `DATABASE_URL`, else a throwaway cluster; and the two
+//! layouts the suite runs in ([`layout()`]): plain, or partitioned by tenant.
 //!
 //! ```no_run
-//! // A fresh, empty database on the test server, for one test binary.
-//! let url = costdb_testkit::fresh_database();
+//! // A fresh database on the test server, migrated, in this run's layout.
+//! let url = costdb_testkit::migrated_database();
 //! let mut conn = costdb::db::connect(&url).unwrap();
-//! costdb::db::run_migrations(&mut conn).unwrap();
 //! ```
 #![warn(missing_docs)]
 
 pub mod embedded;
+pub mod layout;
 mod scratch;
 pub mod server;
 
 pub use embedded::{Durability, EmbeddedPostgres};
+pub use layout::{layout, migrate_and_lay_out, migrated_database, partition_by_tenant, Layout};
 pub use scratch::{create_database, drop_database, url_with_database, ScratchDatabase};
 pub use server::{admin_url, fresh_database, server, ExpectedPanic};
 

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use costdb::db::{self, PgPool, PooledConn};
 #[allow(unused_imports)]
-pub use costdb_testkit::{admin_url, fresh_database, ExpectedPanic};
+pub use costdb_testkit::{admin_url, fresh_database, migrated_database, ExpectedPanic};
 
 static POOL: OnceLock<(String, PgPool)> = OnceLock::new();
 
@@ -14,21 +14,11 @@ static POOL: OnceLock<(String, PgPool)> = OnceLock::new();
 pub fn pool() -> &'static PgPool {
     &POOL
         .get_or_init(|| {
-            let url = fresh_database();
-            let mut conn = db::connect(&url).expect("connect");
-            db::run_migrations(&mut conn).expect("migrations");
+            let url = migrated_database();
             let pool = db::pool(&url, 12, std::time::Duration::from_secs(30)).expect("pool");
             (url, pool)
         })
         .1
-}
-
-/// A fresh database of its own, migrated: for tests that need a database no other test
-/// of the binary writes to.
-pub fn fresh_database_migrated() -> String {
-    let url = fresh_database();
-    db::run_migrations(&mut db::connect(&url).expect("connect")).expect("migrations");
-    url
 }
 
 /// URL of this binary's migrated database.

@@ -26,7 +26,7 @@ struct HotBudget {
     threads: usize,
     per_thread: usize,
     conns: Vec<PgConnection>,
-    baseline_budget: String,
+    baseline_budget: (String, String),
     now: DateTime<Utc>,
     round: usize,
     /// Admissions per second and p99 latency of reserve + settle, of the last round.
@@ -100,31 +100,36 @@ fn admit(conn: &mut PgConnection, request_id: String, now: DateTime<Utc>) -> Res
 }
 
 /// The baseline's budget (of a tenant of its own, so it never shares a row with the
-/// contender) with today's daily counter in place; returns its id.
-fn baseline_budget(conn: &mut PgConnection, tenant: &str, now: DateTime<Utc>) -> Result<String> {
+/// contender) with today's daily counter in place; returns its tenant and id.
+fn baseline_budget(
+    conn: &mut PgConnection,
+    tenant: &str,
+    now: DateTime<Utc>,
+) -> Result<(String, String)> {
     let id = hard_budget(conn, tenant)?;
     diesel::sql_query(
-        "INSERT INTO budget_counters (budget_id, period, window_start) \
-         VALUES ($1, 'daily', $2) ON CONFLICT DO NOTHING",
+        "INSERT INTO budget_counters (tenant_id, budget_id, period, window_start) \
+         VALUES ($1, $2, 'daily', $3) ON CONFLICT DO NOTHING",
     )
+    .bind::<diesel::sql_types::Text, _>(tenant)
     .bind::<diesel::sql_types::Text, _>(&id)
     .bind::<diesel::sql_types::Date, _>(now.date_naive())
     .execute(conn)?;
-    Ok(id)
+    Ok((tenant.to_owned(), id))
 }
 
-/// pgbench's bare conditional `UPDATE` of `budget`'s daily counter, `per_client` times on
-/// each of `clients`.
+/// pgbench's bare conditional `UPDATE` of the daily counter of `budget` (tenant, id),
+/// `per_client` times on each of `clients`.
 fn bare_update(
     ctx: &mut Ctx,
-    budget: &str,
+    (tenant, budget): &(String, String),
     now: DateTime<Utc>,
     clients: usize,
     per_client: usize,
 ) -> Result<Duration> {
     let script = format!(
         "UPDATE budget_counters SET reserved_cents = reserved_cents + 2 \
-         WHERE budget_id = '{budget}' AND period = 'daily' AND window_start = '{}' \
+         WHERE tenant_id = '{tenant}' AND budget_id = '{budget}' AND period = 'daily' AND window_start = '{}' \
            AND spent_cents + reserved_cents + 2 <= 2147483647 RETURNING reserved_cents;\n",
         now.date_naive()
     );
@@ -183,7 +188,7 @@ struct Service {
     per_thread: usize,
     tenant: String,
     service: Option<AdmissionService>,
-    baseline_budget: String,
+    baseline_budget: (String, String),
     now: DateTime<Utc>,
     round: usize,
     rate: f64,
@@ -361,7 +366,7 @@ pub fn admission_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
             per_thread: scale.of(3_200 / threads),
             tenant: format!("bench-admission-service-{threads}"),
             service: None,
-            baseline_budget: String::new(),
+            baseline_budget: Default::default(),
             now: Utc::now(),
             round: 0,
             rate: 0.0,
@@ -379,7 +384,7 @@ pub fn admission_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
             threads: 16,
             per_thread: scale.of(200),
             conns: Vec::new(),
-            baseline_budget: String::new(),
+            baseline_budget: Default::default(),
             now: Utc::now(),
             round: 0,
             rate: 0.0,

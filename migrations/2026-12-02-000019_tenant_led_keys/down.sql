@@ -1,0 +1,425 @@
+-- Back to keys over ids alone. Fails where one id was reused by two tenants, which the
+-- tenant-led keys allow.
+DROP FUNCTION costdb_admit_batch(text[], text[], text[], date[], float8[], text[], text[],
+    timestamptz[], text[], text[], text[], text[], text[], text[], text[], text[], text[],
+    int4[], int4[], float8[], bool[], timestamptz[], text[], text[]);
+DROP FUNCTION costdb_reserve_batch(text[], text[], text[], date[], float8[], text[], text[],
+    timestamptz[], text[], text[], text[], date[]);
+DROP FUNCTION costdb_reserve_tenant(text, text[], text[], text[], date[], float8[], text[],
+    text[], timestamptz[], text[], text[], text[], date[]);
+
+ALTER TABLE budget_counters DROP CONSTRAINT budget_counters_budget_id_fkey;
+ALTER TABLE worker_runs DROP CONSTRAINT worker_runs_parent_run_id_fkey;
+
+ALTER TABLE cost_records DROP CONSTRAINT cost_records_pkey, ADD PRIMARY KEY (id);
+ALTER TABLE cost_budgets DROP CONSTRAINT cost_budgets_pkey, ADD PRIMARY KEY (id);
+ALTER TABLE budget_reservations DROP CONSTRAINT budget_reservations_pkey, ADD PRIMARY KEY (id);
+ALTER TABLE cost_anomalies DROP CONSTRAINT cost_anomalies_pkey, ADD PRIMARY KEY (id);
+ALTER TABLE cost_breach_history DROP CONSTRAINT cost_breach_history_pkey, ADD PRIMARY KEY (id);
+ALTER TABLE cost_drift_tracking DROP CONSTRAINT cost_drift_tracking_pkey, ADD PRIMARY KEY (id);
+ALTER TABLE feature_tags DROP CONSTRAINT feature_tags_pkey, ADD PRIMARY KEY (id);
+ALTER TABLE pattern_feedback DROP CONSTRAINT pattern_feedback_pkey, ADD PRIMARY KEY (id);
+ALTER TABLE prediction_events DROP CONSTRAINT prediction_events_pkey, ADD PRIMARY KEY (id);
+ALTER TABLE worker_runs DROP CONSTRAINT worker_runs_pkey, ADD PRIMARY KEY (id);
+
+ALTER TABLE worker_runs
+    ADD CONSTRAINT worker_runs_parent_run_id_fkey FOREIGN KEY (parent_run_id)
+        REFERENCES worker_runs (id) ON DELETE SET NULL;
+ALTER TABLE budget_counters
+    DROP CONSTRAINT budget_counters_pkey,
+    DROP COLUMN tenant_id,
+    ADD PRIMARY KEY (budget_id, period, window_start),
+    ADD CONSTRAINT budget_counters_budget_id_fkey FOREIGN KEY (budget_id)
+        REFERENCES cost_budgets (id) ON DELETE CASCADE;
+
+-- The batch functions as the migrations admission_batches and admission_one_statement
+-- left them.
+-- Admission decided for many requests in one statement: the requests' arrays, element i
+-- of each the request i. The budget counters of every request are created if missing and
+-- locked in key order first, together with the counters `lock_*` name (those a batch of
+-- settlements will change after it), so a batch takes every counter lock it needs in the
+-- one order every admission uses and cannot deadlock with them; then each request is
+-- decided in array order exactly as one reservation is, seeing the ones before it. One row per counter of a request (one row
+-- of NULL counter columns when no budget applies), tagged with the request's ordinal.
+CREATE FUNCTION costdb_reserve_batch(
+    tenants text[], tags text[], users text[], days date[], estimates float8[],
+    ids text[], requests text[], expires timestamptz[],
+    lock_budgets text[], lock_periods text[], lock_starts date[])
+RETURNS TABLE (
+    n int, ready bool, repeated bool, fits bool, held bool, held_budget_ids text[],
+    held_estimate float8, held_expires_at timestamptz, budget_id text, budget_type text,
+    entity_id text, hard bool, warn_pct int, period text, window_start date,
+    limit_cents int, spent_cents float8, reserved_cents float8, "full" bool, warns bool)
+LANGUAGE plpgsql
+-- Its statements take arrays: a plan made for one batch's values serves every batch, and
+-- planning them again for each call cost more than running them.
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    decided bigint;
+    want_budgets text[];
+    want_periods text[];
+    want_starts date[];
+BEGIN
+    -- The counters of the budgets that apply to each request, once for the batch.
+    SELECT array_agg(k.id), array_agg(k.period), array_agg(k.window_start)
+    INTO want_budgets, want_periods, want_starts
+    FROM (SELECT DISTINCT b.id, p.period, p.window_start
+          FROM unnest(tenants, tags, users, days) AS r(tenant, tag, usr, day)
+          JOIN cost_budgets b
+            ON b.tenant_id = r.tenant AND b.is_active
+           AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
+             OR (b.budget_type = 'feature' AND b.entity_id = r.tag)
+             OR (b.budget_type = 'user' AND b.entity_id = r.usr))
+          CROSS JOIN LATERAL (VALUES ('daily', r.day),
+                                     ('monthly', date_trunc('month', r.day)::date))
+               AS p(period, window_start)) k;
+
+    -- The missing ones are created, in key order.
+    INSERT INTO budget_counters (budget_id, period, window_start)
+    SELECT * FROM unnest(want_budgets, want_periods, want_starts)
+    ORDER BY 1, 2, 3
+    ON CONFLICT DO NOTHING;
+
+    -- They and the ones the caller names are locked, in key order.
+    PERFORM 1
+    FROM budget_counters c
+    JOIN (SELECT * FROM unnest(want_budgets, want_periods, want_starts)
+          UNION
+          SELECT * FROM unnest(lock_budgets, lock_periods, lock_starts))
+         AS k(id, period, window_start)
+      ON (c.budget_id, c.period, c.window_start) = (k.id, k.period, k.window_start)
+    ORDER BY c.budget_id, c.period, c.window_start
+    FOR UPDATE OF c;
+
+    -- The common case in one pass: when every request is new and distinct, every counter
+    -- exists and each request fits with all the ones before it admitted, the running sum
+    -- of the estimates on each counter decides them all at once, with one insert of the
+    -- reservations and one update per counter. Otherwise (a refusal, a repeat, a budget
+    -- that changed meanwhile) nothing is written here and the loop below decides the
+    -- requests one by one.
+    RETURN QUERY
+    WITH r AS (
+        SELECT *
+        FROM unnest(tenants, tags, users, days, estimates, ids, requests, expires)
+             WITH ORDINALITY AS r(tenant, tag, usr, day, estimate, id, request, expires, n)
+    ),
+    want AS (
+        SELECT r.n, b.id AS budget_id, b.budget_type, b.entity_id, b.hard_limit_enabled AS hard,
+               b.warn_threshold_pct AS warn_pct, p.period, p.window_start, p.limit_cents
+        FROM r
+        JOIN cost_budgets b
+          ON b.tenant_id = r.tenant AND b.is_active
+         AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
+           OR (b.budget_type = 'feature' AND b.entity_id = r.tag)
+           OR (b.budget_type = 'user' AND b.entity_id = r.usr))
+        CROSS JOIN LATERAL (VALUES ('daily', r.day, b.daily_limit_cents),
+                                   ('monthly', date_trunc('month', r.day)::date,
+                                    b.monthly_limit_cents))
+             AS p(period, window_start, limit_cents)
+    ),
+    run AS (
+        SELECT w.*, c.spent_cents AS spent, c.reserved_cents AS base,
+               r.estimate::numeric AS own,
+               sum(r.estimate::numeric) OVER (PARTITION BY w.budget_id, w.period, w.window_start
+                                              ORDER BY w.n) AS upto
+        FROM want w
+        JOIN r ON r.n = w.n
+        LEFT JOIN budget_counters c
+               ON (c.budget_id, c.period, c.window_start)
+                = (w.budget_id, w.period, w.window_start)
+    ),
+    ok AS (
+        SELECT NOT EXISTS (SELECT 1 FROM run WHERE spent IS NULL)
+           AND NOT EXISTS (SELECT 1 FROM run
+                           WHERE limit_cents IS NOT NULL AND hard
+                             AND spent + base + upto > limit_cents)
+           AND NOT EXISTS (SELECT 1 FROM r JOIN budget_reservations b
+                           ON b.tenant_id = r.tenant AND b.request_id = r.request)
+           AND (SELECT count(DISTINCT (tenant, request)) FROM r) = (SELECT count(*) FROM r)
+           AS go
+    ),
+    held AS (
+        INSERT INTO budget_reservations (id, tenant_id, request_id, feature_tag, user_id,
+                                         estimated_cents, budget_ids, day, month, expires_at)
+        SELECT r.id, r.tenant, r.request, r.tag, r.usr, r.estimate::numeric,
+               ARRAY(SELECT DISTINCT w.budget_id::text FROM want w WHERE w.n = r.n ORDER BY 1),
+               r.day, date_trunc('month', r.day)::date, r.expires
+        FROM r
+        WHERE (SELECT go FROM ok)
+        ORDER BY r.n
+        RETURNING id, budget_ids, estimated_cents, expires_at
+    ),
+    charged AS (
+        UPDATE budget_counters c
+        SET reserved_cents = c.reserved_cents + t.total, updated_at = now()
+        FROM (SELECT budget_id, period, window_start, sum(own) AS total
+              FROM run GROUP BY 1, 2, 3) t
+        WHERE (c.budget_id, c.period, c.window_start) = (t.budget_id, t.period, t.window_start)
+          AND (SELECT go FROM ok)
+        RETURNING 1
+    )
+    SELECT r.n::int, true, false, true, true, h.budget_ids, h.estimated_cents::float8,
+           h.expires_at, w.budget_id::text, w.budget_type::text, w.entity_id::text, w.hard,
+           w.warn_pct, w.period, w.window_start, w.limit_cents, w.spent::float8,
+           (w.base + w.upto - w.own)::float8, false,
+           w.limit_cents IS NOT NULL
+             AND (w.spent + w.base + w.upto) * 100 >= w.limit_cents::numeric * w.warn_pct
+    FROM r
+    JOIN held h ON h.id = r.id
+    LEFT JOIN run w ON w.n = r.n
+    ORDER BY r.n, w.budget_id, w.period, w.window_start;
+    GET DIAGNOSTICS decided = ROW_COUNT;
+    IF decided > 0 THEN
+        RETURN;
+    END IF;
+
+    -- Each request as one reservation (what was the library's reserve statement):
+    --   want     the counters of the budgets that apply, with their limits;
+    --   present  whether all of them exist;
+    --   locked   locks them in key order and reads them as they are now (the batch holds
+    --            them already), but only when all exist;
+    --   verdict  admits when every counter exists, the request is new and every hard
+    --            limit has room for the estimate;
+    --   held     only then stores the reservation;
+    --   charged  and adds the estimate to every counter.
+    -- Its rows are the counters as they were before, beside the verdict (one row of NULLs
+    -- when no budget applies).
+    FOR i IN 1 .. coalesce(array_length(requests, 1), 0) LOOP
+        RETURN QUERY
+        WITH want AS (
+            SELECT b.id AS budget_id, b.budget_type, b.entity_id, b.hard_limit_enabled AS hard,
+                   b.warn_threshold_pct AS warn_pct, p.period, p.window_start, p.limit_cents
+            FROM cost_budgets b
+            CROSS JOIN LATERAL (VALUES ('daily', days[i]::date, b.daily_limit_cents),
+                                       ('monthly', date_trunc('month', days[i])::date::date, b.monthly_limit_cents))
+                 AS p(period, window_start, limit_cents)
+            WHERE b.tenant_id = tenants[i] AND b.is_active
+              AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
+                OR (b.budget_type = 'feature' AND b.entity_id = tags[i])
+                OR (b.budget_type = 'user' AND b.entity_id = users[i]))
+        ),
+        present AS (
+            SELECT count(*) = (SELECT count(*) FROM want) AS all_there
+            FROM budget_counters c JOIN want w USING (budget_id, period, window_start)
+        ),
+        locked AS (
+            SELECT c.budget_id, c.period, c.window_start, c.spent_cents, c.reserved_cents
+            FROM budget_counters c JOIN want w USING (budget_id, period, window_start)
+            WHERE (SELECT all_there FROM present)
+            ORDER BY c.budget_id, c.period, c.window_start
+            FOR UPDATE OF c
+        ),
+        verdict AS (
+            SELECT (SELECT count(*) FROM want) = (SELECT count(*) FROM locked) AS ready,
+                   EXISTS (SELECT 1 FROM budget_reservations
+                           WHERE tenant_id = tenants[i] AND request_id = requests[i]) AS repeated,
+                   coalesce((SELECT bool_and(w.limit_cents IS NULL OR NOT w.hard
+                                    OR l.spent_cents + l.reserved_cents + estimates[i]::numeric <= w.limit_cents)
+                             FROM want w JOIN locked l USING (budget_id, period, window_start)),
+                            true) AS fits
+        ),
+        held AS (
+            INSERT INTO budget_reservations (id, tenant_id, request_id, feature_tag, user_id,
+                                             estimated_cents, budget_ids, day, month, expires_at)
+            SELECT ids[i], tenants[i], requests[i], tags[i], users[i], estimates[i]::numeric,
+                   ARRAY(SELECT DISTINCT budget_id::text FROM want ORDER BY 1), days[i], date_trunc('month', days[i])::date, expires[i]
+            FROM verdict WHERE ready AND fits AND NOT repeated
+            ON CONFLICT (tenant_id, request_id) DO NOTHING
+            RETURNING id, budget_ids, estimated_cents, expires_at
+        ),
+        charged AS (
+            UPDATE budget_counters c
+            SET reserved_cents = c.reserved_cents + estimates[i]::numeric, updated_at = now()
+            FROM locked l
+            WHERE (c.budget_id, c.period, c.window_start) = (l.budget_id, l.period, l.window_start)
+              AND EXISTS (SELECT 1 FROM held)
+            RETURNING 1
+        )
+        SELECT i, v.ready, v.repeated, v.fits, EXISTS (SELECT 1 FROM held) AS held,
+               (SELECT budget_ids FROM held) AS held_budget_ids,
+               (SELECT estimated_cents::float8 FROM held) AS held_estimate,
+               (SELECT expires_at FROM held) AS held_expires_at,
+               w.budget_id::text, w.budget_type::text, w.entity_id::text, w.hard, w.warn_pct,
+               w.period, w.window_start, w.limit_cents,
+               l.spent_cents::float8 AS spent_cents, l.reserved_cents::float8 AS reserved_cents,
+               w.limit_cents IS NOT NULL AND w.hard
+                 AND l.spent_cents + l.reserved_cents + estimates[i]::numeric > w.limit_cents AS full,
+               w.limit_cents IS NOT NULL
+                 AND (l.spent_cents + l.reserved_cents + estimates[i]::numeric) * 100
+                     >= w.limit_cents::numeric * w.warn_pct AS warns
+        FROM verdict v
+        LEFT JOIN (want w JOIN locked l USING (budget_id, period, window_start)) ON true
+        ORDER BY w.budget_id, w.period, w.window_start;
+    END LOOP;
+END
+$$;
+
+-- costdb_reserve_batch keeps one plan per session for each of its statements. A plan made
+-- while budget_reservations was still small scanned it whole, and went on scanning it as
+-- it grew. Every statement of the function finds its rows by key, so it never scans.
+ALTER FUNCTION costdb_reserve_batch(text[], text[], text[], date[], float8[], text[], text[],
+    timestamptz[], text[], text[], date[])
+    SET enable_seqscan = off;
+
+-- A whole batch of the admission service in one statement, for the common case: every
+-- settled or released reservation is held and closed once, and each settlement's cost
+-- record is new and falls on its reservation's UTC day. Anything else raises
+-- 'costdb: admit batch needs the full path' and the statement writes nothing; the service
+-- then runs the batch statement by statement.
+--
+-- Its plans are made once per session, maybe while the tables are nearly empty; a scan
+-- planned then would go on reading a whole table as it grows. So every table is reached
+-- through an index condition (`= ANY (array)`), and scans are off inside the function.
+--
+-- In order: the reservations to close are locked (id order); costdb_reserve_batch locks
+-- the counters of the requests (created when missing) and of the closes (key order) and
+-- decides the requests; the cost records are written (their rollups with them); the
+-- closes move the counters and close the reservations. Rows: costdb_reserve_batch's
+-- verdict rows (n from 1), then one row per settlement (n from -1 down) carrying its
+-- record's created_at.
+CREATE FUNCTION costdb_admit_batch(
+    tenants text[], tags text[], users text[], days date[], estimates float8[],
+    ids text[], requests text[], expires timestamptz[],
+    s_ids text[],
+    s_records text[], s_tenants text[], s_users text[], s_tags text[], s_requests text[],
+    s_workflows text[], s_skills text[], s_models text[], s_input int4[], s_output int4[],
+    s_cents float8[], s_retries bool[], s_created timestamptz[],
+    r_ids text[], r_tenants text[])
+RETURNS TABLE (
+    n int, ready bool, repeated bool, fits bool, held bool, held_budget_ids text[],
+    held_estimate float8, held_expires_at timestamptz, budget_id text, budget_type text,
+    entity_id text, hard bool, warn_pct int, period text, window_start date,
+    limit_cents int, spent_cents float8, reserved_cents float8, "full" bool, warns bool,
+    created_at timestamptz)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    settles int := coalesce(cardinality(s_ids), 0);
+    closes int := settles + coalesce(cardinality(r_ids), 0);
+    locked int;
+    done bigint;
+    lock_budgets text[];
+    lock_periods text[];
+    lock_starts date[];
+BEGIN
+    -- The reservations to close: each named once, found for its tenant and request, held,
+    -- and (for a settlement) its record on the reservation's day. Locked in id order.
+    SELECT count(*) INTO locked
+    FROM (SELECT 1
+          FROM budget_reservations b
+          JOIN (SELECT * FROM unnest(s_ids, s_tenants, s_requests,
+                                     array_fill(true, ARRAY[settles]), s_created)
+                UNION ALL
+                SELECT k.id, k.tenant, NULL, false, NULL
+                FROM unnest(r_ids, r_tenants) AS k(id, tenant))
+               AS k(id, tenant, request, settles, created)
+            ON b.id = k.id AND b.tenant_id = k.tenant
+          WHERE b.id = ANY (s_ids || r_ids)
+            AND b.status = 'held'
+            AND (NOT k.settles
+                 OR (b.request_id = k.request
+                     AND (coalesce(k.created, now()) AT TIME ZONE 'UTC')::date = b.day))
+          ORDER BY b.id
+          FOR UPDATE OF b) l;
+    IF locked <> closes
+       OR (SELECT count(DISTINCT id) FROM unnest(s_ids || r_ids) AS k(id)) <> closes THEN
+        RAISE EXCEPTION 'costdb: admit batch needs the full path';
+    END IF;
+
+    -- The counters the closes will change, locked by costdb_reserve_batch together with
+    -- the requests' own, in key order; then the requests, decided as it decides them.
+    SELECT coalesce(array_agg(k.id), '{}'), coalesce(array_agg(k.period), '{}'),
+           coalesce(array_agg(k.window_start), '{}')
+    INTO lock_budgets, lock_periods, lock_starts
+    FROM (SELECT DISTINCT u.budget_id, p.period, p.window_start
+          FROM budget_reservations b
+          CROSS JOIN unnest(b.budget_ids) AS u(budget_id)
+          CROSS JOIN LATERAL (VALUES ('daily', b.day), ('monthly', b.month))
+               AS p(period, window_start)
+          WHERE b.id = ANY (s_ids || r_ids))
+         AS k(id, period, window_start);
+    IF coalesce(cardinality(requests), 0) > 0 OR cardinality(lock_budgets) > 0 THEN
+        RETURN QUERY
+        SELECT v.*, NULL::timestamptz
+        FROM costdb_reserve_batch(tenants, tags, users, days, estimates, ids, requests,
+                                  expires, lock_budgets, lock_periods, lock_starts) v;
+    END IF;
+
+    -- The settlements' cost records, every one of them new.
+    IF settles > 0 THEN
+        RETURN QUERY
+        WITH s AS (
+            SELECT *
+            FROM unnest(s_records, s_tenants, s_users, s_tags, s_requests, s_workflows,
+                        s_skills, s_models, s_input, s_output, s_cents, s_retries, s_created)
+                 WITH ORDINALITY AS s(id, tenant_id, user_id, feature_tag, request_id,
+                                      workflow_id, skill_id, model, input_tokens,
+                                      output_tokens, cost_cents, is_retry, created_at, n)
+        ),
+        stored AS (
+            INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id,
+                                      workflow_id, skill_id, model, input_tokens,
+                                      output_tokens, cost_cents, is_retry, created_at)
+            SELECT id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id,
+                   model, input_tokens, output_tokens, cost_cents + 0, is_retry,
+                   coalesce(created_at, now())
+            FROM s
+            ORDER BY n
+            ON CONFLICT DO NOTHING
+            RETURNING id, created_at
+        )
+        SELECT -s.n::int, true, false, true, false, NULL::text[], NULL::float8,
+               NULL::timestamptz, NULL::text, NULL::text, NULL::text, NULL::bool, NULL::int,
+               NULL::text, NULL::date, NULL::int, NULL::float8, NULL::float8, NULL::bool,
+               NULL::bool, t.created_at
+        FROM s JOIN stored t ON t.id = s.id
+        ORDER BY s.n;
+        GET DIAGNOSTICS done = ROW_COUNT;
+        IF done <> settles THEN
+            RAISE EXCEPTION 'costdb: admit batch needs the full path';
+        END IF;
+    END IF;
+
+    -- The closes: estimates given back on the reservations' windows, actual costs added
+    -- to the same windows (each record falls on its reservation's day), reservations closed.
+    IF closes > 0 THEN
+        WITH c AS (
+            SELECT k.id, 'settled' AS status, k.cents
+            FROM unnest(s_ids, s_cents) AS k(id, cents)
+            UNION ALL
+            SELECT k.id, 'released', NULL FROM unnest(r_ids) AS k(id)
+        ),
+        deltas AS (
+            SELECT u.budget_id, p.period, p.window_start,
+                   -sum(b.estimated_cents) AS reserved,
+                   coalesce(sum((c.cents + 0)::numeric), 0) AS spent
+            FROM c
+            JOIN budget_reservations b ON b.id = c.id AND b.id = ANY (s_ids || r_ids)
+            CROSS JOIN unnest(b.budget_ids) AS u(budget_id)
+            CROSS JOIN LATERAL (VALUES ('daily', b.day), ('monthly', b.month))
+                 AS p(period, window_start)
+            GROUP BY 1, 2, 3
+        ),
+        counted AS (
+            UPDATE budget_counters k
+            SET reserved_cents = k.reserved_cents + d.reserved,
+                spent_cents = k.spent_cents + d.spent, updated_at = now()
+            FROM deltas d
+            WHERE (k.budget_id, k.period, k.window_start)
+                = (d.budget_id, d.period, d.window_start)
+              AND k.budget_id = ANY (lock_budgets)
+        )
+        UPDATE budget_reservations b
+        SET status = c.status, closed_at = now(), actual_cents = c.cents + 0,
+            cost_record_id = s.record
+        FROM c
+        LEFT JOIN unnest(s_ids, s_records) AS s(id, record) ON s.id = c.id
+        WHERE b.id = c.id AND b.id = ANY (s_ids || r_ids);
+    END IF;
+END
+$$;

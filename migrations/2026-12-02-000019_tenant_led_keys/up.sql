@@ -1,0 +1,489 @@
+-- Tenant-led keys: every key of a tenant table includes tenant_id, the rule Citus applies
+-- to distributed tables and PostgreSQL to tables partitioned by tenant. Each new key is
+-- the old one widened by tenant_id, so no rows the old keys allowed can collide.
+-- Ids stay globally unique by construction (random); the keys now promise uniqueness
+-- per tenant, which is what a shard can check.
+
+ALTER TABLE budget_counters DROP CONSTRAINT budget_counters_budget_id_fkey;
+ALTER TABLE worker_runs DROP CONSTRAINT worker_runs_parent_run_id_fkey;
+
+ALTER TABLE cost_records DROP CONSTRAINT cost_records_pkey, ADD PRIMARY KEY (tenant_id, id);
+ALTER TABLE cost_budgets DROP CONSTRAINT cost_budgets_pkey, ADD PRIMARY KEY (tenant_id, id);
+ALTER TABLE budget_reservations
+    DROP CONSTRAINT budget_reservations_pkey, ADD PRIMARY KEY (tenant_id, id);
+ALTER TABLE cost_anomalies DROP CONSTRAINT cost_anomalies_pkey, ADD PRIMARY KEY (tenant_id, id);
+ALTER TABLE cost_breach_history
+    DROP CONSTRAINT cost_breach_history_pkey, ADD PRIMARY KEY (tenant_id, id);
+ALTER TABLE cost_drift_tracking
+    DROP CONSTRAINT cost_drift_tracking_pkey, ADD PRIMARY KEY (tenant_id, id);
+ALTER TABLE feature_tags DROP CONSTRAINT feature_tags_pkey, ADD PRIMARY KEY (tenant_id, id);
+ALTER TABLE pattern_feedback
+    DROP CONSTRAINT pattern_feedback_pkey, ADD PRIMARY KEY (tenant_id, id);
+ALTER TABLE prediction_events
+    DROP CONSTRAINT prediction_events_pkey, ADD PRIMARY KEY (tenant_id, id);
+ALTER TABLE worker_runs DROP CONSTRAINT worker_runs_pkey, ADD PRIMARY KEY (tenant_id, id);
+
+-- A child run is its parent's tenant's; deleting the parent clears only the link.
+ALTER TABLE worker_runs
+    ADD CONSTRAINT worker_runs_parent_run_id_fkey FOREIGN KEY (tenant_id, parent_run_id)
+        REFERENCES worker_runs (tenant_id, id) ON DELETE SET NULL (parent_run_id);
+
+-- A budget's counters live with the budget: they carry its tenant.
+ALTER TABLE budget_counters ADD COLUMN tenant_id varchar(64);
+UPDATE budget_counters c SET tenant_id = b.tenant_id FROM cost_budgets b WHERE b.id = c.budget_id;
+ALTER TABLE budget_counters
+    ALTER COLUMN tenant_id SET NOT NULL,
+    DROP CONSTRAINT budget_counters_pkey,
+    ADD PRIMARY KEY (tenant_id, budget_id, period, window_start),
+    ADD CONSTRAINT budget_counters_budget_id_fkey FOREIGN KEY (tenant_id, budget_id)
+        REFERENCES cost_budgets (tenant_id, id) ON DELETE CASCADE;
+
+-- The batch functions, with the counters keyed by tenant. Same contracts as before
+-- (migrations admission_batches and admission_one_statement); the counters a caller asks
+-- to lock carry their tenant, and every lock is taken in the key order
+-- (tenant_id, budget_id, period, window_start).
+DROP FUNCTION costdb_admit_batch(text[], text[], text[], date[], float8[], text[], text[],
+    timestamptz[], text[], text[], text[], text[], text[], text[], text[], text[], text[],
+    int4[], int4[], float8[], bool[], timestamptz[], text[], text[]);
+DROP FUNCTION costdb_reserve_batch(text[], text[], text[], date[], float8[], text[], text[],
+    timestamptz[], text[], text[], date[]);
+
+-- One tenant's part of a batch: the requests and lock keys of `one_tenant` in the arrays
+-- (the others are skipped), decided as costdb_reserve_batch decides them, every
+-- statement naming that tenant so it reaches one partition, or one shard.
+CREATE FUNCTION costdb_reserve_tenant(
+    one_tenant text,
+    tenants text[], tags text[], users text[], days date[], estimates float8[],
+    ids text[], requests text[], expires timestamptz[],
+    lock_tenants text[], lock_budgets text[], lock_periods text[], lock_starts date[])
+RETURNS TABLE (
+    n int, ready bool, repeated bool, fits bool, held bool, held_budget_ids text[],
+    held_estimate float8, held_expires_at timestamptz, budget_id text, budget_type text,
+    entity_id text, hard bool, warn_pct int, period text, window_start date,
+    limit_cents int, spent_cents float8, reserved_cents float8, "full" bool, warns bool)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    decided bigint;
+    want_tenants text[];
+    want_budgets text[];
+    want_periods text[];
+    want_starts date[];
+BEGIN
+    -- The counters of the budgets that apply to each request, once for the batch.
+    SELECT array_agg(k.tenant_id), array_agg(k.id), array_agg(k.period),
+           array_agg(k.window_start)
+    INTO want_tenants, want_budgets, want_periods, want_starts
+    FROM (SELECT DISTINCT b.tenant_id, b.id, p.period, p.window_start
+          FROM unnest(tenants, tags, users, days) AS r(tenant, tag, usr, day)
+          JOIN cost_budgets b
+            ON b.tenant_id = one_tenant AND r.tenant = one_tenant AND b.is_active
+           AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
+             OR (b.budget_type = 'feature' AND b.entity_id = r.tag)
+             OR (b.budget_type = 'user' AND b.entity_id = r.usr))
+          CROSS JOIN LATERAL (VALUES ('daily', r.day),
+                                     ('monthly', date_trunc('month', r.day)::date))
+               AS p(period, window_start)) k;
+
+    -- The missing ones are created, in key order.
+    INSERT INTO budget_counters (tenant_id, budget_id, period, window_start)
+    SELECT * FROM unnest(want_tenants, want_budgets, want_periods, want_starts)
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT DO NOTHING;
+
+    -- They and the ones the caller names are locked, in key order.
+    PERFORM 1
+    FROM budget_counters c
+    JOIN (SELECT * FROM unnest(want_tenants, want_budgets, want_periods, want_starts)
+          UNION
+          SELECT * FROM unnest(lock_tenants, lock_budgets, lock_periods, lock_starts))
+         AS k(tenant_id, id, period, window_start)
+      ON (c.tenant_id, c.budget_id, c.period, c.window_start)
+       = (k.tenant_id, k.id, k.period, k.window_start)
+    WHERE c.tenant_id = one_tenant
+    ORDER BY c.tenant_id, c.budget_id, c.period, c.window_start
+    FOR UPDATE OF c;
+
+    -- The common case in one pass: when every request is new and distinct, every counter
+    -- exists and each request fits with all the ones before it admitted, the running sum
+    -- of the estimates on each counter decides them all at once, with one insert of the
+    -- reservations and one update per counter. Otherwise (a refusal, a repeat, a budget
+    -- that changed meanwhile) nothing is written here and the loop below decides the
+    -- requests one by one.
+    RETURN QUERY
+    WITH r AS (
+        SELECT *
+        FROM unnest(tenants, tags, users, days, estimates, ids, requests, expires)
+             WITH ORDINALITY AS r(tenant, tag, usr, day, estimate, id, request, expires, n)
+        WHERE r.tenant = one_tenant
+    ),
+    want AS (
+        SELECT r.n, b.tenant_id, b.id AS budget_id, b.budget_type, b.entity_id,
+               b.hard_limit_enabled AS hard, b.warn_threshold_pct AS warn_pct, p.period,
+               p.window_start, p.limit_cents
+        FROM r
+        JOIN cost_budgets b
+          ON b.tenant_id = one_tenant AND b.is_active
+         AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
+           OR (b.budget_type = 'feature' AND b.entity_id = r.tag)
+           OR (b.budget_type = 'user' AND b.entity_id = r.usr))
+        CROSS JOIN LATERAL (VALUES ('daily', r.day, b.daily_limit_cents),
+                                   ('monthly', date_trunc('month', r.day)::date,
+                                    b.monthly_limit_cents))
+             AS p(period, window_start, limit_cents)
+    ),
+    run AS (
+        SELECT w.*, c.spent_cents AS spent, c.reserved_cents AS base,
+               r.estimate::numeric AS own,
+               sum(r.estimate::numeric) OVER (PARTITION BY w.tenant_id, w.budget_id, w.period,
+                                                           w.window_start
+                                              ORDER BY w.n) AS upto
+        FROM want w
+        JOIN r ON r.n = w.n
+        LEFT JOIN budget_counters c
+               ON (c.tenant_id, c.budget_id, c.period, c.window_start)
+                = (w.tenant_id, w.budget_id, w.period, w.window_start)
+              AND c.tenant_id = one_tenant
+    ),
+    ok AS (
+        SELECT NOT EXISTS (SELECT 1 FROM run WHERE spent IS NULL)
+           AND NOT EXISTS (SELECT 1 FROM run
+                           WHERE limit_cents IS NOT NULL AND hard
+                             AND spent + base + upto > limit_cents)
+           AND NOT EXISTS (SELECT 1 FROM r JOIN budget_reservations b
+                           ON b.tenant_id = one_tenant AND b.request_id = r.request)
+           AND (SELECT count(DISTINCT (tenant, request)) FROM r) = (SELECT count(*) FROM r)
+           AS go
+    ),
+    held AS (
+        INSERT INTO budget_reservations (id, tenant_id, request_id, feature_tag, user_id,
+                                         estimated_cents, budget_ids, day, month, expires_at)
+        SELECT r.id, r.tenant, r.request, r.tag, r.usr, r.estimate::numeric,
+               ARRAY(SELECT DISTINCT w.budget_id::text FROM want w WHERE w.n = r.n ORDER BY 1),
+               r.day, date_trunc('month', r.day)::date, r.expires
+        FROM r
+        WHERE (SELECT go FROM ok)
+        ORDER BY r.n
+        RETURNING id, budget_ids, estimated_cents, expires_at
+    ),
+    charged AS (
+        UPDATE budget_counters c
+        SET reserved_cents = c.reserved_cents + t.total, updated_at = now()
+        FROM (SELECT tenant_id, budget_id, period, window_start, sum(own) AS total
+              FROM run GROUP BY 1, 2, 3, 4) t
+        WHERE (c.tenant_id, c.budget_id, c.period, c.window_start)
+            = (t.tenant_id, t.budget_id, t.period, t.window_start)
+          AND c.tenant_id = one_tenant
+          AND (SELECT go FROM ok)
+        RETURNING 1
+    )
+    SELECT r.n::int, true, false, true, true, h.budget_ids, h.estimated_cents::float8,
+           h.expires_at, w.budget_id::text, w.budget_type::text, w.entity_id::text, w.hard,
+           w.warn_pct, w.period, w.window_start, w.limit_cents, w.spent::float8,
+           (w.base + w.upto - w.own)::float8, false,
+           w.limit_cents IS NOT NULL
+             AND (w.spent + w.base + w.upto) * 100 >= w.limit_cents::numeric * w.warn_pct
+    FROM r
+    JOIN held h ON h.id = r.id
+    LEFT JOIN run w ON w.n = r.n
+    ORDER BY r.n, w.budget_id, w.period, w.window_start;
+    GET DIAGNOSTICS decided = ROW_COUNT;
+    IF decided > 0 THEN
+        RETURN;
+    END IF;
+
+    -- Each request as one reservation:
+    --   want     the counters of the budgets that apply, with their limits;
+    --   present  whether all of them exist;
+    --   locked   locks them in key order and reads them as they are now (the batch holds
+    --            them already), but only when all exist;
+    --   verdict  admits when every counter exists, the request is new and every hard
+    --            limit has room for the estimate;
+    --   held     only then stores the reservation;
+    --   charged  and adds the estimate to every counter.
+    -- Its rows are the counters as they were before, beside the verdict (one row of NULLs
+    -- when no budget applies).
+    FOR i IN 1 .. coalesce(array_length(requests, 1), 0) LOOP
+        CONTINUE WHEN tenants[i] IS DISTINCT FROM one_tenant;
+        RETURN QUERY
+        WITH want AS (
+            SELECT b.tenant_id, b.id AS budget_id, b.budget_type, b.entity_id,
+                   b.hard_limit_enabled AS hard, b.warn_threshold_pct AS warn_pct, p.period,
+                   p.window_start, p.limit_cents
+            FROM cost_budgets b
+            CROSS JOIN LATERAL (VALUES ('daily', days[i]::date, b.daily_limit_cents),
+                                       ('monthly', date_trunc('month', days[i])::date,
+                                        b.monthly_limit_cents))
+                 AS p(period, window_start, limit_cents)
+            WHERE b.tenant_id = one_tenant AND b.is_active
+              AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
+                OR (b.budget_type = 'feature' AND b.entity_id = tags[i])
+                OR (b.budget_type = 'user' AND b.entity_id = users[i]))
+        ),
+        present AS (
+            SELECT count(*) = (SELECT count(*) FROM want) AS all_there
+            FROM budget_counters c JOIN want w USING (tenant_id, budget_id, period, window_start)
+            WHERE c.tenant_id = one_tenant
+        ),
+        locked AS (
+            SELECT c.tenant_id, c.budget_id, c.period, c.window_start, c.spent_cents,
+                   c.reserved_cents
+            FROM budget_counters c JOIN want w USING (tenant_id, budget_id, period, window_start)
+            WHERE c.tenant_id = one_tenant AND (SELECT all_there FROM present)
+            ORDER BY c.tenant_id, c.budget_id, c.period, c.window_start
+            FOR UPDATE OF c
+        ),
+        verdict AS (
+            SELECT (SELECT count(*) FROM want) = (SELECT count(*) FROM locked) AS ready,
+                   EXISTS (SELECT 1 FROM budget_reservations
+                           WHERE tenant_id = one_tenant AND request_id = requests[i]) AS repeated,
+                   coalesce((SELECT bool_and(w.limit_cents IS NULL OR NOT w.hard
+                                    OR l.spent_cents + l.reserved_cents + estimates[i]::numeric
+                                       <= w.limit_cents)
+                             FROM want w
+                             JOIN locked l USING (tenant_id, budget_id, period, window_start)),
+                            true) AS fits
+        ),
+        held AS (
+            INSERT INTO budget_reservations (id, tenant_id, request_id, feature_tag, user_id,
+                                             estimated_cents, budget_ids, day, month, expires_at)
+            SELECT ids[i], tenants[i], requests[i], tags[i], users[i], estimates[i]::numeric,
+                   ARRAY(SELECT DISTINCT budget_id::text FROM want ORDER BY 1), days[i],
+                   date_trunc('month', days[i])::date, expires[i]
+            FROM verdict WHERE ready AND fits AND NOT repeated
+            ON CONFLICT (tenant_id, request_id) DO NOTHING
+            RETURNING id, budget_ids, estimated_cents, expires_at
+        ),
+        charged AS (
+            UPDATE budget_counters c
+            SET reserved_cents = c.reserved_cents + estimates[i]::numeric, updated_at = now()
+            FROM locked l
+            WHERE (c.tenant_id, c.budget_id, c.period, c.window_start)
+                = (l.tenant_id, l.budget_id, l.period, l.window_start)
+              AND c.tenant_id = one_tenant
+              AND EXISTS (SELECT 1 FROM held)
+            RETURNING 1
+        )
+        SELECT i, v.ready, v.repeated, v.fits, EXISTS (SELECT 1 FROM held) AS held,
+               (SELECT budget_ids FROM held) AS held_budget_ids,
+               (SELECT estimated_cents::float8 FROM held) AS held_estimate,
+               (SELECT expires_at FROM held) AS held_expires_at,
+               w.budget_id::text, w.budget_type::text, w.entity_id::text, w.hard, w.warn_pct,
+               w.period, w.window_start, w.limit_cents,
+               l.spent_cents::float8 AS spent_cents, l.reserved_cents::float8 AS reserved_cents,
+               w.limit_cents IS NOT NULL AND w.hard
+                 AND l.spent_cents + l.reserved_cents + estimates[i]::numeric > w.limit_cents AS full,
+               w.limit_cents IS NOT NULL
+                 AND (l.spent_cents + l.reserved_cents + estimates[i]::numeric) * 100
+                     >= w.limit_cents::numeric * w.warn_pct AS warns
+        FROM verdict v
+        LEFT JOIN (want w JOIN locked l USING (tenant_id, budget_id, period, window_start)) ON true
+        ORDER BY w.budget_id, w.period, w.window_start;
+    END LOOP;
+END
+$$;
+
+
+-- The requests of the arrays (element i of each is request i), each decided as one
+-- reservation is, seeing the ones before it; first the counters of every request
+-- (created when missing) and those `lock_*` name are locked. One tenant at a time, in
+-- tenant order: the counters' key leads with the tenant, so every lock is still taken in
+-- key order (tenant_id, budget_id, period, window_start). One row per counter of a
+-- request (one row of NULL counter columns when no budget applies), tagged with the
+-- request's place `n`.
+CREATE FUNCTION costdb_reserve_batch(
+    tenants text[], tags text[], users text[], days date[], estimates float8[],
+    ids text[], requests text[], expires timestamptz[],
+    lock_tenants text[], lock_budgets text[], lock_periods text[], lock_starts date[])
+RETURNS TABLE (
+    n int, ready bool, repeated bool, fits bool, held bool, held_budget_ids text[],
+    held_estimate float8, held_expires_at timestamptz, budget_id text, budget_type text,
+    entity_id text, hard bool, warn_pct int, period text, window_start date,
+    limit_cents int, spent_cents float8, reserved_cents float8, "full" bool, warns bool)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+DECLARE
+    one text;
+BEGIN
+    FOR one IN SELECT DISTINCT x FROM unnest(tenants || lock_tenants) AS x ORDER BY 1 LOOP
+        RETURN QUERY
+        SELECT * FROM costdb_reserve_tenant(one, tenants, tags, users, days, estimates, ids,
+                                            requests, expires, lock_tenants, lock_budgets,
+                                            lock_periods, lock_starts);
+    END LOOP;
+END
+$$;
+
+CREATE FUNCTION costdb_admit_batch(
+    tenants text[], tags text[], users text[], days date[], estimates float8[],
+    ids text[], requests text[], expires timestamptz[],
+    s_ids text[],
+    s_records text[], s_tenants text[], s_users text[], s_tags text[], s_requests text[],
+    s_workflows text[], s_skills text[], s_models text[], s_input int4[], s_output int4[],
+    s_cents float8[], s_retries bool[], s_created timestamptz[],
+    r_ids text[], r_tenants text[])
+RETURNS TABLE (
+    n int, ready bool, repeated bool, fits bool, held bool, held_budget_ids text[],
+    held_estimate float8, held_expires_at timestamptz, budget_id text, budget_type text,
+    entity_id text, hard bool, warn_pct int, period text, window_start date,
+    limit_cents int, spent_cents float8, reserved_cents float8, "full" bool, warns bool,
+    created_at timestamptz)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    settles int := coalesce(cardinality(s_ids), 0);
+    closes int := settles + coalesce(cardinality(r_ids), 0);
+    one text;
+    locked int := 0;
+    n_locked int;
+    done bigint;
+    lock_tenants text[];
+    lock_budgets text[];
+    lock_periods text[];
+    lock_starts date[];
+BEGIN
+    -- The reservations to close: each named once, found for its tenant and request, held,
+    -- and (for a settlement) its record on the reservation's day. Locked in key order, one
+    -- tenant at a time (every statement here names one tenant: it reaches one partition,
+    -- or one shard).
+    FOR one IN SELECT DISTINCT x FROM unnest(s_tenants || r_tenants) AS x ORDER BY 1 LOOP
+        SELECT count(*) INTO n_locked
+        FROM (SELECT 1
+              FROM budget_reservations b
+              JOIN (SELECT * FROM unnest(s_ids, s_tenants, s_requests,
+                                         array_fill(true, ARRAY[settles]), s_created)
+                    UNION ALL
+                    SELECT k.id, k.tenant, NULL, false, NULL
+                    FROM unnest(r_ids, r_tenants) AS k(id, tenant))
+                   AS k(id, tenant, request, settles, created)
+                ON b.id = k.id AND b.tenant_id = k.tenant
+              WHERE b.tenant_id = one AND b.id = ANY (s_ids || r_ids)
+                AND b.status = 'held'
+                AND (NOT k.settles
+                     OR (b.request_id = k.request
+                         AND (coalesce(k.created, now()) AT TIME ZONE 'UTC')::date = b.day))
+              ORDER BY b.id
+              FOR UPDATE OF b) l;
+        locked := locked + n_locked;
+    END LOOP;
+    IF locked <> closes
+       OR (SELECT count(DISTINCT id) FROM unnest(s_ids || r_ids) AS k(id)) <> closes THEN
+        RAISE EXCEPTION 'costdb: admit batch needs the full path';
+    END IF;
+
+    -- The counters the closes will change, locked by costdb_reserve_batch together with
+    -- the requests' own, in key order; then the requests, decided as it decides them.
+    lock_tenants := '{}';
+    lock_budgets := '{}';
+    lock_periods := '{}';
+    lock_starts := '{}';
+    FOR one IN SELECT DISTINCT x FROM unnest(s_tenants || r_tenants) AS x ORDER BY 1 LOOP
+        SELECT lock_tenants || coalesce(array_agg(k.tenant_id), '{}'),
+               lock_budgets || coalesce(array_agg(k.id), '{}'),
+               lock_periods || coalesce(array_agg(k.period), '{}'),
+               lock_starts || coalesce(array_agg(k.window_start), '{}')
+        INTO lock_tenants, lock_budgets, lock_periods, lock_starts
+        FROM (SELECT DISTINCT b.tenant_id, u.budget_id, p.period, p.window_start
+              FROM budget_reservations b
+              JOIN unnest(s_ids || r_ids, s_tenants || r_tenants) AS c(id, tenant)
+                ON b.id = c.id AND c.tenant = one
+              CROSS JOIN unnest(b.budget_ids) AS u(budget_id)
+              CROSS JOIN LATERAL (VALUES ('daily', b.day), ('monthly', b.month))
+                   AS p(period, window_start)
+              WHERE b.tenant_id = one AND b.id = ANY (s_ids || r_ids))
+             AS k(tenant_id, id, period, window_start);
+    END LOOP;
+    IF coalesce(cardinality(requests), 0) > 0 OR cardinality(lock_budgets) > 0 THEN
+        RETURN QUERY
+        SELECT v.*, NULL::timestamptz
+        FROM costdb_reserve_batch(tenants, tags, users, days, estimates, ids, requests,
+                                  expires, lock_tenants, lock_budgets, lock_periods,
+                                  lock_starts) v;
+    END IF;
+
+    -- The settlements' cost records, every one of them new.
+    IF settles > 0 THEN
+        RETURN QUERY
+        WITH s AS (
+            SELECT *
+            FROM unnest(s_records, s_tenants, s_users, s_tags, s_requests, s_workflows,
+                        s_skills, s_models, s_input, s_output, s_cents, s_retries, s_created)
+                 WITH ORDINALITY AS s(id, tenant_id, user_id, feature_tag, request_id,
+                                      workflow_id, skill_id, model, input_tokens,
+                                      output_tokens, cost_cents, is_retry, created_at, n)
+        ),
+        stored AS (
+            INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id,
+                                      workflow_id, skill_id, model, input_tokens,
+                                      output_tokens, cost_cents, is_retry, created_at)
+            SELECT id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id,
+                   model, input_tokens, output_tokens, cost_cents + 0, is_retry,
+                   coalesce(created_at, now())
+            FROM s
+            ORDER BY n
+            ON CONFLICT DO NOTHING
+            RETURNING id, created_at
+        )
+        SELECT -s.n::int, true, false, true, false, NULL::text[], NULL::float8,
+               NULL::timestamptz, NULL::text, NULL::text, NULL::text, NULL::bool, NULL::int,
+               NULL::text, NULL::date, NULL::int, NULL::float8, NULL::float8, NULL::bool,
+               NULL::bool, t.created_at
+        FROM s JOIN stored t ON t.id = s.id
+        ORDER BY s.n;
+        GET DIAGNOSTICS done = ROW_COUNT;
+        IF done <> settles THEN
+            RAISE EXCEPTION 'costdb: admit batch needs the full path';
+        END IF;
+    END IF;
+
+    -- The closes: estimates given back on the reservations' windows, actual costs added
+    -- to the same windows (each record falls on its reservation's day), reservations closed.
+    FOR one IN SELECT DISTINCT x FROM unnest(s_tenants || r_tenants) AS x ORDER BY 1 LOOP
+        WITH c AS (
+            SELECT k.id, k.tenant, 'settled' AS status, k.cents
+            FROM unnest(s_ids, s_tenants, s_cents) AS k(id, tenant, cents)
+            UNION ALL
+            SELECT k.id, k.tenant, 'released', NULL
+            FROM unnest(r_ids, r_tenants) AS k(id, tenant)
+        ),
+        mine AS (
+            SELECT * FROM c WHERE c.tenant = one
+        ),
+        deltas AS (
+            SELECT b.tenant_id, u.budget_id, p.period, p.window_start,
+                   -sum(b.estimated_cents) AS reserved,
+                   coalesce(sum((c.cents + 0)::numeric), 0) AS spent
+            FROM mine c
+            JOIN budget_reservations b
+              ON b.id = c.id AND b.tenant_id = one AND b.id = ANY (s_ids || r_ids)
+            CROSS JOIN unnest(b.budget_ids) AS u(budget_id)
+            CROSS JOIN LATERAL (VALUES ('daily', b.day), ('monthly', b.month))
+                 AS p(period, window_start)
+            GROUP BY 1, 2, 3, 4
+        ),
+        counted AS (
+            UPDATE budget_counters k
+            SET reserved_cents = k.reserved_cents + d.reserved,
+                spent_cents = k.spent_cents + d.spent, updated_at = now()
+            FROM deltas d
+            WHERE (k.tenant_id, k.budget_id, k.period, k.window_start)
+                = (d.tenant_id, d.budget_id, d.period, d.window_start)
+              AND k.tenant_id = one AND k.budget_id = ANY (lock_budgets)
+        )
+        UPDATE budget_reservations b
+        SET status = c.status, closed_at = now(), actual_cents = c.cents + 0,
+            cost_record_id = s.record
+        FROM mine c
+        LEFT JOIN unnest(s_ids, s_records) AS s(id, record) ON s.id = c.id
+        WHERE b.id = c.id AND b.tenant_id = one AND b.id = ANY (s_ids || r_ids);
+    END LOOP;
+END
+$$;
