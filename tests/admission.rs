@@ -188,6 +188,58 @@ fn sixty_four_racers_never_pass_a_hard_limit() {
 }
 
 #[test]
+fn reclaiming_goes_tenant_by_tenant_within_its_limit_and_gives_every_estimate_back() {
+    // A database of its own: reclaiming sweeps every tenant's expired holds.
+    let url = common::migrated_database();
+    let mut conn = db::connect(&url).unwrap();
+    let now = at(2026, 4, 9, 9);
+    let tenants: Vec<TenantId> = (0..3).map(|_| common::tenant()).collect();
+    let mut budgets = Vec::new();
+    for tenant in &tenants {
+        let id = conn
+            .transaction(|c| {
+                CostWriteDriver::new(c).upsert_budget(
+                    tenant,
+                    &BudgetScope::Tenant,
+                    &BudgetLimits {
+                        daily_limit_cents: Some(1_000),
+                        monthly_limit_cents: None,
+                        warn_threshold_pct: 80,
+                        hard_limit_enabled: true,
+                    },
+                )
+            })
+            .unwrap()
+            .id;
+        budgets.push(id);
+        for request in ["a", "b"] {
+            admitted(reserve(&mut conn, tenant, &ask(request, 30.0, now)).unwrap());
+        }
+    }
+    let reclaim = |conn: &mut PgConnection, limit: i64| {
+        conn.transaction(|c| {
+            AdmissionDriver::new(c).reclaim_expired(now + chrono::Duration::hours(1), limit)
+        })
+        .unwrap()
+    };
+    for b in &budgets {
+        assert_eq!(
+            counter(&mut conn, b, "daily", now.date_naive()),
+            Some((0.0, 60.0))
+        );
+    }
+    assert_eq!(reclaim(&mut conn, 4), 4);
+    assert_eq!(reclaim(&mut conn, 4), 2);
+    assert_eq!(reclaim(&mut conn, 4), 0);
+    for b in &budgets {
+        assert_eq!(
+            counter(&mut conn, b, "daily", now.date_naive()),
+            Some((0.0, 0.0))
+        );
+    }
+}
+
+#[test]
 fn a_vanished_holder_is_reclaimed_after_expiry_and_nothing_counts_twice() {
     let tenant = common::tenant();
     let now = at(2026, 4, 2, 9);

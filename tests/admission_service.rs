@@ -450,6 +450,51 @@ fn a_server_restart_mid_stream_answers_every_caller_and_counts_nothing_twice() {
 /// `threads` callers in scope `s`, each reserving `each` calls of 3¢ and settling the
 /// admitted ones at 2.5¢; every call must be answered (faults or not). Each returns its
 /// admitted reservations.
+#[test]
+fn a_service_on_a_fresh_database_analyzes_the_tables_it_outgrows() {
+    // A plain database of its own, as a fresh install starts: the tables the service reads
+    // by key have never been analyzed.
+    let url = common::fresh_database();
+    let mut conn = db::connect(&url).unwrap();
+    db::run_migrations(&mut conn).unwrap();
+    let tenant = common::tenant();
+    conn.transaction(|c| {
+        CostWriteDriver::new(c).upsert_budget(
+            &tenant,
+            &BudgetScope::Tenant,
+            &BudgetLimits {
+                daily_limit_cents: Some(100_000),
+                monthly_limit_cents: None,
+                warn_threshold_pct: 80,
+                hard_limit_enabled: true,
+            },
+        )
+    })
+    .unwrap();
+    let pages = |conn: &mut PgConnection| -> i32 {
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
+            "relpages FROM pg_class WHERE relname = 'budget_reservations'",
+        ))
+        .get_result(conn)
+        .unwrap()
+    };
+    assert_eq!(pages(&mut conn), 0, "never analyzed");
+    let svc = AdmissionService::start(&url, AdmissionConfig::default()).unwrap();
+    let admitted: Vec<Reservation> = std::thread::scope(|s| {
+        spawn_callers(s, &svc, &tenant, "grow", 16, 60)
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(admitted.len(), 16 * 60);
+    let stats = svc.stats();
+    svc.shutdown();
+    // Hundreds of batches in, the table has outgrown its (empty) statistics many times
+    // over: the service analyzed it on the way, so its plans fit the table.
+    assert!(stats.batches > 64, "{stats:?}");
+    assert!(pages(&mut conn) > 0, "budget_reservations was analyzed");
+}
+
 fn spawn_callers<'scope>(
     s: &'scope std::thread::Scope<'scope, '_>,
     svc: &'scope AdmissionService,

@@ -6,7 +6,7 @@
 mod common;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use costdb::admission::{Admission, AdmissionDriver, ReserveInput};
+use costdb::admission::{Admission, AdmissionDriver, Reservation, ReserveInput};
 use costdb::db;
 use costdb::detector::{AnomalyDetector, DetectorConfig};
 use costdb::drivers::{
@@ -16,7 +16,8 @@ use costdb::drivers::{
     WorkerWriteDriver,
 };
 use costdb::models::{
-    CostInput, PatternSeverity, PatternType, PredictionType, SubjectType, TimeBucket,
+    CostInput, PatternSeverity, PatternType, PredictionType, ReservationStatus, SubjectType,
+    TimeBucket,
 };
 use costdb::placement::{self, Placement};
 use costdb::types::{BudgetScope, RunId, TenantId, TimeWindow};
@@ -362,6 +363,58 @@ fn partitions_read(conn: &mut PgConnection) -> Vec<String> {
     )
 }
 
+/// Calls `costdb_admit_batch` as the admission service's worker does for a common batch of
+/// `tenant`: one new request, the settlement of `settle` and the release of `release`.
+/// Returns how many rows it answered.
+fn admit_batch(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    now: DateTime<Utc>,
+    settle: &Reservation,
+    release: &Reservation,
+) -> usize {
+    use diesel::sql_types::{Array, Bool, Date, Double, Nullable, Timestamptz};
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Integer)]
+        #[allow(dead_code)]
+        n: i32,
+    }
+    let t = tenant.as_str();
+    let none: Vec<Option<String>> = vec![None];
+    diesel::sql_query(
+        "SELECT n FROM costdb_admit_batch($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+         $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)",
+    )
+    .bind::<Array<Text>, _>(vec![t])
+    .bind::<Array<Nullable<Text>>, _>(&none)
+    .bind::<Array<Nullable<Text>>, _>(&none)
+    .bind::<Array<Date>, _>(vec![now.date_naive()])
+    .bind::<Array<Double>, _>(vec![20.0])
+    .bind::<Array<Text>, _>(vec!["br_tour_batch"])
+    .bind::<Array<Text>, _>(vec!["r5"])
+    .bind::<Array<Timestamptz>, _>(vec![now + Duration::minutes(5)])
+    .bind::<Array<Text>, _>(vec![settle.id.as_str()])
+    .bind::<Array<Text>, _>(vec!["cr_tour_batch"])
+    .bind::<Array<Text>, _>(vec![t])
+    .bind::<Array<Nullable<Text>>, _>(&none)
+    .bind::<Array<Nullable<Text>>, _>(&none)
+    .bind::<Array<Text>, _>(vec![settle.request_id.as_str()])
+    .bind::<Array<Nullable<Text>>, _>(&none)
+    .bind::<Array<Nullable<Text>>, _>(&none)
+    .bind::<Array<Text>, _>(vec!["gpt-4o"])
+    .bind::<Array<Integer>, _>(vec![10])
+    .bind::<Array<Integer>, _>(vec![5])
+    .bind::<Array<Double>, _>(vec![4.0])
+    .bind::<Array<Bool>, _>(vec![false])
+    .bind::<Array<Timestamptz>, _>(vec![now])
+    .bind::<Array<Text>, _>(vec![release.id.as_str()])
+    .bind::<Array<Text>, _>(vec![t])
+    .load::<Row>(conn)
+    .unwrap()
+    .len()
+}
+
 /// Fails, naming `after`, when the transaction has read another tenant's partition.
 fn only_mine(conn: &mut PgConnection, mine: &str, after: &str) {
     let read = partitions_read(conn);
@@ -537,6 +590,25 @@ fn every_tenant_call_reads_only_its_tenants_partition() {
         .unwrap();
     admission.release(&second).unwrap();
     admission.fetch_reservation(&tenant, &first.id).unwrap();
+    // The admission service's common batch, as its worker sends it: a new request, a
+    // settlement (with its cost record) and a release, in one statement.
+    let (to_settle, to_release) = (
+        held(admission.reserve(&tenant, &ask("r3")).unwrap()),
+        held(admission.reserve(&tenant, &ask("r4")).unwrap()),
+    );
+    let batch_rows = admit_batch(c, &tenant, now, &to_settle, &to_release);
+    assert_eq!(
+        batch_rows, 3,
+        "the request's two counters and the settlement"
+    );
+    let mut admission = AdmissionDriver::new(c);
+    assert_eq!(
+        admission
+            .fetch_reservation(&tenant, &to_release.id)
+            .unwrap()
+            .map(|r| r.status),
+        Some(ReservationStatus::Released)
+    );
     // The day's and the month's counters of the tenant's one budget (the history went in
     // without the gate, so they differ from the records).
     let lines = admission.reconcile(&tenant, now.date_naive()).unwrap();

@@ -8,6 +8,7 @@ DROP FUNCTION costdb_reserve_batch(text[], text[], text[], date[], float8[], tex
 DROP FUNCTION costdb_reserve_tenant(text, text[], text[], text[], date[], float8[], text[],
     text[], timestamptz[], text[], text[], text[], date[]);
 
+DROP INDEX ix_budget_reservations_tenant_held_expiry;
 ALTER TABLE budget_counters DROP CONSTRAINT budget_counters_budget_id_fkey;
 ALTER TABLE worker_runs DROP CONSTRAINT worker_runs_parent_run_id_fkey;
 

@@ -38,6 +38,10 @@ ALTER TABLE budget_counters
     ADD CONSTRAINT budget_counters_budget_id_fkey FOREIGN KEY (tenant_id, budget_id)
         REFERENCES cost_budgets (tenant_id, id) ON DELETE CASCADE;
 
+-- reclaim_expired expires one tenant's held reservations at a time.
+CREATE INDEX ix_budget_reservations_tenant_held_expiry
+    ON budget_reservations (tenant_id, expires_at) WHERE status = 'held';
+
 -- The batch functions, with the counters keyed by tenant. Same contracts as before
 -- (migrations admission_batches and admission_one_statement); the counters a caller asks
 -- to lock carry their tenant, and every lock is taken in the key order
@@ -50,7 +54,11 @@ DROP FUNCTION costdb_reserve_batch(text[], text[], text[], date[], float8[], tex
 
 -- One tenant's part of a batch: the requests and lock keys of `one_tenant` in the arrays
 -- (the others are skipped), decided as costdb_reserve_batch decides them, every
--- statement naming that tenant so it reaches one partition, or one shard.
+-- statement naming that tenant (`tenant_id = one_tenant`) so it reaches one partition,
+-- or one shard. Its plans are made once per session: one made while the tables were
+-- small may find rows through the tenant alone, and read all of the tenant's rows as
+-- they grow, until the session plans again (after an ANALYZE of the table; the admission
+-- service also has its session plan again as it goes).
 CREATE FUNCTION costdb_reserve_tenant(
     one_tenant text,
     tenants text[], tags text[], users text[], days date[], estimates float8[],
@@ -99,7 +107,9 @@ BEGIN
     FROM budget_counters c
     JOIN (SELECT * FROM unnest(want_tenants, want_budgets, want_periods, want_starts)
           UNION
-          SELECT * FROM unnest(lock_tenants, lock_budgets, lock_periods, lock_starts))
+          SELECT * FROM unnest(lock_tenants, lock_budgets, lock_periods, lock_starts)
+                        AS l(tenant_id, id, period, window_start)
+          WHERE l.tenant_id = one_tenant)
          AS k(tenant_id, id, period, window_start)
       ON (c.tenant_id, c.budget_id, c.period, c.window_start)
        = (k.tenant_id, k.id, k.period, k.window_start)
@@ -394,7 +404,7 @@ BEGIN
         FROM (SELECT DISTINCT b.tenant_id, u.budget_id, p.period, p.window_start
               FROM budget_reservations b
               JOIN unnest(s_ids || r_ids, s_tenants || r_tenants) AS c(id, tenant)
-                ON b.id = c.id AND c.tenant = one
+                ON b.id = c.id AND b.tenant_id = c.tenant
               CROSS JOIN unnest(b.budget_ids) AS u(budget_id)
               CROSS JOIN LATERAL (VALUES ('daily', b.day), ('monthly', b.month))
                    AS p(period, window_start)

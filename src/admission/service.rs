@@ -32,6 +32,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use serde::Serialize;
 
@@ -39,6 +40,7 @@ use super::{check_settlement, Admission, AdmissionDriver, Reservation, ReserveIn
 use crate::db::{self, alive, lost, must_retry};
 use crate::error::{Error, Result};
 use crate::models::CostInput;
+use crate::prepared::{Param, Prepared};
 use crate::sql_fns::set_config;
 use crate::types::TenantId;
 
@@ -286,6 +288,7 @@ impl AdmissionService {
             shared: shared.clone(),
             url,
             conn: Some(conn),
+            replan_at: FIRST_REPLAN,
         };
         let thread = std::thread::Builder::new()
             .name("costdb-admission".into())
@@ -458,11 +461,50 @@ struct Worker {
     shared: Arc<Shared>,
     url: String,
     conn: Option<PgConnection>,
+    /// The batch count at which the session's plans are made again.
+    replan_at: u64,
+}
+
+/// The first batch count at which the worker's plans are made again; then at every
+/// doubling.
+const FIRST_REPLAN: u64 = 8;
+
+/// Which tables outgrew their statistics (see [`replan`]).
+const STALE_TABLES: &str = include_str!("stale_tables.sql");
+
+/// The tables a batch reads by key, each with the statement that analyzes it.
+const ANALYZED: [(&str, &str); 2] = [
+    ("budget_reservations", "ANALYZE budget_reservations"),
+    ("budget_counters", "ANALYZE budget_counters"),
+];
+
+/// Analyzes the tables of [`ANALYZED`] that hold more than twice the pages they held at
+/// their last analysis (and at least 16), then has the session plan again.
+fn replan(conn: &mut PgConnection) -> Result<()> {
+    #[derive(QueryableByName)]
+    struct Stale {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        relname: String,
+    }
+    let tables: Vec<&str> = ANALYZED.iter().map(|(table, _)| *table).collect();
+    let stale: Vec<Stale> = Prepared {
+        sql: STALE_TABLES,
+        params: &[Param::Strs(&tables)],
+    }
+    .load(conn)?;
+    for (table, analyze) in ANALYZED {
+        if stale.iter().any(|s| s.relname == table) {
+            conn.batch_execute(analyze)?;
+        }
+    }
+    conn.batch_execute("DISCARD PLANS")?;
+    Ok(())
 }
 
 impl Worker {
     fn run(mut self) {
         while let Some(batch) = self.take() {
+            self.replan_when_due();
             let answers = self.decide(&batch);
             self.shared.in_flight.store(0, Ordering::Relaxed);
             for (queued, answer) in batch.into_iter().zip(answers) {
@@ -526,6 +568,25 @@ impl Worker {
                 })
             })
             .collect()
+    }
+
+    /// Has the session plan its statements again at batch 8, 16, 32…, first analyzing
+    /// the tables a batch reads that have more than doubled since they were last
+    /// analyzed (see [`replan`]). The server keeps one plan per statement and session, and a plan made
+    /// while the tables were small (a fresh database) may find a tenant's rows through
+    /// the tenant alone, and read all of them as they grow, until autovacuum analyzes
+    /// the tables. The last plan is never older than half the worker's life. Without the
+    /// right to analyze a table, the server skips it with a warning.
+    fn replan_when_due(&mut self) {
+        let batches = self.shared.batches.load(Ordering::Relaxed);
+        if batches < self.replan_at {
+            return;
+        }
+        self.replan_at = batches.saturating_mul(2);
+        if let Some(conn) = self.conn.as_mut() {
+            // A failure here is the connection's: the batch's own attempt reports it.
+            let _ = replan(conn);
+        }
     }
 
     fn count(&self, requests: usize) {
