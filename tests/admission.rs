@@ -196,22 +196,7 @@ fn reclaiming_goes_tenant_by_tenant_within_its_limit_and_gives_every_estimate_ba
     let tenants: Vec<TenantId> = (0..3).map(|_| common::tenant()).collect();
     let mut budgets = Vec::new();
     for tenant in &tenants {
-        let id = conn
-            .transaction(|c| {
-                CostWriteDriver::new(c).upsert_budget(
-                    tenant,
-                    &BudgetScope::Tenant,
-                    &BudgetLimits {
-                        daily_limit_cents: Some(1_000),
-                        monthly_limit_cents: None,
-                        warn_threshold_pct: 80,
-                        hard_limit_enabled: true,
-                    },
-                )
-            })
-            .unwrap()
-            .id;
-        budgets.push(id);
+        budgets.push(common::hard_daily_budget(&mut conn, tenant, 1_000));
         for request in ["a", "b"] {
             admitted(reserve(&mut conn, tenant, &ask(request, 30.0, now)).unwrap());
         }

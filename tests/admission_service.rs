@@ -458,19 +458,7 @@ fn a_service_on_a_fresh_database_analyzes_the_tables_it_outgrows() {
     let mut conn = db::connect(&url).unwrap();
     db::run_migrations(&mut conn).unwrap();
     let tenant = common::tenant();
-    conn.transaction(|c| {
-        CostWriteDriver::new(c).upsert_budget(
-            &tenant,
-            &BudgetScope::Tenant,
-            &BudgetLimits {
-                daily_limit_cents: Some(100_000),
-                monthly_limit_cents: None,
-                warn_threshold_pct: 80,
-                hard_limit_enabled: true,
-            },
-        )
-    })
-    .unwrap();
+    common::hard_daily_budget(&mut conn, &tenant, 100_000);
     let pages = |conn: &mut PgConnection| -> i32 {
         diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>(
             "relpages FROM pg_class WHERE relname = 'budget_reservations'",

@@ -10,17 +10,16 @@ use costdb::admission::{Admission, AdmissionDriver, Reservation, ReserveInput};
 use costdb::db;
 use costdb::detector::{AnomalyDetector, DetectorConfig};
 use costdb::drivers::{
-    AnalyticsReadDriver, BudgetLimits, BudgetSnapshot, CostAdvisory, CostWriteDriver,
-    FeatureTagChanges, FeatureTagInput, FeedbackInput, PatternDetectionDriver, PredictionDriver,
-    PredictionFilter, PredictionInput, RollupDriver, RollupRange, RunCost, WorkerRunData,
-    WorkerWriteDriver,
+    AnalyticsReadDriver, BudgetSnapshot, CostAdvisory, CostWriteDriver, FeatureTagChanges,
+    FeatureTagInput, FeedbackInput, PatternDetectionDriver, PredictionDriver, PredictionFilter,
+    PredictionInput, RollupDriver, RollupRange, RunCost, WorkerRunData, WorkerWriteDriver,
 };
 use costdb::models::{
     CostInput, PatternSeverity, PatternType, PredictionType, ReservationStatus, SubjectType,
     TimeBucket,
 };
 use costdb::placement::{self, Placement};
-use costdb::types::{BudgetScope, RunId, TenantId, TimeWindow};
+use costdb::types::{RunId, TenantId, TimeWindow};
 use costdb_testkit::layout::{layout, partition_by_tenant, Layout, PARTITIONS};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -468,17 +467,8 @@ fn every_tenant_call_reads_only_its_tenants_partition() {
     let now = day(15, 21);
     // Both tenants' data, committed: a budget, two weeks of calls, a run.
     for t in [&tenant, &other] {
+        common::hard_daily_budget(&mut conn, t, 100_000);
         conn.transaction(|c| {
-            CostWriteDriver::new(c).upsert_budget(
-                t,
-                &BudgetScope::Tenant,
-                &BudgetLimits {
-                    daily_limit_cents: Some(100_000),
-                    monthly_limit_cents: None,
-                    warn_threshold_pct: 80,
-                    hard_limit_enabled: true,
-                },
-            )?;
             CostWriteDriver::new(c).record_costs(&history(t))?;
             WorkerWriteDriver::new(c).upsert_worker_run(
                 t,

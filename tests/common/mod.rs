@@ -109,3 +109,27 @@ pub fn revert_through(conn: &mut diesel::PgConnection, name: &str) {
         }
     }
 }
+
+/// Commits a hard tenant-wide budget of `daily_cents` a day for `tenant` on `conn`'s
+/// database; returns its id.
+pub fn hard_daily_budget(
+    conn: &mut diesel::PgConnection,
+    tenant: &costdb::types::TenantId,
+    daily_cents: i32,
+) -> String {
+    use diesel::Connection;
+    conn.transaction(|c| {
+        costdb::drivers::CostWriteDriver::new(c).upsert_budget(
+            tenant,
+            &costdb::types::BudgetScope::Tenant,
+            &costdb::drivers::BudgetLimits {
+                daily_limit_cents: Some(daily_cents),
+                monthly_limit_cents: None,
+                warn_threshold_pct: 80,
+                hard_limit_enabled: true,
+            },
+        )
+    })
+    .expect("a tenant-wide budget")
+    .id
+}
