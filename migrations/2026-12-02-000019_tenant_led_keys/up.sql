@@ -351,20 +351,22 @@ AS $$
 DECLARE
     settles int := coalesce(cardinality(s_ids), 0);
     closes int := settles + coalesce(cardinality(r_ids), 0);
+    -- The tenants of the closes, in key order: every statement below names one of them.
+    close_tenants text[] := ARRAY(SELECT DISTINCT x FROM unnest(s_tenants || r_tenants) AS x
+                                  ORDER BY 1);
     one text;
     locked int := 0;
     n_locked int;
     done bigint;
-    lock_tenants text[];
-    lock_budgets text[];
-    lock_periods text[];
-    lock_starts date[];
+    lock_tenants text[] := '{}';
+    lock_budgets text[] := '{}';
+    lock_periods text[] := '{}';
+    lock_starts date[] := '{}';
 BEGIN
     -- The reservations to close: each named once, found for its tenant and request, held,
     -- and (for a settlement) its record on the reservation's day. Locked in key order, one
-    -- tenant at a time (every statement here names one tenant: it reaches one partition,
-    -- or one shard).
-    FOR one IN SELECT DISTINCT x FROM unnest(s_tenants || r_tenants) AS x ORDER BY 1 LOOP
+    -- tenant at a time; with them, the keys of the counters their closes will change.
+    FOREACH one IN ARRAY close_tenants LOOP
         SELECT count(*) INTO n_locked
         FROM (SELECT 1
               FROM budget_reservations b
@@ -383,19 +385,6 @@ BEGIN
               ORDER BY b.id
               FOR UPDATE OF b) l;
         locked := locked + n_locked;
-    END LOOP;
-    IF locked <> closes
-       OR (SELECT count(DISTINCT id) FROM unnest(s_ids || r_ids) AS k(id)) <> closes THEN
-        RAISE EXCEPTION 'costdb: admit batch needs the full path';
-    END IF;
-
-    -- The counters the closes will change, locked by costdb_reserve_batch together with
-    -- the requests' own, in key order; then the requests, decided as it decides them.
-    lock_tenants := '{}';
-    lock_budgets := '{}';
-    lock_periods := '{}';
-    lock_starts := '{}';
-    FOR one IN SELECT DISTINCT x FROM unnest(s_tenants || r_tenants) AS x ORDER BY 1 LOOP
         SELECT lock_tenants || coalesce(array_agg(k.tenant_id), '{}'),
                lock_budgets || coalesce(array_agg(k.id), '{}'),
                lock_periods || coalesce(array_agg(k.period), '{}'),
@@ -411,6 +400,13 @@ BEGIN
               WHERE b.tenant_id = one AND b.id = ANY (s_ids || r_ids))
              AS k(tenant_id, id, period, window_start);
     END LOOP;
+    IF locked <> closes
+       OR (SELECT count(DISTINCT id) FROM unnest(s_ids || r_ids) AS k(id)) <> closes THEN
+        RAISE EXCEPTION 'costdb: admit batch needs the full path';
+    END IF;
+
+    -- The counters the closes will change are locked by costdb_reserve_batch together with
+    -- the requests' own, in key order; then the requests are decided as it decides them.
     IF coalesce(cardinality(requests), 0) > 0 OR cardinality(lock_budgets) > 0 THEN
         RETURN QUERY
         SELECT v.*, NULL::timestamptz
@@ -456,7 +452,7 @@ BEGIN
 
     -- The closes: estimates given back on the reservations' windows, actual costs added
     -- to the same windows (each record falls on its reservation's day), reservations closed.
-    FOR one IN SELECT DISTINCT x FROM unnest(s_tenants || r_tenants) AS x ORDER BY 1 LOOP
+    FOREACH one IN ARRAY close_tenants LOOP
         WITH c AS (
             SELECT k.id, k.tenant, 'settled' AS status, k.cents
             FROM unnest(s_ids, s_tenants, s_cents) AS k(id, tenant, cents)
