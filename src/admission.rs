@@ -27,7 +27,7 @@ use crate::db::require_transaction;
 use crate::drivers::cost_write::{BulkMode, CostColumns, CostWriteDriver};
 use crate::error::{Error, Result};
 use crate::models::{ids, BudgetPeriod, BudgetType, CostInput, CostRecord, ReservationStatus};
-use crate::prepared::{Param, Prepared};
+use crate::prepared::{Param, PlannedPerCall, Prepared};
 use crate::schema::budget_reservations;
 use crate::sql_fns::numeric_float8;
 use crate::types::{limits, TenantId};
@@ -1015,18 +1015,20 @@ impl<'c> AdmissionDriver<'c> {
     fn lock(&mut self, reservation: &Reservation) -> Result<Reservation> {
         validate::required("tenant_id", &reservation.tenant_id, limits::TENANT_ID)?;
         validate::required("id", &reservation.id, limits::COST_ID)?;
-        budget_reservations::table
-            .filter(budget_reservations::tenant_id.eq(&reservation.tenant_id))
-            .filter(budget_reservations::id.eq(&reservation.id))
-            .select(ReservationRow::as_select())
-            .for_update()
-            .get_result(self.conn)
-            .optional()?
-            .map(Reservation::from)
-            .ok_or_else(|| Error::NotFound {
-                entity: "budget reservation",
-                id: reservation.id.clone(),
-            })
+        PlannedPerCall(
+            budget_reservations::table
+                .filter(budget_reservations::tenant_id.eq(&reservation.tenant_id))
+                .filter(budget_reservations::id.eq(&reservation.id))
+                .select(ReservationRow::as_select())
+                .for_update(),
+        )
+        .get_result::<ReservationRow>(self.conn)
+        .optional()?
+        .map(Reservation::from)
+        .ok_or_else(|| Error::NotFound {
+            entity: "budget reservation",
+            id: reservation.id.clone(),
+        })
     }
 
     /// Closes locked reservations and applies their deltas to the counters, all in one
@@ -1044,7 +1046,7 @@ impl<'c> AdmissionDriver<'c> {
         let months: Vec<NaiveDate> = closes.iter().map(|c| month_of(c.day)).collect();
         let actual: Vec<Option<f64>> = closes.iter().map(|c| c.actual_cents).collect();
         let records: Vec<Option<&str>> = closes.iter().map(|c| c.record_id.as_deref()).collect();
-        Prepared {
+        PlannedPerCall(Prepared {
             sql: CLOSE,
             params: &[
                 Param::Strs(&tenants),
@@ -1057,7 +1059,7 @@ impl<'c> AdmissionDriver<'c> {
                 Param::OptFloats(&actual),
                 Param::OptTexts(&records),
             ],
-        }
+        })
         .execute(self.conn)?;
         Ok(())
     }

@@ -78,6 +78,32 @@ impl QueryFragment<Pg> for Prepared<'_> {
     }
 }
 
+/// A statement (a [`Prepared`] one, or a query of Diesel's DSL) planned for each call's
+/// values instead of kept prepared: for a statement whose best plan depends on how large
+/// its tables have grown since the session began, where a plan kept from when they were
+/// small would go on reading them whole. Planning runs before the statement takes any
+/// row lock, so it does not lengthen a lock's hold.
+#[derive(Debug)]
+pub(crate) struct PlannedPerCall<Q>(pub(crate) Q);
+
+impl<Q> QueryId for PlannedPerCall<Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: Query> Query for PlannedPerCall<Q> {
+    type SqlType = Q::SqlType;
+}
+
+impl<Q> RunQueryDsl<PgConnection> for PlannedPerCall<Q> {}
+
+impl<Q: QueryFragment<Pg>> QueryFragment<Pg> for PlannedPerCall<Q> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.unsafe_to_cache_prepared();
+        self.0.walk_ast(out)
+    }
+}
+
 impl Prepared<'_> {
     /// Pushes one line of the statement, each `$n` bound to `params[n - 1]`.
     fn push_line<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>, line: &'b str) -> QueryResult<()> {

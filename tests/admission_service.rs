@@ -354,6 +354,70 @@ fn a_mixed_batch_answers_each_request_as_the_driver_would() {
 }
 
 #[test]
+fn a_batch_that_fits_with_one_repeated_request_charges_the_repeat_once() {
+    let tenant = common::tenant();
+    let limit = budget(&tenant, 100, true);
+    let svc = service(AdmissionConfig::default());
+    let first = admitted(svc.reserve(&tenant, &ask("r-1", 6.0)).unwrap()).unwrap();
+    // As above: a lock holds the next request in the worker while the rest queue, so
+    // they go as one batch in which every request fits and one repeats r-1.
+    let mut blocker = common::test_conn();
+    blocker.batch_execute("BEGIN").unwrap();
+    diesel::sql_query("SELECT 1 FROM budget_counters WHERE budget_id = $1 FOR UPDATE")
+        .bind::<diesel::sql_types::Text, _>(&limit)
+        .execute(&mut blocker)
+        .unwrap();
+    let requests = [("r-0", 1.0), ("r-2", 2.0), ("r-1", 6.0), ("r-3", 3.0)];
+    let answers = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for (i, &(request, cents)) in requests.iter().enumerate() {
+            let (svc, tenant) = (&svc, &tenant);
+            handles.push(s.spawn(move || svc.reserve(tenant, &ask(request, cents))));
+            if i == 0 {
+                until(|| svc.stats().in_flight == 1);
+            } else {
+                until(|| svc.stats().queue_depth == i);
+            }
+        }
+        blocker.batch_execute("COMMIT").unwrap();
+        handles
+            .into_iter()
+            .map(|h| admitted(h.join().unwrap().unwrap()).unwrap())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(answers[2].id, first.id, "the repeat gets r-1's reservation");
+    let ids: std::collections::BTreeSet<&str> = answers.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), 4, "r-0, r-2 and r-3 are new: {answers:?}");
+    let mut conn = common::conn();
+    assert_eq!(held_reservations(&mut conn, &tenant), 4);
+    assert_eq!(
+        common::count_for_tenant(&mut conn, "budget_reservations", &tenant),
+        4
+    );
+    // 6 + 1 + 2 + 3: the repeat counted once, every new one counted.
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Reserved {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        period: String,
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        cents: f64,
+    }
+    let reserved: Vec<Reserved> = diesel::sql_query(
+        "SELECT period, reserved_cents::float8 AS cents FROM budget_counters \
+         WHERE tenant_id = $1 ORDER BY period",
+    )
+    .bind::<diesel::sql_types::Text, _>(tenant.as_str())
+    .load(&mut conn)
+    .unwrap();
+    let cents = |period: &str| Reserved {
+        period: period.into(),
+        cents: 12.0,
+    };
+    assert_eq!(reserved, [cents("daily"), cents("monthly")]);
+    assert_exact(&tenant, 12.0);
+}
+
+#[test]
 fn killed_backends_lose_no_answer_and_nothing_counts_twice() {
     const THREADS: usize = 16;
     const EACH: usize = 25;

@@ -3,19 +3,27 @@
 -- cents of spend go to the counters of day $6 and month $7; actual cost $8 and cost record
 -- $9 are recorded).
 -- The deltas of all of them are summed per counter, and the counters are locked in key
--- order before they change. Returns how many counters changed. Every table is reached
--- through `tenant_id = ANY ($1)`, so only the tenants' partitions (or shards) are read, and
--- the reservations through `id = ANY ($2)` too, so a plan kept from when the table was
--- small still reads only them.
+-- order before they change. Returns how many counters changed. The counters and the
+-- reservations' update are reached through `tenant_id = ANY ($1)`, and each reservation
+-- is read by one lookup of its (tenant_id, id) and updated where that lookup found it, so
+-- only the tenants' partitions (or shards) are read, and of them only these rows, however
+-- stale the statistics. Run planned for each call (the caller sees to it): a plan kept
+-- from when the tables were small would read them whole.
 WITH c AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::float8[],
                          $6::date[], $7::date[], $8::float8[], $9::text[])
          AS c(tenant_id, id, status, release, charge, day, month, actual, record_id)
 ),
 r AS (
-    SELECT c.*, b.budget_ids, b.day AS held_day, b.month AS held_month, b.estimated_cents
-    FROM c JOIN budget_reservations b
-      ON (b.tenant_id, b.id) = (c.tenant_id, c.id) AND b.tenant_id = ANY ($1) AND b.id = ANY ($2)
+    -- One index lookup per close (OFFSET 0 keeps it a lookup, whatever the statistics
+    -- say of the table's size).
+    SELECT c.*, b.row_id, b.budget_ids, b.held_day, b.held_month, b.estimated_cents
+    FROM c CROSS JOIN LATERAL (
+        SELECT b.ctid AS row_id, b.budget_ids, b.day AS held_day, b.month AS held_month,
+               b.estimated_cents
+        FROM budget_reservations b
+        WHERE b.tenant_id = c.tenant_id AND b.id = c.id
+        OFFSET 0) b
 ),
 deltas AS (
     SELECT r.tenant_id, b.budget_id, d.period, d.window_start,
@@ -50,7 +58,10 @@ counted AS (
     RETURNING 1
 )
 UPDATE budget_reservations b
-SET status = c.status, closed_at = now(), actual_cents = c.actual, cost_record_id = c.record_id
-FROM c
-WHERE (b.tenant_id, b.id) = (c.tenant_id, c.id) AND b.tenant_id = ANY ($1) AND b.id = ANY ($2)
+SET status = r.status, closed_at = now(), actual_cents = r.actual, cost_record_id = r.record_id
+FROM r
+-- The row found above (locked by the caller, so it has not moved; its ctid is unique
+-- within its partition, which its tenant and id pick).
+WHERE b.ctid = r.row_id AND b.tenant_id = r.tenant_id AND b.id = r.id
+  AND b.tenant_id = ANY ($1)
 RETURNING (SELECT count(*) FROM counted) AS n

@@ -1,0 +1,237 @@
+-- The batch reservation as migration tenant_led_keys defined it.
+CREATE OR REPLACE FUNCTION costdb_reserve_tenant(
+    one_tenant text,
+    tenants text[], tags text[], users text[], days date[], estimates float8[],
+    ids text[], requests text[], expires timestamptz[],
+    lock_tenants text[], lock_budgets text[], lock_periods text[], lock_starts date[])
+RETURNS TABLE (
+    n int, ready bool, repeated bool, fits bool, held bool, held_budget_ids text[],
+    held_estimate float8, held_expires_at timestamptz, budget_id text, budget_type text,
+    entity_id text, hard bool, warn_pct int, period text, window_start date,
+    limit_cents int, spent_cents float8, reserved_cents float8, "full" bool, warns bool)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    decided bigint;
+    want_tenants text[];
+    want_budgets text[];
+    want_periods text[];
+    want_starts date[];
+BEGIN
+    -- The counters of the budgets that apply to each request, once for the batch.
+    SELECT array_agg(k.tenant_id), array_agg(k.id), array_agg(k.period),
+           array_agg(k.window_start)
+    INTO want_tenants, want_budgets, want_periods, want_starts
+    FROM (SELECT DISTINCT b.tenant_id, b.id, p.period, p.window_start
+          FROM unnest(tenants, tags, users, days) AS r(tenant, tag, usr, day)
+          JOIN cost_budgets b
+            ON b.tenant_id = one_tenant AND r.tenant = one_tenant AND b.is_active
+           AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
+             OR (b.budget_type = 'feature' AND b.entity_id = r.tag)
+             OR (b.budget_type = 'user' AND b.entity_id = r.usr))
+          CROSS JOIN LATERAL (VALUES ('daily', r.day),
+                                     ('monthly', date_trunc('month', r.day)::date))
+               AS p(period, window_start)) k;
+
+    -- The missing ones are created, in key order.
+    INSERT INTO budget_counters (tenant_id, budget_id, period, window_start)
+    SELECT * FROM unnest(want_tenants, want_budgets, want_periods, want_starts)
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT DO NOTHING;
+
+    -- They and the ones the caller names are locked, in key order.
+    PERFORM 1
+    FROM budget_counters c
+    JOIN (SELECT * FROM unnest(want_tenants, want_budgets, want_periods, want_starts)
+          UNION
+          SELECT * FROM unnest(lock_tenants, lock_budgets, lock_periods, lock_starts)
+                        AS l(tenant_id, id, period, window_start)
+          WHERE l.tenant_id = one_tenant)
+         AS k(tenant_id, id, period, window_start)
+      ON (c.tenant_id, c.budget_id, c.period, c.window_start)
+       = (k.tenant_id, k.id, k.period, k.window_start)
+    WHERE c.tenant_id = one_tenant
+    ORDER BY c.tenant_id, c.budget_id, c.period, c.window_start
+    FOR UPDATE OF c;
+
+    -- The common case in one pass: when every request is new and distinct, every counter
+    -- exists and each request fits with all the ones before it admitted, the running sum
+    -- of the estimates on each counter decides them all at once, with one insert of the
+    -- reservations and one update per counter. Otherwise (a refusal, a repeat, a budget
+    -- that changed meanwhile) nothing is written here and the loop below decides the
+    -- requests one by one.
+    RETURN QUERY
+    WITH r AS (
+        SELECT *
+        FROM unnest(tenants, tags, users, days, estimates, ids, requests, expires)
+             WITH ORDINALITY AS r(tenant, tag, usr, day, estimate, id, request, expires, n)
+        WHERE r.tenant = one_tenant
+    ),
+    want AS (
+        SELECT r.n, b.tenant_id, b.id AS budget_id, b.budget_type, b.entity_id,
+               b.hard_limit_enabled AS hard, b.warn_threshold_pct AS warn_pct, p.period,
+               p.window_start, p.limit_cents
+        FROM r
+        JOIN cost_budgets b
+          ON b.tenant_id = one_tenant AND b.is_active
+         AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
+           OR (b.budget_type = 'feature' AND b.entity_id = r.tag)
+           OR (b.budget_type = 'user' AND b.entity_id = r.usr))
+        CROSS JOIN LATERAL (VALUES ('daily', r.day, b.daily_limit_cents),
+                                   ('monthly', date_trunc('month', r.day)::date,
+                                    b.monthly_limit_cents))
+             AS p(period, window_start, limit_cents)
+    ),
+    run AS (
+        SELECT w.*, c.spent_cents AS spent, c.reserved_cents AS base,
+               r.estimate::numeric AS own,
+               sum(r.estimate::numeric) OVER (PARTITION BY w.tenant_id, w.budget_id, w.period,
+                                                           w.window_start
+                                              ORDER BY w.n) AS upto
+        FROM want w
+        JOIN r ON r.n = w.n
+        LEFT JOIN budget_counters c
+               ON (c.tenant_id, c.budget_id, c.period, c.window_start)
+                = (w.tenant_id, w.budget_id, w.period, w.window_start)
+              AND c.tenant_id = one_tenant
+    ),
+    ok AS (
+        SELECT NOT EXISTS (SELECT 1 FROM run WHERE spent IS NULL)
+           AND NOT EXISTS (SELECT 1 FROM run
+                           WHERE limit_cents IS NOT NULL AND hard
+                             AND spent + base + upto > limit_cents)
+           AND NOT EXISTS (SELECT 1 FROM r JOIN budget_reservations b
+                           ON b.tenant_id = one_tenant AND b.request_id = r.request)
+           AND (SELECT count(DISTINCT (tenant, request)) FROM r) = (SELECT count(*) FROM r)
+           AS go
+    ),
+    held AS (
+        INSERT INTO budget_reservations (id, tenant_id, request_id, feature_tag, user_id,
+                                         estimated_cents, budget_ids, day, month, expires_at)
+        SELECT r.id, r.tenant, r.request, r.tag, r.usr, r.estimate::numeric,
+               ARRAY(SELECT DISTINCT w.budget_id::text FROM want w WHERE w.n = r.n ORDER BY 1),
+               r.day, date_trunc('month', r.day)::date, r.expires
+        FROM r
+        WHERE (SELECT go FROM ok)
+        ORDER BY r.n
+        RETURNING id, budget_ids, estimated_cents, expires_at
+    ),
+    charged AS (
+        UPDATE budget_counters c
+        SET reserved_cents = c.reserved_cents + t.total, updated_at = now()
+        FROM (SELECT tenant_id, budget_id, period, window_start, sum(own) AS total
+              FROM run GROUP BY 1, 2, 3, 4) t
+        WHERE (c.tenant_id, c.budget_id, c.period, c.window_start)
+            = (t.tenant_id, t.budget_id, t.period, t.window_start)
+          AND c.tenant_id = one_tenant
+          AND (SELECT go FROM ok)
+        RETURNING 1
+    )
+    SELECT r.n::int, true, false, true, true, h.budget_ids, h.estimated_cents::float8,
+           h.expires_at, w.budget_id::text, w.budget_type::text, w.entity_id::text, w.hard,
+           w.warn_pct, w.period, w.window_start, w.limit_cents, w.spent::float8,
+           (w.base + w.upto - w.own)::float8, false,
+           w.limit_cents IS NOT NULL
+             AND (w.spent + w.base + w.upto) * 100 >= w.limit_cents::numeric * w.warn_pct
+    FROM r
+    JOIN held h ON h.id = r.id
+    LEFT JOIN run w ON w.n = r.n
+    ORDER BY r.n, w.budget_id, w.period, w.window_start;
+    GET DIAGNOSTICS decided = ROW_COUNT;
+    IF decided > 0 THEN
+        RETURN;
+    END IF;
+
+    -- Each request as one reservation:
+    --   want     the counters of the budgets that apply, with their limits;
+    --   present  whether all of them exist;
+    --   locked   locks them in key order and reads them as they are now (the batch holds
+    --            them already), but only when all exist;
+    --   verdict  admits when every counter exists, the request is new and every hard
+    --            limit has room for the estimate;
+    --   held     only then stores the reservation;
+    --   charged  and adds the estimate to every counter.
+    -- Its rows are the counters as they were before, beside the verdict (one row of NULLs
+    -- when no budget applies).
+    FOR i IN 1 .. coalesce(array_length(requests, 1), 0) LOOP
+        CONTINUE WHEN tenants[i] IS DISTINCT FROM one_tenant;
+        RETURN QUERY
+        WITH want AS (
+            SELECT b.tenant_id, b.id AS budget_id, b.budget_type, b.entity_id,
+                   b.hard_limit_enabled AS hard, b.warn_threshold_pct AS warn_pct, p.period,
+                   p.window_start, p.limit_cents
+            FROM cost_budgets b
+            CROSS JOIN LATERAL (VALUES ('daily', days[i]::date, b.daily_limit_cents),
+                                       ('monthly', date_trunc('month', days[i])::date,
+                                        b.monthly_limit_cents))
+                 AS p(period, window_start, limit_cents)
+            WHERE b.tenant_id = one_tenant AND b.is_active
+              AND ((b.budget_type = 'tenant' AND b.entity_id IS NULL)
+                OR (b.budget_type = 'feature' AND b.entity_id = tags[i])
+                OR (b.budget_type = 'user' AND b.entity_id = users[i]))
+        ),
+        present AS (
+            SELECT count(*) = (SELECT count(*) FROM want) AS all_there
+            FROM budget_counters c JOIN want w USING (tenant_id, budget_id, period, window_start)
+            WHERE c.tenant_id = one_tenant
+        ),
+        locked AS (
+            SELECT c.tenant_id, c.budget_id, c.period, c.window_start, c.spent_cents,
+                   c.reserved_cents
+            FROM budget_counters c JOIN want w USING (tenant_id, budget_id, period, window_start)
+            WHERE c.tenant_id = one_tenant AND (SELECT all_there FROM present)
+            ORDER BY c.tenant_id, c.budget_id, c.period, c.window_start
+            FOR UPDATE OF c
+        ),
+        verdict AS (
+            SELECT (SELECT count(*) FROM want) = (SELECT count(*) FROM locked) AS ready,
+                   EXISTS (SELECT 1 FROM budget_reservations
+                           WHERE tenant_id = one_tenant AND request_id = requests[i]) AS repeated,
+                   coalesce((SELECT bool_and(w.limit_cents IS NULL OR NOT w.hard
+                                    OR l.spent_cents + l.reserved_cents + estimates[i]::numeric
+                                       <= w.limit_cents)
+                             FROM want w
+                             JOIN locked l USING (tenant_id, budget_id, period, window_start)),
+                            true) AS fits
+        ),
+        held AS (
+            INSERT INTO budget_reservations (id, tenant_id, request_id, feature_tag, user_id,
+                                             estimated_cents, budget_ids, day, month, expires_at)
+            SELECT ids[i], tenants[i], requests[i], tags[i], users[i], estimates[i]::numeric,
+                   ARRAY(SELECT DISTINCT budget_id::text FROM want ORDER BY 1), days[i],
+                   date_trunc('month', days[i])::date, expires[i]
+            FROM verdict WHERE ready AND fits AND NOT repeated
+            ON CONFLICT (tenant_id, request_id) DO NOTHING
+            RETURNING id, budget_ids, estimated_cents, expires_at
+        ),
+        charged AS (
+            UPDATE budget_counters c
+            SET reserved_cents = c.reserved_cents + estimates[i]::numeric, updated_at = now()
+            FROM locked l
+            WHERE (c.tenant_id, c.budget_id, c.period, c.window_start)
+                = (l.tenant_id, l.budget_id, l.period, l.window_start)
+              AND c.tenant_id = one_tenant
+              AND EXISTS (SELECT 1 FROM held)
+            RETURNING 1
+        )
+        SELECT i, v.ready, v.repeated, v.fits, EXISTS (SELECT 1 FROM held) AS held,
+               (SELECT budget_ids FROM held) AS held_budget_ids,
+               (SELECT estimated_cents::float8 FROM held) AS held_estimate,
+               (SELECT expires_at FROM held) AS held_expires_at,
+               w.budget_id::text, w.budget_type::text, w.entity_id::text, w.hard, w.warn_pct,
+               w.period, w.window_start, w.limit_cents,
+               l.spent_cents::float8 AS spent_cents, l.reserved_cents::float8 AS reserved_cents,
+               w.limit_cents IS NOT NULL AND w.hard
+                 AND l.spent_cents + l.reserved_cents + estimates[i]::numeric > w.limit_cents AS full,
+               w.limit_cents IS NOT NULL
+                 AND (l.spent_cents + l.reserved_cents + estimates[i]::numeric) * 100
+                     >= w.limit_cents::numeric * w.warn_pct AS warns
+        FROM verdict v
+        LEFT JOIN (want w JOIN locked l USING (tenant_id, budget_id, period, window_start)) ON true
+        ORDER BY w.budget_id, w.period, w.window_start;
+    END LOOP;
+END
+$$;
