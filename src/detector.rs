@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::models::{
     AnomalyType, BreachType, BudgetType, CostAnomaly, DerivedCause, EntityType, Severity, Totals,
 };
+use crate::replica::Reads;
 use crate::types::{EntityKey, TenantId, Tenants};
 
 /// The detector's thresholds; `Default` is the original engine's constants.
@@ -228,7 +229,7 @@ impl AnomalyDetector {
         tenant_id: &TenantId,
         now: DateTime<Utc>,
     ) -> Result<Vec<CostAnomaly>> {
-        self.run(conn, Tenants::One(tenant_id), now)
+        self.run(conn, None, Tenants::One(tenant_id), now)
     }
 
     /// [`detect`](Self::detect) for every tenant at once, in a fixed number of statements
@@ -244,12 +245,44 @@ impl AnomalyDetector {
         conn: &mut PgConnection,
         now: DateTime<Utc>,
     ) -> Result<Vec<CostAnomaly>> {
-        self.run(conn, Tenants::All, now)
+        self.run(conn, None, Tenants::All, now)
+    }
+
+    /// [`detect`](Self::detect) with the spend the rules compare (every scope's days)
+    /// read through `spend` (a replica, see [`crate::replica`]); budgets, breach and
+    /// drift history are read and written on `conn`, the primary. Spend is then as stale
+    /// as `spend.replica_lag()`.
+    ///
+    /// # Errors
+    /// As [`detect`](Self::detect).
+    pub fn detect_reading_spend(
+        &self,
+        conn: &mut PgConnection,
+        spend: &mut Reads<'_>,
+        tenant_id: &TenantId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CostAnomaly>> {
+        self.run(conn, Some(spend), Tenants::One(tenant_id), now)
+    }
+
+    /// [`detect_all`](Self::detect_all) with the spend read through `spend`, as
+    /// [`detect_reading_spend`](Self::detect_reading_spend) does.
+    ///
+    /// # Errors
+    /// As [`detect`](Self::detect).
+    pub fn detect_all_reading_spend(
+        &self,
+        conn: &mut PgConnection,
+        spend: &mut Reads<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<CostAnomaly>> {
+        self.run(conn, Some(spend), Tenants::All, now)
     }
 
     fn run(
         &self,
         conn: &mut PgConnection,
+        spend: Option<&mut Reads<'_>>,
         tenants: Tenants<'_>,
         now: DateTime<Utc>,
     ) -> Result<Vec<CostAnomaly>> {
@@ -263,8 +296,16 @@ impl AnomalyDetector {
         .into_iter()
         .min()
         .expect("two days");
+        let book = match spend {
+            Some(reads) => DayBook::load(
+                &mut CostAnomalyDriver::new(reads.conn()),
+                tenants,
+                from,
+                today,
+            )?,
+            None => DayBook::load(&mut CostAnomalyDriver::new(conn), tenants, from, today)?,
+        };
         let mut d = CostAnomalyDriver::new(conn);
-        let book = DayBook::load(&mut d, tenants, from, today)?;
         let mut found: BTreeMap<String, Vec<CostAnomaly>> = BTreeMap::new();
         for (tenant, anomaly) in self.spikes(&mut d, &book, now)? {
             found.entry(tenant).or_default().push(anomaly);

@@ -81,6 +81,15 @@ pub enum Error {
         /// The last error the service saw.
         reason: String,
     },
+    /// The replica is further behind its primary than the caller allows, and no primary
+    /// was given to read from instead.
+    #[error("the replica is {lag:?} behind its primary, more than the {max_lag:?} allowed")]
+    ReplicaLag {
+        /// How far behind it was.
+        lag: std::time::Duration,
+        /// The bound.
+        max_lag: std::time::Duration,
+    },
     /// The queue of a recorder or an admission service is full (`try_record`,
     /// `try_reserve`); nothing was queued.
     #[error("the queue is full")]

@@ -16,6 +16,8 @@
 //! - [`detector`]: the cost-anomaly detector's rules over the anomaly driver.
 //! - [`recorder`]: durable group commit for services that record each call as it happens.
 //! - [`leader`]: leader election among processes on advisory locks, with fencing terms.
+//! - [`replica`]: reads from a streaming replica, bounded in staleness, with a fall back
+//!   to the primary.
 //! - [`placement`]: which tables are distributed by tenant on a Citus cluster, and why
 //!   the others are not.
 //!
@@ -63,6 +65,7 @@ pub mod models;
 pub mod placement;
 mod prepared;
 pub mod recorder;
+pub mod replica;
 #[allow(missing_docs)]
 pub mod schema;
 pub(crate) mod sql_fns;

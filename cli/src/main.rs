@@ -123,6 +123,12 @@ impl From<costdb_testkit::Error> for Failure {
     }
 }
 
+impl From<diesel::result::Error> for Failure {
+    fn from(e: diesel::result::Error) -> Self {
+        Failure::Costdb(e.into())
+    }
+}
+
 impl From<std::io::Error> for Failure {
     fn from(e: std::io::Error) -> Self {
         Failure::Output(e)

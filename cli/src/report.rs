@@ -10,8 +10,8 @@ use costdb::db;
 use costdb::drivers::AnalyticsReadDriver;
 use costdb::drivers::{FeatureSpend, ModelSpend, SpendBucket};
 use costdb::models::TimeBucket;
+use costdb::replica::{ReadReplica, ReplicaConfig, Server};
 use costdb::types::{TenantId, TimeWindow};
-use diesel::{PgConnection, RunQueryDsl};
 use serde::Serialize;
 
 use crate::{require_url, say, Failure, Outcome, Target};
@@ -49,6 +49,15 @@ pub struct Options {
     /// Also draw spend per day per model into this SVG file.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Read from this streaming replica instead of the primary (--database-url, or
+    /// DATABASE_URL), which is read only when the replica is further behind than
+    /// --max-lag-secs.
+    #[arg(long)]
+    replica_url: Option<String>,
+    /// How far behind its primary the replica may be, in seconds (with --replica-url;
+    /// default: any). Beyond it the report reads the primary, or fails without one.
+    #[arg(long, requires = "replica_url")]
+    max_lag_secs: Option<f64>,
 }
 
 /// The report as JSON prints it.
@@ -73,18 +82,40 @@ fn window(from: NaiveDate, to: NaiveDate) -> Result<TimeWindow, Failure> {
     Ok(TimeWindow::new(start(from), start(end))?)
 }
 
-fn known_tenant(conn: &mut PgConnection, tenant: &str) -> costdb::Result<bool> {
-    #[derive(diesel::QueryableByName)]
-    struct Found {
-        #[diesel(sql_type = diesel::sql_types::Bool)]
-        found: bool,
+/// The report's reads, in one snapshot when the caller gives one.
+fn read(
+    analytics: &mut AnalyticsReadDriver<'_>,
+    tenant: &TenantId,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Report, Failure> {
+    if !analytics.has_costs(tenant)? {
+        return Err(Failure::Usage(format!(
+            "tenant {:?} has no cost records in this database",
+            tenant.as_str()
+        )));
     }
-    Ok(diesel::sql_query(
-        "SELECT EXISTS (SELECT 1 FROM cost_records WHERE tenant_id = $1) AS found",
-    )
-    .bind::<diesel::sql_types::Text, _>(tenant)
-    .get_result::<Found>(conn)?
-    .found)
+    let whole = window(from, to)?;
+    let days = analytics.fetch_cost_spend(tenant, whole, TimeBucket::Day)?;
+    let models = analytics.fetch_cost_by_model(tenant, whole)?;
+    let features = analytics.fetch_cost_by_feature(tenant, whole)?;
+    let mut model_days: BTreeMap<String, Vec<(NaiveDate, f64)>> = BTreeMap::new();
+    for m in analytics.fetch_model_spend(tenant, whole, TimeBucket::Day)? {
+        model_days
+            .entry(m.model)
+            .or_default()
+            .push((m.bucket.date_naive(), m.spend_cents));
+    }
+    Ok(Report {
+        spend_cents: days.iter().map(|d| d.spend_cents).sum(),
+        tenant: tenant.as_str().to_owned(),
+        from,
+        to,
+        days,
+        models,
+        features,
+        model_days,
+    })
 }
 
 /// Runs `costdb report`.
@@ -94,35 +125,43 @@ pub fn run(options: Options) -> Outcome {
     if from > to {
         return Err(Failure::Usage(format!("--from {from} is after --to {to}")));
     }
-    let whole = window(from, to)?;
-    let mut conn = db::connect(&require_url(options.target)?)?;
-    if !known_tenant(&mut conn, &options.tenant)? {
-        return Err(Failure::Usage(format!(
-            "tenant {:?} has no cost records in this database",
-            options.tenant
-        )));
-    }
+    window(from, to)?; // refused before connecting
     let tenant = TenantId::new(options.tenant)?;
-    let mut analytics = AnalyticsReadDriver::new(&mut conn);
-    let days = analytics.fetch_cost_spend(&tenant, whole, TimeBucket::Day)?;
-    let models = analytics.fetch_cost_by_model(&tenant, whole)?;
-    let features = analytics.fetch_cost_by_feature(&tenant, whole)?;
-    let mut model_days: BTreeMap<String, Vec<(NaiveDate, f64)>> = BTreeMap::new();
-    for m in analytics.fetch_model_spend(&tenant, whole, TimeBucket::Day)? {
-        model_days
-            .entry(m.model)
-            .or_default()
-            .push((m.bucket.date_naive(), m.spend_cents));
-    }
-    let report = Report {
-        spend_cents: days.iter().map(|d| d.spend_cents).sum(),
-        tenant: tenant.into(),
-        from,
-        to,
-        days,
-        models,
-        features,
-        model_days,
+    let report = match &options.replica_url {
+        None => {
+            let mut conn = db::connect(&require_url(options.target)?)?;
+            read(&mut AnalyticsReadDriver::new(&mut conn), &tenant, from, to)?
+        }
+        Some(replica_url) => {
+            let max_lag = options
+                .max_lag_secs
+                .map(|s| {
+                    std::time::Duration::try_from_secs_f64(s)
+                        .ok()
+                        .filter(|d| !d.is_zero())
+                        .ok_or_else(|| {
+                            Failure::Usage(format!(
+                                "--max-lag-secs {s} is not a positive number of seconds"
+                            ))
+                        })
+                })
+                .transpose()?;
+            let mut replica = ReadReplica::connect(ReplicaConfig {
+                replica_url: replica_url.clone(),
+                primary_url: require_url(options.target).ok(),
+                max_lag,
+            })?;
+            let mut reads = replica.reads()?;
+            eprintln!(
+                "reading from the {} (replica {:.1} s behind)",
+                match reads.server() {
+                    Server::Replica => "replica",
+                    Server::Primary => "primary",
+                },
+                reads.replica_lag().as_secs_f64()
+            );
+            reads.snapshot(|r| read(&mut r.analytics(), &tenant, from, to))?
+        }
     };
     if let Some(path) = &options.plot {
         plot(&report, path)?;

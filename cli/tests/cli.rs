@@ -793,6 +793,38 @@ fn report_prints_tables_json_and_a_chart_and_refuses_bad_input() {
     );
     let json = report(&["--from", &from, "--to", &to, "--format", "json"]);
     let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    // Through a replica URL (here the server itself, which is no replica: never behind),
+    // the same report, and the command says where it read.
+    let json_args = ["--from", &from, "--to", &to, "--format", "json"];
+    let via = costdb(
+        &[
+            &["report", "--tenant", "tenant-01", "--replica-url", &url][..],
+            &json_args,
+        ]
+        .concat(),
+        None,
+    );
+    assert!(via.status.success(), "{via:?}");
+    let via_doc: serde_json::Value = serde_json::from_slice(&via.stdout).expect("JSON");
+    assert_eq!(via_doc, doc);
+    assert!(
+        String::from_utf8_lossy(&via.stderr)
+            .contains("reading from the replica (replica 0.0 s behind)"),
+        "{via:?}"
+    );
+    let err = one_error_line(&costdb(
+        &[
+            "report",
+            "--tenant",
+            "tenant-01",
+            "--replica-url",
+            &url,
+            "--max-lag-secs",
+            "0",
+        ],
+        None,
+    ));
+    assert!(err.contains("--max-lag-secs 0 is not a positive"), "{err}");
     let days = doc["days"].as_array().unwrap();
     assert_eq!(days.len(), 7);
     let by_day: f64 = days

@@ -227,6 +227,16 @@ impl<'c> AnalyticsReadDriver<'c> {
         AnalyticsReadDriver { conn }
     }
 
+    /// Whether the tenant has recorded any cost, ever (from the daily rollup, which
+    /// outlives the raw records).
+    pub fn has_costs(&mut self, tenant_id: &TenantId) -> Result<bool> {
+        use crate::schema::cost_rollup_daily as d;
+        Ok(diesel::select(diesel::dsl::exists(
+            d::table.filter(d::tenant_id.eq(tenant_id.as_str())),
+        ))
+        .get_result(self.conn)?)
+    }
+
     /// Runs one of the statements over `runs` or `aos_traces`, prepared with the bucket
     /// width as `$4`.
     fn run<T>(

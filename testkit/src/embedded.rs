@@ -58,16 +58,23 @@ fn candidate_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// The folder holding `initdb` and `pg_ctl`, searched as [`find_program`] does.
+/// The folder holding `initdb` and `pg_ctl`, searched as [`find_program`] does; where
+/// they are links (as in `/usr/local/bin`), the folder they link to, which holds the
+/// server's other programs (`pg_basebackup`, `pgbench`) too.
 ///
 /// # Errors
 /// [`Error::Embedded`] saying what to install when no folder has both.
 pub fn find_bin_dir() -> Result<PathBuf> {
     let has_both = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
-    candidate_dirs()
+    let dir = candidate_dirs()
         .into_iter()
         .find(|d| has_both(d))
-        .ok_or_else(|| Error::embedded(MISSING_BINARIES, None))
+        .ok_or_else(|| Error::embedded(MISSING_BINARIES, None))?;
+    Ok(std::fs::canonicalize(dir.join("initdb"))
+        .ok()
+        .and_then(|initdb| initdb.parent().map(Path::to_path_buf))
+        .filter(|real| has_both(real))
+        .unwrap_or(dir))
 }
 
 /// A PostgreSQL program such as `pgbench`: in `$COSTDB_PG_BIN`, on `PATH`, or under
@@ -126,20 +133,26 @@ fn command(program: &Path, user: Option<(u32, u32)>) -> Command {
 
 /// How the guardian sets up, reports and tears down a cluster. It ignores SIGPIPE, SIGHUP
 /// and SIGINT, so neither a dead parent nor a Ctrl-C in the terminal stops it halfway.
-/// Arguments: bin dir, port, fsync on/off. It prints the directory it made, then the exit
-/// status of initdb + pg_ctl start, then waits for its stdin to close (the parent's drop or
-/// death). A line `keep` on stdin leaves the cluster running; anything else stops the server
-/// and deletes the directory.
+/// Arguments: bin dir, port, fsync on/off, and the port of a primary to copy (empty for a
+/// new cluster by `initdb`; else `pg_basebackup -R` makes a streaming replica of it). It
+/// prints the directory it made, then the exit status of the setup + pg_ctl start, then
+/// waits for its stdin to close (the parent's drop or death). A line `keep` on stdin leaves
+/// the cluster running; anything else stops the server and deletes the directory.
 const GUARDIAN: &str = r#"
 trap '' PIPE HUP INT
-bin=$1 port=$2 fsync=$3
+bin=$1 port=$2 fsync=$3 primary=$4
 dir=$(mktemp -d "${TMPDIR:-/tmp}/costdb-pg-XXXXXXXXXX") || exit 1
 echo "$dir"
 opts="-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=$fsync \
     -c synchronous_commit=$fsync -c full_page_writes=$fsync -c max_connections=200"
 echo "$opts" >"$dir/options"
-"$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --no-locale --no-sync \
-    >"$dir/setup.log" 2>&1 &&
+if [ -z "$primary" ]; then
+    "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --no-locale --no-sync \
+        >"$dir/setup.log" 2>&1
+else
+    "$bin/pg_basebackup" -D "$dir/data" -R -X stream -c fast -h 127.0.0.1 -p "$primary" \
+        -U postgres >"$dir/setup.log" 2>&1
+fi &&
 "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start -o "$opts" \
     >>"$dir/setup.log" 2>&1
 echo "$?"
@@ -181,7 +194,7 @@ impl EmbeddedPostgres {
         // A free port can be taken between the probe and the bind: try a few.
         for _ in 0..3 {
             let port = free_port()?;
-            match Self::spawn(&bin_dir, user, port, fsync) {
+            match Self::spawn(&bin_dir, user, port, fsync, None) {
                 Ok(pg) => return Ok(pg),
                 Err(e) => last_error = Some(e),
             }
@@ -189,9 +202,41 @@ impl EmbeddedPostgres {
         Err(last_error.unwrap_or_else(|| Error::embedded("the server did not start", None)))
     }
 
+    /// Starts a hot-standby streaming replica of this cluster (`pg_basebackup -R`) on a
+    /// port of its own, with this cluster's durability; stopped and deleted on drop like
+    /// any cluster. Reads only; its replay can be paused with `pg_wal_replay_pause()`.
+    ///
+    /// # Errors
+    /// [`Error::Embedded`] when `pg_basebackup` or the replica's server fails (the message
+    /// carries their output). Nothing is left behind then.
+    pub fn start_replica(&self) -> Result<Self> {
+        let options = std::fs::read_to_string(self.dir.join("options"))
+            .map_err(|e| Error::embedded("cannot read the cluster's server options", Some(e)))?;
+        let fsync = if options.contains("fsync=on") {
+            "on"
+        } else {
+            "off"
+        };
+        let mut last_error = None;
+        for _ in 0..3 {
+            let port = free_port()?;
+            match Self::spawn(&self.bin_dir, self.user, port, fsync, Some(self.port)) {
+                Ok(pg) => return Ok(pg),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::embedded("the replica did not start", None)))
+    }
+
     /// Starts the guardian, which makes the directory, runs initdb and starts the server:
     /// cleanup is armed before anything exists on disk.
-    fn spawn(bin_dir: &Path, user: Option<(u32, u32)>, port: u16, fsync: &str) -> Result<Self> {
+    fn spawn(
+        bin_dir: &Path,
+        user: Option<(u32, u32)>,
+        port: u16,
+        fsync: &str,
+        primary: Option<u16>,
+    ) -> Result<Self> {
         let mut guardian = command(Path::new("/bin/sh"), user)
             .arg("-c")
             .arg(GUARDIAN)
@@ -199,6 +244,7 @@ impl EmbeddedPostgres {
             .arg(bin_dir)
             .arg(port.to_string())
             .arg(fsync)
+            .arg(primary.map(|p| p.to_string()).unwrap_or_default())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -228,7 +274,7 @@ impl EmbeddedPostgres {
             let log = std::fs::read_to_string(pg.dir.join("setup.log")).unwrap_or_default();
             let server = std::fs::read_to_string(pg.dir.join("server.log")).unwrap_or_default();
             return Err(Error::embedded(
-                format!("initdb or pg_ctl start failed: {log}{server}"),
+                format!("initdb, pg_basebackup or pg_ctl start failed: {log}{server}"),
                 None,
             ));
         }
