@@ -1,4 +1,6 @@
--- The batch reservation as migration tenant_led_keys defined it.
+-- The batch reservation as migration tenant_led_keys defined it, and the expiry index.
+CREATE INDEX ix_budget_reservations_held_expiry
+    ON budget_reservations (expires_at) WHERE status = 'held';
 CREATE OR REPLACE FUNCTION costdb_reserve_tenant(
     one_tenant text,
     tenants text[], tags text[], users text[], days date[], estimates float8[],

@@ -5,6 +5,11 @@
 -- reservations through the tenant alone, which a plan made while the table was small did,
 -- while it held the tenant's counter locks: each reservation then read every earlier one.
 -- Same contract as before (migration tenant_led_keys).
+--
+-- The held reservations' expiry index without the tenant goes: reclaim finds the tenants
+-- with expired holds through the one that leads with the tenant (it holds only the
+-- reservations still held, a few), and every reservation stored paid for both.
+DROP INDEX ix_budget_reservations_held_expiry;
 CREATE OR REPLACE FUNCTION costdb_reserve_tenant(
     one_tenant text,
     tenants text[], tags text[], users text[], days date[], estimates float8[],
