@@ -237,3 +237,169 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- The service's one-statement batch as migration tenant_led_keys defined it.
+CREATE OR REPLACE FUNCTION costdb_admit_batch(
+    tenants text[], tags text[], users text[], days date[], estimates float8[],
+    ids text[], requests text[], expires timestamptz[],
+    s_ids text[],
+    s_records text[], s_tenants text[], s_users text[], s_tags text[], s_requests text[],
+    s_workflows text[], s_skills text[], s_models text[], s_input int4[], s_output int4[],
+    s_cents float8[], s_retries bool[], s_created timestamptz[],
+    r_ids text[], r_tenants text[])
+RETURNS TABLE (
+    n int, ready bool, repeated bool, fits bool, held bool, held_budget_ids text[],
+    held_estimate float8, held_expires_at timestamptz, budget_id text, budget_type text,
+    entity_id text, hard bool, warn_pct int, period text, window_start date,
+    limit_cents int, spent_cents float8, reserved_cents float8, "full" bool, warns bool,
+    created_at timestamptz)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    settles int := coalesce(cardinality(s_ids), 0);
+    closes int := settles + coalesce(cardinality(r_ids), 0);
+    -- The tenants of the closes, in key order: every statement below names one of them.
+    close_tenants text[] := ARRAY(SELECT DISTINCT x FROM unnest(s_tenants || r_tenants) AS x
+                                  ORDER BY 1);
+    one text;
+    locked int := 0;
+    n_locked int;
+    done bigint;
+    lock_tenants text[] := '{}';
+    lock_budgets text[] := '{}';
+    lock_periods text[] := '{}';
+    lock_starts date[] := '{}';
+BEGIN
+    -- The reservations to close: each named once, found for its tenant and request, held,
+    -- and (for a settlement) its record on the reservation's day. Locked in key order, one
+    -- tenant at a time; with them, the keys of the counters their closes will change.
+    FOREACH one IN ARRAY close_tenants LOOP
+        SELECT count(*) INTO n_locked
+        FROM (SELECT 1
+              FROM budget_reservations b
+              JOIN (SELECT * FROM unnest(s_ids, s_tenants, s_requests,
+                                         array_fill(true, ARRAY[settles]), s_created)
+                    UNION ALL
+                    SELECT k.id, k.tenant, NULL, false, NULL
+                    FROM unnest(r_ids, r_tenants) AS k(id, tenant))
+                   AS k(id, tenant, request, settles, created)
+                ON b.id = k.id AND b.tenant_id = k.tenant
+              WHERE b.tenant_id = one AND b.id = ANY (s_ids || r_ids)
+                AND b.status = 'held'
+                AND (NOT k.settles
+                     OR (b.request_id = k.request
+                         AND (coalesce(k.created, now()) AT TIME ZONE 'UTC')::date = b.day))
+              ORDER BY b.id
+              FOR UPDATE OF b) l;
+        locked := locked + n_locked;
+        SELECT lock_tenants || coalesce(array_agg(k.tenant_id), '{}'),
+               lock_budgets || coalesce(array_agg(k.id), '{}'),
+               lock_periods || coalesce(array_agg(k.period), '{}'),
+               lock_starts || coalesce(array_agg(k.window_start), '{}')
+        INTO lock_tenants, lock_budgets, lock_periods, lock_starts
+        FROM (SELECT DISTINCT b.tenant_id, u.budget_id, p.period, p.window_start
+              FROM budget_reservations b
+              JOIN unnest(s_ids || r_ids, s_tenants || r_tenants) AS c(id, tenant)
+                ON b.id = c.id AND b.tenant_id = c.tenant
+              CROSS JOIN unnest(b.budget_ids) AS u(budget_id)
+              CROSS JOIN LATERAL (VALUES ('daily', b.day), ('monthly', b.month))
+                   AS p(period, window_start)
+              WHERE b.tenant_id = one AND b.id = ANY (s_ids || r_ids))
+             AS k(tenant_id, id, period, window_start);
+    END LOOP;
+    IF locked <> closes
+       OR (SELECT count(DISTINCT id) FROM unnest(s_ids || r_ids) AS k(id)) <> closes THEN
+        RAISE EXCEPTION 'costdb: admit batch needs the full path';
+    END IF;
+
+    -- The counters the closes will change are locked by costdb_reserve_batch together with
+    -- the requests' own, in key order; then the requests are decided as it decides them.
+    IF coalesce(cardinality(requests), 0) > 0 OR cardinality(lock_budgets) > 0 THEN
+        RETURN QUERY
+        SELECT v.*, NULL::timestamptz
+        FROM costdb_reserve_batch(tenants, tags, users, days, estimates, ids, requests,
+                                  expires, lock_tenants, lock_budgets, lock_periods,
+                                  lock_starts) v;
+    END IF;
+
+    -- The settlements' cost records, every one of them new.
+    IF settles > 0 THEN
+        RETURN QUERY
+        WITH s AS (
+            SELECT *
+            FROM unnest(s_records, s_tenants, s_users, s_tags, s_requests, s_workflows,
+                        s_skills, s_models, s_input, s_output, s_cents, s_retries, s_created)
+                 WITH ORDINALITY AS s(id, tenant_id, user_id, feature_tag, request_id,
+                                      workflow_id, skill_id, model, input_tokens,
+                                      output_tokens, cost_cents, is_retry, created_at, n)
+        ),
+        stored AS (
+            INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id,
+                                      workflow_id, skill_id, model, input_tokens,
+                                      output_tokens, cost_cents, is_retry, created_at)
+            SELECT id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id,
+                   model, input_tokens, output_tokens, cost_cents + 0, is_retry,
+                   coalesce(created_at, now())
+            FROM s
+            ORDER BY n
+            ON CONFLICT DO NOTHING
+            RETURNING id, created_at
+        )
+        SELECT -s.n::int, true, false, true, false, NULL::text[], NULL::float8,
+               NULL::timestamptz, NULL::text, NULL::text, NULL::text, NULL::bool, NULL::int,
+               NULL::text, NULL::date, NULL::int, NULL::float8, NULL::float8, NULL::bool,
+               NULL::bool, t.created_at
+        FROM s JOIN stored t ON t.id = s.id
+        ORDER BY s.n;
+        GET DIAGNOSTICS done = ROW_COUNT;
+        IF done <> settles THEN
+            RAISE EXCEPTION 'costdb: admit batch needs the full path';
+        END IF;
+    END IF;
+
+    -- The closes: estimates given back on the reservations' windows, actual costs added
+    -- to the same windows (each record falls on its reservation's day), reservations closed.
+    FOREACH one IN ARRAY close_tenants LOOP
+        WITH c AS (
+            SELECT k.id, k.tenant, 'settled' AS status, k.cents
+            FROM unnest(s_ids, s_tenants, s_cents) AS k(id, tenant, cents)
+            UNION ALL
+            SELECT k.id, k.tenant, 'released', NULL
+            FROM unnest(r_ids, r_tenants) AS k(id, tenant)
+        ),
+        mine AS (
+            SELECT * FROM c WHERE c.tenant = one
+        ),
+        deltas AS (
+            SELECT b.tenant_id, u.budget_id, p.period, p.window_start,
+                   -sum(b.estimated_cents) AS reserved,
+                   coalesce(sum((c.cents + 0)::numeric), 0) AS spent
+            FROM mine c
+            JOIN budget_reservations b
+              ON b.id = c.id AND b.tenant_id = one AND b.id = ANY (s_ids || r_ids)
+            CROSS JOIN unnest(b.budget_ids) AS u(budget_id)
+            CROSS JOIN LATERAL (VALUES ('daily', b.day), ('monthly', b.month))
+                 AS p(period, window_start)
+            GROUP BY 1, 2, 3, 4
+        ),
+        counted AS (
+            UPDATE budget_counters k
+            SET reserved_cents = k.reserved_cents + d.reserved,
+                spent_cents = k.spent_cents + d.spent, updated_at = now()
+            FROM deltas d
+            WHERE (k.tenant_id, k.budget_id, k.period, k.window_start)
+                = (d.tenant_id, d.budget_id, d.period, d.window_start)
+              AND k.tenant_id = one AND k.budget_id = ANY (lock_budgets)
+        )
+        UPDATE budget_reservations b
+        SET status = c.status, closed_at = now(), actual_cents = c.cents + 0,
+            cost_record_id = s.record
+        FROM mine c
+        LEFT JOIN unnest(s_ids, s_records) AS s(id, record) ON s.id = c.id
+        WHERE b.id = c.id AND b.tenant_id = one AND b.id = ANY (s_ids || r_ids);
+    END LOOP;
+END
+$$;
