@@ -273,16 +273,8 @@ fn a_mixed_batch_answers_each_request_as_the_driver_would() {
     let tight_budget = budget(&tight, 10, true);
     budget(&soft, 10, false);
     let svc = service(AdmissionConfig::default());
-    // The first request goes alone and creates the counters. Then a lock on the tight
-    // counter holds the next request in the worker while the others queue behind it, so
-    // the worker takes those as one batch, in the order they arrived.
+    // The first request goes alone and creates the counters; the rest go as one batch.
     let first = admitted(svc.reserve(&tight, &ask("t-1", 6.0)).unwrap()).unwrap();
-    let mut blocker = common::test_conn();
-    blocker.batch_execute("BEGIN").unwrap();
-    diesel::sql_query("SELECT 1 FROM budget_counters WHERE budget_id = $1 FOR UPDATE")
-        .bind::<diesel::sql_types::Text, _>(&tight_budget)
-        .execute(&mut blocker)
-        .unwrap();
     let requests = [
         (&tight, "t-0", 1.0), // held in the worker by the lock: 7 of 10
         (&tight, "t-2", 5.0), // 12 would pass the limit: refused
@@ -291,27 +283,12 @@ fn a_mixed_batch_answers_each_request_as_the_driver_would() {
         (&soft, "s-1", 12.0), // over a soft limit: admitted, warned
         (&free, "f-1", 3.0),  // no budget applies: admitted
     ];
-    let answers = std::thread::scope(|s| {
-        let mut handles = Vec::new();
-        for (i, &(tenant, request, cents)) in requests.iter().enumerate() {
-            let svc = &svc;
-            handles.push(s.spawn(move || svc.reserve(tenant, &ask(request, cents))));
-            if i == 0 {
-                until(|| svc.stats().in_flight == 1);
-            } else {
-                until(|| svc.stats().queue_depth == i);
-            }
-        }
+    let answers = one_batch_behind_a_lock(&svc, &tight_budget, &requests, || {
         // Bad input is refused at once, while the batch waits.
         assert_invalid(
             svc.reserve(&tight, &ask("bad", f64::NAN)),
             "estimated_cents",
         );
-        blocker.batch_execute("COMMIT").unwrap();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap().unwrap())
-            .collect::<Vec<_>>()
     });
     assert!(svc.stats().batches >= 3);
     let ok = |a: &Admission| matches!(a, Admission::Admitted { .. });
@@ -359,32 +336,17 @@ fn a_batch_that_fits_with_one_repeated_request_charges_the_repeat_once() {
     let limit = budget(&tenant, 100, true);
     let svc = service(AdmissionConfig::default());
     let first = admitted(svc.reserve(&tenant, &ask("r-1", 6.0)).unwrap()).unwrap();
-    // As above: a lock holds the next request in the worker while the rest queue, so
-    // they go as one batch in which every request fits and one repeats r-1.
-    let mut blocker = common::test_conn();
-    blocker.batch_execute("BEGIN").unwrap();
-    diesel::sql_query("SELECT 1 FROM budget_counters WHERE budget_id = $1 FOR UPDATE")
-        .bind::<diesel::sql_types::Text, _>(&limit)
-        .execute(&mut blocker)
-        .unwrap();
-    let requests = [("r-0", 1.0), ("r-2", 2.0), ("r-1", 6.0), ("r-3", 3.0)];
-    let answers = std::thread::scope(|s| {
-        let mut handles = Vec::new();
-        for (i, &(request, cents)) in requests.iter().enumerate() {
-            let (svc, tenant) = (&svc, &tenant);
-            handles.push(s.spawn(move || svc.reserve(tenant, &ask(request, cents))));
-            if i == 0 {
-                until(|| svc.stats().in_flight == 1);
-            } else {
-                until(|| svc.stats().queue_depth == i);
-            }
-        }
-        blocker.batch_execute("COMMIT").unwrap();
-        handles
-            .into_iter()
-            .map(|h| admitted(h.join().unwrap().unwrap()).unwrap())
-            .collect::<Vec<_>>()
-    });
+    // One batch in which every request fits and one repeats r-1.
+    let requests = [
+        (&tenant, "r-0", 1.0),
+        (&tenant, "r-2", 2.0),
+        (&tenant, "r-1", 6.0),
+        (&tenant, "r-3", 3.0),
+    ];
+    let answers: Vec<Reservation> = one_batch_behind_a_lock(&svc, &limit, &requests, || {})
+        .into_iter()
+        .map(|a| admitted(a).unwrap())
+        .collect();
     assert_eq!(answers[2].id, first.id, "the repeat gets r-1's reservation");
     let ids: std::collections::BTreeSet<&str> = answers.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(ids.len(), 4, "r-0, r-2 and r-3 are new: {answers:?}");
@@ -545,6 +507,41 @@ fn a_service_on_a_fresh_database_analyzes_the_tables_it_outgrows() {
     // over: the service analyzed it on the way, so its plans fit the table.
     assert!(stats.batches > 64, "{stats:?}");
     assert!(pages(&mut conn) > 0, "budget_reservations was analyzed");
+}
+
+/// Sends `requests` to `svc` in order, the first alone: a lock on `budget_id`'s counters
+/// holds it in the worker while the others queue behind it, so the worker takes those as
+/// one batch, in the order they arrived. `while_queued` runs before the lock is let go.
+/// The answers, in the order of `requests`.
+fn one_batch_behind_a_lock(
+    svc: &AdmissionService,
+    budget_id: &str,
+    requests: &[(&TenantId, &str, f64)],
+    while_queued: impl FnOnce(),
+) -> Vec<Admission> {
+    let mut blocker = common::test_conn();
+    blocker.batch_execute("BEGIN").unwrap();
+    diesel::sql_query("SELECT 1 FROM budget_counters WHERE budget_id = $1 FOR UPDATE")
+        .bind::<diesel::sql_types::Text, _>(budget_id)
+        .execute(&mut blocker)
+        .unwrap();
+    std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for (i, &(tenant, request, cents)) in requests.iter().enumerate() {
+            handles.push(s.spawn(move || svc.reserve(tenant, &ask(request, cents))));
+            if i == 0 {
+                until(|| svc.stats().in_flight == 1);
+            } else {
+                until(|| svc.stats().queue_depth == i);
+            }
+        }
+        while_queued();
+        blocker.batch_execute("COMMIT").unwrap();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap().unwrap())
+            .collect()
+    })
 }
 
 fn spawn_callers<'scope>(
