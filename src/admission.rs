@@ -1031,36 +1031,43 @@ impl<'c> AdmissionDriver<'c> {
         })
     }
 
-    /// Closes locked reservations and applies their deltas to the counters, all in one
-    /// statement.
+    /// Closes locked reservations and applies their deltas to the counters: one
+    /// statement per tenant, in tenant order (the counters' key order), so each reaches
+    /// one partition, or one shard.
     pub(crate) fn close(&mut self, closes: &[Close]) -> Result<()> {
-        if closes.is_empty() {
-            return Ok(());
+        let mut tenants: Vec<&str> = closes.iter().map(|c| c.tenant_id.as_str()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        for tenant in tenants {
+            let mine: Vec<&Close> = closes.iter().filter(|c| c.tenant_id == tenant).collect();
+            let column = |of: fn(&Close) -> &str| mine.iter().map(|c| of(c)).collect::<Vec<_>>();
+            let (tenants, ids, statuses) = (
+                column(|c| &c.tenant_id),
+                column(|c| &c.id),
+                column(|c| c.status.as_str()),
+            );
+            let releases: Vec<bool> = mine.iter().map(|c| c.release).collect();
+            let charges: Vec<f64> = mine.iter().map(|c| c.charge).collect();
+            let days: Vec<NaiveDate> = mine.iter().map(|c| c.day).collect();
+            let months: Vec<NaiveDate> = mine.iter().map(|c| month_of(c.day)).collect();
+            let actual: Vec<Option<f64>> = mine.iter().map(|c| c.actual_cents).collect();
+            let records: Vec<Option<&str>> = mine.iter().map(|c| c.record_id.as_deref()).collect();
+            PlannedPerCall(Prepared {
+                sql: CLOSE,
+                params: &[
+                    Param::Strs(&tenants),
+                    Param::Strs(&ids),
+                    Param::Strs(&statuses),
+                    Param::Flags(&releases),
+                    Param::Floats(&charges),
+                    Param::Days(&days),
+                    Param::Days(&months),
+                    Param::OptFloats(&actual),
+                    Param::OptTexts(&records),
+                ],
+            })
+            .execute(self.conn)?;
         }
-        let tenants: Vec<&str> = closes.iter().map(|c| c.tenant_id.as_str()).collect();
-        let ids: Vec<&str> = closes.iter().map(|c| c.id.as_str()).collect();
-        let statuses: Vec<&str> = closes.iter().map(|c| c.status.as_str()).collect();
-        let releases: Vec<bool> = closes.iter().map(|c| c.release).collect();
-        let charges: Vec<f64> = closes.iter().map(|c| c.charge).collect();
-        let days: Vec<NaiveDate> = closes.iter().map(|c| c.day).collect();
-        let months: Vec<NaiveDate> = closes.iter().map(|c| month_of(c.day)).collect();
-        let actual: Vec<Option<f64>> = closes.iter().map(|c| c.actual_cents).collect();
-        let records: Vec<Option<&str>> = closes.iter().map(|c| c.record_id.as_deref()).collect();
-        PlannedPerCall(Prepared {
-            sql: CLOSE,
-            params: &[
-                Param::Strs(&tenants),
-                Param::Strs(&ids),
-                Param::Strs(&statuses),
-                Param::Flags(&releases),
-                Param::Floats(&charges),
-                Param::Days(&days),
-                Param::Days(&months),
-                Param::OptFloats(&actual),
-                Param::OptTexts(&records),
-            ],
-        })
-        .execute(self.conn)?;
         Ok(())
     }
 }

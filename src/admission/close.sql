@@ -1,7 +1,7 @@
 -- Closes the reservations of the arrays (element i of each: tenant $1's reservation $2,
 -- already locked by the caller, gets status $3; its estimate is given back when $4; $5
 -- cents of spend go to the counters of day $6 and month $7; actual cost $8 and cost record
--- $9 are recorded).
+-- $9 are recorded). The driver sends one tenant's closes at a time.
 -- The deltas of all of them are summed per counter, and the counters are locked in key
 -- order before they change. Returns how many counters changed. The counters and the
 -- reservations' update are reached through `tenant_id = ANY ($1)`, and each reservation
