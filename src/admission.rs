@@ -1035,17 +1035,12 @@ impl<'c> AdmissionDriver<'c> {
     /// statement per tenant, in tenant order (the counters' key order), so each reaches
     /// one partition, or one shard.
     pub(crate) fn close(&mut self, closes: &[Close]) -> Result<()> {
-        let mut tenants: Vec<&str> = closes.iter().map(|c| c.tenant_id.as_str()).collect();
-        tenants.sort_unstable();
-        tenants.dedup();
-        for tenant in tenants {
-            let mine: Vec<&Close> = closes.iter().filter(|c| c.tenant_id == tenant).collect();
-            let column = |of: fn(&Close) -> &str| mine.iter().map(|c| of(c)).collect::<Vec<_>>();
-            let (tenants, ids, statuses) = (
-                column(|c| &c.tenant_id),
-                column(|c| &c.id),
-                column(|c| c.status.as_str()),
-            );
+        let mut by_tenant: Vec<&Close> = closes.iter().collect();
+        by_tenant.sort_by(|a, b| a.tenant_id.cmp(&b.tenant_id));
+        for mine in by_tenant.chunk_by(|a, b| a.tenant_id == b.tenant_id) {
+            let tenants: Vec<&str> = mine.iter().map(|c| c.tenant_id.as_str()).collect();
+            let ids: Vec<&str> = mine.iter().map(|c| c.id.as_str()).collect();
+            let statuses: Vec<&str> = mine.iter().map(|c| c.status.as_str()).collect();
             let releases: Vec<bool> = mine.iter().map(|c| c.release).collect();
             let charges: Vec<f64> = mine.iter().map(|c| c.charge).collect();
             let days: Vec<NaiveDate> = mine.iter().map(|c| c.day).collect();

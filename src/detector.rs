@@ -296,15 +296,16 @@ impl AnomalyDetector {
         .into_iter()
         .min()
         .expect("two days");
-        let book = match spend {
-            Some(reads) => DayBook::load(
-                &mut CostAnomalyDriver::new(reads.conn()),
-                tenants,
-                from,
-                today,
-            )?,
-            None => DayBook::load(&mut CostAnomalyDriver::new(conn), tenants, from, today)?,
+        let spend_conn = match spend {
+            Some(reads) => reads.conn(),
+            None => &mut *conn,
         };
+        let book = DayBook::load(
+            &mut CostAnomalyDriver::new(spend_conn),
+            tenants,
+            from,
+            today,
+        )?;
         let mut d = CostAnomalyDriver::new(conn);
         let mut found: BTreeMap<String, Vec<CostAnomaly>> = BTreeMap::new();
         for (tenant, anomaly) in self.spikes(&mut d, &book, now)? {

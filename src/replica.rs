@@ -23,9 +23,7 @@ use serde::Serialize;
 
 use crate::db;
 use crate::drivers::AnalyticsReadDriver;
-use crate::error::Error;
-
-type Result<T, E = Error> = std::result::Result<T, E>;
+use crate::error::{Error, Result};
 use crate::prepared::Prepared;
 
 /// How far behind its primary the server is: zero when it is not a replica, or when it
@@ -148,12 +146,12 @@ impl ReadReplica {
                 max_lag: self.config.max_lag.unwrap_or_default(),
             });
         };
-        let primary = match self.primary.take() {
+        let primary = match &mut self.primary {
             Some(conn) => conn,
-            None => read_only(db::connect(url)?)?,
+            none => none.insert(read_only(db::connect(url)?)?),
         };
         Ok(Reads {
-            conn: self.primary.insert(primary),
+            conn: primary,
             server: Server::Primary,
             replica_lag: lag,
         })

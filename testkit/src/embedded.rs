@@ -24,6 +24,7 @@ pub struct EmbeddedPostgres {
     bin_dir: PathBuf,
     port: u16,
     user: Option<(u32, u32)>,
+    durability: Durability,
     guardian: Child,
     lifeline: Option<ChildStdin>,
 }
@@ -186,20 +187,7 @@ impl EmbeddedPostgres {
     pub fn start_with(durability: Durability) -> Result<Self> {
         let bin_dir = find_bin_dir()?;
         let user = server_user()?;
-        let fsync = match durability {
-            Durability::Throwaway => "off",
-            Durability::Default => "on",
-        };
-        let mut last_error = None;
-        // A free port can be taken between the probe and the bind: try a few.
-        for _ in 0..3 {
-            let port = free_port()?;
-            match Self::spawn(&bin_dir, user, port, fsync, None) {
-                Ok(pg) => return Ok(pg),
-                Err(e) => last_error = Some(e),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| Error::embedded("the server did not start", None)))
+        Self::spawn_on_free_port(&bin_dir, user, durability, None)
     }
 
     /// Starts a hot-standby streaming replica of this cluster (`pg_basebackup -R`) on a
@@ -210,22 +198,25 @@ impl EmbeddedPostgres {
     /// [`Error::Embedded`] when `pg_basebackup` or the replica's server fails (the message
     /// carries their output). Nothing is left behind then.
     pub fn start_replica(&self) -> Result<Self> {
-        let options = std::fs::read_to_string(self.dir.join("options"))
-            .map_err(|e| Error::embedded("cannot read the cluster's server options", Some(e)))?;
-        let fsync = if options.contains("fsync=on") {
-            "on"
-        } else {
-            "off"
-        };
+        Self::spawn_on_free_port(&self.bin_dir, self.user, self.durability, Some(self.port))
+    }
+
+    /// [`Self::spawn`] on a free port: a free port can be taken between the probe and the
+    /// bind, so a few are tried.
+    fn spawn_on_free_port(
+        bin_dir: &Path,
+        user: Option<(u32, u32)>,
+        durability: Durability,
+        primary: Option<u16>,
+    ) -> Result<Self> {
         let mut last_error = None;
         for _ in 0..3 {
-            let port = free_port()?;
-            match Self::spawn(&self.bin_dir, self.user, port, fsync, Some(self.port)) {
+            match Self::spawn(bin_dir, user, free_port()?, durability, primary) {
                 Ok(pg) => return Ok(pg),
                 Err(e) => last_error = Some(e),
             }
         }
-        Err(last_error.unwrap_or_else(|| Error::embedded("the replica did not start", None)))
+        Err(last_error.unwrap_or_else(|| Error::embedded("the server did not start", None)))
     }
 
     /// Starts the guardian, which makes the directory, runs initdb and starts the server:
@@ -234,9 +225,13 @@ impl EmbeddedPostgres {
         bin_dir: &Path,
         user: Option<(u32, u32)>,
         port: u16,
-        fsync: &str,
+        durability: Durability,
         primary: Option<u16>,
     ) -> Result<Self> {
+        let fsync = match durability {
+            Durability::Throwaway => "off",
+            Durability::Default => "on",
+        };
         let mut guardian = command(Path::new("/bin/sh"), user)
             .arg("-c")
             .arg(GUARDIAN)
@@ -258,6 +253,7 @@ impl EmbeddedPostgres {
             bin_dir: bin_dir.to_path_buf(),
             port,
             user,
+            durability,
             guardian,
             lifeline,
         };
