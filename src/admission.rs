@@ -848,9 +848,11 @@ impl<'c> AdmissionDriver<'c> {
             BulkMode::Insert,
         )?;
         let wanted: Vec<&str> = recorded.iter().map(|r| r.id.as_str()).collect();
+        let instants: Vec<DateTime<Utc>> = recorded.iter().map(|r| r.created_at).collect();
         let records: Vec<CostRecord> = cost_records::table
             .filter(cost_records::tenant_id.eq_any(&tenants))
             .filter(cost_records::id.eq_any(&wanted))
+            .filter(cost_records::created_at.eq_any(&instants))
             .select(CostRecord::as_select())
             .load(self.conn)?;
         let mut recorded = recorded.into_iter();

@@ -59,7 +59,14 @@ pub const TABLES: &[TablePlacement] = &[
         "budget_reservations",
         "a tenant's held and closed reservations",
     ),
-    distributed("cost_records", "a tenant's LLM calls"),
+    distributed(
+        "cost_records",
+        "a tenant's LLM calls (each shard range-partitioned by UTC day)",
+    ),
+    distributed(
+        "cost_request_keys",
+        "a tenant's request ids, claimed in the statement that writes their records",
+    ),
     distributed(
         "cost_rollup_hourly",
         "sums of a tenant's records, written with them",
@@ -92,6 +99,10 @@ pub const TABLES: &[TablePlacement] = &[
     local(
         "costsim_cb_incidents",
         "no tenant: the circuit breaker's incidents",
+    ),
+    local(
+        "cost_record_retention",
+        "no tenant: the instant before which records were retired",
     ),
     local(
         "leader_terms",

@@ -5,9 +5,10 @@
 //! thread with its own connection writes whatever is queued as one statement that
 //! commits on its own (one `INSERT … SELECT FROM unnest(…)` with the idempotency of
 //! [`CostWriteDriver::record_costs`](crate::drivers::CostWriteDriver::record_costs): one round trip
-//! per batch), so many callers share one commit and one flush to disk. Ids are fixed when
-//! a record is queued: a batch whose outcome is unknown (the connection was lost while the
-//! statement ran) is retried with the same ids and lands at most once. Nothing is dropped: when the server
+//! per batch), so many callers share one commit and one flush to disk. Ids and instants
+//! are fixed when a record is queued (a cost without `created_at` takes this process's
+//! clock then): a batch whose outcome is unknown (the connection was lost while the
+//! statement ran) is retried with the same keys and lands at most once. Nothing is dropped: when the server
 //! stays unreachable past the deadline, every waiting caller gets
 //! [`Error::NotRecorded`].
 //!
@@ -37,6 +38,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::sql_fns::set_config;
+use chrono::Utc;
 use diesel::prelude::*;
 use serde::Serialize;
 
@@ -365,8 +367,11 @@ impl CostRecorder {
         self.enqueue(cost, false)
     }
 
-    fn enqueue(&self, cost: CostInput, wait: bool) -> Result<RecordedCost> {
+    fn enqueue(&self, mut cost: CostInput, wait: bool) -> Result<RecordedCost> {
         cost.validate()?;
+        // The instant is fixed with the id: a retry after an unknown commit outcome must
+        // meet the first attempt's row, whose key is (tenant, id, instant).
+        cost.created_at.get_or_insert_with(Utc::now);
         let shared = &self.handle.shared;
         let slot: Slot = Arc::default();
         let wakeup = {

@@ -175,7 +175,14 @@ diesel::table! {
 }
 
 diesel::table! {
-    cost_records (tenant_id, id) {
+    cost_record_retention (one) {
+        one -> Bool,
+        retired_before -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    cost_records (tenant_id, id, created_at) {
         #[max_length = 64]
         id -> Varchar,
         #[max_length = 64]
@@ -197,6 +204,18 @@ diesel::table! {
         cost_cents -> Float8,
         created_at -> Timestamptz,
         is_retry -> Bool,
+    }
+}
+
+diesel::table! {
+    cost_request_keys (tenant_id, request_id) {
+        #[max_length = 64]
+        tenant_id -> Varchar,
+        #[max_length = 64]
+        request_id -> Varchar,
+        #[max_length = 64]
+        record_id -> Varchar,
+        created_at -> Timestamptz,
     }
 }
 
@@ -432,7 +451,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     cost_breach_history,
     cost_budgets,
     cost_drift_tracking,
+    cost_record_retention,
     cost_records,
+    cost_request_keys,
     cost_rollup_daily,
     cost_rollup_hourly,
     costsim_alert_queue,

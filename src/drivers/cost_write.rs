@@ -1,11 +1,11 @@
 //! `CostWriteDriver`: feature tags, cost records (single, bulk, idempotent) and budgets.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use diesel::dsl::now;
 use diesel::prelude::*;
-use diesel::sql_types::Text;
+use diesel::sql_types::{Text, Timestamptz};
 use diesel::upsert::{excluded, on_constraint};
 use serde::{Deserialize, Serialize};
 
@@ -15,16 +15,18 @@ use crate::models::{
     ids, CostBudget, CostInput, CostRecord, FeatureTag, NewCostBudget, NewFeatureTag,
 };
 use crate::prepared::{Param, Prepared};
-use crate::schema::{cost_budgets, cost_records, feature_tags};
+use crate::schema::{cost_budgets, cost_records, cost_request_keys, feature_tags};
 use crate::sql_fns::transaction_timestamp;
 use crate::types::{limits, BudgetScope, TenantId};
 use crate::validate;
 
-/// The outcome of recording one cost in bulk: its id, and whether this call inserted it.
+/// The outcome of recording one cost in bulk: its key, and whether this call inserted it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RecordedCost {
     /// The record's id: new, or the existing record's for a repeated `request_id`.
     pub id: String,
+    /// The record's instant, which with the tenant and id finds it in one partition.
+    pub created_at: DateTime<Utc>,
     /// False when the tenant already had a record with the same `request_id`.
     pub inserted: bool,
 }
@@ -79,9 +81,11 @@ pub struct CostWriteDriver<'c> {
 }
 
 #[derive(QueryableByName)]
-struct IdRow {
+struct StoredRow {
     #[diesel(sql_type = Text)]
     id: String,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
 }
 
 /// How a bulk write sends its rows.
@@ -311,7 +315,13 @@ impl<'c> CostWriteDriver<'c> {
         let retry = mode == BulkMode::Retry;
         let mut out: Vec<RecordedCost> = ids
             .into_iter()
-            .map(|id| RecordedCost { id, inserted: true })
+            .zip(costs)
+            .map(|(id, cost)| RecordedCost {
+                id,
+                // Until the statement tells: the given instant, or the transaction's.
+                created_at: cost.created_at.unwrap_or(DateTime::<Utc>::MIN_UTC),
+                inserted: true,
+            })
             .collect();
         let key = |i: usize| {
             let c = &costs[i];
@@ -327,7 +337,7 @@ impl<'c> CostWriteDriver<'c> {
             .windows(2)
             .any(|w| key(w[0]).2.is_some() && key(w[0]) == key(w[1]));
         if !repeats && mode == BulkMode::CopyFirst {
-            match self.copy_in_order(costs, &order, &out) {
+            match self.copy_in_order(costs, &order, &mut out) {
                 Ok(()) => return Ok(out),
                 Err(e) if is_request_conflict(&e) => {} // some were recorded before
                 Err(e) => return Err(e),
@@ -339,23 +349,27 @@ impl<'c> CostWriteDriver<'c> {
         Ok(out)
     }
 
-    /// Copies `costs` in `order` with binary COPY, all or nothing (one savepoint).
+    /// Copies `costs` in `order` with binary COPY, all or nothing (one savepoint), and
+    /// fills in the instants of `out`. The table's trigger claims the request ids: one
+    /// already held fails the COPY as a unique violation of `cost_request_keys_pkey`.
     fn copy_in_order(
         &mut self,
         costs: &[CostInput],
         order: &[usize],
-        out: &[RecordedCost],
+        out: &mut [RecordedCost],
     ) -> Result<()> {
-        let default_at = if costs.iter().any(|c| c.created_at.is_none()) {
-            transaction_now(self.conn)?
-        } else {
-            DateTime::<Utc>::MIN_UTC // unused
-        };
+        if costs.iter().any(|c| c.created_at.is_none()) {
+            let default_at = transaction_now(self.conn)?;
+            for (row, cost) in out.iter_mut().zip(costs) {
+                row.created_at = cost.created_at.unwrap_or(default_at);
+            }
+        }
+        let out = &*out;
         self.conn.transaction(|c| {
             for chunk in order.chunks(BULK_CHUNK) {
                 let rows = chunk
                     .iter()
-                    .map(|&i| costs[i].as_new_record(&out[i].id, default_at));
+                    .map(|&i| costs[i].as_new_record(&out[i].id, out[i].created_at));
                 diesel::copy_from(cost_records::table)
                     .from_insertable(rows.collect::<Vec<_>>())
                     .execute(c)?;
@@ -373,40 +387,57 @@ impl<'c> CostWriteDriver<'c> {
         retry: bool,
     ) -> Result<()> {
         let columns = CostColumns::new(chunk.iter().map(|&i| (out[i].id.as_str(), &costs[i])));
-        let inserted: Vec<IdRow> = Prepared {
+        let stored: Vec<StoredRow> = Prepared {
             sql: BULK_INSERT,
             params: &columns.params(),
         }
         .load(self.conn)?;
-        let mut inserted: HashSet<String> = inserted.into_iter().map(|r| r.id).collect();
+        let mut inserted: HashMap<String, DateTime<Utc>> = stored
+            .into_iter()
+            .map(|r| (r.id, r.created_at))
+            .collect();
         if retry {
-            // Rows an earlier attempt stored are this batch's own.
-            let (tenants, unseen): (Vec<&str>, Vec<&str>) = chunk
+            // Rows an earlier attempt stored are this batch's own. A retry carries the
+            // instants of its first attempt (the recorder fixes them), so each is read
+            // from its own partition.
+            let unseen: Vec<usize> = chunk
                 .iter()
-                .filter(|&&i| !inserted.contains(&out[i].id))
-                .map(|&i| (costs[i].tenant_id.as_str(), out[i].id.as_str()))
-                .unzip();
+                .copied()
+                .filter(|&i| !inserted.contains_key(&out[i].id))
+                .collect();
             if !unseen.is_empty() {
-                let stored: Vec<String> = cost_records::table
+                let tenants: Vec<&str> = unseen.iter().map(|&i| costs[i].tenant_id.as_str()).collect();
+                let ids: Vec<&str> = unseen.iter().map(|&i| out[i].id.as_str()).collect();
+                let instants: Vec<DateTime<Utc>> = unseen
+                    .iter()
+                    .filter_map(|&i| costs[i].created_at)
+                    .collect();
+                let mut query = cost_records::table
                     .filter(cost_records::tenant_id.eq_any(&tenants))
-                    .filter(cost_records::id.eq_any(&unseen))
-                    .select(cost_records::id)
-                    .load(self.conn)?;
-                inserted.extend(stored);
+                    .filter(cost_records::id.eq_any(&ids))
+                    .select((cost_records::id, cost_records::created_at))
+                    .into_boxed();
+                if instants.len() == unseen.len() {
+                    query = query.filter(cost_records::created_at.eq_any(&instants));
+                }
+                inserted.extend(query.load::<(String, DateTime<Utc>)>(self.conn)?);
             }
         }
         let mut skipped = Vec::new();
         for &i in chunk {
-            out[i].inserted = inserted.contains(&out[i].id);
-            if !out[i].inserted {
-                skipped.push(i);
+            match inserted.get(&out[i].id) {
+                Some(&created_at) => out[i].created_at = created_at,
+                None => {
+                    out[i].inserted = false;
+                    skipped.push(i);
+                }
             }
         }
         if skipped.is_empty() {
             return Ok(());
         }
-        // A skipped row met a stored request id of its tenant (or, 2^-64 likely, a stored
-        // id): look up the records they collided with.
+        // A skipped row met a request id its tenant had claimed (or, 2^-64 likely, a
+        // stored id): the keys name the records they collided with.
         let key = |i: usize| {
             let c = &costs[i];
             (
@@ -415,22 +446,19 @@ impl<'c> CostWriteDriver<'c> {
             )
         };
         let (tenants, requests): (Vec<&str>, Vec<&str>) = skipped.iter().map(|&i| key(i)).unzip();
-        // Every stored row of these tenants and request ids; the pairs are matched below.
-        let existing: HashMap<(String, String), String> = cost_records::table
-            .filter(cost_records::tenant_id.eq_any(&tenants))
-            .filter(cost_records::request_id.eq_any(&requests))
-            .select((
-                cost_records::tenant_id,
-                cost_records::request_id.assume_not_null(),
-                cost_records::id,
-            ))
-            .load::<(String, String, String)>(self.conn)?
+        // Every key of these tenants and request ids; the pairs are matched below.
+        use cost_request_keys as k;
+        let existing: HashMap<(String, String), (String, DateTime<Utc>)> = k::table
+            .filter(k::tenant_id.eq_any(&tenants))
+            .filter(k::request_id.eq_any(&requests))
+            .select((k::tenant_id, k::request_id, k::record_id, k::created_at))
+            .load::<(String, String, String, DateTime<Utc>)>(self.conn)?
             .into_iter()
-            .map(|(tenant, request, id)| ((tenant, request), id))
+            .map(|(tenant, request, id, at)| ((tenant, request), (id, at)))
             .collect();
         for i in skipped {
             let (tenant, request) = key(i);
-            out[i].id = existing
+            let (id, at) = existing
                 .get(&(tenant.to_owned(), request.to_owned()))
                 .cloned()
                 .ok_or_else(|| {
@@ -440,6 +468,8 @@ impl<'c> CostWriteDriver<'c> {
                         out[i].id
                     ))
                 })?;
+            out[i].id = id;
+            out[i].created_at = at;
         }
         Ok(())
     }
@@ -491,12 +521,12 @@ impl<'c> CostWriteDriver<'c> {
     }
 }
 
-/// Whether `e` is a unique violation of the per-tenant request id: of the table's key,
-/// or of a partition's or shard's copy of it (`uq_cost_records_tenant_request_p3`).
+/// Whether `e` is a unique violation of the per-tenant request id: of the key table's
+/// key, or of a partition's or shard's copy of it (`cost_request_keys_pkey_p3`).
 fn is_request_conflict(e: &Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error as DieselError};
     matches!(e, Error::Database(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
-        if info.constraint_name().is_some_and(|name| name.starts_with("uq_cost_records_tenant_request")))
+        if info.constraint_name().is_some_and(|name| name.starts_with("cost_request_keys_pkey")))
 }
 
 /// The current transaction's `now()`, for rows that take it as `created_at`.

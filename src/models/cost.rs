@@ -11,7 +11,8 @@ use crate::db::require_transaction;
 use crate::error::Result;
 use crate::prepared::{Param, Prepared};
 use crate::schema::{
-    cost_anomalies, cost_budgets, cost_drift_tracking, cost_records, feature_tags,
+    cost_anomalies, cost_budgets, cost_drift_tracking, cost_records, cost_request_keys,
+    feature_tags,
 };
 use crate::types::limits;
 use crate::validate;
@@ -292,7 +293,7 @@ pub struct DriftTracking {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
-/// One record, `ON CONFLICT` on the tenant's request id.
+/// One record, unless the tenant's request id is already claimed.
 const INSERT_ONE: &str = include_str!("cost/insert_one.sql");
 
 #[derive(QueryableByName)]
@@ -431,14 +432,24 @@ impl CostInput {
         .map(|row| row.created_at);
         match inserted {
             Some(created_at) => Ok((self.clone().into_record(id, created_at), true)),
-            None => Ok((
-                cost_records::table
-                    .filter(cost_records::tenant_id.eq(&self.tenant_id))
-                    .filter(cost_records::request_id.eq(&self.request_id))
-                    .select(CostRecord::as_select())
-                    .first(conn)?,
-                false,
-            )),
+            None => Ok((self.claimed_record(conn)?, false)),
         }
+    }
+
+    /// The stored record that holds this input's request id: the key gives its instant,
+    /// so one partition is read.
+    fn claimed_record(&self, conn: &mut PgConnection) -> Result<CostRecord> {
+        use cost_request_keys as k;
+        Ok(cost_records::table
+            .inner_join(
+                k::table.on(k::tenant_id
+                    .eq(cost_records::tenant_id)
+                    .and(k::record_id.eq(cost_records::id))
+                    .and(k::created_at.eq(cost_records::created_at))),
+            )
+            .filter(k::tenant_id.eq(&self.tenant_id))
+            .filter(k::request_id.nullable().eq(&self.request_id))
+            .select(CostRecord::as_select())
+            .first(conn)?)
     }
 }

@@ -1,9 +1,18 @@
--- One cost record, every column bound ($13 NULL: the transaction's now()); a request id
--- the tenant already recorded inserts nothing. Returns the stored instant.
+-- One cost record, every column bound ($13 NULL: the transaction's now()). Its request id,
+-- if any, is claimed first in cost_request_keys; when the tenant already holds it the
+-- record is not inserted (a racing claim waits for the other transaction's outcome).
+-- Returns the stored instant.
+WITH claimed AS (
+    INSERT INTO cost_request_keys (tenant_id, request_id, record_id, created_at)
+    SELECT $2, $5, $1, coalesce($13::timestamptz, now())
+    WHERE $5::text IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING record_id
+)
 INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, workflow_id,
                           skill_id, model, input_tokens, output_tokens, cost_cents, is_retry,
                           created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::float8 + 0, $12,
-        coalesce($13::timestamptz, now()))
-ON CONFLICT (tenant_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::float8 + 0, $12,
+       coalesce($13::timestamptz, now())
+WHERE $5::text IS NULL OR EXISTS (SELECT FROM claimed)
 RETURNING created_at
