@@ -90,6 +90,13 @@ pub enum Error {
         /// The bound.
         max_lag: std::time::Duration,
     },
+    /// Retention would drop days whose rollups differ from their records: nothing was
+    /// dropped. `costdb rollup verify` names the keys; `costdb rollup rebuild` repairs them.
+    #[error("cannot retire the records of {days:?}: their rollups differ from them")]
+    RetentionRefused {
+        /// The UTC days whose rollups differ.
+        days: Vec<chrono::NaiveDate>,
+    },
     /// The queue of a recorder or an admission service is full (`try_record`,
     /// `try_reserve`); nothing was queued.
     #[error("the queue is full")]

@@ -91,6 +91,18 @@ diesel::define_sql_function! {
     ) -> Record<(BigInt, BigInt)>;
 }
 diesel::define_sql_function! {
+    /// Creates the partition of cost records of one UTC day unless a partition covers it,
+    /// moving the day's rows out of the default partition; returns its name, or NULL
+    /// (migration `time_partitions`).
+    fn costdb_create_cost_partition(day: Date) -> Nullable<Text>;
+}
+diesel::define_sql_function! {
+    /// Deletes the request keys of a partition's records, detaches and drops it, and moves
+    /// the retention boundary to its end; returns the keys deleted (migration
+    /// `time_partitions`).
+    fn costdb_retire_cost_partition(part: Text) -> BigInt;
+}
+diesel::define_sql_function! {
     /// Folds the slots of the rollup rows of the UTC days before `before` into slot 0;
     /// returns the rows removed and the rows they were folded into (migration
     /// `rollup_upkeep`).

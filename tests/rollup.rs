@@ -14,12 +14,12 @@ use diesel::prelude::*;
 use costdb::admission::{Admission, AdmissionDriver, ReserveInput};
 use costdb::db;
 use costdb::drivers::{
-    AnalyticsReadDriver, CostAnomalyDriver, CostWriteDriver, EntityColumn, Rollup, RollupDriver,
-    RollupRange,
+    AnalyticsReadDriver, CostAnomalyDriver, CostWriteDriver, EntityColumn, PartitionDriver, Rollup,
+    RollupDriver, RollupRange,
 };
 use costdb::models::{CostInput, CostRecord, TimeBucket};
 use costdb::recorder::{CostRecorder, RecorderConfig};
-use costdb::schema::cost_records as cr;
+use costdb::schema::{cost_records as cr, cost_request_keys as k};
 use costdb::types::{BudgetScope, TenantId, TimeWindow};
 
 /// A small deterministic generator (splitmix64), so a failure replays from its seed.
@@ -757,54 +757,62 @@ fn cost_records_keeps_only_the_indexes_a_query_uses() {
     .collect();
     assert_eq!(
         names,
-        [
-            "cost_records_pkey",
-            "ix_cost_records_tenant_created",
-            "uq_cost_records_tenant_request"
-        ]
+        ["cost_records_pkey", "ix_cost_records_tenant_created"]
     );
-    // A day of one tenant's records, so the planner chooses on statistics, not on ties
-    // between empty indexes that all lead with the tenant.
+    // A day of one tenant's records in its own partition, so the planner chooses on
+    // statistics, not on ties between empty indexes that all lead with the tenant.
+    let day = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+    let made = PartitionDriver::new(&mut conn)
+        .create_partitions(day, day)
+        .unwrap();
+    // (Other tests' stray days in the default partition got theirs too.)
+    assert!(made.contains(&"cost_records_p20260101".to_owned()), "{made:?}");
     conn.batch_execute(
-        "INSERT INTO cost_records (id, tenant_id, model, cost_cents, created_at) \
+        "INSERT INTO cost_records (id, tenant_id, model, cost_cents, created_at, request_id) \
          SELECT 'cr_' || lpad(to_hex(i), 16, '0'), 't', 'm', 1, \
-                '2026-01-01'::timestamptz + i * interval '1 minute' \
+                '2026-01-01'::timestamptz + i * interval '59 seconds', 'rq' || i \
          FROM generate_series(1, 1440) AS i; \
-         ANALYZE cost_records; \
+         ANALYZE cost_records; ANALYZE cost_request_keys; \
          SET LOCAL enable_seqscan = off",
     )
     .unwrap();
     let plan =
         |conn: &mut PgConnection, q: &dyn Fn(&mut PgConnection) -> Vec<String>| q(conn).join("\n");
-    // The recorder's retry finds the rows an earlier attempt stored by tenant and id.
+    // The recorder's retry finds the rows an earlier attempt stored by tenant, id and
+    // instant: one partition's key.
     let ids = ["cr_0123456789abcdef"];
+    let at = [Utc.with_ymd_and_hms(2026, 1, 1, 3, 0, 0).unwrap()];
     let by_id = plan(&mut conn, &|c| {
         db::explain(
             c,
             &cr::table
                 .filter(cr::tenant_id.eq_any(["t"]))
                 .filter(cr::id.eq_any(&ids))
+                .filter(cr::created_at.eq_any(&at))
                 .select(cr::id),
         )
         .unwrap()
     });
-    assert!(by_id.contains("cost_records_pkey"), "{by_id}");
-    // A repeated request id finds the record it repeats.
+    // (By the primary key or by (tenant_id, created_at): the instant is as selective.)
+    assert!(by_id.contains("Index Scan using cost_records_p20260101_"), "{by_id}");
+    assert!(by_id.contains("created_at = ANY"), "{by_id}");
+    assert!(!by_id.contains("cost_records_default"), "{by_id}");
+    // A repeated request id finds the record it repeats through its key.
     let by_request = plan(&mut conn, &|c| {
         db::explain(
             c,
-            &cr::table
-                .filter(cr::tenant_id.eq_any(["t"]))
-                .filter(cr::request_id.eq_any(["rq"]))
-                .select(cr::id),
+            &k::table
+                .filter(k::tenant_id.eq_any(["t"]))
+                .filter(k::request_id.eq_any(["rq"]))
+                .select(k::record_id),
         )
         .unwrap()
     });
     assert!(
-        by_request.contains("uq_cost_records_tenant_request"),
+        by_request.contains("cost_request_keys_pkey"),
         "{by_request}"
     );
-    // The partial hours at the edges of a window are read from the records.
+    // The partial hours at the edges of a window are read from the records of that day.
     let from = Utc.with_ymd_and_hms(2026, 1, 1, 10, 30, 0).unwrap();
     let edge = plan(&mut conn, &|c| {
         db::explain(
@@ -817,7 +825,11 @@ fn cost_records_keeps_only_the_indexes_a_query_uses() {
         )
         .unwrap()
     });
-    assert!(edge.contains("ix_cost_records_tenant_created"), "{edge}");
+    assert!(
+        edge.contains("cost_records_p20260101_tenant_id_created_at_idx"),
+        "{edge}"
+    );
+    assert!(!edge.contains("cost_records_default"), "{edge}");
 }
 
 #[test]

@@ -87,7 +87,8 @@ $$;
 
 -- Creates the partition of UTC day `day` (`cost_records_pYYYYMMDD`) unless a partition
 -- already covers any of it, moving the day's rows out of the default partition. Attaching
--- takes only a SHARE UPDATE EXCLUSIVE lock on cost_records: inserts go on meanwhile.
+-- takes only a SHARE UPDATE EXCLUSIVE lock on cost_records: inserts go on meanwhile,
+-- except into the default partition.
 -- Returns the new partition's name, or NULL when there was nothing to do.
 CREATE FUNCTION costdb_create_cost_partition(day date) RETURNS text
 LANGUAGE plpgsql AS $$
@@ -102,6 +103,9 @@ BEGIN
                  AND (p.to_at IS NULL OR p.to_at > lo)) THEN
         RETURN NULL;
     END IF;
+    -- Writers into the default partition finish first (the attach would fail on a row
+    -- of this day they commit later) and wait meanwhile; writers of other days go on.
+    LOCK TABLE cost_records_default IN ACCESS EXCLUSIVE MODE;
     EXECUTE format('CREATE TABLE %I (LIKE cost_records INCLUDING DEFAULTS)', part);
     EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I CHECK (created_at >= %L AND created_at < %L)',
                    part, part || '_day', lo, hi);
@@ -113,6 +117,37 @@ BEGIN
     -- The check only spared the attach a scan; the partition bound says the same.
     EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', part, part || '_day');
     RETURN part;
+END
+$$;
+
+-- Retires one bounded partition of cost_records: the keys of its records go (a request
+-- id of a retired day may be billed again: the one window of the guarantee), then it is
+-- detached and dropped, never emptied by DELETE, and the retention boundary moves to its
+-- end. The caller holds cost_records' ACCESS EXCLUSIVE lock and has checked the
+-- partition's rollups. Returns how many keys went.
+CREATE FUNCTION costdb_retire_cost_partition(part text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    upto timestamptz;
+    keys bigint;
+BEGIN
+    SELECT p.to_at INTO upto
+    FROM costdb_cost_partitions() p
+    WHERE p.name = part AND NOT p.is_default;
+    IF upto IS NULL THEN
+        RAISE EXCEPTION 'costdb: % is not a bounded partition of cost_records', part
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    EXECUTE format('DELETE FROM cost_request_keys k USING %I r '
+                   'WHERE k.tenant_id = r.tenant_id AND k.request_id = r.request_id '
+                   'AND k.record_id = r.id', part);
+    GET DIAGNOSTICS keys = ROW_COUNT;
+    EXECUTE format('ALTER TABLE cost_records DETACH PARTITION %I', part);
+    EXECUTE format('DROP TABLE %I', part);
+    INSERT INTO cost_record_retention AS r (one, retired_before) VALUES (true, upto)
+    ON CONFLICT (one) DO UPDATE
+        SET retired_before = greatest(r.retired_before, excluded.retired_before);
+    RETURN keys;
 END
 $$;
 

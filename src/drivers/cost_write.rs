@@ -392,10 +392,8 @@ impl<'c> CostWriteDriver<'c> {
             params: &columns.params(),
         }
         .load(self.conn)?;
-        let mut inserted: HashMap<String, DateTime<Utc>> = stored
-            .into_iter()
-            .map(|r| (r.id, r.created_at))
-            .collect();
+        let mut inserted: HashMap<String, DateTime<Utc>> =
+            stored.into_iter().map(|r| (r.id, r.created_at)).collect();
         if retry {
             // Rows an earlier attempt stored are this batch's own. A retry carries the
             // instants of its first attempt (the recorder fixes them), so each is read
@@ -406,12 +404,13 @@ impl<'c> CostWriteDriver<'c> {
                 .filter(|&i| !inserted.contains_key(&out[i].id))
                 .collect();
             if !unseen.is_empty() {
-                let tenants: Vec<&str> = unseen.iter().map(|&i| costs[i].tenant_id.as_str()).collect();
-                let ids: Vec<&str> = unseen.iter().map(|&i| out[i].id.as_str()).collect();
-                let instants: Vec<DateTime<Utc>> = unseen
+                let tenants: Vec<&str> = unseen
                     .iter()
-                    .filter_map(|&i| costs[i].created_at)
+                    .map(|&i| costs[i].tenant_id.as_str())
                     .collect();
+                let ids: Vec<&str> = unseen.iter().map(|&i| out[i].id.as_str()).collect();
+                let instants: Vec<DateTime<Utc>> =
+                    unseen.iter().filter_map(|&i| costs[i].created_at).collect();
                 let mut query = cost_records::table
                     .filter(cost_records::tenant_id.eq_any(&tenants))
                     .filter(cost_records::id.eq_any(&ids))

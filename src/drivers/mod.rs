@@ -6,6 +6,7 @@ pub(crate) mod analytics_read;
 pub(crate) mod anomaly;
 pub(crate) mod audit;
 pub(crate) mod cost_write;
+pub(crate) mod partitions;
 pub(crate) mod patterns;
 pub(crate) mod provenance;
 pub(crate) mod rollup;
@@ -27,6 +28,7 @@ pub use audit::{AuditDriver, AuditOutcome};
 pub use cost_write::{
     BudgetLimits, CostWriteDriver, FeatureTagChanges, FeatureTagInput, RecordedCost, BULK_CHUNK,
 };
+pub use partitions::{CostPartition, PartitionDriver, RetentionPlan, RetiredPartition};
 pub use patterns::{
     FeedbackInput, FeedbackQuery, PatternDetectionDriver, PredictionDriver, PredictionFilter,
     PredictionInput, PredictionSummary, PredictionsQuery, RunsQuery, WorkerRunTotal, MAX_LIMIT,

@@ -11,6 +11,7 @@ use crate::db::require_transaction;
 use crate::error::{Error, Result};
 use crate::models::Totals;
 use crate::prepared::{Param, Prepared};
+use crate::schema::cost_record_retention;
 use crate::sql_fns::{costdb_compact_rollups, costdb_rebuild_rollups};
 use crate::types::limits;
 use crate::validate;
@@ -181,10 +182,12 @@ impl<'c> RollupDriver<'c> {
     }
 
     /// Every rollup key of `range` whose sums differ from its records' (counts and tokens
-    /// exactly, cents beyond 1e-9 relative), hourly ones first. Records dropped by
-    /// retention show as differences: check only ranges whose records are kept.
+    /// exactly, cents beyond 1e-9 relative), hourly ones first. Days that retention
+    /// retired are skipped: their rollups outlive their records.
     pub fn fetch_differences(&mut self, range: &RollupRange) -> Result<Vec<RollupDifference>> {
-        let (from, to) = range.instants()?;
+        let Some((from, to)) = self.kept(range)? else {
+            return Ok(Vec::new());
+        };
         let rows: Vec<DifferenceRow> = Prepared {
             sql: VERIFY,
             params: &[
@@ -195,6 +198,21 @@ impl<'c> RollupDriver<'c> {
         }
         .load(self.conn)?;
         Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    /// The bounds of `range` that retention has not retired (`None`: nothing is left),
+    /// validated.
+    fn kept(&mut self, range: &RollupRange) -> Result<Option<(Bound, Bound)>> {
+        let (from, to) = range.instants()?;
+        let retired: Option<DateTime<Utc>> = cost_record_retention::table
+            .select(cost_record_retention::retired_before)
+            .first(self.conn)
+            .optional()?;
+        let from = from.max(retired);
+        Ok(match (from, to) {
+            (Some(from), Some(to)) if to <= from => None,
+            bounds => Some(bounds),
+        })
     }
 
     /// Folds the slots of every rollup row of the UTC days before `before` into one row per
@@ -216,11 +234,17 @@ impl<'c> RollupDriver<'c> {
     /// can fall between the old rows' removal and the new sums.
     ///
     /// # Errors
-    /// [`Error::NoTransaction`] outside a transaction. Records dropped by retention are
-    /// gone from the rebuilt rollup too: rebuild only ranges whose records are kept.
+    /// [`Error::NoTransaction`] outside a transaction. Days that retention retired are
+    /// left as they are: their rollups are all that remains of them.
     pub fn rebuild(&mut self, range: &RollupRange) -> Result<RebuildSummary> {
-        let (from, to) = range.instants()?;
+        let bounds = self.kept(range)?;
         require_transaction(self.conn)?;
+        let Some((from, to)) = bounds else {
+            return Ok(RebuildSummary {
+                hourly_rows: 0,
+                daily_rows: 0,
+            });
+        };
         let (hourly_rows, daily_rows) =
             diesel::select(costdb_rebuild_rollups(range.tenant_id.as_deref(), from, to))
                 .get_result(self.conn)?;

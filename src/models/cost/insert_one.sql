@@ -4,7 +4,7 @@
 -- Returns the stored instant.
 WITH claimed AS (
     INSERT INTO cost_request_keys (tenant_id, request_id, record_id, created_at)
-    SELECT $2, $5, $1, coalesce($13::timestamptz, now())
+    SELECT $2, $5::text, $1, coalesce($13::timestamptz, now())
     WHERE $5::text IS NOT NULL
     ON CONFLICT DO NOTHING
     RETURNING record_id
@@ -12,7 +12,7 @@ WITH claimed AS (
 INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, workflow_id,
                           skill_id, model, input_tokens, output_tokens, cost_cents, is_retry,
                           created_at)
-SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::float8 + 0, $12,
+SELECT $1, $2, $3, $4, $5::text, $6, $7, $8, $9, $10, $11::float8 + 0, $12,
        coalesce($13::timestamptz, now())
 WHERE $5::text IS NULL OR EXISTS (SELECT FROM claimed)
 RETURNING created_at
