@@ -766,7 +766,10 @@ fn cost_records_keeps_only_the_indexes_a_query_uses() {
         .create_partitions(day, day)
         .unwrap();
     // (Other tests' stray days in the default partition got theirs too.)
-    assert!(made.contains(&"cost_records_p20260101".to_owned()), "{made:?}");
+    assert!(
+        made.contains(&"cost_records_p20260101".to_owned()),
+        "{made:?}"
+    );
     conn.batch_execute(
         "INSERT INTO cost_records (id, tenant_id, model, cost_cents, created_at, request_id) \
          SELECT 'cr_' || lpad(to_hex(i), 16, '0'), 't', 'm', 1, \
@@ -794,7 +797,10 @@ fn cost_records_keeps_only_the_indexes_a_query_uses() {
         .unwrap()
     });
     // (By the primary key or by (tenant_id, created_at): the instant is as selective.)
-    assert!(by_id.contains("Index Scan using cost_records_p20260101_"), "{by_id}");
+    assert!(
+        by_id.contains("Index Scan using cost_records_p20260101_"),
+        "{by_id}"
+    );
     assert!(by_id.contains("created_at = ANY"), "{by_id}");
     assert!(!by_id.contains("cost_records_default"), "{by_id}");
     // A repeated request id finds the record it repeats through its key.

@@ -31,8 +31,8 @@ pub fn layout() -> Layout {
     }
 }
 
-/// Rebuilds the distributed tables of the migrated database at `url` as tables
-/// hash-partitioned by `tenant_id` into `partitions` partitions (`<table>_p0`, …), keeping
+/// Rebuilds the distributed tables of the migrated database at `url` (but `cost_records`,
+/// which the migrations partition by day) as tables hash-partitioned by `tenant_id` into `partitions` partitions (`<table>_p0`, …), keeping
 /// rows, columns, defaults, checks, keys, indexes, triggers and foreign keys, in one
 /// transaction.
 ///

@@ -1,7 +1,8 @@
--- Rebuilds the tables $1 of a migrated database as tables hash-partitioned by tenant_id
--- into $2 partitions each, keeping their rows, columns, defaults, checks, keys, indexes,
--- triggers and the foreign keys between them. PostgreSQL then enforces on every unique
--- key the rule Citus enforces on a distributed table: it must include tenant_id.
+-- Rebuilds the tables $1 of a migrated database (but those already partitioned) as
+-- tables hash-partitioned by tenant_id into $2 partitions each, keeping their rows,
+-- columns, defaults, checks, keys, indexes, triggers and the foreign keys between them.
+-- PostgreSQL then enforces on every unique key the rule Citus enforces on a distributed
+-- table: it must include tenant_id.
 CREATE FUNCTION pg_temp.costdb_partition_by_tenant(tables text[], modulus int)
 RETURNS void
 LANGUAGE plpgsql
@@ -34,6 +35,9 @@ BEGIN
     END LOOP;
 
     FOREACH t IN ARRAY tables LOOP
+        -- A table the migrations already partition (cost_records, by day) keeps its
+        -- partitions: its unique keys include tenant_id already.
+        CONTINUE WHEN (SELECT relkind FROM pg_class WHERE oid = t::regclass) = 'p';
         SELECT coalesce(array_agg(format('ALTER TABLE %I ADD CONSTRAINT %I %s', t, c.conname,
                                          pg_get_constraintdef(c.oid))
                                   ORDER BY c.conname), '{}')
