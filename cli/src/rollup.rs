@@ -21,8 +21,8 @@ pub enum Rollups {
     )]
     Verify(RangeArgs),
     /// Recompute the rollups of a range from its records (inserts of cost records wait
-    /// until it is done). Records already dropped by retention are gone from the rebuilt
-    /// range too: rebuild only days whose records are kept.
+    /// until it is done). Days that retention dropped are left as they are: their rollups
+    /// are all that remains of them.
     #[command(
         after_help = "Example:\n  costdb rollup rebuild --tenant acme --from 2026-11-05 --to 2026-11-05"
     )]

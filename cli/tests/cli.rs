@@ -973,6 +973,100 @@ fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
 }
 
 #[test]
+fn upkeep_makes_partitions_ahead_and_retires_old_days_once_their_rollups_verify() {
+    use diesel::connection::SimpleConnection;
+    let url = common::fresh_database();
+    let mut conn = costdb::db::connect(&url).unwrap();
+    costdb::db::run_migrations(&mut conn).unwrap();
+    let today = chrono::Utc::now().date_naive();
+    let ago = |days: i64| today - chrono::Duration::days(days);
+    let part = |d: chrono::NaiveDate| format!("cost_records_p{}", d.format("%Y%m%d"));
+    // Calls of 40 and 39 days ago: their days have no partition yet.
+    for (n, days) in [(1, 40), (2, 39), (3, 39)] {
+        conn.batch_execute(&format!(
+            "INSERT INTO cost_records (id, tenant_id, request_id, model, cost_cents, created_at) \
+             VALUES ('cr_old_{n}', 'acme', 'rq-{n}', 'o3', {n}, '{} 10:00+00')",
+            ago(days)
+        ))
+        .unwrap();
+    }
+    let spent = |conn: &mut diesel::PgConnection| -> f64 {
+        use costdb::schema::cost_rollup_daily as d;
+        use diesel::prelude::*;
+        d::table
+            .filter(d::tenant_id.eq("acme"))
+            .select(diesel::dsl::sum(d::cost_cents))
+            .get_result::<Option<f64>>(conn)
+            .unwrap()
+            .unwrap_or(0.0)
+    };
+    let records = |conn: &mut diesel::PgConnection| -> i64 {
+        use costdb::schema::cost_records as cr;
+        use diesel::prelude::*;
+        cr::table.count().get_result(conn).unwrap()
+    };
+    let out = costdb(&["upkeep", "--partitions-ahead", "9"], Some(&url));
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    for d in [ago(40), ago(39), today + chrono::Duration::days(9)] {
+        assert!(text.contains(&part(d)), "{text}");
+    }
+    // A dry run lists the two old days and changes nothing.
+    let out = costdb(&["upkeep", "--retain-days", "30", "--dry-run"], Some(&url));
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!("would drop {}", part(ago(40)))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("would drop {}", part(ago(39)))),
+        "{text}"
+    );
+    assert!(!text.contains("reclaimed"), "{text}");
+    assert_eq!(records(&mut conn), 3);
+    // A call of 35 days ago changed behind the crate's back: retention refuses, naming
+    // its day, and drops nothing.
+    conn.batch_execute(&format!(
+        "INSERT INTO cost_records (id, tenant_id, model, cost_cents, created_at) \
+         VALUES ('cr_old_4', 'acme', 'o3', 4, '{} 10:00+00'); \
+         UPDATE cost_records SET cost_cents = 40 WHERE id = 'cr_old_4'",
+        ago(35)
+    ))
+    .unwrap();
+    let out = costdb(&["upkeep", "--retain-days", "30"], Some(&url));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        one_error_line(&out).contains(&ago(35).to_string()),
+        "{out:?}"
+    );
+    assert_eq!(records(&mut conn), 4);
+    // Repaired, the three old days go; their rollups stay.
+    let rebuilt = costdb(&["rollup", "rebuild"], Some(&url));
+    assert!(rebuilt.status.success(), "{rebuilt:?}");
+    let before = spent(&mut conn);
+    assert_eq!(before, 46.0);
+    let out = costdb(&["upkeep", "--retain-days", "30"], Some(&url));
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains("dropped 3 partition(s) of cost records and 3 request key(s)"),
+        "{text}"
+    );
+    assert_eq!(records(&mut conn), 0);
+    assert_eq!(spent(&mut conn), before);
+    let verify = costdb(&["rollup", "verify"], Some(&url));
+    assert!(verify.status.success(), "{verify:?}");
+    let alone = costdb(&["upkeep", "--dry-run"], Some(&url));
+    assert!(!alone.status.success());
+    assert!(String::from_utf8_lossy(&alone.stderr).contains("--retain-days"));
+    one_error_line(&costdb(
+        &["upkeep", "--partitions-ahead", "400"],
+        Some(&url),
+    ));
+}
+
+#[test]
 fn every_subcommand_explains_itself_with_an_example() {
     for args in [
         &["migrate", "--help"][..],
