@@ -482,7 +482,7 @@ fn migrating_an_unpartitioned_table_keeps_every_row_and_its_request_ids() {
         (old.0.as_str(), old.4)
     );
     let bulk = conn
-        .transaction(|c| CostWriteDriver::new(c).record_costs(&[repeat.clone()]))
+        .transaction(|c| CostWriteDriver::new(c).record_costs(std::slice::from_ref(&repeat)))
         .unwrap();
     assert_eq!(
         (bulk[0].id.as_str(), bulk[0].inserted),
