@@ -9,6 +9,7 @@
 mod admission;
 mod alerts;
 mod detector;
+mod partitions;
 mod provenance;
 mod reads;
 mod recorder;
@@ -25,6 +26,7 @@ use costdb_testkit::Result;
 pub use admission::admission_workloads;
 pub use alerts::alert_workloads;
 pub use detector::detector_workloads;
+pub use partitions::partition_workloads;
 pub use provenance::provenance_workloads;
 pub use reads::{dashboard_workloads, read_workloads};
 pub use recorder::recorder_workloads;
@@ -155,6 +157,7 @@ pub fn all_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
     let mut all = write_workloads(scale);
     all.extend(provenance_workloads(scale));
     all.extend(alert_workloads(scale));
+    all.extend(partition_workloads(scale));
     all.extend(recorder_workloads(scale));
     all.extend(admission_workloads(scale));
     all.extend(detector_workloads(scale));
