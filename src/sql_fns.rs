@@ -97,10 +97,19 @@ diesel::define_sql_function! {
     fn costdb_create_cost_partition(day: Date) -> Nullable<Text>;
 }
 diesel::define_sql_function! {
-    /// Deletes the request keys of a partition's records, detaches and drops it, and moves
-    /// the retention boundary to its end; returns the keys deleted (migration
+    /// Detaches a bounded partition of cost records and moves the retention boundary to
+    /// its end; returns the end (migration `time_partitions`).
+    fn costdb_detach_cost_partition(part: Text) -> Timestamptz;
+}
+diesel::define_sql_function! {
+    /// The partitions of cost records detached and not dropped yet (migration
     /// `time_partitions`).
-    fn costdb_retire_cost_partition(part: Text) -> BigInt;
+    fn costdb_detached_cost_partitions() -> Text;
+}
+diesel::define_sql_function! {
+    /// Deletes the request keys of a detached partition's records and drops it; returns
+    /// the keys deleted (migration `time_partitions`).
+    fn costdb_drop_detached_cost_partition(part: Text) -> BigInt;
 }
 diesel::define_sql_function! {
     /// Folds the slots of the rollup rows of the UTC days before `before` into slot 0;

@@ -350,13 +350,24 @@ fn retention_drops_whole_old_days_keeps_their_rollups_and_refuses_while_they_dif
     assert_eq!(before.len(), 3);
     let plan = PartitionDriver::new(&mut conn).plan_retention(d3).unwrap();
     assert!(plan.incomplete_days.is_empty());
-    let retired = conn
+    let detached = conn
         .transaction(|c| PartitionDriver::new(c).retire(&plan))
         .unwrap();
+    assert_eq!(detached, plan.partitions);
+    // Detached, the days' records are gone from cost_records but their keys still hold:
+    // a retry in between is refused, not billed.
+    assert_eq!(homes(&mut conn, tenant.as_str()).len(), 5);
+    let between = conn.transaction(|c| {
+        CostWriteDriver::new(c).insert_cost_record(&call(&tenant, "rq-0-1", midnight(d1), 1.0))
+    });
+    assert!(matches!(between, Err(Error::Conflict(_))), "{between:?}");
+    let dropped = conn
+        .transaction(|c| PartitionDriver::new(c).drop_detached())
+        .unwrap();
     assert_eq!(
-        retired
+        dropped
             .iter()
-            .map(|r| (r.partition.name.as_str(), r.keys_deleted))
+            .map(|r| (r.table.as_str(), r.keys_deleted))
             .collect::<Vec<_>>(),
         [("cost_records_p20260301", 5), ("cost_records_p20260302", 5)]
     );

@@ -126,17 +126,23 @@ pub fn run(options: Options) -> Outcome {
         let plan = retention_plan(&mut conn, today, options.retain_days)?;
         report_plan(&plan, "dropping")?;
         refuse(&plan)?;
-        let retired = conn.transaction(|c| {
+        let detached = conn.transaction(|c| {
             leader::check_term(c, LOCK_UPKEEP, term)?;
             diesel::sql_query(RETIRE_LOCK_TIMEOUT).execute(c)?;
             PartitionDriver::new(c).retire(&plan)
         })?;
-        let keys: i64 = retired.iter().map(|r| r.keys_deleted).sum();
-        say!(
-            "dropped {} partition(s) of cost records and {keys} request key(s) of their records",
-            retired.len()
-        )?;
+        say!("detached {} partition(s) of cost records", detached.len())?;
     }
+    // Also what a run that stopped after detaching left.
+    let dropped = conn.transaction(|c| {
+        leader::check_term(c, LOCK_UPKEEP, term)?;
+        PartitionDriver::new(c).drop_detached()
+    })?;
+    let keys: i64 = dropped.iter().map(|r| r.keys_deleted).sum();
+    say!(
+        "dropped {} detached partition(s) and {keys} request key(s) of their records",
+        dropped.len()
+    )?;
     guard.release()?;
     Ok(())
 }

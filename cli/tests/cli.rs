@@ -1050,7 +1050,11 @@ fn upkeep_makes_partitions_ahead_and_retires_old_days_once_their_rollups_verify(
     assert!(out.status.success(), "{out:?}");
     let text = stdout(&out);
     assert!(
-        text.contains("dropped 3 partition(s) of cost records and 3 request key(s)"),
+        text.contains("detached 3 partition(s) of cost records"),
+        "{text}"
+    );
+    assert!(
+        text.contains("dropped 3 detached partition(s) and 3 request key(s)"),
         "{text}"
     );
     assert_eq!(records(&mut conn), 0);

@@ -27,7 +27,9 @@ CREATE UNIQUE INDEX uq_cost_records_tenant_request ON cost_records (tenant_id, r
     WHERE request_id IS NOT NULL;
 CREATE INDEX ix_cost_records_tenant_created ON cost_records (tenant_id, created_at);
 
-DROP FUNCTION costdb_retire_cost_partition(text);
+DROP FUNCTION costdb_drop_detached_cost_partition(text);
+DROP FUNCTION costdb_detached_cost_partitions();
+DROP FUNCTION costdb_detach_cost_partition(text);
 DROP FUNCTION costdb_create_cost_partition(date);
 DROP FUNCTION costdb_cost_partitions();
 DROP TABLE cost_request_keys;

@@ -120,16 +120,16 @@ BEGIN
 END
 $$;
 
--- Retires one bounded partition of cost_records: the keys of its records go (a request
--- id of a retired day may be billed again: the one window of the guarantee), then it is
--- detached and dropped, never emptied by DELETE, and the retention boundary moves to its
--- end. The caller holds cost_records' ACCESS EXCLUSIVE lock and has checked the
--- partition's rollups. Returns how many keys went.
-CREATE FUNCTION costdb_retire_cost_partition(part text) RETURNS bigint
+-- Retirement goes in two steps, so that inserts wait only for the first.
+--
+-- 1. Detaches one bounded partition of cost_records (an ACCESS EXCLUSIVE lock on
+--    cost_records until the transaction ends: commit at once) and moves the retention
+--    boundary to its end. Its records are gone from cost_records; their request keys
+--    still hold, so a retry in between is refused rather than billed. Returns the end.
+CREATE FUNCTION costdb_detach_cost_partition(part text) RETURNS timestamptz
 LANGUAGE plpgsql AS $$
 DECLARE
     upto timestamptz;
-    keys bigint;
 BEGIN
     SELECT p.to_at INTO upto
     FROM costdb_cost_partitions() p
@@ -138,15 +138,42 @@ BEGIN
         RAISE EXCEPTION 'costdb: % is not a bounded partition of cost_records', part
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    EXECUTE format('ALTER TABLE cost_records DETACH PARTITION %I', part);
+    INSERT INTO cost_record_retention AS r (one, retired_before) VALUES (true, upto)
+    ON CONFLICT (one) DO UPDATE
+        SET retired_before = greatest(r.retired_before, excluded.retired_before);
+    RETURN upto;
+END
+$$;
+
+-- The partitions of cost_records detached and not dropped yet.
+CREATE FUNCTION costdb_detached_cost_partitions() RETURNS SETOF text
+LANGUAGE sql STABLE AS $$
+    SELECT c.relname::text
+    FROM pg_class c
+    WHERE c.relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'cost_records'::regclass)
+      AND c.relkind = 'r' AND NOT c.relispartition
+      AND c.relname ~ '^cost_records_(p[0-9]{8}|legacy)$'
+    ORDER BY 1
+$$;
+
+-- 2. Deletes the request keys of a detached partition's records (a request id of a
+--    retired day may be billed again: the one window of the guarantee) and drops it,
+--    never emptied by DELETE. No lock on cost_records. Returns how many keys went.
+CREATE FUNCTION costdb_drop_detached_cost_partition(part text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    keys bigint;
+BEGIN
+    IF part NOT IN (SELECT costdb_detached_cost_partitions()) THEN
+        RAISE EXCEPTION 'costdb: % is not a detached partition of cost_records', part
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     EXECUTE format('DELETE FROM cost_request_keys k USING %I r '
                    'WHERE k.tenant_id = r.tenant_id AND k.request_id = r.request_id '
                    'AND k.record_id = r.id', part);
     GET DIAGNOSTICS keys = ROW_COUNT;
-    EXECUTE format('ALTER TABLE cost_records DETACH PARTITION %I', part);
     EXECUTE format('DROP TABLE %I', part);
-    INSERT INTO cost_record_retention AS r (one, retired_before) VALUES (true, upto)
-    ON CONFLICT (one) DO UPDATE
-        SET retired_before = greatest(r.retired_before, excluded.retired_before);
     RETURN keys;
 END
 $$;
@@ -179,11 +206,12 @@ END
 $$;
 
 -- The statement trigger claims the request ids of the rows it inserted, then folds them
--- into the rollups. A key already claimed by this very record (costdb's INSERTs claim
--- first) is left alone; one held by another record is a unique violation of
--- cost_request_keys_pkey, which aborts the statement: a COPY that meets a recorded
--- request id fails as it did on the old unique index, and costdb's bulk path then goes
--- by INSERT, which skips it.
+-- into the rollups. A key held already is a unique violation of cost_request_keys_pkey,
+-- which aborts the statement: a COPY that meets a recorded request id fails as it did on
+-- the old unique index, and costdb's bulk path then goes by INSERT, which skips it.
+-- costdb's INSERTs claim their keys themselves, first, in the same statement, and skip a
+-- row whose key is taken; they say so by setting `costdb.request_keys` to 'claimed' for
+-- the statement, and the trigger then leaves the keys alone (and clears the setting).
 -- A table that keeps its request ids unique by an index of its own (the unpartitioned
 -- shape, which `costdb bench` measures against) passes an argument: only the fold.
 CREATE OR REPLACE FUNCTION costdb_fold_cost_records() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -196,14 +224,13 @@ BEGIN
         RAISE EXCEPTION 'costdb.rollup_slot is % but must be 1 to 63 (0 holds the past days'' folded rows)',
             this_slot USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF TG_NARGS = 0 THEN
+    IF current_setting('costdb.request_keys', true) = 'claimed' THEN
+        PERFORM set_config('costdb.request_keys', '', true);
+    ELSIF TG_NARGS = 0 THEN
         INSERT INTO cost_request_keys (tenant_id, request_id, record_id, created_at)
         SELECT n.tenant_id, n.request_id, n.id, n.created_at
         FROM new_records n
         WHERE n.request_id IS NOT NULL
-          AND NOT EXISTS (SELECT 1 FROM cost_request_keys k
-                          WHERE k.tenant_id = n.tenant_id AND k.request_id = n.request_id
-                            AND k.record_id = n.id)
         ORDER BY n.tenant_id, n.request_id;
     END IF;
 

@@ -1,6 +1,6 @@
 //! `PartitionDriver`: the daily partitions of `cost_records` — creating them ahead,
-//! moving stray days out of the default partition, and retiring old days by dropping
-//! whole partitions once their rollups check out.
+//! moving stray days out of the default partition, and retiring old days (detach, then
+//! drop: never `DELETE`) once their rollups check out.
 
 use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
 use diesel::prelude::*;
@@ -10,7 +10,10 @@ use serde::Serialize;
 use crate::db::require_transaction;
 use crate::drivers::rollup::{RollupDriver, RollupRange};
 use crate::error::{Error, Result};
-use crate::sql_fns::{costdb_create_cost_partition, costdb_retire_cost_partition};
+use crate::sql_fns::{
+    costdb_create_cost_partition, costdb_detach_cost_partition, costdb_detached_cost_partitions,
+    costdb_drop_detached_cost_partition,
+};
 use crate::validate;
 
 /// Every partition of `cost_records` with its bounds, oldest first, the default last.
@@ -53,11 +56,11 @@ pub struct RetentionPlan {
     pub incomplete_days: Vec<NaiveDate>,
 }
 
-/// One partition retired.
+/// One detached partition dropped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RetiredPartition {
-    /// The partition dropped.
-    pub partition: CostPartition,
+    /// The table dropped, e.g. `cost_records_p20260301`.
+    pub table: String,
     /// Request keys of its records deleted with it.
     pub keys_deleted: i64,
 }
@@ -150,35 +153,50 @@ impl<'c> PartitionDriver<'c> {
         })
     }
 
-    /// Drops the partitions of `plan` (detach, then drop: never `DELETE`), with the
-    /// request keys of their records, and moves the retention boundary past them. Their
-    /// rollups stay: reads over those days keep answering. Takes `cost_records`' `ACCESS
-    /// EXCLUSIVE` lock until the caller's transaction ends, so inserts wait meanwhile
-    /// (for as long as deleting the keys of those days takes).
+    /// Detaches the partitions of `plan` from `cost_records` and moves the retention
+    /// boundary past them: their records are gone from every read, their rollups stay,
+    /// so reads over those days keep answering. Takes `cost_records`' `ACCESS EXCLUSIVE`
+    /// lock until the caller's transaction ends, so commit at once: inserts wait
+    /// meanwhile. Then [`drop_detached`](Self::drop_detached), in a transaction of its
+    /// own, finishes the work without that lock. Never `DELETE`s a record.
     ///
     /// # Errors
     /// [`Error::RetentionRefused`] naming the days when the plan found rollups that
     /// differ from their records; [`Error::NoTransaction`] outside a transaction.
-    pub fn retire(&mut self, plan: &RetentionPlan) -> Result<Vec<RetiredPartition>> {
+    pub fn retire(&mut self, plan: &RetentionPlan) -> Result<Vec<CostPartition>> {
         if !plan.incomplete_days.is_empty() {
             return Err(Error::RetentionRefused {
                 days: plan.incomplete_days.clone(),
             });
         }
         require_transaction(self.conn)?;
-        if plan.partitions.is_empty() {
-            return Ok(Vec::new());
-        }
-        diesel::sql_query("LOCK TABLE cost_records IN ACCESS EXCLUSIVE MODE").execute(self.conn)?;
-        let mut retired = Vec::with_capacity(plan.partitions.len());
         for partition in &plan.partitions {
-            let keys_deleted = diesel::select(costdb_retire_cost_partition(&partition.name))
+            diesel::select(costdb_detach_cost_partition(&partition.name))
+                .get_result::<DateTime<Utc>>(self.conn)?;
+        }
+        Ok(plan.partitions.clone())
+    }
+
+    /// Drops every partition [`retire`](Self::retire) detached (also those a run that
+    /// stopped half-way left), after deleting the request keys of their records: from
+    /// then on a retry of one of those request ids is billed again, the one window of
+    /// idempotency. Takes no lock on `cost_records`.
+    ///
+    /// # Errors
+    /// [`Error::NoTransaction`] outside a transaction.
+    pub fn drop_detached(&mut self) -> Result<Vec<RetiredPartition>> {
+        require_transaction(self.conn)?;
+        let names: Vec<String> =
+            diesel::select(costdb_detached_cost_partitions()).load(self.conn)?;
+        let mut dropped = Vec::with_capacity(names.len());
+        for table in names {
+            let keys_deleted = diesel::select(costdb_drop_detached_cost_partition(&table))
                 .get_result(self.conn)?;
-            retired.push(RetiredPartition {
-                partition: partition.clone(),
+            dropped.push(RetiredPartition {
+                table,
                 keys_deleted,
             });
         }
-        Ok(retired)
+        Ok(dropped)
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::enums::{AnomalyType, BudgetType, DerivedCause, EntityType, Severity};
 use super::ids;
 use crate::db::require_transaction;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::prepared::{Param, Prepared};
 use crate::schema::{
     cost_anomalies, cost_budgets, cost_drift_tracking, cost_records, cost_request_keys,
@@ -437,7 +437,8 @@ impl CostInput {
     }
 
     /// The stored record that holds this input's request id: the key gives its instant,
-    /// so one partition is read.
+    /// so one partition is read. [`Error::Conflict`] while the record's day is detached
+    /// and its key not yet deleted.
     fn claimed_record(&self, conn: &mut PgConnection) -> Result<CostRecord> {
         use cost_request_keys as k;
         Ok(cost_records::table
@@ -450,6 +451,13 @@ impl CostInput {
             .filter(k::tenant_id.eq(&self.tenant_id))
             .filter(k::request_id.nullable().eq(&self.request_id))
             .select(CostRecord::as_select())
-            .first(conn)?)
+            .first(conn)
+            .optional()?
+            .ok_or_else(|| {
+                Error::Conflict(format!(
+                    "request {:?} was recorded on a day that retention is retiring",
+                    self.request_id.as_deref().unwrap_or_default()
+                ))
+            })?)
     }
 }

@@ -133,14 +133,16 @@ impl Workload for CopyIngest {
     }
 }
 
-/// One call per transaction, as a service without a recorder writes: each statement
-/// claims its request id. `:tenant`, `:client_id` and `:random` make unique keys.
+/// One call per transaction, as a service without a recorder writes, in the statement
+/// `insert_cost_record` sends: it claims its request id first and tells the trigger so.
+/// `:run`, `:client_id` and `:r` make unique keys.
 const PER_CALL_PARTITIONED: &str = "\
 \\set r random(1, 1000000000)
 WITH claimed AS (
     INSERT INTO cost_request_keys (tenant_id, request_id, record_id, created_at)
     VALUES ('bench-pc-' || :client_id, 'rq-' || :run || '-' || :r, 'cr_' || :run || '_' || :r, now())
-    ON CONFLICT DO NOTHING RETURNING record_id)
+    ON CONFLICT DO NOTHING
+    RETURNING record_id, set_config('costdb.request_keys', 'claimed', true))
 INSERT INTO cost_records (id, tenant_id, request_id, model, input_tokens, output_tokens,
                           cost_cents, created_at)
 SELECT 'cr_' || :run || '_' || :r, 'bench-pc-' || :client_id, 'rq-' || :run || '-' || :r,
@@ -216,6 +218,8 @@ struct RetireDay {
     days: u32,
     /// The unpartitioned table's size after the last `DELETE`, in bytes.
     flat_after: Option<i64>,
+    /// How long the last detach held the lock that makes inserts wait.
+    detach: Option<Duration>,
 }
 
 /// Bytes of a table with its indexes and TOAST.
@@ -257,8 +261,11 @@ impl Workload for RetireDay {
                 b as f64 / 1e6
             )
         });
+        let lock = self.detach.map_or(String::new(), |d| {
+            format!(" (inserts wait {:.1} ms)", d.as_secs_f64() * 1e3)
+        });
         format!(
-            "retire a day of {} records: DROP partition + its keys{after}",
+            "retire a day of {} records: detach{lock}, delete its keys, DROP{after}",
             self.rows
         )
     }
@@ -295,6 +302,8 @@ impl Workload for RetireDay {
         };
         let started = Instant::now();
         conn.transaction::<_, Error, _>(|c| PartitionDriver::new(c).retire(&plan))?;
+        self.detach = Some(started.elapsed());
+        conn.transaction::<_, Error, _>(|c| PartitionDriver::new(c).drop_detached())?;
         Ok(started.elapsed())
     }
     fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
@@ -335,6 +344,7 @@ pub fn partition_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
             rows: scale.of(100_000),
             days: 0,
             flat_after: None,
+            detach: None,
         }),
     ]
 }

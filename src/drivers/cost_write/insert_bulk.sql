@@ -5,7 +5,8 @@
 -- taken is skipped: a request id the tenant already recorded, or (when a batch whose
 -- commit outcome was unknown is retried with the ids fixed before its first attempt) this
 -- very record's. A row whose (tenant, id, instant) is stored is skipped too. The caller
--- tells them apart.
+-- tells them apart. A claim tells the table's trigger that this statement's keys are
+-- claimed.
 WITH t AS (
     SELECT id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, model,
            input_tokens, output_tokens, cost_cents, is_retry,
@@ -23,7 +24,7 @@ WITH t AS (
     WHERE request_id IS NOT NULL
     ORDER BY n
     ON CONFLICT DO NOTHING
-    RETURNING record_id
+    RETURNING record_id, set_config('costdb.request_keys', 'claimed', true)
 )
 INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, workflow_id,
                           skill_id, model, input_tokens, output_tokens, cost_cents, is_retry,

@@ -1,13 +1,14 @@
 -- One cost record, every column bound ($13 NULL: the transaction's now()). Its request id,
 -- if any, is claimed first in cost_request_keys; when the tenant already holds it the
--- record is not inserted (a racing claim waits for the other transaction's outcome).
--- Returns the stored instant.
+-- record is not inserted (a racing claim waits for the other transaction's outcome). A
+-- claim tells the table's trigger that this statement's keys are claimed. Returns the
+-- stored instant.
 WITH claimed AS (
     INSERT INTO cost_request_keys (tenant_id, request_id, record_id, created_at)
     SELECT $2, $5::text, $1, coalesce($13::timestamptz, now())
     WHERE $5::text IS NOT NULL
     ON CONFLICT DO NOTHING
-    RETURNING record_id
+    RETURNING record_id, set_config('costdb.request_keys', 'claimed', true)
 )
 INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, workflow_id,
                           skill_id, model, input_tokens, output_tokens, cost_cents, is_retry,
