@@ -441,7 +441,7 @@ impl CostInput {
     /// and its key not yet deleted.
     fn claimed_record(&self, conn: &mut PgConnection) -> Result<CostRecord> {
         use cost_request_keys as k;
-        Ok(cost_records::table
+        cost_records::table
             .inner_join(
                 k::table.on(k::tenant_id
                     .eq(cost_records::tenant_id)
@@ -458,6 +458,6 @@ impl CostInput {
                     "request {:?} was recorded on a day that retention is retiring",
                     self.request_id.as_deref().unwrap_or_default()
                 ))
-            })?)
+            })
     }
 }
