@@ -18,6 +18,8 @@
 //! - [`leader`]: leader election among processes on advisory locks, with fencing terms.
 //! - [`replica`]: reads from a streaming replica, bounded in staleness, with a fall back
 //!   to the primary.
+//! - [`retention`]: dropping the daily partitions of old cost records once their
+//!   rollups agree with them.
 //! - [`placement`]: which tables are distributed by tenant on a Citus cluster, and why
 //!   the others are not.
 //!
@@ -66,6 +68,7 @@ pub mod placement;
 mod prepared;
 pub mod recorder;
 pub mod replica;
+pub mod retention;
 #[allow(missing_docs)]
 pub mod schema;
 pub(crate) mod sql_fns;

@@ -17,6 +17,7 @@ use costdb::drivers::{
 };
 use costdb::models::{CostInput, TimeBucket};
 use costdb::recorder::{CostRecorder, RecorderConfig};
+use costdb::retention::Retention;
 use costdb::schema::{cost_records as cr, cost_request_keys as k};
 use costdb::types::{TenantId, TimeWindow};
 use costdb::Error;
@@ -322,14 +323,14 @@ fn retention_drops_whole_old_days_keeps_their_rollups_and_refuses_while_they_dif
     ))
     .unwrap();
     let partitions = partition_names(&mut conn);
-    let plan = PartitionDriver::new(&mut conn).plan_retention(d3).unwrap();
+    let plan = Retention::new(&mut conn).plan(d3).unwrap();
     let planned: Vec<&str> = plan.partitions.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(
         planned,
         ["cost_records_p20260301", "cost_records_p20260302"]
     );
     assert_eq!(plan.incomplete_days, [d2]);
-    let refused = conn.transaction(|c| PartitionDriver::new(c).retire(&plan));
+    let refused = conn.transaction(|c| Retention::new(c).retire(&plan));
     assert!(
         matches!(&refused, Err(Error::RetentionRefused { days }) if days == &[d2]),
         "{refused:?}"
@@ -348,10 +349,10 @@ fn retention_drops_whole_old_days_keeps_their_rollups_and_refuses_while_they_dif
     .unwrap();
     let before = spend(&mut conn);
     assert_eq!(before.len(), 3);
-    let plan = PartitionDriver::new(&mut conn).plan_retention(d3).unwrap();
+    let plan = Retention::new(&mut conn).plan(d3).unwrap();
     assert!(plan.incomplete_days.is_empty());
     let detached = conn
-        .transaction(|c| PartitionDriver::new(c).retire(&plan))
+        .transaction(|c| Retention::new(c).retire(&plan))
         .unwrap();
     assert_eq!(detached, plan.partitions);
     // Detached, the days' records are gone from cost_records but their keys still hold:
@@ -362,7 +363,7 @@ fn retention_drops_whole_old_days_keeps_their_rollups_and_refuses_while_they_dif
     });
     assert!(matches!(between, Err(Error::Conflict(_))), "{between:?}");
     let dropped = conn
-        .transaction(|c| PartitionDriver::new(c).drop_detached())
+        .transaction(|c| Retention::new(c).drop_detached())
         .unwrap();
     assert_eq!(
         dropped
@@ -395,7 +396,7 @@ fn retention_drops_whole_old_days_keeps_their_rollups_and_refuses_while_they_dif
     assert_eq!(spend(&mut conn), before);
     no_differences(&mut conn);
     // Nothing more to retire before that day.
-    let plan = PartitionDriver::new(&mut conn).plan_retention(d3).unwrap();
+    let plan = Retention::new(&mut conn).plan(d3).unwrap();
     assert!(plan.partitions.is_empty(), "{plan:?}");
     // The one window of idempotency: a retry arriving after its day was retired is
     // recorded again (in the default partition).

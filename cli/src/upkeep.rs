@@ -8,9 +8,10 @@ use std::io::Write;
 use chrono::{Duration, NaiveDate, Utc};
 use costdb::admission::AdmissionDriver;
 use costdb::db;
-use costdb::drivers::{AlertDriver, PartitionDriver, RetentionPlan, RollupDriver};
+use costdb::drivers::{AlertDriver, PartitionDriver, RollupDriver};
 use costdb::leader::{self, LeaderGuard};
 use costdb::models::AlertStatus;
+use costdb::retention::{Retention, RetentionPlan};
 use costdb::types::locks::LOCK_UPKEEP;
 use diesel::{Connection, RunQueryDsl};
 
@@ -129,14 +130,14 @@ pub fn run(options: Options) -> Outcome {
         let detached = conn.transaction(|c| {
             leader::check_term(c, LOCK_UPKEEP, term)?;
             diesel::sql_query(RETIRE_LOCK_TIMEOUT).execute(c)?;
-            PartitionDriver::new(c).retire(&plan)
+            Retention::new(c).retire(&plan)
         })?;
         say!("detached {} partition(s) of cost records", detached.len())?;
     }
     // Also what a run that stopped after detaching left.
     let dropped = conn.transaction(|c| {
         leader::check_term(c, LOCK_UPKEEP, term)?;
-        PartitionDriver::new(c).drop_detached()
+        Retention::new(c).drop_detached()
     })?;
     let keys: i64 = dropped.iter().map(|r| r.keys_deleted).sum();
     say!(
@@ -155,7 +156,7 @@ fn retention_plan(
 ) -> Result<RetentionPlan, Failure> {
     let days = retain_days.expect("clap requires --retain-days");
     let before = today - Duration::days(i64::from(days));
-    let plan = conn.transaction(|c| PartitionDriver::new(c).plan_retention(before))?;
+    let plan = conn.transaction(|c| Retention::new(c).plan(before))?;
     say!(
         "retention keeps {days} day(s): records before {before} go, {} partition(s)",
         plan.partitions.len()

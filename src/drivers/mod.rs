@@ -28,7 +28,7 @@ pub use audit::{AuditDriver, AuditOutcome};
 pub use cost_write::{
     BudgetLimits, CostWriteDriver, FeatureTagChanges, FeatureTagInput, RecordedCost, BULK_CHUNK,
 };
-pub use partitions::{CostPartition, PartitionDriver, RetentionPlan, RetiredPartition};
+pub use partitions::{CostPartition, PartitionDriver, RetiredPartition};
 pub use patterns::{
     FeedbackInput, FeedbackQuery, PatternDetectionDriver, PredictionDriver, PredictionFilter,
     PredictionInput, PredictionSummary, PredictionsQuery, RunsQuery, WorkerRunTotal, MAX_LIMIT,

@@ -2,13 +2,12 @@
 //! moving stray days out of the default partition, and retiring old days (detach, then
 //! drop: never `DELETE`) once their rollups check out.
 
-use chrono::{DateTime, Days, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Date, Nullable, Text, Timestamptz};
 use serde::Serialize;
 
 use crate::db::require_transaction;
-use crate::drivers::rollup::{RollupDriver, RollupRange};
 use crate::error::{Error, Result};
 use crate::sql_fns::{
     costdb_create_cost_partition, costdb_detach_cost_partition, costdb_detached_cost_partitions,
@@ -44,16 +43,6 @@ pub struct CostPartition {
 struct DayRow {
     #[diesel(sql_type = Date)]
     day: NaiveDate,
-}
-
-/// What retiring the records before a day would drop, and whether it may.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RetentionPlan {
-    /// The partitions wholly before the cutoff, oldest first.
-    pub partitions: Vec<CostPartition>,
-    /// The UTC days among them whose rollups differ from their records: while any is
-    /// listed, [`PartitionDriver::retire`] refuses.
-    pub incomplete_days: Vec<NaiveDate>,
 }
 
 /// One detached partition dropped.
@@ -120,64 +109,40 @@ impl<'c> PartitionDriver<'c> {
         Ok(created)
     }
 
-    /// The partitions whose every record is before UTC day `before`, and the days among
-    /// them whose rollups differ from their records (checked in the caller's snapshot,
-    /// without blocking writers).
+    /// The partitions whose every record is before UTC day `before`, oldest first (never
+    /// the default partition).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a day PostgreSQL cannot store.
-    pub fn plan_retention(&mut self, before: NaiveDate) -> Result<RetentionPlan> {
+    pub fn fetch_retirable(&mut self, before: NaiveDate) -> Result<Vec<CostPartition>> {
         let cutoff = midnight(before);
         validate::instant("before", cutoff)?;
-        let partitions: Vec<CostPartition> = self
+        Ok(self
             .fetch_partitions()?
             .into_iter()
             .filter(|p| !p.is_default && p.to_at.is_some_and(|to| to <= cutoff))
-            .collect();
-        let mut incomplete_days = Vec::new();
-        for p in &partitions {
-            let to = p.to_at.expect("bounded").date_naive();
-            let range = RollupRange {
-                tenant_id: None,
-                from: p.from_at.map(|at| at.date_naive()),
-                to: to.checked_sub_days(Days::new(1)),
-            };
-            let differences = RollupDriver::new(self.conn).fetch_differences(&range)?;
-            incomplete_days.extend(differences.iter().map(|d| d.bucket.date_naive()));
-        }
-        incomplete_days.sort_unstable();
-        incomplete_days.dedup();
-        Ok(RetentionPlan {
-            partitions,
-            incomplete_days,
-        })
+            .collect())
     }
 
-    /// Detaches the partitions of `plan` from `cost_records` and moves the retention
-    /// boundary past them: their records are gone from every read, their rollups stay,
-    /// so reads over those days keep answering. Takes `cost_records`' `ACCESS EXCLUSIVE`
-    /// lock until the caller's transaction ends, so commit at once: inserts wait
-    /// meanwhile. Then [`drop_detached`](Self::drop_detached), in a transaction of its
-    /// own, finishes the work without that lock. Never `DELETE`s a record.
+    /// Detaches `partitions` from `cost_records` and moves the retention boundary past
+    /// them: their records are gone from every read; their rollups stay. Takes
+    /// `cost_records`' `ACCESS EXCLUSIVE` lock until the caller's transaction ends, so
+    /// commit at once: inserts wait meanwhile. Checks nothing about their rollups:
+    /// [`Retention`](crate::retention::Retention) does, first. Never `DELETE`s a record.
     ///
     /// # Errors
-    /// [`Error::RetentionRefused`] naming the days when the plan found rollups that
-    /// differ from their records; [`Error::NoTransaction`] outside a transaction.
-    pub fn retire(&mut self, plan: &RetentionPlan) -> Result<Vec<CostPartition>> {
-        if !plan.incomplete_days.is_empty() {
-            return Err(Error::RetentionRefused {
-                days: plan.incomplete_days.clone(),
-            });
-        }
+    /// [`Error::NoTransaction`] outside a transaction; a database error for a name that
+    /// is not a bounded partition of `cost_records`.
+    pub fn detach(&mut self, partitions: &[CostPartition]) -> Result<()> {
         require_transaction(self.conn)?;
-        for partition in &plan.partitions {
+        for partition in partitions {
             diesel::select(costdb_detach_cost_partition(&partition.name))
                 .get_result::<DateTime<Utc>>(self.conn)?;
         }
-        Ok(plan.partitions.clone())
+        Ok(())
     }
 
-    /// Drops every partition [`retire`](Self::retire) detached (also those a run that
+    /// Drops every partition [`detach`](Self::detach) detached (also those a run that
     /// stopped half-way left), after deleting the request keys of their records: from
     /// then on a retry of one of those request ids is billed again, the one window of
     /// idempotency. Takes no lock on `cost_records`.

@@ -11,8 +11,9 @@ use diesel::prelude::*;
 
 use super::writes::cost_inputs;
 use super::{pgbench_with, Ctx, Scale, Target, Workload};
-use costdb::drivers::{PartitionDriver, RetentionPlan};
+use costdb::drivers::PartitionDriver;
 use costdb::models::{ids, CostInput};
+use costdb::retention::{Retention, RetentionPlan};
 use costdb::schema::cost_records;
 use costdb::Error;
 use costdb_testkit::Result;
@@ -301,9 +302,9 @@ impl Workload for RetireDay {
             incomplete_days: Vec::new(),
         };
         let started = Instant::now();
-        conn.transaction::<_, Error, _>(|c| PartitionDriver::new(c).retire(&plan))?;
+        conn.transaction::<_, Error, _>(|c| Retention::new(c).retire(&plan))?;
         self.detach = Some(started.elapsed());
-        conn.transaction::<_, Error, _>(|c| PartitionDriver::new(c).drop_detached())?;
+        conn.transaction::<_, Error, _>(|c| Retention::new(c).drop_detached())?;
         Ok(started.elapsed())
     }
     fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
