@@ -91,10 +91,10 @@ diesel::define_sql_function! {
     ) -> Record<(BigInt, BigInt)>;
 }
 diesel::define_sql_function! {
-    /// Creates the partition of cost records of one UTC day unless a partition covers it,
-    /// moving the day's rows out of the default partition; returns its name, or NULL
-    /// (migration `time_partitions`).
-    fn costdb_create_cost_partition(day: Date) -> Nullable<Text>;
+    /// Creates the partitions of cost records of the UTC days `first..=last` and of the
+    /// days with rows in the default partition (moving them) where none covers them;
+    /// returns those created, one row each (migration `time_partitions`).
+    fn costdb_create_cost_partitions(first: Date, last: Date) -> Text;
 }
 diesel::define_sql_function! {
     /// Detaches a bounded partition of cost records and moves the retention boundary to

@@ -30,6 +30,7 @@ CREATE INDEX ix_cost_records_tenant_created ON cost_records (tenant_id, created_
 DROP FUNCTION costdb_drop_detached_cost_partition(text);
 DROP FUNCTION costdb_detached_cost_partitions();
 DROP FUNCTION costdb_detach_cost_partition(text);
+DROP FUNCTION costdb_create_cost_partitions(date, date);
 DROP FUNCTION costdb_create_cost_partition(date);
 DROP FUNCTION costdb_cost_partitions();
 DROP TABLE cost_request_keys;

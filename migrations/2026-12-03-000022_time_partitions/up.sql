@@ -120,6 +120,19 @@ BEGIN
 END
 $$;
 
+-- The partitions of the UTC days `first` to `last` and of every day with rows in the
+-- default partition, where none covers them yet, in day order; returns those created.
+CREATE FUNCTION costdb_create_cost_partitions(first date, last date) RETURNS SETOF text
+LANGUAGE sql AS $$
+    SELECT made
+    FROM (SELECT d::date AS day FROM generate_series(first, last, interval '1 day') AS d
+          UNION
+          SELECT (created_at AT TIME ZONE 'UTC')::date FROM cost_records_default) days
+    CROSS JOIN LATERAL costdb_create_cost_partition(days.day) AS made
+    WHERE made IS NOT NULL
+    ORDER BY days.day
+$$;
+
 -- Retirement goes in two steps, so that inserts wait only for the first.
 --
 -- 1. Detaches one bounded partition of cost_records (an ACCESS EXCLUSIVE lock on

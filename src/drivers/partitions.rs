@@ -4,22 +4,20 @@
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Bool, Date, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Bool, Nullable, Text, Timestamptz};
 use serde::Serialize;
 
 use crate::db::require_transaction;
 use crate::error::{Error, Result};
+use crate::prepared::Prepared;
 use crate::sql_fns::{
-    costdb_create_cost_partition, costdb_detach_cost_partition, costdb_detached_cost_partitions,
+    costdb_create_cost_partitions, costdb_detach_cost_partition, costdb_detached_cost_partitions,
     costdb_drop_detached_cost_partition,
 };
 use crate::validate;
 
-/// Every partition of `cost_records` with its bounds, oldest first, the default last.
-const PARTITIONS: &str = "SELECT name, from_at, to_at, is_default FROM costdb_cost_partitions()";
-/// The UTC days that have rows in the default partition.
-const DEFAULT_DAYS: &str = "SELECT DISTINCT (created_at AT TIME ZONE 'UTC')::date AS day \
-                            FROM cost_records_default ORDER BY 1";
+/// Every partition of `cost_records` with its bounds (see the file).
+const PARTITIONS: &str = include_str!("partitions/partitions.sql");
 
 /// One partition of `cost_records`.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName, Serialize)]
@@ -37,12 +35,6 @@ pub struct CostPartition {
     /// Whether it is the default partition.
     #[diesel(sql_type = Bool)]
     pub is_default: bool,
-}
-
-#[derive(QueryableByName)]
-struct DayRow {
-    #[diesel(sql_type = Date)]
-    day: NaiveDate,
 }
 
 /// One detached partition dropped.
@@ -71,7 +63,11 @@ impl<'c> PartitionDriver<'c> {
 
     /// Every partition of `cost_records`, oldest first, the default one last.
     pub fn fetch_partitions(&mut self) -> Result<Vec<CostPartition>> {
-        Ok(diesel::sql_query(PARTITIONS).load(self.conn)?)
+        Ok(Prepared {
+            sql: PARTITIONS,
+            params: &[],
+        }
+        .load(self.conn)?)
     }
 
     /// Creates the partitions of the UTC days `from..=to` that no partition covers yet,
@@ -95,18 +91,7 @@ impl<'c> PartitionDriver<'c> {
             return Err(Error::invalid("to", "at most 366 days at once"));
         }
         require_transaction(self.conn)?;
-        let stray: Vec<DayRow> = diesel::sql_query(DEFAULT_DAYS).load(self.conn)?;
-        let mut days: Vec<NaiveDate> = from.iter_days().take_while(|d| *d <= to).collect();
-        days.extend(stray.into_iter().map(|r| r.day));
-        days.sort_unstable();
-        days.dedup();
-        let mut created = Vec::new();
-        for day in days {
-            let made: Option<String> =
-                diesel::select(costdb_create_cost_partition(day)).get_result(self.conn)?;
-            created.extend(made);
-        }
-        Ok(created)
+        Ok(diesel::select(costdb_create_cost_partitions(from, to)).load(self.conn)?)
     }
 
     /// The partitions whose every record is before UTC day `before`, oldest first (never
