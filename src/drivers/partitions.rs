@@ -1,6 +1,6 @@
 //! `PartitionDriver`: the daily partitions of `cost_records` — creating them ahead,
-//! moving stray days out of the default partition, and retiring old days (detach, then
-//! drop: never `DELETE`) once their rollups check out.
+//! moving stray days out of the default partition, detaching old days and dropping them
+//! (never `DELETE`). Which days may go is [`retention`](crate::retention)'s to decide.
 
 use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use diesel::prelude::*;
