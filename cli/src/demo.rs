@@ -12,7 +12,8 @@ use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use costdb::admission::{Admission, AdmissionDriver, ReserveInput};
 use costdb::detector::{percent_text, AnomalyDetector};
 use costdb::drivers::{
-    BudgetLimits, ProvenanceInput, RollupDriver, RollupRange, RunCost, WorkerRunData,
+    BudgetLimits, PartitionDriver, ProvenanceInput, RollupDriver, RollupRange, RunCost,
+    WorkerRunData,
 };
 use costdb::leader::{self, LeaderGuard};
 use costdb::models::CostInput;
@@ -361,8 +362,10 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Every day but the last, by bulk ingestion.
+/// Every day but the last, by bulk ingestion, each into its own daily partition (made
+/// first, as `costdb upkeep` makes them ahead).
 fn history(conn: &mut PgConnection, p: &Platform, found: &mut Findings) -> costdb::Result<()> {
+    conn.transaction(|c| PartitionDriver::new(c).create_partitions(p.first, p.last))?;
     let days: Vec<NaiveDate> = p.days().filter(|d| *d < p.last).collect();
     let bar = progress(days.len() as u64, "history");
     for day in days {

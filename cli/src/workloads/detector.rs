@@ -85,6 +85,7 @@ impl Workload for Detector {
         let database = ScratchDatabase::create(&admin, "costdb_bench_detector")?;
         let mut conn = db::connect(database.url())?;
         db::run_migrations(&mut conn)?;
+        super::day_partitions(&mut conn, 32)?;
         diesel::sql_query(LOAD)
             .bind::<BigInt, _>(self.tenants as i64)
             .bind::<Timestamptz, _>(Self::now())

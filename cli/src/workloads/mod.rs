@@ -283,6 +283,22 @@ pub fn without_rollups<T>(
     result
 }
 
+/// Creates the daily partitions of cost records from `days` days before today through
+/// tomorrow, as `costdb upkeep` would have: data loaded into the past lands in its day's
+/// partition, not in the default one.
+pub fn day_partitions(conn: &mut PgConnection, days: i64) -> Result<()> {
+    use diesel::Connection;
+    let today = chrono::Utc::now().date_naive();
+    conn.transaction::<_, costdb::Error, _>(|c| {
+        costdb::drivers::PartitionDriver::new(c).create_partitions(
+            today - chrono::Duration::days(days),
+            today + chrono::Duration::days(1),
+        )?;
+        Ok(())
+    })?;
+    Ok(())
+}
+
 /// Runs `work(i, state)` on one thread per state (e.g. a connection), all started together; returns the
 /// time until the last finished and every latency the threads reported.
 pub fn on_threads<T, F>(conns: &mut Vec<T>, work: F) -> Result<(Duration, Vec<Duration>)>

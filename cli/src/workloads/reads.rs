@@ -87,6 +87,7 @@ fn load(conn: &mut PgConnection, rows: usize) -> Result<()> {
     if have > 0 {
         return Ok(()); // loaded by an earlier read workload of this run
     }
+    super::day_partitions(conn, 91)?;
     for sql in [LOAD, LOAD_RUNS, LOAD_TRACES] {
         diesel::sql_query(sql)
             .bind::<BigInt, _>(rows as i64)
@@ -354,6 +355,7 @@ impl Workload for Flat {
             .get_result::<Count>(&mut ctx.conn)?
             .n;
         if have == 0 {
+            super::day_partitions(&mut ctx.conn, 31)?;
             for (tenant, rows) in [(FLAT_SMALL, self.small), (FLAT_LARGE, self.large)] {
                 diesel::sql_query(LOAD_ONE_TENANT)
                     .bind::<Text, _>(tenant)
