@@ -225,8 +225,10 @@ $$;
 -- costdb's INSERTs claim their keys themselves, first, in the same statement, and skip a
 -- row whose key is taken; they say so by setting `costdb.request_keys` to 'claimed' for
 -- the statement, and the trigger then leaves the keys alone (and clears the setting).
--- A table that keeps its request ids unique by an index of its own (the unpartitioned
--- shape, which `costdb bench` measures against) passes an argument: only the fold.
+-- An argument limits the trigger to one half: 'keys by index' folds only (a table that
+-- keeps its request ids unique by an index of its own: the unpartitioned shape, which
+-- `costdb bench` measures against), 'claim only' claims only (the table without its
+-- rollups, the bench's measure of what they cost).
 CREATE OR REPLACE FUNCTION costdb_fold_cost_records() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     this_slot smallint := coalesce(
@@ -239,12 +241,15 @@ BEGIN
     END IF;
     IF current_setting('costdb.request_keys', true) = 'claimed' THEN
         PERFORM set_config('costdb.request_keys', '', true);
-    ELSIF TG_NARGS = 0 THEN
+    ELSIF TG_NARGS = 0 OR TG_ARGV[0] = 'claim only' THEN
         INSERT INTO cost_request_keys (tenant_id, request_id, record_id, created_at)
         SELECT n.tenant_id, n.request_id, n.id, n.created_at
         FROM new_records n
         WHERE n.request_id IS NOT NULL
         ORDER BY n.tenant_id, n.request_id;
+    END IF;
+    IF TG_NARGS > 0 AND TG_ARGV[0] = 'claim only' THEN
+        RETURN NULL;
     END IF;
 
     INSERT INTO cost_rollup_hourly AS r
