@@ -218,33 +218,74 @@ BEGIN
 END
 $$;
 
--- A statement trigger claims the request ids of the rows every insert stored, before the
--- rollup trigger folds them (triggers of one event fire in name order). A key held
--- already is a unique violation of cost_request_keys_pkey, which aborts the statement: a
--- COPY that meets a recorded request id fails as it did on the old unique index, and
--- costdb's bulk path then goes by INSERT, which skips it. costdb's INSERTs claim their
--- keys themselves, first, in the same statement, and skip a row whose key is taken; they
--- say so by setting `costdb.request_keys` to 'claimed' for the statement, and this
--- trigger then leaves the keys alone and clears the setting.
-CREATE FUNCTION costdb_claim_request_keys() RETURNS trigger LANGUAGE plpgsql AS $$
+-- The statement trigger claims the request ids of the rows it inserted, then folds them
+-- into the rollups. A key held already is a unique violation of cost_request_keys_pkey,
+-- which aborts the statement: a COPY that meets a recorded request id fails as it did on
+-- the old unique index, and costdb's bulk path then goes by INSERT, which skips it.
+-- costdb's INSERTs claim their keys themselves, first, in the same statement, and skip a
+-- row whose key is taken; they say so by setting `costdb.request_keys` to 'claimed' for
+-- the statement, and the trigger then leaves the keys alone (and clears the setting).
+-- An argument limits the trigger to one half: 'keys by index' folds only (a table that
+-- keeps its request ids unique by an index of its own: the unpartitioned shape, which
+-- `costdb bench` measures against), 'claim only' claims only (the table without its
+-- rollups, the bench's measure of what they cost).
+CREATE OR REPLACE FUNCTION costdb_fold_cost_records() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    this_slot smallint := coalesce(
+        nullif(current_setting('costdb.rollup_slot', true), '')::smallint,
+        (1 + pg_backend_pid() % 63)::smallint);
 BEGIN
+    IF this_slot NOT BETWEEN 1 AND 63 THEN
+        RAISE EXCEPTION 'costdb.rollup_slot is % but must be 1 to 63 (0 holds the past days'' folded rows)',
+            this_slot USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF current_setting('costdb.request_keys', true) = 'claimed' THEN
         PERFORM set_config('costdb.request_keys', '', true);
-    ELSE
+    ELSIF TG_NARGS = 0 OR TG_ARGV[0] = 'claim only' THEN
         INSERT INTO cost_request_keys (tenant_id, request_id, record_id, created_at)
         SELECT n.tenant_id, n.request_id, n.id, n.created_at
         FROM new_records n
         WHERE n.request_id IS NOT NULL
         ORDER BY n.tenant_id, n.request_id;
     END IF;
+    IF TG_NARGS > 0 AND TG_ARGV[0] = 'claim only' THEN
+        RETURN NULL;
+    END IF;
+
+    INSERT INTO cost_rollup_hourly AS r
+        (tenant_id, bucket_hour, model, feature_tag, slot,
+         requests, retries, input_tokens, output_tokens, cost_cents)
+    SELECT n.tenant_id, date_bin('1 hour', n.created_at, '2000-01-01 00:00:00+00'), n.model,
+           coalesce(n.feature_tag, ''), this_slot, count(*), count(*) FILTER (WHERE n.is_retry),
+           sum(n.input_tokens), sum(n.output_tokens), sum(n.cost_cents)
+    FROM new_records n
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (tenant_id, bucket_hour, model, feature_tag, slot) DO UPDATE SET
+        requests = r.requests + excluded.requests,
+        retries = r.retries + excluded.retries,
+        input_tokens = r.input_tokens + excluded.input_tokens,
+        output_tokens = r.output_tokens + excluded.output_tokens,
+        cost_cents = r.cost_cents + excluded.cost_cents;
+
+    INSERT INTO cost_rollup_daily AS r
+        (tenant_id, day, feature_tag, user_id, slot,
+         requests, retries, input_tokens, output_tokens, cost_cents)
+    SELECT n.tenant_id, (n.created_at AT TIME ZONE 'UTC')::date, coalesce(n.feature_tag, ''),
+           coalesce(n.user_id, ''), this_slot, count(*), count(*) FILTER (WHERE n.is_retry),
+           sum(n.input_tokens), sum(n.output_tokens), sum(n.cost_cents)
+    FROM new_records n
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (tenant_id, day, feature_tag, user_id, slot) DO UPDATE SET
+        requests = r.requests + excluded.requests,
+        retries = r.retries + excluded.retries,
+        input_tokens = r.input_tokens + excluded.input_tokens,
+        output_tokens = r.output_tokens + excluded.output_tokens,
+        cost_cents = r.cost_cents + excluded.cost_cents;
     RETURN NULL;
 END
 $$;
-
-CREATE TRIGGER trg_cost_records_claim
-    AFTER INSERT ON cost_records
-    REFERENCING NEW TABLE AS new_records
-    FOR EACH STATEMENT EXECUTE FUNCTION costdb_claim_request_keys();
 
 CREATE TRIGGER trg_cost_records_fold
     AFTER INSERT ON cost_records

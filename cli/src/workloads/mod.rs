@@ -269,18 +269,26 @@ pub fn percentile(mut v: Vec<Duration>, q: f64) -> Duration {
     v[rank - 1]
 }
 
-/// Runs `work` with the trigger that keeps the rollups of `cost_records` disabled: the
-/// same table, its indexes, constraints and request keys (their trigger stays), without
-/// the rollups' writes — the baseline of what the rollups cost. The trigger is enabled
-/// again whatever `work` returns.
+/// Runs `work` with the trigger that keeps the rollups of `cost_records` swapped for one
+/// that only claims request keys: the same table, its indexes, constraints and
+/// idempotency, without the rollups' writes — the baseline of what the rollups cost. The
+/// trigger is back whatever `work` returns.
 pub fn without_rollups<T>(
     conn: &mut PgConnection,
     work: impl FnOnce(&mut PgConnection) -> Result<T>,
 ) -> Result<T> {
     use diesel::connection::SimpleConnection;
-    conn.batch_execute("ALTER TABLE cost_records DISABLE TRIGGER trg_cost_records_fold")?;
+    conn.batch_execute(
+        "ALTER TABLE cost_records DISABLE TRIGGER trg_cost_records_fold; \
+         CREATE TRIGGER bench_claim_only AFTER INSERT ON cost_records \
+             REFERENCING NEW TABLE AS new_records \
+             FOR EACH STATEMENT EXECUTE FUNCTION costdb_fold_cost_records('claim only')",
+    )?;
     let result = work(conn);
-    conn.batch_execute("ALTER TABLE cost_records ENABLE TRIGGER trg_cost_records_fold")?;
+    conn.batch_execute(
+        "DROP TRIGGER bench_claim_only ON cost_records; \
+         ALTER TABLE cost_records ENABLE TRIGGER trg_cost_records_fold",
+    )?;
     result
 }
 

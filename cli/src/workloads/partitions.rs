@@ -38,8 +38,8 @@ diesel::table! {
 }
 
 /// Creates the unpartitioned baseline table: the columns of `cost_records`, its key and
-/// index as they were, the request id's unique index, and the same rollup trigger (no
-/// key claims: the index keeps the request ids).
+/// index as they were, the request id's unique index, and the same rollup trigger told
+/// not to claim keys (the index keeps them).
 const FLAT_TABLE: &str = "\
     CREATE TABLE bench_flat_cost_records \
         (LIKE cost_records INCLUDING DEFAULTS, PRIMARY KEY (tenant_id, id)); \
@@ -49,7 +49,7 @@ const FLAT_TABLE: &str = "\
         ON bench_flat_cost_records (tenant_id, created_at); \
     CREATE TRIGGER bench_flat_fold AFTER INSERT ON bench_flat_cost_records \
         REFERENCING NEW TABLE AS new_records \
-        FOR EACH STATEMENT EXECUTE FUNCTION costdb_fold_cost_records()";
+        FOR EACH STATEMENT EXECUTE FUNCTION costdb_fold_cost_records('keys by index')";
 
 /// Makes the baseline table once, holding what `cost_records` holds by then (the rows of
 /// the workloads before), so both tables and their indexes are of one size, and vacuums
