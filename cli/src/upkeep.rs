@@ -71,8 +71,8 @@ pub fn run(options: Options) -> Outcome {
     let now = Utc::now();
     let today = now.date_naive();
     let term = guard.term();
-    if options.dry_run {
-        let plan = retention_plan(&mut conn, today, options.retain_days)?;
+    if let (true, Some(days)) = (options.dry_run, options.retain_days) {
+        let plan = retention_plan(&mut conn, today, days)?;
         report_plan(&plan, "would drop")?;
         guard.release()?;
         return refuse(&plan);
@@ -123,8 +123,8 @@ pub fn run(options: Options) -> Outcome {
         created.len(),
         list(&created)
     )?;
-    if options.retain_days.is_some() {
-        let plan = retention_plan(&mut conn, today, options.retain_days)?;
+    if let Some(days) = options.retain_days {
+        let plan = retention_plan(&mut conn, today, days)?;
         report_plan(&plan, "dropping")?;
         refuse(&plan)?;
         let detached = conn.transaction(|c| {
@@ -148,13 +148,12 @@ pub fn run(options: Options) -> Outcome {
     Ok(())
 }
 
-/// What retention would drop to keep `retain_days` days before `today`.
+/// What retention would drop to keep `days` days before `today`.
 fn retention_plan(
     conn: &mut diesel::PgConnection,
     today: NaiveDate,
-    retain_days: Option<u32>,
+    days: u32,
 ) -> Result<RetentionPlan, Failure> {
-    let days = retain_days.expect("clap requires --retain-days");
     let before = today - Duration::days(i64::from(days));
     let plan = conn.transaction(|c| Retention::new(c).plan(before))?;
     say!(
