@@ -182,7 +182,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    cost_records (tenant_id, id, created_at) {
+    cost_records (tenant_id, created_at, id) {
         #[max_length = 64]
         id -> Varchar,
         #[max_length = 64]

@@ -202,7 +202,7 @@ fn a_common_batch_is_one_statement_and_answers_what_it_stored() {
     for settlement in &settled {
         assert!(settlement.charged && settlement.released);
         let stored: CostRecord = cost_records::table
-            .find((&tenant, &settlement.cost.id, settlement.cost.created_at))
+            .find((&tenant, settlement.cost.created_at, &settlement.cost.id))
             .select(CostRecord::as_select())
             .get_result(&mut conn)
             .unwrap();
