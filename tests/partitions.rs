@@ -503,3 +503,55 @@ fn migrating_an_unpartitioned_table_keeps_every_row_and_its_request_ids() {
     assert_eq!(rows(&mut conn), before);
     no_differences(&mut conn);
 }
+
+#[test]
+fn retiring_a_day_finds_its_keys_by_the_key_index_not_by_hashing_every_day() {
+    #[derive(QueryableByName)]
+    struct Config {
+        #[diesel(sql_type = diesel::sql_types::Array<diesel::sql_types::Text>)]
+        proconfig: Vec<String>,
+    }
+    let mut conn = common::test_conn();
+    // The function that drops a retired day runs without hash and merge joins…
+    let config: Config = diesel::sql_query(
+        "SELECT proconfig FROM pg_proc WHERE proname = 'costdb_drop_detached_cost_partition'",
+    )
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(
+        config.proconfig,
+        ["enable_hashjoin=off", "enable_mergejoin=off"]
+    );
+    // …so that its delete probes the key table's index once per record of the day, where
+    // the planner would otherwise hash the keys of every retained day: here ten days of
+    // keys and one day's records (a table of the partition's shape).
+    conn.batch_execute(
+        "INSERT INTO cost_request_keys (tenant_id, request_id, record_id, created_at) \
+         SELECT 't' || (i % 10), 'rq' || i, 'cr_' || lpad(to_hex(i), 16, '0'), \
+                '2026-01-01'::timestamptz + i * interval '43 seconds' \
+         FROM generate_series(1, 20000) AS i; \
+         CREATE TEMPORARY TABLE retired_day (LIKE cost_records INCLUDING DEFAULTS); \
+         INSERT INTO retired_day (id, tenant_id, request_id, model, cost_cents, created_at) \
+         SELECT record_id, tenant_id, request_id, 'm', 1, created_at FROM cost_request_keys \
+         WHERE created_at < '2026-01-02'; \
+         ANALYZE cost_request_keys; ANALYZE retired_day; \
+         SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off",
+    )
+    .unwrap();
+    let plan = db::explain(
+        &mut conn,
+        &diesel::sql_query(
+            "DELETE FROM cost_request_keys k USING retired_day r \
+             WHERE k.tenant_id = r.tenant_id AND k.request_id = r.request_id \
+             AND k.record_id = r.id",
+        ),
+    )
+    .unwrap()
+    .join("\n");
+    assert!(plan.contains("Nested Loop"), "{plan}");
+    assert!(
+        plan.contains("Index Scan using cost_request_keys_pkey on cost_request_keys"),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan on cost_request_keys"), "{plan}");
+}

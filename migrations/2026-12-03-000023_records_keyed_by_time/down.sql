@@ -1,3 +1,5 @@
+ALTER FUNCTION costdb_drop_detached_cost_partition(text) RESET ALL;
+
 -- Back to the key by (tenant_id, id, created_at) and the index for a tenant's windows.
 ALTER TABLE cost_records DROP CONSTRAINT cost_records_pkey;
 ALTER TABLE cost_records ADD CONSTRAINT cost_records_pkey PRIMARY KEY (tenant_id, id, created_at);

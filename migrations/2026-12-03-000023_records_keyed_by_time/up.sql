@@ -9,3 +9,12 @@
 ALTER TABLE cost_records DROP CONSTRAINT cost_records_pkey;
 ALTER TABLE cost_records ADD CONSTRAINT cost_records_pkey PRIMARY KEY (tenant_id, created_at, id);
 DROP INDEX ix_cost_records_tenant_created;
+
+-- Retiring a day deletes the request keys of its records. Left to itself the planner
+-- hashes the whole key table for that join (the keys of every retained day), so the
+-- work grew with the retention: with 30 days of 100,000 records, 2.2 s against 0.4-0.8 s
+-- when each of the day's records probes the key's index. Probing costs what the day
+-- holds, whatever the retention.
+ALTER FUNCTION costdb_drop_detached_cost_partition(text)
+    SET enable_hashjoin = off
+    SET enable_mergejoin = off;
