@@ -548,10 +548,15 @@ fn retiring_a_day_finds_its_keys_by_the_key_index_not_by_hashing_every_day() {
     )
     .unwrap()
     .join("\n");
+    // (In the tenant-partitioned layout the key table's empty hash partitions are
+    // scanned: nothing to probe there.)
     assert!(plan.contains("Nested Loop"), "{plan}");
     assert!(
-        plan.contains("Index Scan using cost_request_keys_pkey on cost_request_keys"),
+        plan.contains("Index Scan using cost_request_keys_pkey"),
         "{plan}"
     );
-    assert!(!plan.contains("Seq Scan on cost_request_keys"), "{plan}");
+    assert!(
+        !plan.contains("Hash Join") && !plan.contains("Merge Join"),
+        "{plan}"
+    );
 }
