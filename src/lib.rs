@@ -56,6 +56,7 @@
 #![warn(missing_docs)]
 
 pub mod admission;
+mod batching;
 pub mod connect;
 pub mod db;
 pub mod detector;

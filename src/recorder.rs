@@ -31,9 +31,8 @@
 //! # }
 //! ```
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -42,6 +41,7 @@ use chrono::Utc;
 use diesel::prelude::*;
 use serde::Serialize;
 
+use crate::batching::Queue;
 use crate::db::{self, alive, lost, must_retry, PgPool, PooledConn};
 use crate::drivers::cost_write::{BulkMode, CostWriteDriver, RecordedCost, BULK_CHUNK};
 use crate::error::{Error, Result};
@@ -147,93 +147,18 @@ impl Source {
     }
 }
 
-/// Where one caller's record stands: its outcome, once the flusher has one.
-type Slot = Arc<Mutex<Option<Result<RecordedCost>>>>;
-
-/// What the callers queued between two takes of the flusher wait on: once their outcomes
-/// are in their slots, the flusher wakes them all with one system call instead of one per
-/// record, and a caller wakes only for the batch it is in.
-#[derive(Default)]
-struct Wakeup {
-    lock: Mutex<()>,
-    cv: Condvar,
-}
-
-impl Wakeup {
-    /// Waits until `slot` is filled and empties it.
-    fn wait(&self, slot: &Slot) -> Result<RecordedCost> {
-        // The slot is checked under `lock`, and the flusher takes `lock` after filling it
-        // and before signalling, so no wake-up is missed.
-        let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(result) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                return result;
-            }
-            guard = self.cv.wait(guard).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    fn wake(&self) {
-        drop(self.lock.lock().unwrap_or_else(|e| e.into_inner()));
-        self.cv.notify_all();
-    }
-}
-
-struct Queued {
+/// A record waiting for its batch: its id is fixed when it is queued.
+struct Pending {
     id: String,
     cost: CostInput,
-    slot: Slot,
-    wakeup: Arc<Wakeup>,
-}
-
-struct State {
-    queue: VecDeque<Queued>,
-    closed: bool,
-    /// What the records queued from now on wait on.
-    wakeup: Arc<Wakeup>,
-}
-
-/// The distinct wake-ups of `queued`, which come in runs.
-fn wakeups<'a>(queued: impl IntoIterator<Item = &'a Queued>) -> Vec<Arc<Wakeup>> {
-    let mut all: Vec<Arc<Wakeup>> = Vec::new();
-    for q in queued {
-        if !all.last().is_some_and(|w| Arc::ptr_eq(w, &q.wakeup)) {
-            all.push(q.wakeup.clone());
-        }
-    }
-    all
 }
 
 struct Shared {
     config: RecorderConfig,
-    state: Mutex<State>,
-    /// Signalled when records are queued or the recorder closes.
-    work: Condvar,
-    /// Signalled when the flusher takes records off the queue.
-    room: Condvar,
+    queue: Queue<Pending, RecordedCost>,
     batches: AtomicU64,
     rows: AtomicU64,
     retries: AtomicU64,
-    in_flight: AtomicUsize,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Hands every outcome to its caller, then wakes the callers.
-fn answer(
-    outcomes: impl IntoIterator<Item = (Slot, Result<RecordedCost>)>,
-    wakeups: &[Arc<Wakeup>],
-) {
-    for (slot, result) in outcomes {
-        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(result);
-    }
-    for wakeup in wakeups {
-        wakeup.wake();
-    }
 }
 
 /// Shuts the recorder down when the last handle goes.
@@ -249,9 +174,7 @@ impl Drop for Handle {
 }
 
 fn close(shared: &Shared, flushers: &Mutex<Vec<JoinHandle<()>>>) {
-    shared.lock().closed = true;
-    shared.work.notify_all();
-    shared.room.notify_all();
+    shared.queue.close();
     let handles = std::mem::take(&mut *flushers.lock().unwrap_or_else(|e| e.into_inner()));
     for handle in handles {
         let _ = handle.join();
@@ -313,18 +236,11 @@ impl CostRecorder {
             .collect::<Result<Vec<_>>>()?;
         let source = Arc::new(source);
         let shared = Arc::new(Shared {
+            queue: Queue::new(config.capacity, |p: &Pending| p.id.clone(), abandoned),
             config,
-            state: Mutex::new(State {
-                queue: VecDeque::new(),
-                closed: false,
-                wakeup: Arc::default(),
-            }),
-            work: Condvar::new(),
-            room: Condvar::new(),
             batches: AtomicU64::new(0),
             rows: AtomicU64::new(0),
             retries: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
         });
         let handle = Arc::new(Handle {
             shared: shared.clone(),
@@ -372,30 +288,11 @@ impl CostRecorder {
         // The instant is fixed with the id: a retry after an unknown commit outcome must
         // meet the first attempt's row, whose key is (tenant, id, instant).
         cost.created_at.get_or_insert_with(Utc::now);
-        let shared = &self.handle.shared;
-        let slot: Slot = Arc::default();
-        let wakeup = {
-            let mut state = shared.lock();
-            while !state.closed && state.queue.len() >= shared.config.capacity {
-                if !wait {
-                    return Err(Error::Busy);
-                }
-                state = shared.room.wait(state).unwrap_or_else(|e| e.into_inner());
-            }
-            if state.closed {
-                return Err(Error::Closed);
-            }
-            let wakeup = state.wakeup.clone();
-            state.queue.push_back(Queued {
-                id: ids::cost_record_id(),
-                cost,
-                slot: slot.clone(),
-                wakeup: wakeup.clone(),
-            });
-            wakeup
+        let pending = Pending {
+            id: ids::cost_record_id(),
+            cost,
         };
-        shared.work.notify_one();
-        wakeup.wait(&slot)
+        self.handle.shared.queue.submit(pending, wait)
     }
 
     /// The counters so far.
@@ -404,8 +301,8 @@ impl CostRecorder {
         RecorderStats {
             batches: shared.batches.load(Ordering::Relaxed),
             rows: shared.rows.load(Ordering::Relaxed),
-            queue_depth: shared.lock().queue.len(),
-            in_flight: shared.in_flight.load(Ordering::Relaxed),
+            queue_depth: shared.queue.depth(),
+            in_flight: shared.queue.in_flight(),
             retries: shared.retries.load(Ordering::Relaxed),
         }
     }
@@ -419,72 +316,19 @@ impl CostRecorder {
 
 /// What a caller whose record was never answered gets: the writer stopped (only a bug can
 /// make it), so the record may or may not be stored.
-fn abandoned(id: &str) -> Result<RecordedCost> {
-    Err(Error::NotRecorded {
-        id: id.to_owned(),
+fn abandoned(id: String) -> Error {
+    Error::NotRecorded {
+        id,
         outcome_unknown: true,
         reason: "the recorder's writer thread stopped".into(),
-    })
+    }
 }
 
 /// A batch being written, as the columns the write needs (the records move here from the
-/// queue, never copied). Should the flusher unwind before answering, every caller still
-/// in it gets an error instead of waiting forever.
-struct Batch {
+/// queue, never copied).
+struct Columns {
     ids: Vec<String>,
     costs: Vec<CostInput>,
-    slots: Vec<Slot>,
-    wakeups: Vec<Arc<Wakeup>>,
-}
-
-impl Batch {
-    fn new(queued: Vec<Queued>) -> Self {
-        let mut batch = Batch {
-            ids: Vec::with_capacity(queued.len()),
-            costs: Vec::with_capacity(queued.len()),
-            slots: Vec::with_capacity(queued.len()),
-            wakeups: wakeups(&queued),
-        };
-        for q in queued {
-            batch.ids.push(q.id);
-            batch.costs.push(q.cost);
-            batch.slots.push(q.slot);
-        }
-        batch
-    }
-}
-
-impl Drop for Batch {
-    fn drop(&mut self) {
-        if !self.slots.is_empty() {
-            let slots = std::mem::take(&mut self.slots);
-            let outcomes = slots
-                .into_iter()
-                .zip(self.ids.iter().map(|id| abandoned(id)));
-            answer(outcomes, &self.wakeups);
-        }
-    }
-}
-
-/// Dropped when a flusher ends; if it ends by unwinding, the recorder closes and the
-/// queued callers get an error, so nobody waits for a writer that is gone.
-struct Stopped(Arc<Shared>);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let mut state = self.0.lock();
-            state.closed = true;
-            let queued: Vec<Queued> = state.queue.drain(..).collect();
-            drop(state);
-            let wakeups = wakeups(&queued);
-            answer(
-                queued.into_iter().map(|q| (q.slot, abandoned(&q.id))),
-                &wakeups,
-            );
-            self.0.room.notify_all();
-        }
-    }
 }
 
 /// The flusher thread: takes batches off the queue and commits them.
@@ -508,54 +352,19 @@ enum Attempt {
 
 impl Flusher {
     fn run(mut self) {
-        let _stopped = Stopped(self.shared.clone());
-        while let Some(mut batch) = self.next_batch() {
-            let outcome = self.write(&batch);
-            self.shared
-                .in_flight
-                .fetch_sub(batch.ids.len(), Ordering::Relaxed);
-            let slots = std::mem::take(&mut batch.slots);
-            answer(slots.into_iter().zip(outcome), &batch.wakeups);
-        }
-    }
-
-    /// Waits for records; `None` once closed and drained.
-    fn next_batch(&self) -> Option<Batch> {
-        let shared = &self.shared;
+        let shared = self.shared.clone();
+        let queue = &shared.queue;
+        let _guard = queue.worker_guard();
         let config = &shared.config;
-        let mut state = shared.lock();
-        while state.queue.is_empty() {
-            if state.closed {
-                return None;
-            }
-            state = shared.work.wait(state).unwrap_or_else(|e| e.into_inner());
+        while let Some(batch) = queue.take(config.max_batch, config.max_wait) {
+            let (ids, costs) = batch.jobs.into_iter().map(|p| (p.id, p.cost)).unzip();
+            let outcome = self.write(&Columns { ids, costs });
+            batch.answers.answer(outcome);
         }
-        if !config.max_wait.is_zero() {
-            let until = Instant::now() + config.max_wait;
-            while !state.closed && state.queue.len() < config.max_batch {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                state = shared
-                    .work
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-            }
-        }
-        let n = state.queue.len().min(config.max_batch);
-        let batch: Vec<Queued> = state.queue.drain(..n).collect();
-        // Records queued from now on wait for a later batch.
-        state.wakeup = Arc::default();
-        shared.in_flight.fetch_add(n, Ordering::Relaxed);
-        drop(state);
-        shared.room.notify_all();
-        Some(Batch::new(batch))
     }
 
     /// Commits `batch`, retrying until the deadline; one result per record.
-    fn write(&mut self, batch: &Batch) -> Vec<Result<RecordedCost>> {
+    fn write(&mut self, batch: &Columns) -> Vec<Result<RecordedCost>> {
         let deadline = Instant::now() + self.shared.config.retry_deadline;
         let mut unknown = false;
         let mut pause = Duration::from_millis(20);
@@ -598,7 +407,7 @@ impl Flusher {
 
     /// One statement, committed on its own: a batch of at most [`BULK_CHUNK`] rows is one
     /// `INSERT`, so it is atomic without a transaction and costs one round trip.
-    fn attempt(&mut self, batch: &Batch, retry: bool) -> Attempt {
+    fn attempt(&mut self, batch: &Columns, retry: bool) -> Attempt {
         let mut conn = match self.conn.take() {
             Some(conn) => conn,
             None => match self.source.connect() {

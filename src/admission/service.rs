@@ -26,9 +26,8 @@
 //! [`AdmissionConfig::retry_deadline`]: every request is idempotent by its request id, so a
 //! batch that had committed unseen reserves and bills nothing twice.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,6 +36,7 @@ use diesel::prelude::*;
 use serde::Serialize;
 
 use super::{check_settlement, Admission, AdmissionDriver, Reservation, ReserveInput, Settlement};
+use crate::batching::Queue;
 use crate::db::{self, alive, lost, must_retry};
 use crate::error::{Error, Result};
 use crate::models::CostInput;
@@ -132,72 +132,22 @@ impl Job {
     }
 }
 
-/// Where a caller's answer is left for it.
-#[derive(Default)]
-struct Slot {
-    answer: Mutex<Option<Result<Answer>>>,
-}
-
-impl Slot {
-    fn fill(&self, answer: Result<Answer>) {
-        *self.answer.lock().unwrap_or_else(|e| e.into_inner()) = Some(answer);
-    }
-
-    fn take(&self) -> Option<Result<Answer>> {
-        self.answer.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
-
-struct Queued {
-    job: Job,
-    slot: Arc<Slot>,
-}
-
-struct State {
-    queue: VecDeque<Queued>,
-    closed: bool,
-}
-
 struct Shared {
     config: AdmissionConfig,
-    state: Mutex<State>,
-    /// Signalled when requests are queued or the service closes.
-    work: Condvar,
-    /// Signalled when the worker takes requests off the queue.
-    room: Condvar,
-    /// Held by a caller looking at its slot, and by the worker announcing that a batch's
-    /// slots are filled.
-    answered: Mutex<()>,
-    /// Signalled once per batch, after its slots are filled: one wake-up call for all of
-    /// its callers, instead of one per caller on the worker's way to the next batch.
-    answers: Condvar,
+    queue: Queue<Job, Answer>,
     batches: AtomicU64,
     requests: AtomicU64,
     retries: AtomicU64,
     one_statement: AtomicU64,
-    in_flight: AtomicUsize,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Waits until the worker has left an answer in `slot`.
-    fn wait(&self, slot: &Slot) -> Result<Answer> {
-        let mut guard = self.answered.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(answer) = slot.take() {
-                return answer;
-            }
-            guard = self.answers.wait(guard).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    /// Wakes every waiting caller to look at its slot.
-    fn announce(&self) {
-        drop(self.answered.lock().unwrap_or_else(|e| e.into_inner()));
-        self.answers.notify_all();
+/// What a caller whose request was never decided gets: the worker stopped (only a bug can
+/// make it), so the request may or may not have been committed.
+fn abandoned(request_id: String) -> Error {
+    Error::NotAdmitted {
+        request_id,
+        outcome_unknown: true,
+        reason: "the admission service's worker thread stopped".into(),
     }
 }
 
@@ -214,9 +164,7 @@ impl Drop for Handle {
 }
 
 fn close(shared: &Shared, worker: &Mutex<Option<JoinHandle<()>>>) {
-    shared.lock().closed = true;
-    shared.work.notify_all();
-    shared.room.notify_all();
+    shared.queue.close();
     if let Some(handle) = worker.lock().unwrap_or_else(|e| e.into_inner()).take() {
         let _ = handle.join();
     }
@@ -269,20 +217,16 @@ impl AdmissionService {
         let url = database_url.to_owned();
         let conn = connect(&url)?;
         let shared = Arc::new(Shared {
+            queue: Queue::new(
+                config.capacity,
+                |job: &Job| job.request_id().to_owned(),
+                abandoned,
+            ),
             config,
-            state: Mutex::new(State {
-                queue: VecDeque::new(),
-                closed: false,
-            }),
-            work: Condvar::new(),
-            room: Condvar::new(),
-            answered: Mutex::new(()),
-            answers: Condvar::new(),
             batches: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             one_statement: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
         });
         let worker = Worker {
             shared: shared.clone(),
@@ -354,26 +298,7 @@ impl AdmissionService {
     }
 
     fn submit(&self, job: Job, wait: bool) -> Result<Answer> {
-        let shared = &self.handle.shared;
-        let slot = Arc::new(Slot::default());
-        {
-            let mut state = shared.lock();
-            while !state.closed && state.queue.len() >= shared.config.capacity {
-                if !wait {
-                    return Err(Error::Busy);
-                }
-                state = shared.room.wait(state).unwrap_or_else(|e| e.into_inner());
-            }
-            if state.closed {
-                return Err(Error::Closed);
-            }
-            state.queue.push_back(Queued {
-                job,
-                slot: slot.clone(),
-            });
-        }
-        shared.work.notify_one();
-        shared.wait(&slot)
+        self.handle.shared.queue.submit(job, wait)
     }
 
     /// The counters so far.
@@ -382,8 +307,8 @@ impl AdmissionService {
         AdmissionStats {
             batches: shared.batches.load(Ordering::Relaxed),
             requests: shared.requests.load(Ordering::Relaxed),
-            queue_depth: shared.lock().queue.len(),
-            in_flight: shared.in_flight.load(Ordering::Relaxed),
+            queue_depth: shared.queue.depth(),
+            in_flight: shared.queue.in_flight(),
             retries: shared.retries.load(Ordering::Relaxed),
             one_statement: shared.one_statement.load(Ordering::Relaxed),
         }
@@ -411,11 +336,11 @@ fn connect(url: &str) -> Result<PgConnection> {
 /// budget changed under it) has no answer yet.
 fn one_statement(
     conn: &mut PgConnection,
-    batch: &[Queued],
+    batch: &[Job],
 ) -> Result<Option<Vec<Option<Result<Answer>>>>> {
     let (mut reserves, mut settles, mut releases) = (Vec::new(), Vec::new(), Vec::new());
     for q in batch {
-        match &q.job {
+        match q {
             Job::Reserve(tenant, input) => reserves.push((tenant, input)),
             Job::Settle(reservation, actual) => settles.push((reservation, actual)),
             Job::Release(reservation) => releases.push(reservation),
@@ -430,7 +355,7 @@ fn one_statement(
     Ok(Some(
         batch
             .iter()
-            .map(|q| match &q.job {
+            .map(|q| match q {
                 Job::Reserve(..) => reserved
                     .next()
                     .expect("one answer per request")
@@ -503,37 +428,18 @@ fn replan(conn: &mut PgConnection) -> Result<()> {
 
 impl Worker {
     fn run(mut self) {
-        while let Some(batch) = self.take() {
+        let shared = self.shared.clone();
+        let queue = &shared.queue;
+        let _guard = queue.worker_guard();
+        while let Some(batch) = queue.take(shared.config.max_batch, Duration::ZERO) {
             self.replan_when_due();
-            let answers = self.decide(&batch);
-            self.shared.in_flight.store(0, Ordering::Relaxed);
-            for (queued, answer) in batch.into_iter().zip(answers) {
-                queued.slot.fill(answer);
-            }
-            self.shared.announce();
+            let answers = self.decide(&batch.jobs);
+            batch.answers.answer(answers);
         }
-    }
-
-    /// The next batch in arrival order; `None` once closed and drained.
-    fn take(&self) -> Option<Vec<Queued>> {
-        let shared = &self.shared;
-        let mut state = shared.lock();
-        while state.queue.is_empty() {
-            if state.closed {
-                return None;
-            }
-            state = shared.work.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-        let n = state.queue.len().min(shared.config.max_batch);
-        let batch = state.queue.drain(..n).collect();
-        shared.in_flight.store(n, Ordering::Relaxed);
-        drop(state);
-        shared.room.notify_all();
-        Some(batch)
     }
 
     /// Answers every request of `batch`, retrying until the deadline.
-    fn decide(&mut self, batch: &[Queued]) -> Vec<Result<Answer>> {
+    fn decide(&mut self, batch: &[Job]) -> Vec<Result<Answer>> {
         let deadline = Instant::now() + self.shared.config.retry_deadline;
         let mut unknown = false;
         let mut pause = Duration::from_millis(20);
@@ -543,7 +449,7 @@ impl Worker {
                     self.count(answers.len());
                     return answers;
                 }
-                Attempt::Isolate => return batch.iter().map(|q| self.alone(&q.job)).collect(),
+                Attempt::Isolate => return batch.iter().map(|q| self.alone(q)).collect(),
                 Attempt::NotCommitted(e) => e,
                 Attempt::Unknown(e) => {
                     unknown = true;
@@ -562,7 +468,7 @@ impl Worker {
             .iter()
             .map(|q| {
                 Err(Error::NotAdmitted {
-                    request_id: q.job.request_id().to_owned(),
+                    request_id: q.request_id().to_owned(),
                     outcome_unknown: unknown,
                     reason: reason.clone(),
                 })
@@ -606,7 +512,7 @@ impl Worker {
 
     /// Every request of the batch in one transaction: one statement when it can, the
     /// driver's statements one by one when the batch needs them.
-    fn attempt(&mut self, batch: &[Queued]) -> Attempt {
+    fn attempt(&mut self, batch: &[Job]) -> Attempt {
         let mut conn = match self.conn() {
             Ok(conn) => conn,
             Err(e) => return Attempt::NotCommitted(e),
@@ -620,7 +526,7 @@ impl Worker {
                 let answers = answers
                     .into_iter()
                     .zip(batch)
-                    .map(|(answer, q)| answer.unwrap_or_else(|| self.alone(&q.job)))
+                    .map(|(answer, q)| answer.unwrap_or_else(|| self.alone(q)))
                     .collect();
                 return Attempt::Committed(answers);
             }
@@ -646,7 +552,7 @@ impl Worker {
             let mut reserves = Vec::new();
             let mut closes = Vec::new();
             for (i, q) in batch.iter().enumerate() {
-                match &q.job {
+                match q {
                     Job::Settle(reservation, actual) => settles.push((i, (reservation, actual))),
                     Job::Reserve(tenant, input) => reserves.push((i, (tenant, input))),
                     Job::Release(reservation) => {
