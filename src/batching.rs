@@ -282,28 +282,31 @@ pub(crate) struct Answers<'q, A> {
 }
 
 impl<A> Answers<'_, A> {
-    /// Hands each caller its answer, in the jobs' order, then wakes them.
+    /// Hands each caller its answer, in the jobs' order, then wakes them. A caller left
+    /// without one (a worker that answers fewer jobs than it took) is answered as
+    /// abandoned.
     pub(crate) fn answer(mut self, answers: impl IntoIterator<Item = Result<A>>) {
+        self.finish(answers);
+    }
+
+    fn finish(&mut self, answers: impl IntoIterator<Item = Result<A>>) {
         let slots = std::mem::take(&mut self.slots);
+        let keys = std::mem::take(&mut self.keys);
         self.in_flight.fetch_sub(slots.len(), Ordering::Relaxed);
-        deliver(slots, answers, &self.wakeups);
+        let abandoned = self.abandoned;
+        let mut answers = answers.into_iter();
+        let all = keys
+            .into_iter()
+            .map(|key| answers.next().unwrap_or_else(|| Err(abandoned(key))));
+        deliver(slots, all, &self.wakeups);
     }
 }
 
 impl<A> Drop for Answers<'_, A> {
     fn drop(&mut self) {
-        if self.slots.is_empty() {
-            return;
+        if !self.slots.is_empty() {
+            self.finish(std::iter::empty());
         }
-        let slots = std::mem::take(&mut self.slots);
-        let keys = std::mem::take(&mut self.keys);
-        self.in_flight.fetch_sub(slots.len(), Ordering::Relaxed);
-        let abandoned = self.abandoned;
-        deliver(
-            slots,
-            keys.into_iter().map(|key| Err(abandoned(key))),
-            &self.wakeups,
-        );
     }
 }
 
@@ -381,6 +384,30 @@ mod tests {
             waiting.into_iter().next().unwrap().join().unwrap().unwrap(),
             70
         );
+    }
+
+    #[test]
+    fn a_caller_the_worker_gave_no_answer_is_not_left_waiting() {
+        let q = queue(16);
+        let waiting = callers(&q, &[1, 2]);
+        queued(&q, 2);
+        let batch = q.take(16, Duration::ZERO).expect("jobs are queued");
+        let first = batch.jobs[0];
+        batch.answers.answer([Ok(first * 10)]);
+        let mut got: Vec<String> = waiting
+            .into_iter()
+            .map(|t| match t.join().expect("caller") {
+                Ok(answer) => answer.to_string(),
+                Err(Error::NotRecorded { id, .. }) => format!("abandoned {id}"),
+                Err(other) => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        got.sort();
+        let second = if first == 1 { 2 } else { 1 };
+        let mut expected = vec![(first * 10).to_string(), format!("abandoned {second}")];
+        expected.sort();
+        assert_eq!(got, expected);
+        assert_eq!(q.in_flight(), 0);
     }
 
     #[test]
