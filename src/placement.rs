@@ -75,6 +75,10 @@ pub const TABLES: &[TablePlacement] = &[
         "cost_rollup_daily",
         "sums of a tenant's records, written with them",
     ),
+    distributed(
+        "cost_rollup_deltas",
+        "a tenant's single records' sums not yet folded into the rollups, written with them",
+    ),
     distributed("cost_anomalies", "a tenant's anomalies"),
     distributed("cost_breach_history", "a tenant's breaches"),
     distributed("cost_drift_tracking", "a tenant's drift trackers"),

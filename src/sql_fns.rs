@@ -118,6 +118,12 @@ diesel::define_sql_function! {
     fn costdb_compact_rollups(before: Date) -> Record<(BigInt, BigInt)>;
 }
 
+diesel::define_sql_function! {
+    /// Moves every delta of `cost_rollup_deltas` into the rollups; returns how many
+    /// (migration `rollup_deltas`).
+    fn costdb_fold_rollup_deltas() -> BigInt;
+}
+
 diesel::table! {
     /// Locks held or awaited by active sessions (read-only).
     pg_catalog.pg_locks (pid) {

@@ -496,15 +496,47 @@ fn a_repeated_request_a_rollback_and_a_past_instant_count_as_the_records_do() {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    let rows: N =
-        diesel::sql_query("SELECT count(*) AS n FROM cost_rollup_hourly WHERE tenant_id = $1")
+    let mut count = |sql: &str| -> i64 {
+        diesel::sql_query(sql)
             .bind::<diesel::sql_types::Text, _>(&tenant)
-            .get_result(&mut conn)
-            .unwrap();
+            .get_result::<N>(&mut conn)
+            .unwrap()
+            .n
+    };
+    // The single record waits as a delta; the batch was folded into the rollup.
     assert_eq!(
-        rows.n, 2,
+        count("SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1"),
+        1
+    );
+    assert_eq!(
+        count("SELECT count(*) AS n FROM cost_rollup_hourly WHERE tenant_id = $1"),
+        1
+    );
+    let moved = conn
+        .transaction::<_, costdb::Error, _>(|c| RollupDriver::new(c).fold_deltas())
+        .unwrap();
+    assert!(moved >= 1, "this tenant's delta is among those moved");
+    let mut count = |sql: &str| -> i64 {
+        diesel::sql_query(sql)
+            .bind::<diesel::sql_types::Text, _>(&tenant)
+            .get_result::<N>(&mut conn)
+            .unwrap()
+            .n
+    };
+    assert_eq!(
+        count("SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1"),
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) AS n FROM cost_rollup_hourly WHERE tenant_id = $1"),
+        2,
         "one row per hour that has records, none for the rollback"
     );
+    let mut d = AnalyticsReadDriver::new(&mut conn);
+    let after = d
+        .fetch_cost_spend(&tenant, window(at).unwrap(), TimeBucket::Hour)
+        .unwrap();
+    assert_eq!(after, now, "folding the deltas changes no read");
 }
 
 /// A connection whose rollup slot is pinned to `slot`.
@@ -1042,4 +1074,194 @@ fn history_stays_readable_after_its_records_are_dropped() {
         .unwrap();
     assert_eq!(dropped, 3);
     assert_eq!(read(&mut conn), before);
+}
+
+/// Sums of the tenant's records in `[from, to)` read from the records themselves.
+#[derive(QueryableByName, Debug, PartialEq)]
+struct RawSums {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    cents: f64,
+}
+
+fn raw_sums(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> RawSums {
+    diesel::sql_query(
+        "SELECT count(*) AS n, coalesce(sum(cost_cents), 0) AS cents FROM cost_records \
+         WHERE tenant_id = $1 AND created_at >= $2 AND created_at < $3",
+    )
+    .bind::<diesel::sql_types::Text, _>(tenant.as_str())
+    .bind::<diesel::sql_types::Timestamptz, _>(from)
+    .bind::<diesel::sql_types::Timestamptz, _>(to)
+    .get_result(conn)
+    .unwrap()
+}
+
+#[test]
+fn single_record_writers_and_the_delta_fold_agree_with_the_records_in_every_snapshot() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let tenant = common::tenant();
+    let from = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
+    let to = from + Duration::hours(6);
+    let (writers, each) = (4, 150);
+    let done = Arc::new(AtomicBool::new(false));
+    let start = Arc::new(Barrier::new(writers + 2));
+    let written: Vec<_> = (0..writers)
+        .map(|w| {
+            let (tenant, start) = (tenant.clone(), start.clone());
+            std::thread::spawn(move || {
+                let mut conn = db::connect(common::database_url()).unwrap();
+                start.wait();
+                for n in 0..each {
+                    let cost = CostInput {
+                        request_id: Some(format!("w{w}-{n}")),
+                        feature_tag: Some(format!("tag-{}", n % 3)),
+                        user_id: Some(format!("user-{w}")),
+                        created_at: Some(from + Duration::minutes(((w * each + n) % 360) as i64)),
+                        ..base(&tenant, "o3", 0.25 + n as f64 / 7.0)
+                    };
+                    conn.transaction::<_, costdb::Error, _>(|c| {
+                        CostWriteDriver::new(c).insert_cost_record(&cost)
+                    })
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    let folder = {
+        let (done, start) = (done.clone(), start.clone());
+        std::thread::spawn(move || {
+            let mut conn = db::connect(common::database_url()).unwrap();
+            start.wait();
+            let mut moved = 0;
+            while !done.load(Ordering::SeqCst) {
+                moved += conn
+                    .transaction::<_, costdb::Error, _>(|c| RollupDriver::new(c).fold_deltas())
+                    .unwrap();
+            }
+            moved
+        })
+    };
+    // Each snapshot: the rollups with their deltas against the records, in one
+    // repeatable-read transaction.
+    let mut conn = db::connect(common::database_url()).unwrap();
+    start.wait();
+    let mut snapshots = 0;
+    loop {
+        let finished = written.iter().all(|w| w.is_finished());
+        let (read, raw) = conn
+            .build_transaction()
+            .repeatable_read()
+            .run::<_, costdb::Error, _>(|c| {
+                let window = TimeWindow::new(from, to)?;
+                let spend = AnalyticsReadDriver::new(c).fetch_cost_spend(
+                    &tenant,
+                    window,
+                    TimeBucket::Hour,
+                )?;
+                let read = RawSums {
+                    n: spend.iter().map(|b| b.requests).sum(),
+                    cents: spend.iter().map(|b| b.spend_cents).sum(),
+                };
+                Ok((read, raw_sums(c, &tenant, from, to)))
+            })
+            .unwrap();
+        assert_eq!(read.n, raw.n, "snapshot {snapshots}");
+        assert!(
+            (read.cents - raw.cents).abs() <= 1e-9 * raw.cents.max(1.0),
+            "snapshot {snapshots}: {read:?} against {raw:?}"
+        );
+        snapshots += 1;
+        if finished {
+            break;
+        }
+    }
+    for w in written {
+        w.join().unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    let moved = folder.join().unwrap();
+    assert!(snapshots > 1);
+    assert_eq!(
+        raw_sums(&mut conn, &tenant, from, to).n,
+        (writers * each) as i64
+    );
+    // What the folder left is folded now; nothing differs from the records.
+    let left = conn
+        .transaction::<_, costdb::Error, _>(|c| RollupDriver::new(c).fold_deltas())
+        .unwrap();
+    assert!(moved + left >= (writers * each) as i64);
+    let range = RollupRange {
+        tenant_id: Some(tenant.to_string()),
+        ..RollupRange::default()
+    };
+    let differences = RollupDriver::new(&mut conn)
+        .fetch_differences(&range)
+        .unwrap();
+    assert_eq!(differences, vec![]);
+}
+
+#[test]
+fn a_rebuild_takes_the_pending_deltas_in() {
+    let mut conn = db::connect(common::database_url()).unwrap();
+    let tenant = common::tenant();
+    let at = Utc.with_ymd_and_hms(2026, 7, 9, 15, 20, 0).unwrap();
+    conn.transaction::<_, costdb::Error, _>(|c| {
+        let mut d = CostWriteDriver::new(c);
+        for n in 0..3 {
+            d.insert_cost_record(&CostInput {
+                created_at: Some(at + Duration::minutes(n)),
+                ..base(&tenant, "o3", 2.0)
+            })?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let range = RollupRange {
+        tenant_id: Some(tenant.to_string()),
+        from: Some(at.date_naive()),
+        to: Some(at.date_naive()),
+    };
+    let summary = conn
+        .transaction::<_, costdb::Error, _>(|c| RollupDriver::new(c).rebuild(&range))
+        .unwrap();
+    assert_eq!((summary.hourly_rows, summary.daily_rows), (1, 1));
+    let deltas: RawSums = diesel::sql_query(
+        "SELECT count(*) AS n, coalesce(sum(cost_cents), 0) AS cents \
+         FROM cost_rollup_deltas WHERE tenant_id = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(tenant.as_str())
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(
+        deltas,
+        RawSums { n: 0, cents: 0.0 },
+        "the records' sums hold them now"
+    );
+    let spend = AnalyticsReadDriver::new(&mut conn)
+        .fetch_cost_spend(
+            &tenant,
+            TimeWindow::new(at - Duration::hours(1), at + Duration::hours(1)).unwrap(),
+            TimeBucket::Day,
+        )
+        .unwrap();
+    assert_eq!(
+        spend
+            .iter()
+            .map(|b| (b.requests, b.spend_cents))
+            .collect::<Vec<_>>(),
+        [(3, 6.0)],
+        "counted once, not once as a delta and once in the rebuilt rollup"
+    );
+    assert_eq!(
+        RollupDriver::new(&mut conn)
+            .fetch_differences(&range)
+            .unwrap(),
+        vec![]
+    );
 }

@@ -807,6 +807,7 @@ fn row_counts(conn: &mut PgConnection) -> costdb::Result<Vec<(&'static str, i64)
         "cost_records",
         "cost_rollup_hourly",
         "cost_rollup_daily",
+        "cost_rollup_deltas",
         "worker_runs",
         "budget_reservations",
         "cost_anomalies",

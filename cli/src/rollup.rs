@@ -1,5 +1,5 @@
-//! `costdb rollup`: check the rollups of the cost records against the records, and rebuild
-//! a range of them.
+//! `costdb rollup`: check the rollups of the cost records against the records, rebuild a
+//! range of them, and fold the single records' deltas into them.
 
 use std::io::Write;
 
@@ -27,6 +27,14 @@ pub enum Rollups {
         after_help = "Example:\n  costdb rollup rebuild --tenant acme --from 2026-11-05 --to 2026-11-05"
     )]
     Rebuild(RangeArgs),
+    /// Move the deltas that single-record writes left into the rollups. Reads add the
+    /// deltas not yet moved, so a read costs its days plus that backlog: run it every few
+    /// seconds to a minute (`costdb upkeep` runs it too).
+    #[command(after_help = "Example:\n  costdb rollup fold")]
+    Fold {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 /// A tenant (or all) and a range of UTC days (unbounded where not given).
@@ -112,6 +120,11 @@ pub fn run(what: Rollups) -> Outcome {
                 summary.hourly_rows,
                 summary.daily_rows
             )?;
+        }
+        Rollups::Fold { target } => {
+            let mut conn = db::connect(&require_url(target)?)?;
+            let moved = conn.transaction(|c| RollupDriver::new(c).fold_deltas())?;
+            say!("folded {moved} delta(s) into the rollups")?;
         }
     }
     Ok(())

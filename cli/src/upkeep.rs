@@ -108,6 +108,11 @@ pub fn run(options: Options) -> Outcome {
         cutoff.to_rfc3339()
     )?;
     let today = now.date_naive();
+    let moved = conn.transaction(|c| {
+        leader::check_term(c, LOCK_UPKEEP, term)?;
+        RollupDriver::new(c).fold_deltas()
+    })?;
+    say!("folded {moved} single-record delta(s) into the rollups")?;
     let (removed, folded) = conn.transaction(|c| {
         leader::check_term(c, LOCK_UPKEEP, term)?;
         RollupDriver::new(c).compact(today)

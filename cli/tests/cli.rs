@@ -1182,3 +1182,32 @@ fn distribute_prints_statements_that_shard_the_migrated_schema_by_tenant() {
     assert!(!bare.status.success());
     assert!(String::from_utf8_lossy(&bare.stderr).contains("--print"));
 }
+
+#[test]
+fn rollup_fold_moves_the_deltas_of_single_records_and_no_sum_changes() {
+    use costdb::drivers::CostWriteDriver;
+    use costdb::models::CostInput;
+    use diesel::Connection;
+    let url = common::fresh_database();
+    assert!(costdb(&["migrate"], Some(&url)).status.success());
+    let mut conn = costdb::db::connect(&url).unwrap();
+    conn.transaction::<_, costdb::Error, _>(|c| {
+        for cents in [4.0, 6.0] {
+            CostWriteDriver::new(c).insert_cost_record(&CostInput {
+                tenant_id: "acme".into(),
+                model: "o3".into(),
+                cost_cents: cents,
+                ..CostInput::default()
+            })?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let fold = costdb(&["rollup", "fold"], Some(&url));
+    assert!(fold.status.success(), "{fold:?}");
+    assert_eq!(stdout(&fold).trim(), "folded 2 delta(s) into the rollups");
+    let again = costdb(&["rollup", "fold"], Some(&url));
+    assert_eq!(stdout(&again).trim(), "folded 0 delta(s) into the rollups");
+    let verify = costdb(&["rollup", "verify"], Some(&url));
+    assert!(verify.status.success(), "{verify:?}");
+}

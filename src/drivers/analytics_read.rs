@@ -10,13 +10,14 @@ use diesel::sql_types::{BigInt, Timestamptz};
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::models::rollup::cost_rollup_hourly_live as h;
 use crate::models::rollup::{
     blank_to_none, hour_of, hourly_totals, hourly_window, record_totals, record_window,
     split_hours, TotalsRow,
 };
 use crate::models::{TimeBucket, Totals};
 use crate::prepared::{Param, Prepared};
-use crate::schema::{cost_records as cr, cost_rollup_hourly as h};
+use crate::schema::cost_records as cr;
 use crate::types::{TenantId, TimeWindow};
 
 /// Requests and tokens in one bucket.
@@ -230,7 +231,7 @@ impl<'c> AnalyticsReadDriver<'c> {
     /// Whether the tenant has recorded any cost, ever (from the daily rollup, which
     /// outlives the raw records).
     pub fn has_costs(&mut self, tenant_id: &TenantId) -> Result<bool> {
-        use crate::schema::cost_rollup_daily as d;
+        use crate::models::rollup::cost_rollup_daily_live as d;
         Ok(diesel::select(diesel::dsl::exists(
             d::table.filter(d::tenant_id.eq(tenant_id.as_str())),
         ))

@@ -13,15 +13,14 @@ use serde::Serialize;
 
 use crate::db::require_transaction;
 use crate::error::{Error, Result};
+use crate::models::rollup::cost_rollup_daily_live as df;
 use crate::models::rollup::{blank_to_none, daily_totals, daily_window, TotalsRow};
 use crate::models::{
     ids, AnomalyType, BreachType, CostAnomaly, CostBudget, DerivedCause, DriftTracking, EntityType,
     Severity, Totals,
 };
 use crate::prepared::{Param, Prepared};
-use crate::schema::{
-    cost_anomalies as ca, cost_budgets, cost_drift_tracking as dt, cost_rollup_daily as df,
-};
+use crate::schema::{cost_anomalies as ca, cost_budgets, cost_drift_tracking as dt};
 use crate::types::{limits, BudgetScope, EntityKey, TenantId, Tenants};
 use crate::validate;
 

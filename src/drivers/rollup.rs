@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::models::Totals;
 use crate::prepared::{Param, Prepared};
 use crate::schema::cost_record_retention;
-use crate::sql_fns::{costdb_compact_rollups, costdb_rebuild_rollups};
+use crate::sql_fns::{costdb_compact_rollups, costdb_fold_rollup_deltas, costdb_rebuild_rollups};
 use crate::types::limits;
 use crate::validate;
 
@@ -227,6 +227,18 @@ impl<'c> RollupDriver<'c> {
         validate::instant("before", before.and_time(NaiveTime::MIN).and_utc())?;
         require_transaction(self.conn)?;
         Ok(diesel::select(costdb_compact_rollups(before)).get_result(self.conn)?)
+    }
+
+    /// Moves the deltas that single-record statements left in `cost_rollup_deltas` into the
+    /// rollups (slot 0), in one statement, and returns how many. Reads add the deltas not
+    /// yet moved, so a read costs its days plus this backlog: run it often (`costdb
+    /// upkeep` does). Sums are unchanged in every snapshot.
+    ///
+    /// # Errors
+    /// [`Error::NoTransaction`] outside a transaction.
+    pub fn fold_deltas(&mut self) -> Result<i64> {
+        require_transaction(self.conn)?;
+        Ok(diesel::select(costdb_fold_rollup_deltas()).get_result(self.conn)?)
     }
 
     /// Recomputes the rollups of `range` from its records. Blocks inserts of cost records

@@ -1,8 +1,11 @@
 //! The rollups of `cost_records`: `cost_rollup_hourly` (tenant × UTC hour × model ×
-//! feature tag) and `cost_rollup_daily` (tenant × UTC day × feature tag × user). A trigger folds
-//! every inserted record into both in the inserting transaction (migration
-//! `2026-12-02-000015_cost_rollups`); this module holds their sums and the pieces every
-//! read of them shares.
+//! feature tag) and `cost_rollup_daily` (tenant × UTC day × feature tag × user). Every
+//! inserted record reaches them in the inserting transaction: a statement of many records
+//! is folded into both by a trigger (migration `2026-12-02-000015_cost_rollups`), a
+//! statement of one appends the record to `cost_rollup_deltas`, which
+//! `costdb_fold_rollup_deltas()` later folds in (migration `2026-12-03-000024_rollup_deltas`).
+//! Reads go through the views of each rollup with its deltas. This module holds those
+//! views, their sums and the pieces every read of them shares.
 
 use std::ops::AddAssign;
 
@@ -11,8 +14,45 @@ use diesel::dsl::{count_star, sum};
 use diesel::prelude::*;
 use serde::Serialize;
 
-use crate::schema::{cost_records as cr, cost_rollup_daily as d, cost_rollup_hourly as h};
+use crate::schema::cost_records as cr;
 use crate::sql_fns::{bool_int4, numeric_int8};
+
+diesel::table! {
+    /// `cost_rollup_hourly` and the deltas not yet folded into it (slot -1): the view every
+    /// read of the hourly sums goes through (migration `2026-12-03-000024_rollup_deltas`).
+    cost_rollup_hourly_live (tenant_id, bucket_hour, model, feature_tag, slot) {
+        tenant_id -> Varchar,
+        bucket_hour -> Timestamptz,
+        model -> Varchar,
+        feature_tag -> Varchar,
+        slot -> Int2,
+        requests -> Int8,
+        retries -> Int8,
+        input_tokens -> Int8,
+        output_tokens -> Int8,
+        cost_cents -> Float8,
+    }
+}
+
+diesel::table! {
+    /// `cost_rollup_daily` and the deltas not yet folded into it (slot -1): the view every
+    /// read of the daily sums goes through.
+    cost_rollup_daily_live (tenant_id, day, feature_tag, user_id, slot) {
+        tenant_id -> Varchar,
+        day -> Date,
+        feature_tag -> Varchar,
+        user_id -> Varchar,
+        slot -> Int2,
+        requests -> Int8,
+        retries -> Int8,
+        input_tokens -> Int8,
+        output_tokens -> Int8,
+        cost_cents -> Float8,
+    }
+}
+
+use cost_rollup_daily_live as d;
+use cost_rollup_hourly_live as h;
 
 /// Sums over a set of cost records.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]

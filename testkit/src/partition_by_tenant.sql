@@ -1,6 +1,7 @@
 -- Rebuilds the tables $1 of a migrated database (but those already partitioned) as
 -- tables hash-partitioned by tenant_id into $2 partitions each, keeping their rows,
--- columns, defaults, checks, keys, indexes, triggers and the foreign keys between them.
+-- columns, defaults, checks, keys, indexes, triggers, the foreign keys between them and
+-- the views over them.
 -- PostgreSQL then enforces on every unique key the rule Citus enforces on a distributed
 -- table: it must include tenant_id.
 CREATE FUNCTION pg_temp.costdb_partition_by_tenant(tables text[], modulus int)
@@ -15,7 +16,26 @@ DECLARE
     indexes text[];
     triggers text[];
     owned text[];
+    views text[];
 BEGIN
+    -- The views over these tables, dropped first and made again last.
+    SELECT coalesce(array_agg(DISTINCT format('CREATE VIEW %s AS %s', v.oid::regclass,
+                                              pg_get_viewdef(v.oid))), '{}')
+    INTO views
+    FROM pg_depend dep
+    JOIN pg_rewrite rw ON rw.oid = dep.objid
+    JOIN pg_class v ON v.oid = rw.ev_class AND v.relkind = 'v'
+    WHERE dep.refobjid::regclass::text = ANY (tables);
+    FOR d IN
+        SELECT DISTINCT format('DROP VIEW %s', v.oid::regclass)
+        FROM pg_depend dep
+        JOIN pg_rewrite rw ON rw.oid = dep.objid
+        JOIN pg_class v ON v.oid = rw.ev_class AND v.relkind = 'v'
+        WHERE dep.refobjid::regclass::text = ANY (tables)
+    LOOP
+        EXECUTE d;
+    END LOOP;
+
     -- The foreign keys from or to these tables, dropped first and made again last.
     SELECT coalesce(array_agg(format('ALTER TABLE %s ADD CONSTRAINT %I %s',
                                      c.conrelid::regclass, c.conname,
@@ -103,7 +123,7 @@ BEGIN
         END LOOP;
     END LOOP;
 
-    FOREACH d IN ARRAY fks LOOP
+    FOREACH d IN ARRAY fks || views LOOP
         EXECUTE d;
     END LOOP;
 END

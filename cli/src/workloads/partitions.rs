@@ -162,9 +162,11 @@ impl Workload for CopyIngest {
     }
 }
 
-/// One call per transaction, as a service without a recorder writes, in the statement
-/// `insert_cost_record` sends: it claims its request id first and tells the trigger so.
-/// `:run`, `:client_id` and `:r` make unique keys.
+/// One call per transaction, as a service without a recorder writes, in the shape of the
+/// statement `insert_cost_record` sends: it claims its request id first and tells the
+/// trigger so. Its sums go through the trigger's fold here, as the unpartitioned table's
+/// do (not to the deltas, which that table lacks), so the row measures the partitions and
+/// the key table alone. `:run`, `:client_id` and `:r` make unique keys.
 const PER_CALL_PARTITIONED: &str = "\
 \\set r random(1, 1000000000)
 WITH claimed AS (

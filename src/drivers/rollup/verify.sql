@@ -6,7 +6,7 @@ WITH rolled_hours AS (
     SELECT tenant_id, bucket_hour, model, feature_tag, sum(requests) AS requests,
            sum(retries) AS retries, sum(input_tokens) AS input_tokens,
            sum(output_tokens) AS output_tokens, sum(cost_cents) AS cost_cents
-    FROM cost_rollup_hourly
+    FROM cost_rollup_hourly_live
     WHERE ($1::text IS NULL OR tenant_id = $1)
       AND ($2::timestamptz IS NULL OR bucket_hour >= $2)
       AND ($3::timestamptz IS NULL OR bucket_hour < $3)
@@ -25,7 +25,7 @@ WITH rolled_hours AS (
     SELECT tenant_id, day, feature_tag, user_id, sum(requests) AS requests,
            sum(retries) AS retries, sum(input_tokens) AS input_tokens,
            sum(output_tokens) AS output_tokens, sum(cost_cents) AS cost_cents
-    FROM cost_rollup_daily
+    FROM cost_rollup_daily_live
     WHERE ($1::text IS NULL OR tenant_id = $1)
       AND ($2::timestamptz IS NULL OR day >= ($2 AT TIME ZONE 'UTC')::date)
       AND ($3::timestamptz IS NULL OR day < ($3 AT TIME ZONE 'UTC')::date)
