@@ -395,6 +395,103 @@ impl Workload for Flat {
     }
 }
 
+/// What the deltas not yet folded cost a read: the dashboard's reads of a tenant whose
+/// `pending` single records wait as deltas, against the same reads of a tenant with the
+/// same records folded into the rollups.
+struct Backlog {
+    pending: usize,
+    window: Option<TimeWindow>,
+}
+
+const BACKLOG_PENDING: &str = "backlog-tenant-pending";
+const BACKLOG_FOLDED: &str = "backlog-tenant-folded";
+
+impl Backlog {
+    /// `pending` single records of `tenant` over the last hours, each its own statement.
+    fn write(&self, conn: &mut PgConnection, tenant: &str) -> Result<()> {
+        let now = Utc::now();
+        conn.transaction::<_, Error, _>(|c| {
+            let mut d = costdb::drivers::CostWriteDriver::new(c);
+            for n in 0..self.pending {
+                d.insert_cost_record(&costdb::models::CostInput {
+                    tenant_id: tenant.into(),
+                    model: format!("model-{}", n % 5),
+                    feature_tag: Some(format!("tag-{}", n % 10)),
+                    cost_cents: 0.5,
+                    created_at: Some(now - chrono::Duration::seconds((n % 3_600) as i64)),
+                    ..Default::default()
+                })?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn reads(&self, conn: &mut PgConnection, tenant: &str) -> Result<Duration> {
+        let flat = Flat {
+            small: 0,
+            large: 0,
+            against_raw: false,
+            window: self.window,
+        };
+        let started = Instant::now();
+        std::hint::black_box(flat.reads(conn, tenant)?);
+        Ok(started.elapsed())
+    }
+}
+
+impl Workload for Backlog {
+    fn name(&self) -> String {
+        format!(
+            "reads of a dashboard, 30 days of 1 tenant with {} single records not yet folded",
+            self.pending
+        )
+    }
+    fn baseline_name(&self) -> &'static str {
+        "the same reads with the records folded"
+    }
+    fn target(&self) -> Target {
+        Target::Report
+    }
+    fn direction(&self) -> Direction {
+        Direction::Overhead
+    }
+    fn prepare(&mut self, ctx: &mut Ctx) -> Result<()> {
+        let end = Utc::now()
+            .date_naive()
+            .succ_opt()
+            .ok_or_else(|| Error::invalid("now", "has no next day"))?
+            .and_time(chrono::NaiveTime::MIN)
+            .and_utc();
+        self.window = Some(TimeWindow::new(end - chrono::Duration::days(30), end)?);
+        // The folded tenant's records first, folded with every delta there is; then the
+        // pending tenant's, left as they are.
+        self.write(&mut ctx.conn, BACKLOG_FOLDED)?;
+        ctx.conn
+            .transaction::<_, Error, _>(|c| costdb::drivers::RollupDriver::new(c).fold_deltas())?;
+        self.write(&mut ctx.conn, BACKLOG_PENDING)?;
+        ctx.conn
+            .batch_execute("VACUUM ANALYZE cost_rollup_deltas, cost_rollup_hourly")?;
+        for _ in 0..WARM_UPS {
+            self.contender(ctx)?;
+            self.baseline(ctx)?;
+        }
+        Ok(())
+    }
+    fn rounds(&self) -> usize {
+        CALLS
+    }
+    fn per_trial(&self) -> Combine {
+        Combine::Median
+    }
+    fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        self.reads(&mut ctx.conn, BACKLOG_PENDING)
+    }
+    fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
+        self.reads(&mut ctx.conn, BACKLOG_FOLDED)
+    }
+}
+
 /// The dashboard's reads for a tenant with `records` records in the window (and one with a
 /// tenth of them), against the smaller tenant and against the raw scans.
 pub fn dashboard_workloads(records: usize) -> Vec<Box<dyn Workload>> {
@@ -427,5 +524,9 @@ pub fn read_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
             }) as Box<dyn Workload>
         })
         .chain(dashboard_workloads(scale.of(1_000_000)))
+        .chain([Box::new(Backlog {
+            pending: scale.of(10_000),
+            window: None,
+        }) as Box<dyn Workload>])
         .collect()
 }
