@@ -1,6 +1,5 @@
-//! The queue between callers that block and a worker thread that answers them in batches:
-//! what [`CostRecorder`](crate::recorder::CostRecorder) and
-//! [`AdmissionService`](crate::admission::AdmissionService) share.
+//! The queue between callers that block and a worker thread that answers them in batches,
+//! for the services that commit many callers' requests together.
 //!
 //! A caller queues a job and waits for its answer. A worker takes what is queued, up to a
 //! batch, in arrival order, and answers each job of it. Only the callers of one batch wake

@@ -491,44 +491,18 @@ fn a_repeated_request_a_rollback_and_a_past_instant_count_as_the_records_do() {
         ),
         (past.date_naive(), 1, 5.0)
     );
-    #[derive(QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut count = |sql: &str| -> i64 {
-        diesel::sql_query(sql)
-            .bind::<diesel::sql_types::Text, _>(&tenant)
-            .get_result::<N>(&mut conn)
-            .unwrap()
-            .n
-    };
+    let deltas = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
+    let hourly = "SELECT count(*) AS n FROM cost_rollup_hourly WHERE tenant_id = $1";
     // The single record waits as a delta; the batch was folded into the rollup.
-    assert_eq!(
-        count("SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1"),
-        1
-    );
-    assert_eq!(
-        count("SELECT count(*) AS n FROM cost_rollup_hourly WHERE tenant_id = $1"),
-        1
-    );
+    assert_eq!(tenant_rows(&mut conn, deltas, &tenant), 1);
+    assert_eq!(tenant_rows(&mut conn, hourly, &tenant), 1);
     let moved = conn
         .transaction::<_, costdb::Error, _>(|c| RollupDriver::new(c).fold_deltas())
         .unwrap();
     assert!(moved >= 1, "this tenant's delta is among those moved");
-    let mut count = |sql: &str| -> i64 {
-        diesel::sql_query(sql)
-            .bind::<diesel::sql_types::Text, _>(&tenant)
-            .get_result::<N>(&mut conn)
-            .unwrap()
-            .n
-    };
+    assert_eq!(tenant_rows(&mut conn, deltas, &tenant), 0);
     assert_eq!(
-        count("SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1"),
-        0
-    );
-    assert_eq!(
-        count("SELECT count(*) AS n FROM cost_rollup_hourly WHERE tenant_id = $1"),
+        tenant_rows(&mut conn, hourly, &tenant),
         2,
         "one row per hour that has records, none for the rollback"
     );
@@ -537,6 +511,20 @@ fn a_repeated_request_a_rollback_and_a_past_instant_count_as_the_records_do() {
         .fetch_cost_spend(&tenant, window(at).unwrap(), TimeBucket::Hour)
         .unwrap();
     assert_eq!(after, now, "folding the deltas changes no read");
+}
+
+/// The count `sql` (`SELECT count(*) AS n … WHERE tenant_id = $1`) gives for `tenant`.
+fn tenant_rows(conn: &mut PgConnection, sql: &str, tenant: &TenantId) -> i64 {
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    diesel::sql_query(sql)
+        .bind::<diesel::sql_types::Text, _>(tenant.as_str())
+        .get_result::<N>(conn)
+        .unwrap()
+        .n
 }
 
 /// A connection whose rollup slot is pinned to `slot`.
