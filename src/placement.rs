@@ -77,7 +77,7 @@ pub const TABLES: &[TablePlacement] = &[
     ),
     distributed(
         "cost_rollup_deltas",
-        "a tenant's single records' sums not yet folded into the rollups, written with them",
+        "a tenant's records not yet folded into the rollups, one row a statement, written with them",
     ),
     distributed("cost_anomalies", "a tenant's anomalies"),
     distributed("cost_breach_history", "a tenant's breaches"),

@@ -238,22 +238,18 @@ diesel::table! {
 }
 
 diesel::table! {
-    cost_rollup_deltas (tenant_id, created_at, record_id) {
+    cost_rollup_deltas (tenant_id, id) {
         #[max_length = 64]
         tenant_id -> Varchar,
-        created_at -> Timestamptz,
-        #[max_length = 64]
-        record_id -> Varchar,
-        #[max_length = 64]
-        model -> Varchar,
-        #[max_length = 128]
-        feature_tag -> Nullable<Varchar>,
-        #[max_length = 64]
-        user_id -> Nullable<Varchar>,
-        is_retry -> Bool,
-        input_tokens -> Int4,
-        output_tokens -> Int4,
-        cost_cents -> Float8,
+        id -> Int8,
+        created_at -> Array<Nullable<Timestamptz>>,
+        model -> Array<Nullable<Text>>,
+        feature_tag -> Array<Nullable<Text>>,
+        user_id -> Array<Nullable<Text>>,
+        is_retry -> Array<Nullable<Bool>>,
+        input_tokens -> Array<Nullable<Int4>>,
+        output_tokens -> Array<Nullable<Int4>>,
+        cost_cents -> Array<Nullable<Float8>>,
     }
 }
 

@@ -119,8 +119,8 @@ diesel::define_sql_function! {
 }
 
 diesel::define_sql_function! {
-    /// Moves every delta of `cost_rollup_deltas` into the rollups; returns how many
-    /// (migration `rollup_deltas`).
+    /// Moves every delta of `cost_rollup_deltas` into the rollups; returns how many records
+    /// (migrations `rollup_deltas`, `deltas_per_statement`).
     fn costdb_fold_rollup_deltas() -> BigInt;
 }
 

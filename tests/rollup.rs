@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, TimeZone, Utc};
 use diesel::connection::SimpleConnection;
@@ -42,6 +42,13 @@ impl Rng {
     fn maybe(&mut self, items: &[&str]) -> Option<String> {
         (self.below(4) > 0).then(|| self.pick(items).to_owned())
     }
+}
+
+/// The tests of this binary share a database. Those that fold every tenant's deltas
+/// (folds, rebuilds) or count one tenant's pending deltas take turns holding this.
+fn deltas_turn() -> MutexGuard<'static, ()> {
+    static DELTAS: Mutex<()> = Mutex::new(());
+    DELTAS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A call of `model` costing `cents`, everything else empty.
@@ -85,10 +92,15 @@ fn call(rng: &mut Rng, tenants: &[TenantId]) -> CostInput {
 }
 
 /// Writes `n` random calls through one write path, in transactions of up to 8 calls of
-/// which one in four is rolled back.
+/// which one in four is rolled back. Paths: 0 one record a call, 1 `record_costs` (its
+/// records as deltas), 2 admission's settle, 3 `record_costs` folded as it lands.
 fn write(path: usize, seed: u64, tenants: &[TenantId], n: usize) {
     let mut rng = Rng(seed);
-    let mut conn = db::connect(common::database_url()).unwrap();
+    let mut conn = if path == 3 {
+        folding_in_slot(1 + (seed % 63) as i32)
+    } else {
+        db::connect(common::database_url()).unwrap()
+    };
     let mut left = n;
     while left > 0 {
         let batch: Vec<CostInput> = (0..left.min(1 + rng.below(8) as usize))
@@ -103,7 +115,7 @@ fn write(path: usize, seed: u64, tenants: &[TenantId], n: usize) {
                         CostWriteDriver::new(c).insert_cost_record(cost)?;
                     }
                 }
-                1 => {
+                1 | 3 => {
                     CostWriteDriver::new(c).record_costs(&batch)?;
                 }
                 _ => {
@@ -408,7 +420,7 @@ fn every_write_path_at_once_leaves_rollups_equal_to_the_records_in_every_time_zo
     let tenants: Vec<TenantId> = (0..3).map(|_| common::tenant()).collect();
     let seed = 0x5eed_2026;
     std::thread::scope(|s| {
-        for path in 0..3 {
+        for path in 0..4 {
             let tenants = &tenants;
             s.spawn(move || write(path, seed + path as u64, tenants, 150));
         }
@@ -448,6 +460,7 @@ fn every_write_path_at_once_leaves_rollups_equal_to_the_records_in_every_time_zo
 
 #[test]
 fn a_repeated_request_a_rollback_and_a_past_instant_count_as_the_records_do() {
+    let _turn = deltas_turn();
     let mut conn = db::connect(common::database_url()).unwrap();
     let tenant = common::tenant();
     let at = Utc.with_ymd_and_hms(2026, 5, 4, 10, 30, 0).unwrap();
@@ -491,15 +504,16 @@ fn a_repeated_request_a_rollback_and_a_past_instant_count_as_the_records_do() {
         ),
         (past.date_naive(), 1, 5.0)
     );
-    let deltas = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
+    let deltas = "SELECT count(*) AS n FROM cost_rollup_deltas d, unnest(d.created_at) \
+                  WHERE d.tenant_id = $1";
     let hourly = "SELECT count(*) AS n FROM cost_rollup_hourly WHERE tenant_id = $1";
-    // The single record waits as a delta; the batch was folded into the rollup.
-    assert_eq!(tenant_rows(&mut conn, deltas, &tenant), 1);
-    assert_eq!(tenant_rows(&mut conn, hourly, &tenant), 1);
+    // Both statements were small: their records wait as deltas, none in the rollup.
+    assert_eq!(tenant_rows(&mut conn, deltas, &tenant), 2);
+    assert_eq!(tenant_rows(&mut conn, hourly, &tenant), 0);
     let moved = conn
         .transaction::<_, costdb::Error, _>(|c| RollupDriver::new(c).fold_deltas())
         .unwrap();
-    assert!(moved >= 1, "this tenant's delta is among those moved");
+    assert!(moved >= 2, "this tenant's deltas are among those moved");
     assert_eq!(tenant_rows(&mut conn, deltas, &tenant), 0);
     assert_eq!(
         tenant_rows(&mut conn, hourly, &tenant),
@@ -527,11 +541,14 @@ fn tenant_rows(conn: &mut PgConnection, sql: &str, tenant: &TenantId) -> i64 {
         .n
 }
 
-/// A connection whose rollup slot is pinned to `slot`.
-fn with_slot(slot: i32) -> PgConnection {
+/// A connection whose statements of many records fold as they land (no deltas), into
+/// rollup slot `slot`.
+fn folding_in_slot(slot: i32) -> PgConnection {
     let mut conn = db::connect(common::database_url()).unwrap();
-    conn.batch_execute(&format!("SET costdb.rollup_slot = {slot}"))
-        .unwrap();
+    conn.batch_execute(&format!(
+        "SET costdb.rollup_slot = {slot}; SET costdb.fold_from = 1"
+    ))
+    .unwrap();
     conn
 }
 
@@ -553,7 +570,7 @@ fn concurrent_batches_over_the_same_keys_in_opposite_orders_do_not_deadlock() {
         .collect();
     let reversed: Vec<CostInput> = keys.iter().rev().cloned().collect();
     // One slot for both, so their batches meet on the same rollup rows.
-    let (a, b) = (with_slot(5), with_slot(5));
+    let (a, b) = (folding_in_slot(5), folding_in_slot(5));
     let rounds = 30;
     let barrier = Arc::new(Barrier::new(2));
     let run = |mut conn: PgConnection, batch: Vec<CostInput>, barrier: Arc<Barrier>| {
@@ -587,6 +604,7 @@ fn concurrent_batches_over_the_same_keys_in_opposite_orders_do_not_deadlock() {
 
 #[test]
 fn verify_names_a_planted_difference_and_rebuild_repairs_it() {
+    let _turn = deltas_turn();
     let mut conn = db::connect(common::database_url()).unwrap();
     let tenant = common::tenant();
     let at = Utc.with_ymd_and_hms(2026, 7, 9, 15, 45, 0).unwrap();
@@ -873,7 +891,7 @@ fn compacting_while_writers_add_to_past_days_neither_deadlocks_nor_loses_a_call(
         .map(|w| {
             let (tenant, barrier) = (tenant.clone(), barrier.clone());
             std::thread::spawn(move || {
-                let mut conn = with_slot(w as i32 + 1);
+                let mut conn = folding_in_slot(w as i32 + 1);
                 barrier.wait();
                 for round in 0..ROUNDS {
                     let costs: Vec<CostInput> = (0..6)
@@ -922,7 +940,7 @@ fn compacting_while_writers_add_to_past_days_neither_deadlocks_nor_loses_a_call(
 #[test]
 fn a_session_cannot_pin_the_folded_slot() {
     let tenant = common::tenant();
-    let mut conn = with_slot(0);
+    let mut conn = folding_in_slot(0);
     let err = conn
         .transaction(|c| CostWriteDriver::new(c).insert_cost_record(&base(&tenant, "o3", 1.0)))
         .unwrap_err();
@@ -972,7 +990,7 @@ fn compact_folds_the_slots_of_past_days_and_leaves_every_sum_as_it_was() {
     };
     // Four writers in four slots: each key lands in four rows.
     for slot in [3, 17, 40, 63] {
-        let mut conn = with_slot(slot);
+        let mut conn = folding_in_slot(slot);
         conn.transaction::<_, costdb::Error, _>(|c| {
             let cost = |at| CostInput {
                 user_id: Some("ann".into()),
@@ -1092,6 +1110,7 @@ fn raw_sums(
 
 #[test]
 fn single_record_writers_and_the_delta_fold_agree_with_the_records_in_every_snapshot() {
+    let _turn = deltas_turn();
     use std::sync::atomic::{AtomicBool, Ordering};
     let tenant = common::tenant();
     let from = Utc.with_ymd_and_hms(2026, 6, 1, 0, 0, 0).unwrap();
@@ -1196,6 +1215,7 @@ fn single_record_writers_and_the_delta_fold_agree_with_the_records_in_every_snap
 
 #[test]
 fn a_rebuild_takes_the_pending_deltas_in() {
+    let _turn = deltas_turn();
     let mut conn = db::connect(common::database_url()).unwrap();
     let tenant = common::tenant();
     let at = Utc.with_ymd_and_hms(2026, 7, 9, 15, 20, 0).unwrap();
@@ -1220,8 +1240,8 @@ fn a_rebuild_takes_the_pending_deltas_in() {
         .unwrap();
     assert_eq!((summary.hourly_rows, summary.daily_rows), (1, 1));
     let deltas: RawSums = diesel::sql_query(
-        "SELECT count(*) AS n, coalesce(sum(cost_cents), 0) AS cents \
-         FROM cost_rollup_deltas WHERE tenant_id = $1",
+        "SELECT count(*) AS n, coalesce(sum(c), 0) AS cents \
+         FROM cost_rollup_deltas d, unnest(d.cost_cents) AS c WHERE d.tenant_id = $1",
     )
     .bind::<diesel::sql_types::Text, _>(tenant.as_str())
     .get_result(&mut conn)
@@ -1252,4 +1272,63 @@ fn a_rebuild_takes_the_pending_deltas_in() {
             .unwrap(),
         vec![]
     );
+}
+
+#[test]
+fn a_small_statement_appends_a_delta_row_per_tenant_and_a_large_one_folds_as_it_lands() {
+    let _turn = deltas_turn();
+    let (a, b) = (common::tenant(), common::tenant());
+    let at = Utc.with_ymd_and_hms(2026, 9, 14, 12, 0, 0).unwrap();
+    let mut conn = db::connect(common::database_url()).unwrap();
+    let small: Vec<CostInput> = (0..6)
+        .map(|i| CostInput {
+            created_at: Some(at + Duration::seconds(i)),
+            ..base(if i % 2 == 0 { &a } else { &b }, "o3", 1.0)
+        })
+        .collect();
+    conn.transaction(|c| CostWriteDriver::new(c).record_costs(&small))
+        .unwrap();
+    let delta_rows = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
+    let delta_records = "SELECT count(*) AS n FROM cost_rollup_deltas d, unnest(d.created_at) \
+                         WHERE d.tenant_id = $1";
+    let hourly = "SELECT count(*) AS n FROM cost_rollup_hourly WHERE tenant_id = $1";
+    for tenant in [&a, &b] {
+        assert_eq!(tenant_rows(&mut conn, delta_rows, tenant), 1);
+        assert_eq!(tenant_rows(&mut conn, delta_records, tenant), 3);
+        assert_eq!(tenant_rows(&mut conn, hourly, tenant), 0);
+    }
+
+    // One chunk of the bulk path, 5,000 records over the 83 minutes before `at`: folded
+    // into its three hours at once, no delta.
+    let large: Vec<CostInput> = (0..5000)
+        .map(|i| CostInput {
+            created_at: Some(at - Duration::seconds(i)),
+            ..base(&a, "o3", 0.5)
+        })
+        .collect();
+    conn.transaction(|c| CostWriteDriver::new(c).record_costs(&large))
+        .unwrap();
+    assert_eq!(tenant_rows(&mut conn, delta_records, &a), 3);
+    assert_eq!(tenant_rows(&mut conn, hourly, &a), 3);
+    let day = TimeWindow::new(at - Duration::hours(12), at + Duration::hours(12)).unwrap();
+    let spend = AnalyticsReadDriver::new(&mut conn)
+        .fetch_cost_spend(&a, day, TimeBucket::Day)
+        .unwrap();
+    assert_eq!((spend[0].requests, spend[0].spend_cents), (5003, 2503.0));
+
+    // A threshold below one is refused, and the statement stores nothing.
+    conn.batch_execute("SET costdb.fold_from = 0").unwrap();
+    let err = conn
+        .transaction(|c| CostWriteDriver::new(c).record_costs(&small))
+        .unwrap_err();
+    assert!(
+        costdb::report(&err).contains("costdb.fold_from is 0"),
+        "{err}"
+    );
+    let stored: i64 = cr::table
+        .filter(cr::tenant_id.eq(a.as_str()))
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(stored, 5003);
 }

@@ -1,5 +1,5 @@
 //! `costdb rollup`: check the rollups of the cost records against the records, rebuild a
-//! range of them, and fold the single records' deltas into them.
+//! range of them, and fold the records' deltas into them.
 
 use std::io::Write;
 
@@ -27,7 +27,7 @@ pub enum Rollups {
         after_help = "Example:\n  costdb rollup rebuild --tenant acme --from 2026-11-05 --to 2026-11-05"
     )]
     Rebuild(RangeArgs),
-    /// Move the deltas that single-record writes left into the rollups. Reads add the
+    /// Move the records that writes left as deltas into the rollups. Reads add the
     /// deltas not yet moved, so a read costs its days plus that backlog: run it every few
     /// seconds to a minute (`costdb upkeep` runs it too).
     #[command(after_help = "Example:\n  costdb rollup fold")]

@@ -112,7 +112,7 @@ pub fn run(options: Options) -> Outcome {
         leader::check_term(c, LOCK_UPKEEP, term)?;
         RollupDriver::new(c).fold_deltas()
     })?;
-    say!("folded {moved} single-record delta(s) into the rollups")?;
+    say!("folded {moved} record(s) of deltas into the rollups")?;
     let (removed, folded) = conn.transaction(|c| {
         leader::check_term(c, LOCK_UPKEEP, term)?;
         RollupDriver::new(c).compact(today)

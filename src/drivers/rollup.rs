@@ -229,7 +229,7 @@ impl<'c> RollupDriver<'c> {
         Ok(diesel::select(costdb_compact_rollups(before)).get_result(self.conn)?)
     }
 
-    /// Moves the deltas that single-record statements left in `cost_rollup_deltas` into the
+    /// Moves the records that statements left as deltas in `cost_rollup_deltas` into the
     /// rollups (slot 0), in one statement, and returns how many. Reads add the deltas not
     /// yet moved, so a read costs its days plus this backlog: run it often (`costdb
     /// upkeep` does). Sums are unchanged in every snapshot.

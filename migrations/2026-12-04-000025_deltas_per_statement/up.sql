@@ -1,0 +1,242 @@
+-- A statement's records reach the rollups as one delta row per tenant: the records'
+-- columns as arrays, appended without a key to look up. A statement of one record writes
+-- a row of one (as migration 24 did, one row a record); a statement of fewer than 5,000
+-- records (every call of the recorder and the admission service, a `record_costs` of up
+-- to a chunk) now writes one row per tenant instead of upserting every key it touches in
+-- both rollups; larger statements still fold as they land, so one load never leaves
+-- readers a backlog of its size. Measured on 1,000 records of 100 tenants: the fold
+-- 3.4 ms, one delta row a record 5.3 ms, one row a tenant 1.0 ms.
+
+-- Folds what migration 24's deltas hold before their table changes shape.
+SELECT costdb_fold_rollup_deltas();
+
+DROP VIEW cost_rollup_hourly_live, cost_rollup_daily_live;
+DROP TABLE cost_rollup_deltas;
+
+-- One row per tenant and statement: element i of every array is one record. Text without
+-- its length limit: the records' own columns checked it.
+CREATE TABLE cost_rollup_deltas (
+    tenant_id     varchar(64)        NOT NULL,
+    id            bigserial          NOT NULL,
+    created_at    timestamptz[]      NOT NULL,
+    model         text[]             NOT NULL,
+    feature_tag   text[]             NOT NULL,
+    user_id       text[]             NOT NULL,
+    is_retry      boolean[]          NOT NULL,
+    input_tokens  integer[]          NOT NULL,
+    output_tokens integer[]          NOT NULL,
+    cost_cents    double precision[] NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+);
+
+-- Each rollup and its deltas, one row per delta record (slot -1: no rollup row has it).
+CREATE VIEW cost_rollup_hourly_live AS
+    SELECT tenant_id, bucket_hour, model, feature_tag, slot,
+           requests, retries, input_tokens, output_tokens, cost_cents
+    FROM cost_rollup_hourly
+    UNION ALL
+    SELECT d.tenant_id, date_bin('1 hour', r.created_at, '2000-01-01 00:00:00+00'),
+           r.model::varchar(64), coalesce(r.feature_tag, '')::varchar(128), -1::smallint,
+           1::bigint, r.is_retry::int::bigint, r.input_tokens::bigint,
+           r.output_tokens::bigint, r.cost_cents
+    FROM cost_rollup_deltas d,
+         unnest(d.created_at, d.model, d.feature_tag, d.is_retry, d.input_tokens,
+                d.output_tokens, d.cost_cents)
+             AS r(created_at, model, feature_tag, is_retry, input_tokens, output_tokens,
+                  cost_cents);
+
+CREATE VIEW cost_rollup_daily_live AS
+    SELECT tenant_id, day, feature_tag, user_id, slot,
+           requests, retries, input_tokens, output_tokens, cost_cents
+    FROM cost_rollup_daily
+    UNION ALL
+    SELECT d.tenant_id, (r.created_at AT TIME ZONE 'UTC')::date,
+           coalesce(r.feature_tag, '')::varchar(128), coalesce(r.user_id, '')::varchar(64),
+           -1::smallint, 1::bigint, r.is_retry::int::bigint, r.input_tokens::bigint,
+           r.output_tokens::bigint, r.cost_cents
+    FROM cost_rollup_deltas d,
+         unnest(d.created_at, d.feature_tag, d.user_id, d.is_retry, d.input_tokens,
+                d.output_tokens, d.cost_cents)
+             AS r(created_at, feature_tag, user_id, is_retry, input_tokens, output_tokens,
+                  cost_cents);
+
+-- Moves every delta this snapshot sees into slot 0 of both rollups, as migration 24's
+-- did; returns the records moved.
+CREATE OR REPLACE FUNCTION costdb_fold_rollup_deltas(OUT moved bigint)
+LANGUAGE sql AS $$
+    WITH gone AS (
+        DELETE FROM cost_rollup_deltas RETURNING *
+    ), taken AS (
+        SELECT g.tenant_id, r.*
+        FROM gone g,
+             unnest(g.created_at, g.model, g.feature_tag, g.user_id, g.is_retry,
+                    g.input_tokens, g.output_tokens, g.cost_cents)
+                 AS r(created_at, model, feature_tag, user_id, is_retry, input_tokens,
+                      output_tokens, cost_cents)
+    ), hourly AS (
+        INSERT INTO cost_rollup_hourly AS r
+            (tenant_id, bucket_hour, model, feature_tag, slot,
+             requests, retries, input_tokens, output_tokens, cost_cents)
+        SELECT tenant_id, date_bin('1 hour', created_at, '2000-01-01 00:00:00+00'), model,
+               coalesce(feature_tag, ''), 0, count(*), count(*) FILTER (WHERE is_retry),
+               sum(input_tokens), sum(output_tokens), sum(cost_cents)
+        FROM taken
+        GROUP BY 1, 2, 3, 4
+        ORDER BY 1, 2, 3, 4
+        ON CONFLICT (tenant_id, bucket_hour, model, feature_tag, slot) DO UPDATE SET
+            requests = r.requests + excluded.requests,
+            retries = r.retries + excluded.retries,
+            input_tokens = r.input_tokens + excluded.input_tokens,
+            output_tokens = r.output_tokens + excluded.output_tokens,
+            cost_cents = r.cost_cents + excluded.cost_cents
+        RETURNING 1
+    ), daily AS (
+        INSERT INTO cost_rollup_daily AS r
+            (tenant_id, day, feature_tag, user_id, slot,
+             requests, retries, input_tokens, output_tokens, cost_cents)
+        SELECT tenant_id, (created_at AT TIME ZONE 'UTC')::date, coalesce(feature_tag, ''),
+               coalesce(user_id, ''), 0, count(*), count(*) FILTER (WHERE is_retry),
+               sum(input_tokens), sum(output_tokens), sum(cost_cents)
+        FROM taken
+        -- After the hourly rollup's keys (the one-time filter runs that insert first).
+        WHERE (SELECT count(*) FROM hourly) >= 0
+        GROUP BY 1, 2, 3, 4
+        ORDER BY 1, 2, 3, 4
+        ON CONFLICT (tenant_id, day, feature_tag, user_id, slot) DO UPDATE SET
+            requests = r.requests + excluded.requests,
+            retries = r.retries + excluded.retries,
+            input_tokens = r.input_tokens + excluded.input_tokens,
+            output_tokens = r.output_tokens + excluded.output_tokens,
+            cost_cents = r.cost_cents + excluded.cost_cents
+        RETURNING 1
+    )
+    SELECT count(*) FROM taken WHERE (SELECT count(*) FROM daily) >= 0
+$$;
+
+-- The fold of migration 24, and a statement of fewer than `costdb.fold_from` records
+-- (5,000 unless the session says otherwise; 1 folds every statement but costdb's own of
+-- one record, as before) appends its records as deltas, one row per tenant.
+CREATE OR REPLACE FUNCTION costdb_fold_cost_records() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    this_slot smallint := coalesce(
+        nullif(current_setting('costdb.rollup_slot', true), '')::smallint,
+        (1 + pg_backend_pid() % 63)::smallint);
+    -- From this many records a statement folds as it lands.
+    fold_from bigint := coalesce(nullif(current_setting('costdb.fold_from', true), '')::bigint,
+                                 5000);
+BEGIN
+    IF this_slot NOT BETWEEN 1 AND 63 THEN
+        RAISE EXCEPTION 'costdb.rollup_slot is % but must be 1 to 63 (0 holds the past days'' folded rows)',
+            this_slot USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF fold_from < 1 THEN
+        RAISE EXCEPTION 'costdb.fold_from is % but must be 1 or more', fold_from
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF current_setting('costdb.request_keys', true) = 'claimed' THEN
+        PERFORM set_config('costdb.request_keys', '', true);
+    ELSIF TG_NARGS = 0 OR TG_ARGV[0] = 'claim only' THEN
+        INSERT INTO cost_request_keys (tenant_id, request_id, record_id, created_at)
+        SELECT n.tenant_id, n.request_id, n.id, n.created_at
+        FROM new_records n
+        WHERE n.request_id IS NOT NULL
+        ORDER BY n.tenant_id, n.request_id;
+    END IF;
+    IF TG_NARGS > 0 AND TG_ARGV[0] = 'claim only' THEN
+        RETURN NULL;
+    END IF;
+    IF current_setting('costdb.rollups', true) = 'deltas' THEN
+        PERFORM set_config('costdb.rollups', '', true);
+        RETURN NULL;
+    END IF;
+    IF (SELECT count(*) FROM new_records) < fold_from THEN
+        INSERT INTO cost_rollup_deltas (tenant_id, created_at, model, feature_tag, user_id,
+                                        is_retry, input_tokens, output_tokens, cost_cents)
+        SELECT n.tenant_id, array_agg(n.created_at), array_agg(n.model),
+               array_agg(n.feature_tag), array_agg(n.user_id), array_agg(n.is_retry),
+               array_agg(n.input_tokens), array_agg(n.output_tokens), array_agg(n.cost_cents)
+        FROM new_records n
+        GROUP BY n.tenant_id;
+        RETURN NULL;
+    END IF;
+
+    INSERT INTO cost_rollup_hourly AS r
+        (tenant_id, bucket_hour, model, feature_tag, slot,
+         requests, retries, input_tokens, output_tokens, cost_cents)
+    SELECT n.tenant_id, date_bin('1 hour', n.created_at, '2000-01-01 00:00:00+00'), n.model,
+           coalesce(n.feature_tag, ''), this_slot, count(*), count(*) FILTER (WHERE n.is_retry),
+           sum(n.input_tokens), sum(n.output_tokens), sum(n.cost_cents)
+    FROM new_records n
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (tenant_id, bucket_hour, model, feature_tag, slot) DO UPDATE SET
+        requests = r.requests + excluded.requests,
+        retries = r.retries + excluded.retries,
+        input_tokens = r.input_tokens + excluded.input_tokens,
+        output_tokens = r.output_tokens + excluded.output_tokens,
+        cost_cents = r.cost_cents + excluded.cost_cents;
+
+    INSERT INTO cost_rollup_daily AS r
+        (tenant_id, day, feature_tag, user_id, slot,
+         requests, retries, input_tokens, output_tokens, cost_cents)
+    SELECT n.tenant_id, (n.created_at AT TIME ZONE 'UTC')::date, coalesce(n.feature_tag, ''),
+           coalesce(n.user_id, ''), this_slot, count(*), count(*) FILTER (WHERE n.is_retry),
+           sum(n.input_tokens), sum(n.output_tokens), sum(n.cost_cents)
+    FROM new_records n
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 1, 2, 3, 4
+    ON CONFLICT (tenant_id, day, feature_tag, user_id, slot) DO UPDATE SET
+        requests = r.requests + excluded.requests,
+        retries = r.retries + excluded.retries,
+        input_tokens = r.input_tokens + excluded.input_tokens,
+        output_tokens = r.output_tokens + excluded.output_tokens,
+        cost_cents = r.cost_cents + excluded.cost_cents;
+    RETURN NULL;
+END
+$$;
+
+-- Rebuilding folds every delta first (the share lock keeps new ones out), then
+-- recomputes the range as migration 16 did.
+CREATE OR REPLACE FUNCTION costdb_rebuild_rollups(
+    tenant text, from_at timestamptz, to_at timestamptz,
+    OUT hourly_rows bigint, OUT daily_rows bigint)
+LANGUAGE plpgsql AS $$
+BEGIN
+    LOCK TABLE cost_records IN SHARE MODE;
+    PERFORM costdb_fold_rollup_deltas();
+
+    DELETE FROM cost_rollup_hourly
+    WHERE (tenant IS NULL OR tenant_id = tenant)
+      AND (from_at IS NULL OR bucket_hour >= from_at)
+      AND (to_at IS NULL OR bucket_hour < to_at);
+    DELETE FROM cost_rollup_daily
+    WHERE (tenant IS NULL OR tenant_id = tenant)
+      AND (from_at IS NULL OR day >= (from_at AT TIME ZONE 'UTC')::date)
+      AND (to_at IS NULL OR day < (to_at AT TIME ZONE 'UTC')::date);
+    INSERT INTO cost_rollup_hourly
+        (tenant_id, bucket_hour, model, feature_tag, slot,
+         requests, retries, input_tokens, output_tokens, cost_cents)
+    SELECT r.tenant_id, date_bin('1 hour', r.created_at, '2000-01-01 00:00:00+00'), r.model,
+           coalesce(r.feature_tag, ''), 0, count(*), count(*) FILTER (WHERE r.is_retry),
+           sum(r.input_tokens), sum(r.output_tokens), sum(r.cost_cents)
+    FROM cost_records r
+    WHERE (tenant IS NULL OR r.tenant_id = tenant)
+      AND (from_at IS NULL OR r.created_at >= from_at)
+      AND (to_at IS NULL OR r.created_at < to_at)
+    GROUP BY 1, 2, 3, 4;
+    GET DIAGNOSTICS hourly_rows = ROW_COUNT;
+
+    INSERT INTO cost_rollup_daily
+        (tenant_id, day, feature_tag, user_id, slot,
+         requests, retries, input_tokens, output_tokens, cost_cents)
+    SELECT r.tenant_id, (r.created_at AT TIME ZONE 'UTC')::date, coalesce(r.feature_tag, ''),
+           coalesce(r.user_id, ''), 0, count(*), count(*) FILTER (WHERE r.is_retry),
+           sum(r.input_tokens), sum(r.output_tokens), sum(r.cost_cents)
+    FROM cost_records r
+    WHERE (tenant IS NULL OR r.tenant_id = tenant)
+      AND (from_at IS NULL OR r.created_at >= from_at)
+      AND (to_at IS NULL OR r.created_at < to_at)
+    GROUP BY 1, 2, 3, 4;
+    GET DIAGNOSTICS daily_rows = ROW_COUNT;
+END
+$$;
