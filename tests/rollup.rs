@@ -48,7 +48,9 @@ impl Rng {
 /// (folds, rebuilds) or count one tenant's pending deltas take turns holding this.
 fn deltas_turn() -> MutexGuard<'static, ()> {
     static DELTAS: Mutex<()> = Mutex::new(());
-    DELTAS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    DELTAS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A call of `model` costing `cents`, everything else empty.
@@ -1331,4 +1333,80 @@ fn a_small_statement_appends_a_delta_row_per_tenant_and_a_large_one_folds_as_it_
         .get_result(&mut conn)
         .unwrap();
     assert_eq!(stored, 5003);
+}
+
+#[test]
+fn the_migration_to_delta_rows_per_statement_folds_what_is_pending_both_ways() {
+    let url = common::fresh_database();
+    let mut conn = db::connect(&url).unwrap();
+    db::run_migrations(&mut conn).unwrap();
+    common::revert_through(&mut conn, "deltas_per_statement");
+    // Three single records as migration 24 wrote them: each with a delta row of its own.
+    let tenant = common::tid("t0");
+    let at = Utc.with_ymd_and_hms(2026, 4, 1, 10, 15, 0).unwrap();
+    for n in 0..3 {
+        conn.transaction::<_, diesel::result::Error, _>(|c| {
+            diesel::sql_query(
+                "WITH stored AS ( \
+                     INSERT INTO cost_records (id, tenant_id, model, cost_cents, created_at) \
+                     VALUES ($1, $2, 'o3', 2.5, $3) RETURNING *) \
+                 INSERT INTO cost_rollup_deltas (tenant_id, created_at, record_id, model, \
+                     feature_tag, user_id, is_retry, input_tokens, output_tokens, cost_cents) \
+                 SELECT tenant_id, created_at, id, model, feature_tag, user_id, is_retry, \
+                        input_tokens, output_tokens, cost_cents \
+                 FROM stored \
+                 RETURNING set_config('costdb.rollups', 'deltas', true)",
+            )
+            .bind::<diesel::sql_types::Text, _>(format!("cr_m{n}"))
+            .bind::<diesel::sql_types::Text, _>(tenant.as_str())
+            .bind::<diesel::sql_types::Timestamptz, _>(at + Duration::minutes(n))
+            .execute(c)?;
+            Ok(())
+        })
+        .unwrap();
+    }
+    let pending = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
+    assert_eq!(tenant_rows(&mut conn, pending, &tenant), 3);
+    let day = TimeWindow::new(at - Duration::hours(10), at + Duration::hours(10)).unwrap();
+    let spend = |conn: &mut PgConnection| {
+        let s = AnalyticsReadDriver::new(conn)
+            .fetch_cost_spend(&tenant, day, TimeBucket::Day)
+            .unwrap();
+        (s[0].requests, s[0].spend_cents)
+    };
+    let no_differences = |conn: &mut PgConnection| {
+        RollupDriver::new(conn)
+            .fetch_differences(&RollupRange::default())
+            .unwrap()
+            .is_empty()
+    };
+    assert_eq!(spend(&mut conn), (3, 7.5));
+
+    // Forward: the pending deltas are folded before their table changes shape.
+    db::run_migrations(&mut conn).unwrap();
+    assert_eq!(tenant_rows(&mut conn, pending, &tenant), 0);
+    assert_eq!(spend(&mut conn), (3, 7.5));
+    assert!(no_differences(&mut conn));
+
+    // A small statement's delta row, then back: folded again, nothing lost.
+    conn.transaction(|c| {
+        CostWriteDriver::new(c).record_costs(&[
+            CostInput {
+                created_at: Some(at),
+                ..base(&tenant, "o3", 1.0)
+            },
+            CostInput {
+                created_at: Some(at),
+                ..base(&tenant, "gpt-4o", 1.0)
+            },
+        ])
+    })
+    .unwrap();
+    assert_eq!(tenant_rows(&mut conn, pending, &tenant), 1);
+    common::revert_through(&mut conn, "deltas_per_statement");
+    assert_eq!(tenant_rows(&mut conn, pending, &tenant), 0);
+    assert_eq!(spend(&mut conn), (5, 9.5));
+    assert!(no_differences(&mut conn));
+    db::run_migrations(&mut conn).unwrap();
+    assert_eq!(spend(&mut conn), (5, 9.5));
 }

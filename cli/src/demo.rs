@@ -375,6 +375,8 @@ fn history(conn: &mut PgConnection, p: &Platform, found: &mut Findings) -> costd
         bar.inc(1);
     }
     bar.finish_and_clear();
+    // What the upkeep's fold would have done meanwhile: the days' deltas into the rollups.
+    conn.transaction(|c| RollupDriver::new(c).fold_deltas())?;
     Ok(())
 }
 

@@ -124,7 +124,7 @@ pub fn run(what: Rollups) -> Outcome {
         Rollups::Fold { target } => {
             let mut conn = db::connect(&require_url(target)?)?;
             let moved = conn.transaction(|c| RollupDriver::new(c).fold_deltas())?;
-            say!("folded {moved} delta(s) into the rollups")?;
+            say!("folded the deltas of {moved} record(s) into the rollups")?;
         }
     }
     Ok(())

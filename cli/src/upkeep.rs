@@ -112,7 +112,7 @@ pub fn run(options: Options) -> Outcome {
         leader::check_term(c, LOCK_UPKEEP, term)?;
         RollupDriver::new(c).fold_deltas()
     })?;
-    say!("folded {moved} record(s) of deltas into the rollups")?;
+    say!("folded the deltas of {moved} record(s) into the rollups")?;
     let (removed, folded) = conn.transaction(|c| {
         leader::check_term(c, LOCK_UPKEEP, term)?;
         RollupDriver::new(c).compact(today)

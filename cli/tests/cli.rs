@@ -928,10 +928,10 @@ fn upkeep_reclaims_retries_and_purges_as_leader_and_stands_by_otherwise() {
     let Admission::Admitted { reservation, .. } = held else {
         panic!("{held:?}")
     };
-    // A past day's calls from two writers in two rollup slots.
+    // A past day's calls from two writers in two rollup slots, folded as they land.
     for slot in [1, 2] {
         conn.batch_execute(&format!(
-            "SET costdb.rollup_slot = {slot}; \
+            "SET costdb.rollup_slot = {slot}; SET costdb.fold_from = 1; \
              INSERT INTO cost_records (id, tenant_id, model, cost_cents, created_at) \
              VALUES ('cr_slot_{slot}', 'acme', 'o3', 1, '2026-01-05 10:00+00')"
         ))
@@ -1184,7 +1184,7 @@ fn distribute_prints_statements_that_shard_the_migrated_schema_by_tenant() {
 }
 
 #[test]
-fn rollup_fold_moves_the_deltas_of_single_records_and_no_sum_changes() {
+fn rollup_fold_moves_the_deltas_of_small_statements_and_no_sum_changes() {
     use costdb::drivers::CostWriteDriver;
     use costdb::models::CostInput;
     use diesel::Connection;
@@ -1200,14 +1200,28 @@ fn rollup_fold_moves_the_deltas_of_single_records_and_no_sum_changes() {
                 ..CostInput::default()
             })?;
         }
+        // A statement of three records: one delta row for the tenant.
+        let call = |model: &str| CostInput {
+            tenant_id: "acme".into(),
+            model: model.into(),
+            cost_cents: 1.0,
+            ..CostInput::default()
+        };
+        CostWriteDriver::new(c).record_costs(&[call("o3"), call("o3"), call("gpt-4o")])?;
         Ok(())
     })
     .unwrap();
     let fold = costdb(&["rollup", "fold"], Some(&url));
     assert!(fold.status.success(), "{fold:?}");
-    assert_eq!(stdout(&fold).trim(), "folded 2 delta(s) into the rollups");
+    assert_eq!(
+        stdout(&fold).trim(),
+        "folded the deltas of 5 record(s) into the rollups"
+    );
     let again = costdb(&["rollup", "fold"], Some(&url));
-    assert_eq!(stdout(&again).trim(), "folded 0 delta(s) into the rollups");
+    assert_eq!(
+        stdout(&again).trim(),
+        "folded the deltas of 0 record(s) into the rollups"
+    );
     let verify = costdb(&["rollup", "verify"], Some(&url));
     assert!(verify.status.success(), "{verify:?}");
 }
