@@ -238,7 +238,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    cost_rollup_deltas (tenant_id, id) {
+    cost_rollup_delta_batches (tenant_id, id) {
         #[max_length = 64]
         tenant_id -> Varchar,
         id -> Int8,
@@ -250,6 +250,26 @@ diesel::table! {
         input_tokens -> Array<Nullable<Int4>>,
         output_tokens -> Array<Nullable<Int4>>,
         cost_cents -> Array<Nullable<Float8>>,
+    }
+}
+
+diesel::table! {
+    cost_rollup_deltas (tenant_id, created_at, record_id) {
+        #[max_length = 64]
+        tenant_id -> Varchar,
+        created_at -> Timestamptz,
+        #[max_length = 64]
+        record_id -> Varchar,
+        #[max_length = 64]
+        model -> Varchar,
+        #[max_length = 128]
+        feature_tag -> Nullable<Varchar>,
+        #[max_length = 64]
+        user_id -> Nullable<Varchar>,
+        is_retry -> Bool,
+        input_tokens -> Int4,
+        output_tokens -> Int4,
+        cost_cents -> Float8,
     }
 }
 
@@ -471,6 +491,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     cost_records,
     cost_request_keys,
     cost_rollup_daily,
+    cost_rollup_delta_batches,
     cost_rollup_deltas,
     cost_rollup_hourly,
     costsim_alert_queue,

@@ -119,8 +119,8 @@ diesel::define_sql_function! {
 }
 
 diesel::define_sql_function! {
-    /// Moves every delta of `cost_rollup_deltas` into the rollups; returns how many records
-    /// (migrations `rollup_deltas`, `deltas_per_statement`).
+    /// Moves every delta (`cost_rollup_deltas`, `cost_rollup_delta_batches`) into the
+    /// rollups; returns how many records (migrations `rollup_deltas`, `delta_batches`).
     fn costdb_fold_rollup_deltas() -> BigInt;
 }
 

@@ -506,8 +506,7 @@ fn a_repeated_request_a_rollback_and_a_past_instant_count_as_the_records_do() {
         ),
         (past.date_naive(), 1, 5.0)
     );
-    let deltas = "SELECT count(*) AS n FROM cost_rollup_deltas d, unnest(d.created_at) \
-                  WHERE d.tenant_id = $1";
+    let deltas = PENDING;
     let hourly = "SELECT count(*) AS n FROM cost_rollup_hourly WHERE tenant_id = $1";
     // Both statements were small: their records wait as deltas, none in the rollup.
     assert_eq!(tenant_rows(&mut conn, deltas, &tenant), 2);
@@ -530,6 +529,11 @@ fn a_repeated_request_a_rollback_and_a_past_instant_count_as_the_records_do() {
 }
 
 /// The count `sql` (`SELECT count(*) AS n … WHERE tenant_id = $1`) gives for `tenant`.
+/// The records of tenant $1 waiting as deltas, single or in batches.
+const PENDING: &str = "SELECT (SELECT count(*) FROM cost_rollup_deltas WHERE tenant_id = $1) \
+     + (SELECT coalesce(sum(cardinality(created_at)), 0) FROM cost_rollup_delta_batches \
+        WHERE tenant_id = $1) AS n";
+
 fn tenant_rows(conn: &mut PgConnection, sql: &str, tenant: &TenantId) -> i64 {
     #[derive(QueryableByName)]
     struct N {
@@ -1242,8 +1246,8 @@ fn a_rebuild_takes_the_pending_deltas_in() {
         .unwrap();
     assert_eq!((summary.hourly_rows, summary.daily_rows), (1, 1));
     let deltas: RawSums = diesel::sql_query(
-        "SELECT count(*) AS n, coalesce(sum(c), 0) AS cents \
-         FROM cost_rollup_deltas d, unnest(d.cost_cents) AS c WHERE d.tenant_id = $1",
+        "SELECT count(*) AS n, coalesce(sum(cost_cents), 0) AS cents \
+         FROM cost_rollup_deltas WHERE tenant_id = $1",
     )
     .bind::<diesel::sql_types::Text, _>(tenant.as_str())
     .get_result(&mut conn)
@@ -1290,9 +1294,8 @@ fn a_small_statement_appends_a_delta_row_per_tenant_and_a_large_one_folds_as_it_
         .collect();
     conn.transaction(|c| CostWriteDriver::new(c).record_costs(&small))
         .unwrap();
-    let delta_rows = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
-    let delta_records = "SELECT count(*) AS n FROM cost_rollup_deltas d, unnest(d.created_at) \
-                         WHERE d.tenant_id = $1";
+    let delta_rows = "SELECT count(*) AS n FROM cost_rollup_delta_batches WHERE tenant_id = $1";
+    let delta_records = PENDING;
     let hourly = "SELECT count(*) AS n FROM cost_rollup_hourly WHERE tenant_id = $1";
     for tenant in [&a, &b] {
         assert_eq!(tenant_rows(&mut conn, delta_rows, tenant), 1);
@@ -1336,37 +1339,26 @@ fn a_small_statement_appends_a_delta_row_per_tenant_and_a_large_one_folds_as_it_
 }
 
 #[test]
-fn the_migration_to_delta_rows_per_statement_folds_what_is_pending_both_ways() {
+fn the_migration_to_delta_batches_keeps_the_single_deltas_and_its_revert_folds_the_batches() {
     let url = common::fresh_database();
     let mut conn = db::connect(&url).unwrap();
     db::run_migrations(&mut conn).unwrap();
-    common::revert_through(&mut conn, "deltas_per_statement");
-    // Three single records as migration 24 wrote them: each with a delta row of its own.
+    common::revert_through(&mut conn, "delta_batches");
     let tenant = common::tid("t0");
     let at = Utc.with_ymd_and_hms(2026, 4, 1, 10, 15, 0).unwrap();
-    for n in 0..3 {
-        conn.transaction::<_, diesel::result::Error, _>(|c| {
-            diesel::sql_query(
-                "WITH stored AS ( \
-                     INSERT INTO cost_records (id, tenant_id, model, cost_cents, created_at) \
-                     VALUES ($1, $2, 'o3', 2.5, $3) RETURNING *) \
-                 INSERT INTO cost_rollup_deltas (tenant_id, created_at, record_id, model, \
-                     feature_tag, user_id, is_retry, input_tokens, output_tokens, cost_cents) \
-                 SELECT tenant_id, created_at, id, model, feature_tag, user_id, is_retry, \
-                        input_tokens, output_tokens, cost_cents \
-                 FROM stored \
-                 RETURNING set_config('costdb.rollups', 'deltas', true)",
-            )
-            .bind::<diesel::sql_types::Text, _>(format!("cr_m{n}"))
-            .bind::<diesel::sql_types::Text, _>(tenant.as_str())
-            .bind::<diesel::sql_types::Timestamptz, _>(at + Duration::minutes(n))
-            .execute(c)?;
-            Ok(())
-        })
-        .unwrap();
-    }
-    let pending = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
-    assert_eq!(tenant_rows(&mut conn, pending, &tenant), 3);
+    conn.transaction(|c| {
+        let mut d = CostWriteDriver::new(c);
+        for n in 0..3 {
+            d.insert_cost_record(&CostInput {
+                created_at: Some(at + Duration::minutes(n)),
+                ..base(&tenant, "o3", 2.5)
+            })?;
+        }
+        Ok::<_, costdb::Error>(())
+    })
+    .unwrap();
+    let single = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
+    assert_eq!(tenant_rows(&mut conn, single, &tenant), 3);
     let day = TimeWindow::new(at - Duration::hours(10), at + Duration::hours(10)).unwrap();
     let spend = |conn: &mut PgConnection| {
         let s = AnalyticsReadDriver::new(conn)
@@ -1382,13 +1374,13 @@ fn the_migration_to_delta_rows_per_statement_folds_what_is_pending_both_ways() {
     };
     assert_eq!(spend(&mut conn), (3, 7.5));
 
-    // Forward: the pending deltas are folded before their table changes shape.
+    // Forward: migration 24's deltas stay where they are, and reads still add them.
     db::run_migrations(&mut conn).unwrap();
-    assert_eq!(tenant_rows(&mut conn, pending, &tenant), 0);
+    assert_eq!(tenant_rows(&mut conn, PENDING, &tenant), 3);
     assert_eq!(spend(&mut conn), (3, 7.5));
     assert!(no_differences(&mut conn));
 
-    // A small statement's delta row, then back: folded again, nothing lost.
+    // A small statement's batch, then back: everything pending is folded, nothing lost.
     conn.transaction(|c| {
         CostWriteDriver::new(c).record_costs(&[
             CostInput {
@@ -1402,9 +1394,9 @@ fn the_migration_to_delta_rows_per_statement_folds_what_is_pending_both_ways() {
         ])
     })
     .unwrap();
-    assert_eq!(tenant_rows(&mut conn, pending, &tenant), 1);
-    common::revert_through(&mut conn, "deltas_per_statement");
-    assert_eq!(tenant_rows(&mut conn, pending, &tenant), 0);
+    assert_eq!(tenant_rows(&mut conn, PENDING, &tenant), 5);
+    common::revert_through(&mut conn, "delta_batches");
+    assert_eq!(tenant_rows(&mut conn, single, &tenant), 0);
     assert_eq!(spend(&mut conn), (5, 9.5));
     assert!(no_differences(&mut conn));
     db::run_migrations(&mut conn).unwrap();

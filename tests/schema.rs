@@ -45,7 +45,7 @@ fn migrations_go_up_all_the_way_down_and_up_again() {
     let applied = db::run_migrations(&mut conn).unwrap();
     assert_eq!(applied, before.pending);
     assert!(db::migration_status(&mut conn).unwrap().pending.is_empty());
-    assert_eq!(count_public_tables(&mut conn), 23);
+    assert_eq!(count_public_tables(&mut conn), 24);
 
     let mut reverted = Vec::new();
     while let Some(name) = db::revert_last_migration(&mut conn).unwrap() {
@@ -72,7 +72,7 @@ fn migrations_go_up_all_the_way_down_and_up_again() {
     );
 
     assert_eq!(db::run_migrations(&mut conn).unwrap().len(), known);
-    assert_eq!(count_public_tables(&mut conn), 23);
+    assert_eq!(count_public_tables(&mut conn), 24);
 }
 
 #[test]

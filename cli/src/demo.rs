@@ -810,6 +810,7 @@ fn row_counts(conn: &mut PgConnection) -> costdb::Result<Vec<(&'static str, i64)
         "cost_rollup_hourly",
         "cost_rollup_daily",
         "cost_rollup_deltas",
+        "cost_rollup_delta_batches",
         "worker_runs",
         "budget_reservations",
         "cost_anomalies",

@@ -229,10 +229,10 @@ impl<'c> RollupDriver<'c> {
         Ok(diesel::select(costdb_compact_rollups(before)).get_result(self.conn)?)
     }
 
-    /// Moves the records that statements left as deltas in `cost_rollup_deltas` into the
-    /// rollups (slot 0), in one statement, and returns how many. Reads add the deltas not
-    /// yet moved, so a read costs its days plus this backlog: run it often (`costdb
-    /// upkeep` does). Sums are unchanged in every snapshot.
+    /// Moves the records that statements left as deltas (`cost_rollup_deltas`,
+    /// `cost_rollup_delta_batches`) into the rollups (slot 0), in one statement, and returns
+    /// how many. Reads add the deltas not yet moved, so a read costs its days plus this
+    /// backlog: run it often (`costdb upkeep` does). Sums are unchanged in every snapshot.
     ///
     /// # Errors
     /// [`Error::NoTransaction`] outside a transaction.

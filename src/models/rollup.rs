@@ -1,10 +1,11 @@
 //! The rollups of `cost_records`: `cost_rollup_hourly` (tenant × UTC hour × model ×
 //! feature tag) and `cost_rollup_daily` (tenant × UTC day × feature tag × user). Every
-//! inserted record reaches them in the inserting transaction: a statement of fewer than
-//! `costdb.fold_from` records (5,000) appends them to `cost_rollup_deltas`, one row per
-//! tenant, which `costdb_fold_rollup_deltas()` later folds in (migrations
-//! `2026-12-03-000024_rollup_deltas`, `2026-12-04-000025_deltas_per_statement`); a larger
-//! one is folded into both by a trigger (migration `2026-12-02-000015_cost_rollups`).
+//! inserted record reaches them in the inserting transaction: costdb's statement of one
+//! record appends it to `cost_rollup_deltas`, a statement of fewer than `costdb.fold_from`
+//! records (5,000) appends them to `cost_rollup_delta_batches`, one row per tenant, both
+//! folded in later by `costdb_fold_rollup_deltas()` (migrations
+//! `2026-12-03-000024_rollup_deltas`, `2026-12-04-000025_delta_batches`); a larger
+//! statement is folded into both by a trigger (migration `2026-12-02-000015_cost_rollups`).
 //! Reads go through the views of each rollup with its deltas. This module holds those
 //! views, their sums and the pieces every read of them shares.
 
@@ -20,7 +21,7 @@ use crate::sql_fns::{bool_int4, numeric_int8};
 
 diesel::table! {
     /// `cost_rollup_hourly` and the deltas not yet folded into it (slot -1): the view every
-    /// read of the hourly sums goes through (migration `2026-12-04-000025_deltas_per_statement`).
+    /// read of the hourly sums goes through (migration `2026-12-04-000025_delta_batches`).
     cost_rollup_hourly_live (tenant_id, bucket_hour, model, feature_tag, slot) {
         tenant_id -> Varchar,
         bucket_hour -> Timestamptz,

@@ -1,22 +1,7 @@
--- Back to migration 24's deltas, one row a record: what is pending is folded first.
+-- Back to migration 24: the delta batches are folded first, so no sum is lost.
 SELECT costdb_fold_rollup_deltas();
 DROP VIEW cost_rollup_hourly_live, cost_rollup_daily_live;
-DROP TABLE cost_rollup_deltas;
-DROP FUNCTION costdb_fold_rollup_deltas();
-
-CREATE TABLE cost_rollup_deltas (
-    tenant_id     varchar(64)      NOT NULL,
-    created_at    timestamptz      NOT NULL,
-    record_id     varchar(64)      NOT NULL,
-    model         varchar(64)      NOT NULL,
-    feature_tag   varchar(128),
-    user_id       varchar(64),
-    is_retry      boolean          NOT NULL,
-    input_tokens  integer          NOT NULL,
-    output_tokens integer          NOT NULL,
-    cost_cents    double precision NOT NULL,
-    PRIMARY KEY (tenant_id, created_at, record_id)
-);
+DROP TABLE cost_rollup_delta_batches;
 
 -- Slot -1 marks the deltas: no rollup row has it.
 CREATE VIEW cost_rollup_hourly_live AS
@@ -44,7 +29,7 @@ CREATE VIEW cost_rollup_daily_live AS
 -- for past days' slots), one row per key, keys locked in key order, hourly rollup first,
 -- as every fold does. One statement: any snapshot sees each record once, as a delta or
 -- in a rollup. Returns the deltas moved.
-CREATE FUNCTION costdb_fold_rollup_deltas(OUT moved bigint)
+CREATE OR REPLACE FUNCTION costdb_fold_rollup_deltas(OUT moved bigint)
 LANGUAGE sql AS $$
     WITH taken AS (
         DELETE FROM cost_rollup_deltas RETURNING *
