@@ -1281,7 +1281,7 @@ fn a_rebuild_takes_the_pending_deltas_in() {
 }
 
 #[test]
-fn a_small_statement_appends_a_delta_row_per_tenant_and_a_large_one_folds_as_it_lands() {
+fn a_small_statement_appends_deltas_by_tenant_or_by_record_and_a_large_one_folds_as_it_lands() {
     let _turn = deltas_turn();
     let (a, b) = (common::tenant(), common::tenant());
     let at = Utc.with_ymd_and_hms(2026, 9, 14, 12, 0, 0).unwrap();
@@ -1294,12 +1294,28 @@ fn a_small_statement_appends_a_delta_row_per_tenant_and_a_large_one_folds_as_it_
         .collect();
     conn.transaction(|c| CostWriteDriver::new(c).record_costs(&small))
         .unwrap();
-    let delta_rows = "SELECT count(*) AS n FROM cost_rollup_delta_batches WHERE tenant_id = $1";
+    // Three records a tenant: one batch row each.
+    let batch_rows = "SELECT count(*) AS n FROM cost_rollup_delta_batches WHERE tenant_id = $1";
+    let single_rows = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
     let delta_records = PENDING;
     let hourly = "SELECT count(*) AS n FROM cost_rollup_hourly WHERE tenant_id = $1";
     for tenant in [&a, &b] {
-        assert_eq!(tenant_rows(&mut conn, delta_rows, tenant), 1);
+        assert_eq!(tenant_rows(&mut conn, batch_rows, tenant), 1);
+        assert_eq!(tenant_rows(&mut conn, single_rows, tenant), 0);
         assert_eq!(tenant_rows(&mut conn, delta_records, tenant), 3);
+        assert_eq!(tenant_rows(&mut conn, hourly, tenant), 0);
+    }
+    // One record a tenant: a narrow row each.
+    let one_each = [base(&a, "o3", 1.0), base(&b, "o3", 1.0)].map(|c| CostInput {
+        created_at: Some(at),
+        ..c
+    });
+    conn.transaction(|c| CostWriteDriver::new(c).record_costs(&one_each))
+        .unwrap();
+    for tenant in [&a, &b] {
+        assert_eq!(tenant_rows(&mut conn, batch_rows, tenant), 1);
+        assert_eq!(tenant_rows(&mut conn, single_rows, tenant), 1);
+        assert_eq!(tenant_rows(&mut conn, delta_records, tenant), 4);
         assert_eq!(tenant_rows(&mut conn, hourly, tenant), 0);
     }
 
@@ -1313,13 +1329,13 @@ fn a_small_statement_appends_a_delta_row_per_tenant_and_a_large_one_folds_as_it_
         .collect();
     conn.transaction(|c| CostWriteDriver::new(c).record_costs(&large))
         .unwrap();
-    assert_eq!(tenant_rows(&mut conn, delta_records, &a), 3);
+    assert_eq!(tenant_rows(&mut conn, delta_records, &a), 4);
     assert_eq!(tenant_rows(&mut conn, hourly, &a), 3);
     let day = TimeWindow::new(at - Duration::hours(12), at + Duration::hours(12)).unwrap();
     let spend = AnalyticsReadDriver::new(&mut conn)
         .fetch_cost_spend(&a, day, TimeBucket::Day)
         .unwrap();
-    assert_eq!((spend[0].requests, spend[0].spend_cents), (5003, 2503.0));
+    assert_eq!((spend[0].requests, spend[0].spend_cents), (5004, 2504.0));
 
     // A threshold below one is refused, and the statement stores nothing.
     conn.batch_execute("SET costdb.fold_from = 0").unwrap();
@@ -1335,7 +1351,7 @@ fn a_small_statement_appends_a_delta_row_per_tenant_and_a_large_one_folds_as_it_
         .count()
         .get_result(&mut conn)
         .unwrap();
-    assert_eq!(stored, 5003);
+    assert_eq!(stored, 5004);
 }
 
 #[test]
