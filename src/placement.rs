@@ -77,11 +77,11 @@ pub const TABLES: &[TablePlacement] = &[
     ),
     distributed(
         "cost_rollup_deltas",
-        "a tenant's single records not yet folded into the rollups, written with them",
+        "a tenant's records not yet folded into the rollups, a row each, written with them",
     ),
     distributed(
         "cost_rollup_delta_batches",
-        "a tenant's records of small statements not yet folded into the rollups, written with them",
+        "a tenant's records not yet folded into the rollups, a row a statement, written with them",
     ),
     distributed("cost_anomalies", "a tenant's anomalies"),
     distributed("cost_breach_history", "a tenant's breaches"),

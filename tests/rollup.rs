@@ -95,7 +95,8 @@ fn call(rng: &mut Rng, tenants: &[TenantId]) -> CostInput {
 
 /// Writes `n` random calls through one write path, in transactions of up to 8 calls of
 /// which one in four is rolled back. Paths: 0 one record a call, 1 `record_costs` (its
-/// records as deltas), 2 admission's settle, 3 `record_costs` folded as it lands.
+/// records as deltas, mostly a row each), 2 admission's settle, 3 `record_costs` folded as
+/// it lands, 4 `record_costs` of one tenant's 3 to 8 calls (a batch row).
 fn write(path: usize, seed: u64, tenants: &[TenantId], n: usize) {
     let mut rng = Rng(seed);
     let mut conn = if path == 3 {
@@ -105,9 +106,18 @@ fn write(path: usize, seed: u64, tenants: &[TenantId], n: usize) {
     };
     let mut left = n;
     while left > 0 {
-        let batch: Vec<CostInput> = (0..left.min(1 + rng.below(8) as usize))
+        let size = if path == 4 {
+            3 + rng.below(6)
+        } else {
+            1 + rng.below(8)
+        };
+        let mut batch: Vec<CostInput> = (0..left.min(size as usize))
             .map(|_| call(&mut rng, tenants))
             .collect();
+        if path == 4 {
+            let tenant = batch[0].tenant_id.clone();
+            batch.iter_mut().for_each(|c| c.tenant_id = tenant.clone());
+        }
         left -= batch.len();
         let keep = rng.below(4) > 0;
         let result = conn.transaction::<_, costdb::Error, _>(|c| {
@@ -117,7 +127,7 @@ fn write(path: usize, seed: u64, tenants: &[TenantId], n: usize) {
                         CostWriteDriver::new(c).insert_cost_record(cost)?;
                     }
                 }
-                1 | 3 => {
+                1 | 3 | 4 => {
                     CostWriteDriver::new(c).record_costs(&batch)?;
                 }
                 _ => {
@@ -422,7 +432,7 @@ fn every_write_path_at_once_leaves_rollups_equal_to_the_records_in_every_time_zo
     let tenants: Vec<TenantId> = (0..3).map(|_| common::tenant()).collect();
     let seed = 0x5eed_2026;
     std::thread::scope(|s| {
-        for path in 0..4 {
+        for path in 0..5 {
             let tenants = &tenants;
             s.spawn(move || write(path, seed + path as u64, tenants, 150));
         }

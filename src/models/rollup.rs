@@ -1,11 +1,12 @@
 //! The rollups of `cost_records`: `cost_rollup_hourly` (tenant × UTC hour × model ×
 //! feature tag) and `cost_rollup_daily` (tenant × UTC day × feature tag × user). Every
-//! inserted record reaches them in the inserting transaction: costdb's statement of one
-//! record appends it to `cost_rollup_deltas`, a statement of fewer than `costdb.fold_from`
-//! records (5,000) appends them to `cost_rollup_delta_batches`, one row per tenant, both
-//! folded in later by `costdb_fold_rollup_deltas()` (migrations
-//! `2026-12-03-000024_rollup_deltas`, `2026-12-04-000025_delta_batches`); a larger
-//! statement is folded into both by a trigger (migration `2026-12-02-000015_cost_rollups`).
+//! inserted record reaches them in the inserting transaction. A statement of fewer than
+//! `costdb.fold_from` records (5,000) appends them as deltas: a row a record in
+//! `cost_rollup_deltas`, or a row a tenant in `cost_rollup_delta_batches` when it holds
+//! three or more records a tenant; `costdb_fold_rollup_deltas()` folds both in later
+//! (migrations `2026-12-03-000024_rollup_deltas`, `2026-12-04-000025_delta_batches`). A
+//! larger statement is folded into both by a trigger (migration
+//! `2026-12-02-000015_cost_rollups`).
 //! Reads go through the views of each rollup with its deltas. This module holds those
 //! views, their sums and the pieces every read of them shares.
 
