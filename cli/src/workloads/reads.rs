@@ -407,31 +407,42 @@ impl Workload for Flat {
 }
 
 /// What the deltas not yet folded cost a read: the dashboard's reads of a tenant whose
-/// `pending` single records wait as deltas, against the same reads of a tenant with the
-/// same records folded into the rollups.
+/// `pending` records wait as deltas, written one a statement (a delta row each) or
+/// `per_statement` a statement (a batch row each), against the same reads of a tenant
+/// with the same records folded into the rollups.
 struct Backlog {
     pending: usize,
+    per_statement: usize,
     window: Option<TimeWindow>,
 }
 
-const BACKLOG_PENDING: &str = "backlog-tenant-pending";
-const BACKLOG_FOLDED: &str = "backlog-tenant-folded";
-
 impl Backlog {
-    /// `pending` single records of `tenant` over the last hours, each its own statement.
+    /// The tenant whose records wait (`pending`), or the one whose are folded.
+    fn tenant(&self, pending: bool) -> String {
+        let state = if pending { "pending" } else { "folded" };
+        format!("backlog-{}-{state}", self.per_statement)
+    }
+
+    /// `pending` records of `tenant` over the last hours, `per_statement` a statement.
     fn write(&self, conn: &mut PgConnection, tenant: &str) -> Result<()> {
         let now = Utc::now();
+        let costs: Vec<_> = (0..self.pending)
+            .map(|n| costdb::models::CostInput {
+                tenant_id: tenant.into(),
+                model: format!("model-{}", n % 5),
+                feature_tag: Some(format!("tag-{}", n % 10)),
+                cost_cents: 0.5,
+                created_at: Some(now - chrono::Duration::seconds((n % 3_600) as i64)),
+                ..Default::default()
+            })
+            .collect();
         conn.transaction::<_, Error, _>(|c| {
             let mut d = costdb::drivers::CostWriteDriver::new(c);
-            for n in 0..self.pending {
-                d.insert_cost_record(&costdb::models::CostInput {
-                    tenant_id: tenant.into(),
-                    model: format!("model-{}", n % 5),
-                    feature_tag: Some(format!("tag-{}", n % 10)),
-                    cost_cents: 0.5,
-                    created_at: Some(now - chrono::Duration::seconds((n % 3_600) as i64)),
-                    ..Default::default()
-                })?;
+            for chunk in costs.chunks(self.per_statement) {
+                match chunk {
+                    [one] => drop(d.insert_cost_record(one)?),
+                    many => drop(d.record_costs(many)?),
+                }
             }
             Ok(())
         })?;
@@ -441,10 +452,16 @@ impl Backlog {
 
 impl Workload for Backlog {
     fn name(&self) -> String {
-        format!(
-            "reads of a dashboard, 30 days of 1 tenant with {} single records not yet folded",
-            self.pending
-        )
+        match self.per_statement {
+            1 => format!(
+                "reads of a dashboard, 30 days of 1 tenant with {} single records not yet folded",
+                self.pending
+            ),
+            n => format!(
+                "reads of a dashboard, 30 days of 1 tenant with {} records in statements of {n} not yet folded",
+                self.pending
+            ),
+        }
     }
     fn baseline_name(&self) -> &'static str {
         "the same reads with the records folded"
@@ -459,12 +476,13 @@ impl Workload for Backlog {
         self.window = Some(last_30_days()?);
         // The folded tenant's records first, folded with every delta there is; then the
         // pending tenant's, left as they are.
-        self.write(&mut ctx.conn, BACKLOG_FOLDED)?;
+        self.write(&mut ctx.conn, &self.tenant(false))?;
         ctx.conn
             .transaction::<_, Error, _>(|c| costdb::drivers::RollupDriver::new(c).fold_deltas())?;
-        self.write(&mut ctx.conn, BACKLOG_PENDING)?;
-        ctx.conn
-            .batch_execute("VACUUM ANALYZE cost_rollup_deltas, cost_rollup_hourly")?;
+        self.write(&mut ctx.conn, &self.tenant(true))?;
+        ctx.conn.batch_execute(
+            "VACUUM ANALYZE cost_rollup_deltas, cost_rollup_delta_batches, cost_rollup_hourly",
+        )?;
         for _ in 0..WARM_UPS {
             self.contender(ctx)?;
             self.baseline(ctx)?;
@@ -478,10 +496,10 @@ impl Workload for Backlog {
         Combine::Median
     }
     fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
-        dashboard_reads(&mut ctx.conn, BACKLOG_PENDING, self.window)
+        dashboard_reads(&mut ctx.conn, &self.tenant(true), self.window)
     }
     fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
-        dashboard_reads(&mut ctx.conn, BACKLOG_FOLDED, self.window)
+        dashboard_reads(&mut ctx.conn, &self.tenant(false), self.window)
     }
 }
 
@@ -517,9 +535,12 @@ pub fn read_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
             }) as Box<dyn Workload>
         })
         .chain(dashboard_workloads(scale.of(1_000_000)))
-        .chain([Box::new(Backlog {
-            pending: scale.of(10_000),
-            window: None,
-        }) as Box<dyn Workload>])
+        .chain([1, 10].map(|per_statement| {
+            Box::new(Backlog {
+                pending: scale.of(10_000),
+                per_statement,
+                window: None,
+            }) as Box<dyn Workload>
+        }))
         .collect()
 }
