@@ -27,9 +27,9 @@ pub enum Rollups {
         after_help = "Example:\n  costdb rollup rebuild --tenant acme --from 2026-11-05 --to 2026-11-05"
     )]
     Rebuild(RangeArgs),
-    /// Move the records that writes left as deltas into the rollups. Reads add the
-    /// deltas not yet moved, so a read costs its days plus that backlog: run it every few
-    /// seconds to a minute (`costdb upkeep` runs it too).
+    /// Move the records that writes left as deltas into the rollups, then vacuum the delta
+    /// tables. Reads add the deltas not yet moved, so a read costs its days plus that
+    /// backlog: run it every few seconds to a minute (`costdb upkeep` runs it too).
     #[command(after_help = "Example:\n  costdb rollup fold")]
     Fold {
         #[command(flatten)]
@@ -125,7 +125,18 @@ pub fn run(what: Rollups) -> Outcome {
             let mut conn = db::connect(&require_url(target)?)?;
             let moved = conn.transaction(|c| RollupDriver::new(c).fold_deltas())?;
             say!("folded the deltas of {moved} record(s) into the rollups")?;
+            vacuum_deltas(&mut conn)?;
+            say!("vacuumed the delta tables")?;
         }
     }
     Ok(())
+}
+
+/// Makes the space of the deltas a fold removed free for the next ones, as autovacuum
+/// would in its own time: otherwise, after a large backlog, new deltas land past the
+/// emptied pages and a read that scans a tenant's deltas reads them all. Outside any
+/// transaction, as `VACUUM` must run.
+pub(crate) fn vacuum_deltas(conn: &mut diesel::PgConnection) -> costdb::Result<()> {
+    use diesel::connection::SimpleConnection;
+    Ok(conn.batch_execute("VACUUM cost_rollup_deltas, cost_rollup_delta_batches")?)
 }

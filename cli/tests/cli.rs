@@ -1184,10 +1184,10 @@ fn distribute_prints_statements_that_shard_the_migrated_schema_by_tenant() {
 }
 
 #[test]
-fn rollup_fold_moves_the_deltas_of_small_statements_and_no_sum_changes() {
+fn rollup_fold_moves_the_deltas_of_small_statements_vacuums_and_no_sum_changes() {
     use costdb::drivers::CostWriteDriver;
     use costdb::models::CostInput;
-    use diesel::Connection;
+    use diesel::{Connection, RunQueryDsl};
     let url = common::fresh_database();
     assert!(costdb(&["migrate"], Some(&url)).status.success());
     let mut conn = costdb::db::connect(&url).unwrap();
@@ -1215,12 +1215,26 @@ fn rollup_fold_moves_the_deltas_of_small_statements_and_no_sum_changes() {
     assert!(fold.status.success(), "{fold:?}");
     assert_eq!(
         stdout(&fold).trim(),
-        "folded the deltas of 5 record(s) into the rollups"
+        "folded the deltas of 5 record(s) into the rollups\nvacuumed the delta tables"
     );
+    // Both delta tables were vacuumed by the command (autovacuum does not run this fast).
+    #[derive(diesel::QueryableByName)]
+    struct Vacuumed {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let vacuumed: Vacuumed = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_stat_user_tables \
+         WHERE relname IN ('cost_rollup_deltas', 'cost_rollup_delta_batches') \
+           AND last_vacuum IS NOT NULL",
+    )
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(vacuumed.n, 2);
     let again = costdb(&["rollup", "fold"], Some(&url));
     assert_eq!(
         stdout(&again).trim(),
-        "folded the deltas of 0 record(s) into the rollups"
+        "folded the deltas of 0 record(s) into the rollups\nvacuumed the delta tables"
     );
     let verify = costdb(&["rollup", "verify"], Some(&url));
     assert!(verify.status.success(), "{verify:?}");

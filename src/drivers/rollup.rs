@@ -233,6 +233,7 @@ impl<'c> RollupDriver<'c> {
     /// `cost_rollup_delta_batches`) into the rollups (slot 0), in one statement, and returns
     /// how many. Reads add the deltas not yet moved, so a read costs its days plus this
     /// backlog: run it often (`costdb upkeep` does). Sums are unchanged in every snapshot.
+    /// After a large backlog, `VACUUM` the two tables once committed (rollups.md).
     ///
     /// # Errors
     /// [`Error::NoTransaction`] outside a transaction.
