@@ -166,25 +166,29 @@ BEGIN
         PERFORM set_config('costdb.rollups', '', true);
         RETURN NULL;
     END IF;
-    SELECT count(*), count(DISTINCT n.tenant_id) INTO records, tenants FROM new_records n;
-    IF records < fold_from AND records < 3 * tenants THEN
-        -- Few records a tenant: a narrow row each is cheapest to write and to read.
-        INSERT INTO cost_rollup_deltas (tenant_id, created_at, record_id, model, feature_tag,
-                                        user_id, is_retry, input_tokens, output_tokens,
-                                        cost_cents)
-        SELECT n.tenant_id, n.created_at, n.id, n.model, n.feature_tag, n.user_id, n.is_retry,
-               n.input_tokens, n.output_tokens, n.cost_cents
-        FROM new_records n;
-        RETURN NULL;
-    ELSIF records < fold_from THEN
-        INSERT INTO cost_rollup_delta_batches
-            (tenant_id, created_at, model, feature_tag, user_id, is_retry, input_tokens,
-             output_tokens, cost_cents)
-        SELECT n.tenant_id, array_agg(n.created_at), array_agg(n.model),
-               array_agg(n.feature_tag), array_agg(n.user_id), array_agg(n.is_retry),
-               array_agg(n.input_tokens), array_agg(n.output_tokens), array_agg(n.cost_cents)
-        FROM new_records n
-        GROUP BY n.tenant_id;
+    SELECT count(*) INTO records FROM new_records;
+    IF records < fold_from THEN
+        -- Tenants are counted only here: a statement that folds needs no sort for them.
+        SELECT count(DISTINCT n.tenant_id) INTO tenants FROM new_records n;
+        IF records < 3 * tenants THEN
+            -- Few records a tenant: a narrow row each is cheapest to write and to read.
+            INSERT INTO cost_rollup_deltas (tenant_id, created_at, record_id, model,
+                                            feature_tag, user_id, is_retry, input_tokens,
+                                            output_tokens, cost_cents)
+            SELECT n.tenant_id, n.created_at, n.id, n.model, n.feature_tag, n.user_id,
+                   n.is_retry, n.input_tokens, n.output_tokens, n.cost_cents
+            FROM new_records n;
+        ELSE
+            INSERT INTO cost_rollup_delta_batches
+                (tenant_id, created_at, model, feature_tag, user_id, is_retry, input_tokens,
+                 output_tokens, cost_cents)
+            SELECT n.tenant_id, array_agg(n.created_at), array_agg(n.model),
+                   array_agg(n.feature_tag), array_agg(n.user_id), array_agg(n.is_retry),
+                   array_agg(n.input_tokens), array_agg(n.output_tokens),
+                   array_agg(n.cost_cents)
+            FROM new_records n
+            GROUP BY n.tenant_id;
+        END IF;
         RETURN NULL;
     END IF;
 
