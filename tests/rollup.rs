@@ -544,6 +544,43 @@ const PENDING: &str = "SELECT (SELECT count(*) FROM cost_rollup_deltas WHERE ten
      + (SELECT coalesce(sum(cardinality(created_at)), 0) FROM cost_rollup_delta_batches \
         WHERE tenant_id = $1) AS n";
 
+/// One record of `cents` at `at` with request id `request`, as costdb before migration 26
+/// wrote a single record: claim, record and delta in one statement that set the two
+/// markers of migrations 22 and 24. Returns the records stored (0 when the id was
+/// claimed).
+fn previous_release_record(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    request: &str,
+    (at, cents): (DateTime<Utc>, f64),
+) -> usize {
+    use diesel::sql_types::{Double, Text, Timestamptz};
+    diesel::sql_query(
+        "WITH claimed AS ( \
+             INSERT INTO cost_request_keys (tenant_id, request_id, record_id, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING \
+             RETURNING record_id, set_config('costdb.request_keys', 'claimed', true) \
+         ), stored AS ( \
+             INSERT INTO cost_records (id, tenant_id, request_id, model, cost_cents, created_at) \
+             SELECT $3, $1, $2, 'o3', $5, $4 WHERE EXISTS (SELECT FROM claimed) \
+             RETURNING * \
+         ), delta AS ( \
+             INSERT INTO cost_rollup_deltas (tenant_id, created_at, record_id, model, \
+                 feature_tag, user_id, is_retry, input_tokens, output_tokens, cost_cents) \
+             SELECT tenant_id, created_at, id, model, feature_tag, user_id, is_retry, \
+                 input_tokens, output_tokens, cost_cents FROM stored \
+             RETURNING set_config('costdb.rollups', 'deltas', true) \
+         ) SELECT stored.id FROM stored, delta",
+    )
+    .bind::<Text, _>(tenant.as_str())
+    .bind::<Text, _>(request)
+    .bind::<Text, _>(costdb::models::ids::cost_record_id())
+    .bind::<Timestamptz, _>(at)
+    .bind::<Double, _>(cents)
+    .execute(conn)
+    .unwrap()
+}
+
 fn tenant_rows(conn: &mut PgConnection, sql: &str, tenant: &TenantId) -> i64 {
     #[derive(QueryableByName)]
     struct N {
@@ -957,8 +994,9 @@ fn compacting_while_writers_add_to_past_days_neither_deadlocks_nor_loses_a_call(
 fn a_session_cannot_pin_the_folded_slot() {
     let tenant = common::tenant();
     let mut conn = folding_in_slot(0);
+    // A statement that folds is refused (a single record writes a delta, in no slot).
     let err = conn
-        .transaction(|c| CostWriteDriver::new(c).insert_cost_record(&base(&tenant, "o3", 1.0)))
+        .transaction(|c| CostWriteDriver::new(c).record_costs(&[base(&tenant, "o3", 1.0)]))
         .unwrap_err();
     assert!(
         costdb::report(&err).contains("costdb.rollup_slot is 0"),
@@ -1365,6 +1403,74 @@ fn a_small_statement_appends_deltas_by_tenant_or_by_record_and_a_large_one_folds
 }
 
 #[test]
+fn single_records_of_this_and_the_previous_release_count_once_and_clear_their_markers() {
+    let tenant = common::tenant();
+    let at = Utc.with_ymd_and_hms(2026, 4, 2, 23, 59, 59).unwrap();
+    let mut conn = db::connect(common::database_url()).unwrap();
+    // A plain INSERT after each single record in the same transaction: its key must be
+    // claimed and its sums kept, so no marker of the statement before may be left set.
+    let plain = |c: &mut PgConnection, request: &str| {
+        diesel::sql_query(
+            "INSERT INTO cost_records (id, tenant_id, request_id, model, cost_cents, created_at) \
+             VALUES ($1, $2, $3, 'o3', 1.25, $4)",
+        )
+        .bind::<diesel::sql_types::Text, _>(costdb::models::ids::cost_record_id())
+        .bind::<diesel::sql_types::Text, _>(tenant.as_str())
+        .bind::<diesel::sql_types::Text, _>(request)
+        .bind::<diesel::sql_types::Timestamptz, _>(at)
+        .execute(c)
+    };
+    conn.transaction(|c| {
+        assert_eq!(previous_release_record(c, &tenant, "old", (at, 2.5)), 1);
+        assert_eq!(previous_release_record(c, &tenant, "old", (at, 2.5)), 0);
+        plain(c, "after-old")?;
+        let mut d = CostWriteDriver::new(c);
+        d.insert_cost_record(&CostInput {
+            request_id: Some("new".into()),
+            created_at: Some(at),
+            ..base(&tenant, "o3", 4.0)
+        })?;
+        d.insert_cost_record(&CostInput {
+            created_at: Some(at),
+            ..base(&tenant, "o3", 8.0)
+        })?;
+        plain(c, "after-new")?;
+        Ok::<_, costdb::Error>(())
+    })
+    .unwrap();
+    let keys: Vec<String> = k::table
+        .filter(k::tenant_id.eq(tenant.as_str()))
+        .select(k::request_id)
+        .order(k::request_id)
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(keys, ["after-new", "after-old", "new", "old"]);
+    // A repeated plain INSERT of a claimed key is refused: the claim is the trigger's.
+    assert!(conn.transaction(|c| plain(c, "after-new")).is_err());
+    let day = TimeWindow::new(at - Duration::hours(1), at + Duration::hours(1)).unwrap();
+    let spend = AnalyticsReadDriver::new(&mut conn)
+        .fetch_cost_spend(&tenant, day, TimeBucket::Day)
+        .unwrap();
+    assert_eq!(
+        spend
+            .iter()
+            .map(|s| (s.requests, s.spend_cents))
+            .collect::<Vec<_>>(),
+        [(5, 2.5 + 1.25 + 4.0 + 8.0 + 1.25)]
+    );
+    let range = RollupRange {
+        tenant_id: Some(tenant.as_str().into()),
+        ..RollupRange::default()
+    };
+    assert_eq!(
+        RollupDriver::new(&mut conn)
+            .fetch_differences(&range)
+            .unwrap(),
+        vec![]
+    );
+}
+
+#[test]
 fn the_migration_to_delta_batches_keeps_the_single_deltas_and_its_revert_folds_the_batches() {
     let url = common::fresh_database();
     let mut conn = db::connect(&url).unwrap();
@@ -1372,15 +1478,19 @@ fn the_migration_to_delta_batches_keeps_the_single_deltas_and_its_revert_folds_t
     common::revert_through(&mut conn, "delta_batches");
     let tenant = common::tid("t0");
     let at = Utc.with_ymd_and_hms(2026, 4, 1, 10, 15, 0).unwrap();
+    // Single records as migration 24's release wrote them (this release's statement marks
+    // them for migration 26's trigger).
     conn.transaction(|c| {
-        let mut d = CostWriteDriver::new(c);
         for n in 0..3 {
-            d.insert_cost_record(&CostInput {
-                created_at: Some(at + Duration::minutes(n)),
-                ..base(&tenant, "o3", 2.5)
-            })?;
+            let stored = previous_release_record(
+                c,
+                &tenant,
+                &format!("r{n}"),
+                (at + Duration::minutes(n), 2.5),
+            );
+            assert_eq!(stored, 1);
         }
-        Ok::<_, costdb::Error>(())
+        Ok::<_, diesel::result::Error>(())
     })
     .unwrap();
     let single = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";

@@ -293,8 +293,10 @@ pub struct DriftTracking {
     pub updated_at: Option<DateTime<Utc>>,
 }
 
-/// One record, unless the tenant's request id is already claimed.
-const INSERT_ONE: &str = include_str!("cost/insert_one.sql");
+/// One record with a request id, unless the tenant already claimed it.
+const INSERT_KEYED: &str = include_str!("cost/insert_keyed.sql");
+/// One record without a request id.
+const INSERT_UNKEYED: &str = include_str!("cost/insert_unkeyed.sql");
 
 #[derive(QueryableByName)]
 struct Stored {
@@ -410,7 +412,11 @@ impl CostInput {
         require_transaction(conn)?;
         let id = ids::cost_record_id();
         let inserted = Prepared {
-            sql: INSERT_ONE,
+            sql: if self.request_id.is_some() {
+                INSERT_KEYED
+            } else {
+                INSERT_UNKEYED
+            },
             params: &[
                 Param::Text(&id),
                 Param::Text(&self.tenant_id),
