@@ -113,16 +113,22 @@ impl GroupCommit {
     }
 }
 
-/// The recorder with the rollups against itself without them, 16 threads.
+/// The recorder with the rollups against itself without them, 16 threads; each trial in
+/// [`ROLLUP_ROUNDS`] rounds of a quarter of the calls, the two alternating, so that a
+/// checkpoint or a burst of autovacuum during a trial falls on both.
 struct RecorderRollups {
     run: GroupCommit,
 }
+
+/// Rounds of a trial of [`RecorderRollups`].
+const ROLLUP_ROUNDS: usize = 4;
 
 impl Workload for RecorderRollups {
     fn name(&self) -> String {
         format!(
             "recorder with rollups: {} threads × {} calls",
-            self.run.threads, self.run.per_thread
+            self.run.threads,
+            self.run.per_thread * ROLLUP_ROUNDS
         )
     }
     fn baseline_name(&self) -> &'static str {
@@ -133,6 +139,9 @@ impl Workload for RecorderRollups {
     }
     fn prepare(&mut self, ctx: &mut Ctx) -> Result<()> {
         self.run.prepare(ctx)
+    }
+    fn rounds(&self) -> usize {
+        ROLLUP_ROUNDS
     }
     fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
         self.run.contender(ctx)
@@ -145,9 +154,9 @@ impl Workload for RecorderRollups {
 
 /// The recorder workloads at `scale`: 16 and 64 threads of 2,000 calls each.
 pub fn recorder_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
-    let run = |threads| GroupCommit {
+    let run = |threads, per_thread| GroupCommit {
         threads,
-        per_thread: scale.of(2_000),
+        per_thread,
         recorders: Vec::new(),
         round: 0,
         rate: 0.0,
@@ -158,8 +167,10 @@ pub fn recorder_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
         baseline_rate: 0.0,
     };
     vec![
-        Box::new(run(16)),
-        Box::new(run(64)),
-        Box::new(RecorderRollups { run: run(16) }),
+        Box::new(run(16, scale.of(2_000))),
+        Box::new(run(64, scale.of(2_000))),
+        Box::new(RecorderRollups {
+            run: run(16, scale.of(2_000) / ROLLUP_ROUNDS),
+        }),
     ]
 }
