@@ -254,26 +254,6 @@ diesel::table! {
 }
 
 diesel::table! {
-    cost_rollup_deltas (tenant_id, created_at, record_id) {
-        #[max_length = 64]
-        tenant_id -> Varchar,
-        created_at -> Timestamptz,
-        #[max_length = 64]
-        record_id -> Varchar,
-        #[max_length = 64]
-        model -> Varchar,
-        #[max_length = 128]
-        feature_tag -> Nullable<Varchar>,
-        #[max_length = 64]
-        user_id -> Nullable<Varchar>,
-        is_retry -> Bool,
-        input_tokens -> Int4,
-        output_tokens -> Int4,
-        cost_cents -> Float8,
-    }
-}
-
-diesel::table! {
     cost_rollup_hourly (tenant_id, bucket_hour, model, feature_tag, slot) {
         #[max_length = 64]
         tenant_id -> Varchar,
@@ -492,7 +472,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     cost_request_keys,
     cost_rollup_daily,
     cost_rollup_delta_batches,
-    cost_rollup_deltas,
     cost_rollup_hourly,
     costsim_alert_queue,
     costsim_cb_incidents,

@@ -1329,6 +1329,63 @@ fn a_rebuild_takes_the_pending_deltas_in() {
 }
 
 #[test]
+fn the_bulk_insert_tells_the_trigger_its_shape_and_leaves_no_hint_behind() {
+    let _turn = deltas_turn();
+    let (a, b) = (common::tenant(), common::tenant());
+    let at = Utc.with_ymd_and_hms(2026, 9, 15, 8, 0, 0).unwrap();
+    let mut conn = db::connect(common::database_url()).unwrap();
+    // Six records of two tenants, a request id repeated: the statement is the bulk
+    // insert (binary COPY cannot skip the repeat), given three records a tenant.
+    let given: Vec<CostInput> = (0..6)
+        .map(|i| CostInput {
+            request_id: Some(format!("shape-{}", i.min(4))),
+            created_at: Some(at + Duration::seconds(i)),
+            ..base(if i < 3 { &a } else { &b }, "o3", 1.0)
+        })
+        .collect();
+    let plain = |c: &mut PgConnection| {
+        diesel::sql_query(
+            "INSERT INTO cost_records (id, tenant_id, model, cost_cents, created_at) \
+             VALUES ($1, $3, 'o3', 2.0, $5), ($2, $4, 'o3', 2.0, $5)",
+        )
+        .bind::<diesel::sql_types::Text, _>(costdb::models::ids::cost_record_id())
+        .bind::<diesel::sql_types::Text, _>(costdb::models::ids::cost_record_id())
+        .bind::<diesel::sql_types::Text, _>(a.as_str())
+        .bind::<diesel::sql_types::Text, _>(b.as_str())
+        .bind::<diesel::sql_types::Timestamptz, _>(at)
+        .execute(c)
+    };
+    conn.transaction(|c| {
+        let recorded = CostWriteDriver::new(c).record_costs(&given)?;
+        assert_eq!(recorded.len(), 6);
+        // Then, in the same transaction, a statement of one record a tenant: counted by
+        // the trigger itself, it writes narrow rows (a hint left behind would make them
+        // batch rows).
+        plain(c)?;
+        Ok::<_, costdb::Error>(())
+    })
+    .unwrap();
+    let batch_rows = "SELECT count(*) AS n FROM cost_rollup_delta_batches WHERE tenant_id = $1";
+    let single_rows = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
+    // a: three records in one batch row; b: two (its repeat skipped) in one.
+    for (tenant, pending) in [(&a, 4), (&b, 3)] {
+        assert_eq!(tenant_rows(&mut conn, batch_rows, tenant), 1);
+        assert_eq!(tenant_rows(&mut conn, single_rows, tenant), 1);
+        assert_eq!(tenant_rows(&mut conn, PENDING, tenant), pending);
+    }
+    let range = RollupRange {
+        tenant_id: Some(b.as_str().into()),
+        ..RollupRange::default()
+    };
+    assert_eq!(
+        RollupDriver::new(&mut conn)
+            .fetch_differences(&range)
+            .unwrap(),
+        vec![]
+    );
+}
+
+#[test]
 fn a_small_statement_appends_deltas_by_tenant_or_by_record_and_a_large_one_folds_as_it_lands() {
     let _turn = deltas_turn();
     let (a, b) = (common::tenant(), common::tenant());

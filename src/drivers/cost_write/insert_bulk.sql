@@ -6,7 +6,7 @@
 -- commit outcome was unknown is retried with the ids fixed before its first attempt) this
 -- very record's. A row whose (tenant, id, instant) is stored is skipped too. The caller
 -- tells them apart. A claim tells the table's trigger that this statement's keys are
--- claimed.
+-- claimed, and the statement tells it how many records and tenants it was given.
 WITH t AS (
     SELECT id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, model,
            input_tokens, output_tokens, cost_cents, is_retry,
@@ -32,7 +32,11 @@ INSERT INTO cost_records (id, tenant_id, user_id, feature_tag, request_id, workf
 SELECT id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id,
        model, input_tokens, output_tokens, cost_cents + 0, is_retry, created_at
 FROM t
-WHERE request_id IS NULL OR id IN (SELECT record_id FROM claimed)
+WHERE (request_id IS NULL OR id IN (SELECT record_id FROM claimed))
+  -- Tells the table's trigger the statement's shape: records and tenants given.
+  AND (SELECT set_config('costdb.statement_shape',
+                         count(*) || ' ' || count(DISTINCT tenant_id), true)
+       FROM t) <> ''
 ORDER BY n
 ON CONFLICT DO NOTHING
 RETURNING id, created_at

@@ -1,4 +1,8 @@
--- Back to migration 25's fold trigger (its statements set the two markers it reads).
+-- Back to migration 25: the deltas' primary key, and its fold trigger (its statements set
+-- the two markers it reads).
+DROP INDEX cost_rollup_deltas_tenant_id;
+ALTER TABLE cost_rollup_deltas ADD PRIMARY KEY (tenant_id, created_at, record_id);
+
 CREATE OR REPLACE FUNCTION costdb_fold_cost_records() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     this_slot smallint := coalesce(

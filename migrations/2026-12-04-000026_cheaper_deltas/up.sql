@@ -1,12 +1,25 @@
+-- Cheaper deltas for costdb's own statements.
+--
 -- A single record by costdb (`insert_keyed.sql`, `insert_unkeyed.sql`) claims its request
 -- key and writes its delta in its own statement, as since migration 24, and now says both
 -- with one marker, `costdb.rollups = 'recorded'`, which the fold trigger reads first and
 -- clears: the statement's trigger call is one setting read and one write where it was six
 -- reads, two writes and two casts. The other statements read `costdb.fold_from` only
 -- after their claim and the slot only when they fold (each setting is refused where it is
--- used), and plain assignments clear the markers (`PERFORM` ran a query for each). The
--- markers of migrations 22 and 24 ('claimed', 'deltas') keep their meaning, so a process
--- of the previous release still writes correctly on this schema.
+-- used), and plain assignments clear the markers (`PERFORM` ran a query for each).
+--
+-- costdb's bulk insert (`insert_bulk.sql`: the recorder's commits, `record_costs` with
+-- repeated request ids) tells the trigger how many records and tenants it was given
+-- (`costdb.statement_shape`), so the trigger does not count them with two queries of its
+-- own; the shape only chooses how the deltas are stored, never what they sum.
+--
+-- The narrow deltas are found by tenant through an index on `tenant_id` alone instead of
+-- the primary key `(tenant_id, created_at, record_id)`: nothing needs them unique (a
+-- record's claim or its own primary key already is), and a read takes all of its
+-- tenant's pending deltas anyway. An entry costs a third less to insert.
+--
+-- The markers of migrations 22 and 24 ('claimed', 'deltas') keep their meaning, so a
+-- process of the previous release still writes correctly on this schema.
 
 CREATE OR REPLACE FUNCTION costdb_fold_cost_records() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
@@ -15,6 +28,7 @@ DECLARE
     fold_from bigint;
     records bigint;
     tenants bigint;
+    shape text;
     unset text;
 BEGIN
     -- A single record by costdb: its statement claimed its key and wrote its delta.
@@ -43,10 +57,20 @@ BEGIN
         RAISE EXCEPTION 'costdb.fold_from is % but must be 1 or more', fold_from
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT count(*) INTO records FROM new_records;
+    -- costdb's bulk insert says how many records and tenants it was given; any other
+    -- statement is counted (tenants only when it will not fold: that needs a sort).
+    shape := current_setting('costdb.statement_shape', true);
+    IF shape <> '' THEN
+        unset := set_config('costdb.statement_shape', '', true);
+        records := split_part(shape, ' ', 1)::bigint;
+        tenants := split_part(shape, ' ', 2)::bigint;
+    ELSE
+        SELECT count(*) INTO records FROM new_records;
+    END IF;
     IF records < fold_from THEN
-        -- Tenants are counted only here: a statement that folds needs no sort for them.
-        SELECT count(DISTINCT n.tenant_id) INTO tenants FROM new_records n;
+        IF tenants IS NULL THEN
+            SELECT count(DISTINCT n.tenant_id) INTO tenants FROM new_records n;
+        END IF;
         IF records < 3 * tenants THEN
             -- Few records a tenant: a narrow row each is cheapest to write and to read.
             INSERT INTO cost_rollup_deltas (tenant_id, created_at, record_id, model,
@@ -109,3 +133,6 @@ BEGIN
     RETURN NULL;
 END
 $$;
+
+ALTER TABLE cost_rollup_deltas DROP CONSTRAINT cost_rollup_deltas_pkey;
+CREATE INDEX cost_rollup_deltas_tenant_id ON cost_rollup_deltas (tenant_id);
