@@ -1329,6 +1329,16 @@ fn a_rebuild_takes_the_pending_deltas_in() {
 }
 
 #[test]
+fn the_delta_tables_are_vacuumed_outside_a_transaction_and_refused_inside_one() {
+    let mut conn = db::connect(common::database_url()).unwrap();
+    let inside = conn.transaction(costdb::drivers::vacuum_deltas);
+    assert!(
+        costdb::report(&inside.unwrap_err()).contains("VACUUM cannot run inside a transaction"),
+    );
+    costdb::drivers::vacuum_deltas(&mut conn).unwrap();
+}
+
+#[test]
 fn the_bulk_insert_tells_the_trigger_its_shape_and_leaves_no_hint_behind() {
     let _turn = deltas_turn();
     let (a, b) = (common::tenant(), common::tenant());

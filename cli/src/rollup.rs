@@ -125,18 +125,9 @@ pub fn run(what: Rollups) -> Outcome {
             let mut conn = db::connect(&require_url(target)?)?;
             let moved = conn.transaction(|c| RollupDriver::new(c).fold_deltas())?;
             say!("folded the deltas of {moved} record(s) into the rollups")?;
-            vacuum_deltas(&mut conn)?;
+            costdb::drivers::vacuum_deltas(&mut conn)?;
             say!("vacuumed the delta tables")?;
         }
     }
     Ok(())
-}
-
-/// Makes the space of the deltas a fold removed free for the next ones, as autovacuum
-/// would in its own time: otherwise, after a large backlog, new deltas land past the
-/// emptied pages and a read that scans a tenant's deltas reads them all. Outside any
-/// transaction, as `VACUUM` must run.
-pub(crate) fn vacuum_deltas(conn: &mut diesel::PgConnection) -> costdb::Result<()> {
-    use diesel::connection::SimpleConnection;
-    Ok(conn.batch_execute("VACUUM cost_rollup_deltas, cost_rollup_delta_batches")?)
 }

@@ -113,7 +113,7 @@ pub fn run(options: Options) -> Outcome {
         RollupDriver::new(c).fold_deltas()
     })?;
     say!("folded the deltas of {moved} record(s) into the rollups")?;
-    crate::rollup::vacuum_deltas(&mut conn)?;
+    costdb::drivers::vacuum_deltas(&mut conn)?;
     say!("vacuumed the delta tables")?;
     let (removed, folded) = conn.transaction(|c| {
         leader::check_term(c, LOCK_UPKEEP, term)?;

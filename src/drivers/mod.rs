@@ -37,5 +37,7 @@ pub use provenance::{
     BackfillStats, BaselineRecord, DriftStats, ProvenanceDriver, ProvenanceFilter, ProvenanceInput,
     MAX_PAGE,
 };
-pub use rollup::{RebuildSummary, Rollup, RollupDifference, RollupDriver, RollupRange};
+pub use rollup::{
+    vacuum_deltas, RebuildSummary, Rollup, RollupDifference, RollupDriver, RollupRange,
+};
 pub use worker_write::{BudgetSnapshot, CostAdvisory, RunCost, WorkerRunData, WorkerWriteDriver};

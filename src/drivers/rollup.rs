@@ -233,7 +233,7 @@ impl<'c> RollupDriver<'c> {
     /// `cost_rollup_delta_batches`) into the rollups (slot 0), in one statement, and returns
     /// how many. Reads add the deltas not yet moved, so a read costs its days plus this
     /// backlog: run it often (`costdb upkeep` does). Sums are unchanged in every snapshot.
-    /// After a large backlog, `VACUUM` the two tables once committed (rollups.md).
+    /// After a large backlog, [`vacuum_deltas`] once committed.
     ///
     /// # Errors
     /// [`Error::NoTransaction`] outside a transaction.
@@ -266,4 +266,16 @@ impl<'c> RollupDriver<'c> {
             daily_rows,
         })
     }
+}
+
+/// Vacuums the two delta tables, so the space a fold emptied takes the next deltas (as
+/// autovacuum would in its own time): after a large backlog, new deltas would otherwise
+/// land past the emptied pages, and a read that scans a tenant's deltas would read them
+/// all. Run it after [`RollupDriver::fold_deltas`] has committed.
+///
+/// # Errors
+/// A database error inside a transaction: `VACUUM` cannot run in one.
+pub fn vacuum_deltas(conn: &mut PgConnection) -> Result<()> {
+    use diesel::connection::SimpleConnection;
+    Ok(conn.batch_execute("VACUUM cost_rollup_deltas, cost_rollup_delta_batches")?)
 }

@@ -482,8 +482,7 @@ impl Workload for Backlog {
         self.write(&mut ctx.conn, &self.tenant(false))?;
         ctx.conn
             .transaction::<_, Error, _>(|c| costdb::drivers::RollupDriver::new(c).fold_deltas())?;
-        ctx.conn
-            .batch_execute("VACUUM cost_rollup_deltas, cost_rollup_delta_batches")?;
+        costdb::drivers::vacuum_deltas(&mut ctx.conn)?;
         self.write(&mut ctx.conn, &self.tenant(true))?;
         ctx.conn.batch_execute(
             "VACUUM ANALYZE cost_rollup_deltas, cost_rollup_delta_batches, cost_rollup_hourly",

@@ -170,7 +170,7 @@ pub fn recorder_workloads(scale: Scale) -> Vec<Box<dyn Workload>> {
         Box::new(run(16, scale.of(2_000))),
         Box::new(run(64, scale.of(2_000))),
         Box::new(RecorderRollups {
-            run: run(16, scale.of(2_000) / ROLLUP_ROUNDS),
+            run: run(16, scale.of(2_000 / ROLLUP_ROUNDS)),
         }),
     ]
 }
