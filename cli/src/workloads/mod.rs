@@ -348,10 +348,15 @@ where
     }
 }
 
-/// Runs `workload`: [`TRIALS`] trials of [`Workload::rounds`] rounds, contender and
+/// Runs `workload` on a vacuumed database: [`TRIALS`] trials of [`Workload::rounds`] rounds, contender and
 /// baseline alternating round by round (who goes first rotates); reports the medians of
 /// the trials and their ratio.
 pub fn measure(ctx: &mut Ctx, workload: &mut dyn Workload) -> Result<Figure> {
+    // Every workload starts without the dead rows that the trials before it left (they
+    // roll their writes back), as autovacuum would leave the tables in service: else a
+    // figure depends on which workloads ran before it (bulk × 1,000 measured 0.70 after
+    // the per-row workloads and 0.78 on its own).
+    diesel::connection::SimpleConnection::batch_execute(&mut ctx.conn, "VACUUM")?;
     workload.prepare(ctx)?;
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for trial in 0..TRIALS {
