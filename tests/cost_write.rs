@@ -13,6 +13,7 @@ use costdb::models::{BudgetType, CostRecord};
 use costdb::schema::{cost_records, feature_tags};
 use costdb::types::{BudgetScope, TenantId};
 use costdb::{drivers::CostWriteDriver, Error};
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::prelude::*;
 
 fn cost(tenant: &TenantId, request: Option<&str>, cents: f64) -> CostInput {
@@ -775,6 +776,106 @@ fn bulk_calls_sharing_request_ids_in_opposite_orders_do_not_deadlock() {
         assert_eq!(ids.len(), n);
         for (request, id) in ids {
             assert_eq!(by_request[&request], id, "{request}");
+        }
+    }
+}
+
+/// Waits until every session of `pids` waits for a lock, polling the server.
+fn until_all_wait_for_locks(conn: &mut PgConnection, pids: &[i32]) {
+    #[derive(QueryableByName)]
+    struct Waiting {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let waiting = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE pid = ANY($1) AND wait_event_type = 'Lock'",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Int4>, _>(pids)
+        .get_result::<Waiting>(conn)
+        .unwrap()
+        .n;
+        if waiting == pids.len() as i64 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions {pids:?} never all waited for a lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn both_bulk_statements_claim_request_ids_in_the_collation_order_of_the_database() {
+    // A database whose collation is ICU's English, as most deployments' is: there "a000"
+    // sorts before "B001", which bytes put after it.
+    let database = costdb_testkit::ScratchDatabase::create_with(
+        common::admin_url(),
+        "costdb_test_icu",
+        "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en' LOCALE 'C'",
+    )
+    .unwrap();
+    costdb_testkit::migrate_and_lay_out(database.url()).unwrap();
+    let url = database.url().to_owned();
+    let tenant = common::tenant();
+    let n = 20;
+    let request = |i: usize| match i % 2 {
+        0 => format!("a{i:03}"),
+        _ => format!("B{i:03}"),
+    };
+    let given: Vec<CostInput> = (0..n)
+        .map(|i| cost(&tenant, Some(&request(i)), 1.0))
+        .collect();
+    // A third transaction holds "B003". The bulk insert claims in byte order: it takes
+    // "B001" and waits. Before migration 27 the COPY's trigger claimed in the collation's
+    // order, every "a…" key first, then waited for "B001": once "B003" was free, the bulk
+    // insert wanted "a000" and the two deadlocked.
+    let mut holder = costdb::db::connect(&url).unwrap();
+    AnsiTransactionManager::begin_transaction(&mut holder).unwrap();
+    CostWriteDriver::new(&mut holder)
+        .insert_cost_record(&cost(&tenant, Some(&request(3)), 9.0))
+        .unwrap();
+    // The bulk insert (a request id repeated, which COPY cannot skip) waits for "B003";
+    // then a COPY of the same keys starts and waits too.
+    let mut repeated = given.clone();
+    repeated.push(given[0].clone());
+    let mut conn = costdb::db::connect(&url).unwrap();
+    let mut pids = Vec::new();
+    let handles: Vec<_> = [repeated, given]
+        .into_iter()
+        .map(|batch| {
+            let url = url.clone();
+            let (sent, pid) = std::sync::mpsc::channel();
+            let handle = std::thread::spawn(move || {
+                let mut c = costdb::db::connect(&url).unwrap();
+                let pid: i32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Int4>(
+                    "pg_backend_pid()",
+                ))
+                .get_result(&mut c)
+                .unwrap();
+                sent.send(pid).unwrap();
+                c.transaction(|c| CostWriteDriver::new(c).record_costs(&batch))
+            });
+            pids.push(pid.recv().unwrap());
+            until_all_wait_for_locks(&mut conn, &pids);
+            handle
+        })
+        .collect();
+    AnsiTransactionManager::rollback_transaction(&mut holder).unwrap();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let stored = records_of(&mut conn, &tenant);
+    assert_eq!(stored.len(), n, "each request once");
+    assert!(
+        stored.iter().all(|r| r.cost_cents == 1.0),
+        "not the held one"
+    );
+    for result in results {
+        let recorded = result.expect("no deadlock");
+        for r in recorded {
+            assert!(stored.iter().any(|s| s.id == r.id), "{r:?} is stored");
         }
     }
 }

@@ -279,9 +279,10 @@ impl<'c> CostWriteDriver<'c> {
     /// When no request id repeats within the batch, the rows go in by binary `COPY`, inside
     /// one savepoint of the caller's transaction; should one of them already be recorded,
     /// the savepoint is rolled back and the batch goes in by `INSERT … ON CONFLICT DO
-    /// NOTHING`, [`BULK_CHUNK`] rows per statement. Either way rows are written in one
-    /// global order (tenant, request id), whatever the input order, so concurrent calls
-    /// that share request ids wait for each other instead of deadlocking.
+    /// NOTHING`, [`BULK_CHUNK`] rows per statement. Either way request ids are claimed in
+    /// one global order, (tenant, request id) byte by byte, whatever the input order and
+    /// the database's collation, so concurrent calls that share request ids wait for each
+    /// other instead of deadlocking.
     ///
     /// The savepoint is a subtransaction: one transaction that makes more than about 64
     /// calls overflows PostgreSQL's per-backend subtransaction cache, which slows other

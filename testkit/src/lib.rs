@@ -18,7 +18,9 @@ pub mod server;
 
 pub use embedded::{Durability, EmbeddedPostgres};
 pub use layout::{layout, migrate_and_lay_out, migrated_database, partition_by_tenant, Layout};
-pub use scratch::{create_database, drop_database, url_with_database, ScratchDatabase};
+pub use scratch::{
+    create_database, create_database_with, drop_database, url_with_database, ScratchDatabase,
+};
 pub use server::{admin_url, fresh_database, server, ExpectedPanic};
 
 /// What went wrong in the test support.

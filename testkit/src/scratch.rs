@@ -23,9 +23,20 @@ fn database_name(name: &str) -> Result<()> {
 /// [`Error::InvalidInput`] for a name that is not 1 to 63 ASCII letters, digits and
 /// underscores, or an `admin_url` that is not a URL; [`Error::Costdb`] when it exists.
 pub fn create_database(admin_url: &str, name: &str) -> Result<String> {
+    create_database_with(admin_url, name, "")
+}
+
+/// [`create_database`] with `options`, the rest of the `CREATE DATABASE` statement (e.g.
+/// `TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en'`): a constant of the caller's,
+/// never input.
+///
+/// # Errors
+/// As [`create_database`], and the server's error for options it refuses.
+pub fn create_database_with(admin_url: &str, name: &str, options: &'static str) -> Result<String> {
     database_name(name)?;
     let url = url_with_database(admin_url, name)?;
-    costdb::db::connect(admin_url)?.batch_execute(&format!("CREATE DATABASE \"{name}\""))?;
+    costdb::db::connect(admin_url)?
+        .batch_execute(&format!("CREATE DATABASE \"{name}\" {options}"))?;
     Ok(url)
 }
 
@@ -52,13 +63,18 @@ pub struct ScratchDatabase {
 impl ScratchDatabase {
     /// Creates `<prefix>_<UTC time>_<random>` on the server at `admin_url`.
     pub fn create(admin_url: &str, prefix: &str) -> Result<Self> {
+        Self::create_with(admin_url, prefix, "")
+    }
+
+    /// [`Self::create`] with `options` for `CREATE DATABASE`, as [`create_database_with`].
+    pub fn create_with(admin_url: &str, prefix: &str, options: &'static str) -> Result<Self> {
         let random = uuid::Uuid::new_v4().simple().to_string();
         let name = format!(
             "{prefix}_{}_{}",
             chrono::Utc::now().format("%Y%m%d_%H%M%S"),
             &random[..6]
         );
-        let url = create_database(admin_url, &name)?;
+        let url = create_database_with(admin_url, &name, options)?;
         Ok(ScratchDatabase {
             admin_url: admin_url.into(),
             name,

@@ -1,10 +1,11 @@
 -- Inserts the rows of the arrays (one per column) in array order and returns the ids
 -- inserted with their instants. The request ids are claimed first in cost_request_keys,
--- in array order (the caller sorts by tenant and request id: one global order, so
--- concurrent batches wait for each other instead of deadlocking); a row whose key is
--- taken is skipped: a request id the tenant already recorded, or (when a batch whose
--- commit outcome was unknown is retried with the ids fixed before its first attempt) this
--- very record's. A row whose (tenant, id, instant) is stored is skipped too. The caller
+-- in array order (the caller sorts by tenant and request id byte by byte, the order in
+-- which the table's trigger claims a COPY's keys: one global order whatever the
+-- collation, so concurrent batches wait for each other instead of deadlocking); a row
+-- whose key is taken is skipped: a request id the tenant already recorded, or (when a
+-- batch whose commit outcome was unknown is retried with the ids fixed before its first
+-- attempt) this very record's. A row whose (tenant, id, instant) is stored is skipped too. The caller
 -- tells them apart. A claim tells the table's trigger that this statement's keys are
 -- claimed, and the statement tells it how many records and tenants it was given.
 WITH t AS (
