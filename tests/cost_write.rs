@@ -809,7 +809,7 @@ fn until_all_wait_for_locks(conn: &mut PgConnection, pids: &[i32]) {
 }
 
 #[test]
-fn both_bulk_statements_claim_request_ids_in_the_collation_order_of_the_database() {
+fn both_bulk_statements_claim_request_ids_in_byte_order_whatever_the_collation() {
     // A database whose collation is ICU's English, as most deployments' is: there "a000"
     // sorts before "B001", which bytes put after it.
     let database = costdb_testkit::ScratchDatabase::create_with(
@@ -851,12 +851,7 @@ fn both_bulk_statements_claim_request_ids_in_the_collation_order_of_the_database
             let (sent, pid) = std::sync::mpsc::channel();
             let handle = std::thread::spawn(move || {
                 let mut c = costdb::db::connect(&url).unwrap();
-                let pid: i32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Int4>(
-                    "pg_backend_pid()",
-                ))
-                .get_result(&mut c)
-                .unwrap();
-                sent.send(pid).unwrap();
+                sent.send(common::backend_pid(&mut c)).unwrap();
                 c.transaction(|c| CostWriteDriver::new(c).record_costs(&batch))
             });
             pids.push(pid.recv().unwrap());

@@ -347,17 +347,7 @@ fn killed_backends_lose_leadership_and_give_back_claims_and_reservations() {
             .execute(killer)
             .unwrap();
     };
-    #[derive(QueryableByName)]
-    struct Pid {
-        #[diesel(sql_type = diesel::sql_types::Int4)]
-        pid: i32,
-    }
-    let pid_of = |c: &mut PgConnection| {
-        diesel::sql_query("SELECT pg_backend_pid() AS pid")
-            .get_result::<Pid>(c)
-            .unwrap()
-            .pid
-    };
+    let pid_of = common::backend_pid;
 
     // Leadership: the leader's backend is killed; it knows, and its term is stale.
     let lock = 7_777_001;

@@ -133,3 +133,17 @@ pub fn hard_daily_budget(
     .expect("a tenant-wide budget")
     .id
 }
+
+/// The server process id of `conn`'s session.
+pub fn backend_pid(conn: &mut diesel::PgConnection) -> i32 {
+    use diesel::prelude::*;
+    #[derive(QueryableByName)]
+    struct Pid {
+        #[diesel(sql_type = diesel::sql_types::Int4)]
+        pid: i32,
+    }
+    diesel::sql_query("SELECT pg_backend_pid() AS pid")
+        .get_result::<Pid>(conn)
+        .expect("backend pid")
+        .pid
+}

@@ -18,6 +18,7 @@ mod writes;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use diesel::connection::SimpleConnection;
 use diesel::PgConnection;
 use serde::Serialize;
 
@@ -277,7 +278,6 @@ pub fn without_rollups<T>(
     conn: &mut PgConnection,
     work: impl FnOnce(&mut PgConnection) -> Result<T>,
 ) -> Result<T> {
-    use diesel::connection::SimpleConnection;
     conn.batch_execute(
         "ALTER TABLE cost_records DISABLE TRIGGER trg_cost_records_fold; \
          CREATE TRIGGER bench_claim_only AFTER INSERT ON cost_records \
@@ -348,15 +348,15 @@ where
     }
 }
 
-/// Runs `workload` on a vacuumed database: [`TRIALS`] trials of [`Workload::rounds`] rounds, contender and
-/// baseline alternating round by round (who goes first rotates); reports the medians of
-/// the trials and their ratio.
+/// Runs `workload` on a vacuumed database: [`TRIALS`] trials of [`Workload::rounds`]
+/// rounds, contender and baseline alternating round by round (who goes first rotates);
+/// reports the medians of the trials and their ratio.
 pub fn measure(ctx: &mut Ctx, workload: &mut dyn Workload) -> Result<Figure> {
     // Every workload starts without the dead rows that the trials before it left (they
     // roll their writes back), as autovacuum would leave the tables in service: else a
     // figure depends on which workloads ran before it (bulk × 1,000 measured 0.70 after
     // the per-row workloads and 0.78 on its own).
-    diesel::connection::SimpleConnection::batch_execute(&mut ctx.conn, "VACUUM")?;
+    ctx.conn.batch_execute("VACUUM")?;
     workload.prepare(ctx)?;
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for trial in 0..TRIALS {

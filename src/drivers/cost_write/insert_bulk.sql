@@ -5,9 +5,10 @@
 -- collation, so concurrent batches wait for each other instead of deadlocking); a row
 -- whose key is taken is skipped: a request id the tenant already recorded, or (when a
 -- batch whose commit outcome was unknown is retried with the ids fixed before its first
--- attempt) this very record's. A row whose (tenant, id, instant) is stored is skipped too. The caller
--- tells them apart. A claim tells the table's trigger that this statement's keys are
--- claimed, and the statement tells it how many records and tenants it was given.
+-- attempt) this very record's. A row whose (tenant, id, instant) is stored is skipped
+-- too. The caller tells them apart. A claim tells the table's trigger that this
+-- statement's keys are claimed, and the statement tells it how many records and tenants
+-- it was given.
 WITH t AS (
     SELECT id, tenant_id, user_id, feature_tag, request_id, workflow_id, skill_id, model,
            input_tokens, output_tokens, cost_cents, is_retry,
