@@ -238,22 +238,6 @@ diesel::table! {
 }
 
 diesel::table! {
-    cost_rollup_delta_batches (tenant_id, id) {
-        #[max_length = 64]
-        tenant_id -> Varchar,
-        id -> Int8,
-        created_at -> Array<Nullable<Timestamptz>>,
-        model -> Array<Nullable<Text>>,
-        feature_tag -> Array<Nullable<Text>>,
-        user_id -> Array<Nullable<Text>>,
-        is_retry -> Array<Nullable<Bool>>,
-        input_tokens -> Array<Nullable<Int4>>,
-        output_tokens -> Array<Nullable<Int4>>,
-        cost_cents -> Array<Nullable<Float8>>,
-    }
-}
-
-diesel::table! {
     cost_rollup_hourly (tenant_id, bucket_hour, model, feature_tag, slot) {
         #[max_length = 64]
         tenant_id -> Varchar,
@@ -471,7 +455,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     cost_records,
     cost_request_keys,
     cost_rollup_daily,
-    cost_rollup_delta_batches,
     cost_rollup_hourly,
     costsim_alert_queue,
     costsim_cb_incidents,

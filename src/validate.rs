@@ -59,12 +59,15 @@ pub(crate) fn required(field: &'static str, value: &str, max: usize) -> Result<(
     if value.trim().is_empty() {
         return Err(Error::invalid(field, "must not be empty"));
     }
-    let len = value.chars().count();
-    if len > max {
-        return Err(Error::invalid(
-            field,
-            format!("is {len} characters long, the column holds {max}"),
-        ));
+    // A string has no more characters than bytes: only a long one needs counting.
+    if value.len() > max {
+        let len = value.chars().count();
+        if len > max {
+            return Err(Error::invalid(
+                field,
+                format!("is {len} characters long, the column holds {max}"),
+            ));
+        }
     }
     text(field, value)
 }
@@ -157,6 +160,15 @@ mod tests {
         assert!(instant("t", pg_min() - micro).is_err());
         assert!(instant("t", DateTime::<Utc>::MAX_UTC).is_ok());
         assert!(instant("t", DateTime::<Utc>::MIN_UTC).is_err());
+    }
+
+    #[test]
+    fn lengths_are_counted_in_characters_not_bytes() {
+        // 64 characters of two bytes each fit a varchar(64); 65 do not.
+        assert!(required("model", &"é".repeat(64), 64).is_ok());
+        let err = required("model", &"é".repeat(65), 64).unwrap_err();
+        assert!(err.to_string().contains("is 65 characters long"), "{err}");
+        assert!(required("model", &"e".repeat(65), 64).is_err());
     }
 
     #[test]

@@ -1605,3 +1605,61 @@ fn the_migration_to_delta_batches_keeps_the_single_deltas_and_its_revert_folds_t
     db::run_migrations(&mut conn).unwrap();
     assert_eq!(spend(&mut conn), (5, 9.5));
 }
+
+#[test]
+fn pending_batches_stay_pending_and_counted_across_the_migration_that_drops_their_ids() {
+    let url = common::fresh_database();
+    let mut conn = db::connect(&url).unwrap();
+    db::run_migrations(&mut conn).unwrap();
+    let tenant = common::tid("t0");
+    let at = Utc.with_ymd_and_hms(2026, 4, 1, 10, 15, 0).unwrap();
+    // Three records of one tenant in one statement: one batch row of three.
+    let batch = |conn: &mut PgConnection, cents: f64| {
+        let costs: Vec<CostInput> = ["gpt-4o", "o3", "gpt-4o"]
+            .into_iter()
+            .map(|model| CostInput {
+                created_at: Some(at),
+                ..base(&tenant, model, cents)
+            })
+            .collect();
+        conn.transaction(|c| CostWriteDriver::new(c).record_costs(&costs))
+            .unwrap();
+    };
+    let batch_rows = "SELECT count(*) AS n FROM cost_rollup_delta_batches WHERE tenant_id = $1";
+    let day = TimeWindow::new(at - Duration::hours(10), at + Duration::hours(10)).unwrap();
+    let spend = |conn: &mut PgConnection| {
+        let s = AnalyticsReadDriver::new(conn)
+            .fetch_cost_spend(&tenant, day, TimeBucket::Day)
+            .unwrap();
+        (s[0].requests, s[0].spend_cents)
+    };
+    let no_differences = |conn: &mut PgConnection| {
+        RollupDriver::new(conn)
+            .fetch_differences(&RollupRange::default())
+            .unwrap()
+            .is_empty()
+    };
+    batch(&mut conn, 1.5);
+    assert_eq!(tenant_rows(&mut conn, batch_rows, &tenant), 1);
+
+    // Back to numbered batches: the pending one is kept and numbered, and so is the
+    // next statement's.
+    common::revert_through(&mut conn, "batches_found_by_tenant");
+    let numbered = "SELECT count(id) AS n FROM cost_rollup_delta_batches WHERE tenant_id = $1";
+    assert_eq!(tenant_rows(&mut conn, numbered, &tenant), 1);
+    assert_eq!(spend(&mut conn), (3, 4.5));
+    batch(&mut conn, 2.0);
+    assert_eq!(tenant_rows(&mut conn, numbered, &tenant), 2);
+
+    // Forward again: both stay pending, every read still adds them, and they fold.
+    db::run_migrations(&mut conn).unwrap();
+    assert_eq!(tenant_rows(&mut conn, batch_rows, &tenant), 2);
+    assert_eq!(tenant_rows(&mut conn, PENDING, &tenant), 6);
+    assert_eq!(spend(&mut conn), (6, 10.5));
+    assert!(no_differences(&mut conn));
+    conn.transaction::<_, costdb::Error, _>(|c| RollupDriver::new(c).fold_deltas())
+        .unwrap();
+    assert_eq!(tenant_rows(&mut conn, PENDING, &tenant), 0);
+    assert_eq!(spend(&mut conn), (6, 10.5));
+    assert!(no_differences(&mut conn));
+}
