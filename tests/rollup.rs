@@ -1396,6 +1396,83 @@ fn the_bulk_insert_tells_the_trigger_its_shape_and_leaves_no_hint_behind() {
 }
 
 #[test]
+fn the_copy_tells_the_trigger_its_shape_in_its_savepoint_and_leaves_no_hint_behind() {
+    let _turn = deltas_turn();
+    let (a, b) = (common::tenant(), common::tenant());
+    let at = Utc.with_ymd_and_hms(2026, 9, 16, 8, 0, 0).unwrap();
+    let mut conn = db::connect(common::database_url()).unwrap();
+    let records = |prefix: &str| -> Vec<CostInput> {
+        (0..6)
+            .map(|i| CostInput {
+                request_id: Some(format!("{prefix}-{i}")),
+                created_at: Some(at + Duration::seconds(i)),
+                ..base(if i < 3 { &a } else { &b }, "o3", 1.0)
+            })
+            .collect()
+    };
+    // One record a tenant in a statement of costdb's neither: the trigger counts it.
+    let plain = |c: &mut PgConnection| {
+        diesel::sql_query(
+            "INSERT INTO cost_records (id, tenant_id, model, cost_cents, created_at) \
+             VALUES ($1, $3, 'o3', 2.0, $5), ($2, $4, 'o3', 2.0, $5)",
+        )
+        .bind::<diesel::sql_types::Text, _>(costdb::models::ids::cost_record_id())
+        .bind::<diesel::sql_types::Text, _>(costdb::models::ids::cost_record_id())
+        .bind::<diesel::sql_types::Text, _>(a.as_str())
+        .bind::<diesel::sql_types::Text, _>(b.as_str())
+        .bind::<diesel::sql_types::Timestamptz, _>(at)
+        .execute(c)
+    };
+    let batch_rows = "SELECT count(*) AS n FROM cost_rollup_delta_batches WHERE tenant_id = $1";
+    let single_rows = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
+    conn.transaction(|c| {
+        // New request ids: the COPY, told three records a tenant (one batch row each).
+        assert!(CostWriteDriver::new(c)
+            .record_costs(&records("copy"))?
+            .iter()
+            .all(|r| r.inserted));
+        plain(c)?;
+        // The same ids again: the COPY fails in its savepoint (its shape undone with
+        // it) and the bulk insert skips them all, telling its own shape.
+        assert!(CostWriteDriver::new(c)
+            .record_costs(&records("copy"))?
+            .iter()
+            .all(|r| !r.inserted));
+        plain(c)?;
+        Ok::<_, costdb::Error>(())
+    })
+    .unwrap();
+    // Each tenant: three records in a batch row, two single ones in narrow rows (a hint
+    // left behind would have made them batch rows).
+    for tenant in [&a, &b] {
+        assert_eq!(tenant_rows(&mut conn, batch_rows, tenant), 1);
+        assert_eq!(tenant_rows(&mut conn, single_rows, tenant), 2);
+        assert_eq!(tenant_rows(&mut conn, PENDING, tenant), 5);
+    }
+    let hints: (String, String) = diesel::select((
+        diesel::dsl::sql::<diesel::sql_types::Text>(
+            "coalesce(current_setting('costdb.statement_shape', true), '')",
+        ),
+        diesel::dsl::sql::<diesel::sql_types::Text>(
+            "coalesce(current_setting('costdb.rollups', true), '')",
+        ),
+    ))
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(hints, (String::new(), String::new()));
+    let range = RollupRange {
+        tenant_id: Some(a.as_str().into()),
+        ..RollupRange::default()
+    };
+    assert_eq!(
+        RollupDriver::new(&mut conn)
+            .fetch_differences(&range)
+            .unwrap(),
+        vec![]
+    );
+}
+
+#[test]
 fn a_small_statement_appends_deltas_by_tenant_or_by_record_and_a_large_one_folds_as_it_lands() {
     let _turn = deltas_turn();
     let (a, b) = (common::tenant(), common::tenant());

@@ -151,10 +151,19 @@ impl Workload for PerRow {
     }
 }
 
-/// `bulk`: `record_costs` in batches against binary COPY of the same rows.
+/// `bulk`: `record_costs` in batches against binary COPY of the same rows. Batches smaller
+/// than the work run as rounds of a batch each (at most [`WRITE_ROUNDS`]), contender and
+/// baseline in turn, so a change in the machine's load hits both.
 struct Bulk {
     rows: usize,
     batch: usize,
+}
+
+impl Bulk {
+    /// The records of one round.
+    fn round_rows(&self) -> usize {
+        self.rows / self.rounds()
+    }
 }
 
 impl Workload for Bulk {
@@ -167,8 +176,11 @@ impl Workload for Bulk {
     fn target(&self) -> Target {
         Target::AtLeast(0.8)
     }
+    fn rounds(&self) -> usize {
+        (self.rows / self.batch).clamp(1, WRITE_ROUNDS)
+    }
     fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
-        let rows = cost_inputs(self.rows);
+        let rows = cost_inputs(self.round_rows());
         let batch = self.batch;
         rolled_back(&mut ctx.conn, |c| {
             for chunk in rows.chunks(batch) {
@@ -178,7 +190,7 @@ impl Workload for Bulk {
         })
     }
     fn baseline(&mut self, ctx: &mut Ctx) -> Result<Duration> {
-        let rows = cost_inputs(self.rows);
+        let rows = cost_inputs(self.round_rows());
         without_rollups(&mut ctx.conn, |conn| {
             rolled_back(conn, |c| copy_in(c, &rows).map(drop))
         })
