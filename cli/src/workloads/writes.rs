@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use diesel::prelude::*;
 
-use super::{without_rollups, Ctx, Scale, Target, Workload};
+use super::{without_rollups, Combine, Ctx, Scale, Target, Workload};
 use costdb::drivers::{CostWriteDriver, RunCost, WorkerWriteDriver};
 use costdb::models::ids;
 use costdb::models::CostInput;
@@ -151,18 +151,34 @@ impl Workload for PerRow {
     }
 }
 
-/// `bulk`: `record_costs` in batches against binary COPY of the same rows. Batches smaller
-/// than the work run as rounds of a batch each (at most [`WRITE_ROUNDS`]), contender and
-/// baseline in turn, so a change in the machine's load hits both.
+/// `bulk`: `record_costs` in batches against binary COPY of the same rows, contender and
+/// baseline in turn round by round, so a change in the machine's load hits both. Batches
+/// smaller than the work run as rounds of a batch each (at most [`WRITE_ROUNDS`]), which a
+/// trial adds up; one call of at most [`REPEATED_UP_TO`] records is repeated
+/// [`REPEATS`] times, and a trial takes the median.
 struct Bulk {
     rows: usize,
     batch: usize,
 }
 
+/// The largest single call that the bulk workload repeats within a trial.
+const REPEATED_UP_TO: usize = 10_000;
+
+/// How many times a trial repeats a single call of up to [`REPEATED_UP_TO`] records.
+const REPEATS: usize = 5;
+
 impl Bulk {
+    /// Whether the work is split into rounds of a batch each.
+    fn split(&self) -> bool {
+        self.batch < self.rows
+    }
     /// The records of one round.
     fn round_rows(&self) -> usize {
-        self.rows / self.rounds()
+        if self.split() {
+            self.rows / self.rounds()
+        } else {
+            self.rows
+        }
     }
 }
 
@@ -177,7 +193,20 @@ impl Workload for Bulk {
         Target::AtLeast(0.8)
     }
     fn rounds(&self) -> usize {
-        (self.rows / self.batch).clamp(1, WRITE_ROUNDS)
+        if self.split() {
+            (self.rows / self.batch).clamp(1, WRITE_ROUNDS)
+        } else if self.rows <= REPEATED_UP_TO {
+            REPEATS
+        } else {
+            1
+        }
+    }
+    fn per_trial(&self) -> Combine {
+        if self.split() {
+            Combine::Sum
+        } else {
+            Combine::Median
+        }
     }
     fn contender(&mut self, ctx: &mut Ctx) -> Result<Duration> {
         let rows = cost_inputs(self.round_rows());
