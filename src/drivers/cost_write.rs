@@ -373,7 +373,11 @@ impl<'c> CostWriteDriver<'c> {
         let out = &*out;
         // Only two counts are written into the text: no input ever is.
         let open = if order.len() <= BULK_CHUNK {
-            let mut tenants: Vec<&str> = costs.iter().map(|c| c.tenant_id.as_str()).collect();
+            // `order` runs by tenant (within the records with a request id, then within
+            // those without): one tenant a run, then the few left sorted.
+            let mut tenants: Vec<&str> =
+                order.iter().map(|&i| costs[i].tenant_id.as_str()).collect();
+            tenants.dedup();
             tenants.sort_unstable();
             tenants.dedup();
             format!(
