@@ -15,7 +15,7 @@ use costdb::admission::{Admission, AdmissionDriver, ReserveInput};
 use costdb::db;
 use costdb::drivers::{
     AnalyticsReadDriver, CostAnomalyDriver, CostWriteDriver, EntityColumn, PartitionDriver, Rollup,
-    RollupDriver, RollupRange,
+    RollupDifference, RollupDriver, RollupRange,
 };
 use costdb::models::{CostInput, CostRecord, TimeBucket};
 use costdb::recorder::{CostRecorder, RecorderConfig};
@@ -579,6 +579,43 @@ fn previous_release_record(
     .bind::<Double, _>(cents)
     .execute(conn)
     .unwrap()
+}
+
+/// One record of two cents for each of `tenants` at `at`, in one plain statement of no
+/// costdb path: the trigger counts its records and tenants itself.
+fn one_record_each(
+    conn: &mut PgConnection,
+    tenants: [&TenantId; 2],
+    at: DateTime<Utc>,
+) -> diesel::QueryResult<usize> {
+    diesel::sql_query(
+        "INSERT INTO cost_records (id, tenant_id, model, cost_cents, created_at) \
+         VALUES ($1, $3, 'o3', 2.0, $5), ($2, $4, 'o3', 2.0, $5)",
+    )
+    .bind::<diesel::sql_types::Text, _>(costdb::models::ids::cost_record_id())
+    .bind::<diesel::sql_types::Text, _>(costdb::models::ids::cost_record_id())
+    .bind::<diesel::sql_types::Text, _>(tenants[0].as_str())
+    .bind::<diesel::sql_types::Text, _>(tenants[1].as_str())
+    .bind::<diesel::sql_types::Timestamptz, _>(at)
+    .execute(conn)
+}
+
+/// The requests and spend of `tenant`'s first UTC day in `window`.
+fn day_spend(conn: &mut PgConnection, tenant: &TenantId, window: TimeWindow) -> (i64, f64) {
+    let s = AnalyticsReadDriver::new(conn)
+        .fetch_cost_spend(tenant, window, TimeBucket::Day)
+        .unwrap();
+    (s[0].requests, s[0].spend_cents)
+}
+
+/// What `rollup verify` finds between the rollups and the records: of `tenant`, or of
+/// every tenant.
+fn differences(conn: &mut PgConnection, tenant: Option<&TenantId>) -> Vec<RollupDifference> {
+    let range = RollupRange {
+        tenant_id: tenant.map(|t| t.as_str().into()),
+        ..RollupRange::default()
+    };
+    RollupDriver::new(conn).fetch_differences(&range).unwrap()
 }
 
 fn tenant_rows(conn: &mut PgConnection, sql: &str, tenant: &TenantId) -> i64 {
@@ -1353,18 +1390,7 @@ fn the_bulk_insert_tells_the_trigger_its_shape_and_leaves_no_hint_behind() {
             ..base(if i < 3 { &a } else { &b }, "o3", 1.0)
         })
         .collect();
-    let plain = |c: &mut PgConnection| {
-        diesel::sql_query(
-            "INSERT INTO cost_records (id, tenant_id, model, cost_cents, created_at) \
-             VALUES ($1, $3, 'o3', 2.0, $5), ($2, $4, 'o3', 2.0, $5)",
-        )
-        .bind::<diesel::sql_types::Text, _>(costdb::models::ids::cost_record_id())
-        .bind::<diesel::sql_types::Text, _>(costdb::models::ids::cost_record_id())
-        .bind::<diesel::sql_types::Text, _>(a.as_str())
-        .bind::<diesel::sql_types::Text, _>(b.as_str())
-        .bind::<diesel::sql_types::Timestamptz, _>(at)
-        .execute(c)
-    };
+    let plain = |c: &mut PgConnection| one_record_each(c, [&a, &b], at);
     conn.transaction(|c| {
         let recorded = CostWriteDriver::new(c).record_costs(&given)?;
         assert_eq!(recorded.len(), 6);
@@ -1383,16 +1409,7 @@ fn the_bulk_insert_tells_the_trigger_its_shape_and_leaves_no_hint_behind() {
         assert_eq!(tenant_rows(&mut conn, single_rows, tenant), 1);
         assert_eq!(tenant_rows(&mut conn, PENDING, tenant), pending);
     }
-    let range = RollupRange {
-        tenant_id: Some(b.as_str().into()),
-        ..RollupRange::default()
-    };
-    assert_eq!(
-        RollupDriver::new(&mut conn)
-            .fetch_differences(&range)
-            .unwrap(),
-        vec![]
-    );
+    assert_eq!(differences(&mut conn, Some(&b)), vec![]);
 }
 
 #[test]
@@ -1411,18 +1428,7 @@ fn the_copy_tells_the_trigger_its_shape_in_its_savepoint_and_leaves_no_hint_behi
             .collect()
     };
     // One record a tenant in a statement of costdb's neither: the trigger counts it.
-    let plain = |c: &mut PgConnection| {
-        diesel::sql_query(
-            "INSERT INTO cost_records (id, tenant_id, model, cost_cents, created_at) \
-             VALUES ($1, $3, 'o3', 2.0, $5), ($2, $4, 'o3', 2.0, $5)",
-        )
-        .bind::<diesel::sql_types::Text, _>(costdb::models::ids::cost_record_id())
-        .bind::<diesel::sql_types::Text, _>(costdb::models::ids::cost_record_id())
-        .bind::<diesel::sql_types::Text, _>(a.as_str())
-        .bind::<diesel::sql_types::Text, _>(b.as_str())
-        .bind::<diesel::sql_types::Timestamptz, _>(at)
-        .execute(c)
-    };
+    let plain = |c: &mut PgConnection| one_record_each(c, [&a, &b], at);
     let batch_rows = "SELECT count(*) AS n FROM cost_rollup_delta_batches WHERE tenant_id = $1";
     let single_rows = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
     conn.transaction(|c| {
@@ -1460,16 +1466,7 @@ fn the_copy_tells_the_trigger_its_shape_in_its_savepoint_and_leaves_no_hint_behi
     .get_result(&mut conn)
     .unwrap();
     assert_eq!(hints, (String::new(), String::new()));
-    let range = RollupRange {
-        tenant_id: Some(a.as_str().into()),
-        ..RollupRange::default()
-    };
-    assert_eq!(
-        RollupDriver::new(&mut conn)
-            .fetch_differences(&range)
-            .unwrap(),
-        vec![]
-    );
+    assert_eq!(differences(&mut conn, Some(&a)), vec![]);
 }
 
 #[test]
@@ -1640,25 +1637,14 @@ fn the_migration_to_delta_batches_keeps_the_single_deltas_and_its_revert_folds_t
     let single = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
     assert_eq!(tenant_rows(&mut conn, single, &tenant), 3);
     let day = TimeWindow::new(at - Duration::hours(10), at + Duration::hours(10)).unwrap();
-    let spend = |conn: &mut PgConnection| {
-        let s = AnalyticsReadDriver::new(conn)
-            .fetch_cost_spend(&tenant, day, TimeBucket::Day)
-            .unwrap();
-        (s[0].requests, s[0].spend_cents)
-    };
-    let no_differences = |conn: &mut PgConnection| {
-        RollupDriver::new(conn)
-            .fetch_differences(&RollupRange::default())
-            .unwrap()
-            .is_empty()
-    };
+    let spend = |conn: &mut PgConnection| day_spend(conn, &tenant, day);
     assert_eq!(spend(&mut conn), (3, 7.5));
 
     // Forward: migration 24's deltas stay where they are, and reads still add them.
     db::run_migrations(&mut conn).unwrap();
     assert_eq!(tenant_rows(&mut conn, PENDING, &tenant), 3);
     assert_eq!(spend(&mut conn), (3, 7.5));
-    assert!(no_differences(&mut conn));
+    assert_eq!(differences(&mut conn, None), vec![]);
 
     // A small statement's batch, then back: everything pending is folded, nothing lost.
     conn.transaction(|c| {
@@ -1678,7 +1664,7 @@ fn the_migration_to_delta_batches_keeps_the_single_deltas_and_its_revert_folds_t
     common::revert_through(&mut conn, "delta_batches");
     assert_eq!(tenant_rows(&mut conn, single, &tenant), 0);
     assert_eq!(spend(&mut conn), (5, 9.5));
-    assert!(no_differences(&mut conn));
+    assert_eq!(differences(&mut conn, None), vec![]);
     db::run_migrations(&mut conn).unwrap();
     assert_eq!(spend(&mut conn), (5, 9.5));
 }
@@ -1704,18 +1690,7 @@ fn pending_batches_stay_pending_and_counted_across_the_migration_that_drops_thei
     };
     let batch_rows = "SELECT count(*) AS n FROM cost_rollup_delta_batches WHERE tenant_id = $1";
     let day = TimeWindow::new(at - Duration::hours(10), at + Duration::hours(10)).unwrap();
-    let spend = |conn: &mut PgConnection| {
-        let s = AnalyticsReadDriver::new(conn)
-            .fetch_cost_spend(&tenant, day, TimeBucket::Day)
-            .unwrap();
-        (s[0].requests, s[0].spend_cents)
-    };
-    let no_differences = |conn: &mut PgConnection| {
-        RollupDriver::new(conn)
-            .fetch_differences(&RollupRange::default())
-            .unwrap()
-            .is_empty()
-    };
+    let spend = |conn: &mut PgConnection| day_spend(conn, &tenant, day);
     batch(&mut conn, 1.5);
     assert_eq!(tenant_rows(&mut conn, batch_rows, &tenant), 1);
 
@@ -1733,10 +1708,10 @@ fn pending_batches_stay_pending_and_counted_across_the_migration_that_drops_thei
     assert_eq!(tenant_rows(&mut conn, batch_rows, &tenant), 2);
     assert_eq!(tenant_rows(&mut conn, PENDING, &tenant), 6);
     assert_eq!(spend(&mut conn), (6, 10.5));
-    assert!(no_differences(&mut conn));
+    assert_eq!(differences(&mut conn, None), vec![]);
     conn.transaction::<_, costdb::Error, _>(|c| RollupDriver::new(c).fold_deltas())
         .unwrap();
     assert_eq!(tenant_rows(&mut conn, PENDING, &tenant), 0);
     assert_eq!(spend(&mut conn), (6, 10.5));
-    assert!(no_differences(&mut conn));
+    assert_eq!(differences(&mut conn, None), vec![]);
 }
