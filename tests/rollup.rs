@@ -539,6 +539,12 @@ fn a_repeated_request_a_rollback_and_a_past_instant_count_as_the_records_do() {
 }
 
 /// The count `sql` (`SELECT count(*) AS n … WHERE tenant_id = $1`) gives for `tenant`.
+/// The rows of tenant $1 in the batch deltas.
+const BATCH_ROWS: &str = "SELECT count(*) AS n FROM cost_rollup_delta_batches WHERE tenant_id = $1";
+
+/// The rows of tenant $1 in the narrow deltas, a record each.
+const SINGLE_ROWS: &str = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
+
 /// The records of tenant $1 waiting as deltas, single or in batches.
 const PENDING: &str = "SELECT (SELECT count(*) FROM cost_rollup_deltas WHERE tenant_id = $1) \
      + (SELECT coalesce(sum(cardinality(created_at)), 0) FROM cost_rollup_delta_batches \
@@ -1390,23 +1396,20 @@ fn the_bulk_insert_tells_the_trigger_its_shape_and_leaves_no_hint_behind() {
             ..base(if i < 3 { &a } else { &b }, "o3", 1.0)
         })
         .collect();
-    let plain = |c: &mut PgConnection| one_record_each(c, [&a, &b], at);
     conn.transaction(|c| {
         let recorded = CostWriteDriver::new(c).record_costs(&given)?;
         assert_eq!(recorded.len(), 6);
         // Then, in the same transaction, a statement of one record a tenant: counted by
         // the trigger itself, it writes narrow rows (a hint left behind would make them
         // batch rows).
-        plain(c)?;
+        one_record_each(c, [&a, &b], at)?;
         Ok::<_, costdb::Error>(())
     })
     .unwrap();
-    let batch_rows = "SELECT count(*) AS n FROM cost_rollup_delta_batches WHERE tenant_id = $1";
-    let single_rows = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
     // a: three records in one batch row; b: two (its repeat skipped) in one.
     for (tenant, pending) in [(&a, 4), (&b, 3)] {
-        assert_eq!(tenant_rows(&mut conn, batch_rows, tenant), 1);
-        assert_eq!(tenant_rows(&mut conn, single_rows, tenant), 1);
+        assert_eq!(tenant_rows(&mut conn, BATCH_ROWS, tenant), 1);
+        assert_eq!(tenant_rows(&mut conn, SINGLE_ROWS, tenant), 1);
         assert_eq!(tenant_rows(&mut conn, PENDING, tenant), pending);
     }
     assert_eq!(differences(&mut conn, Some(&b)), vec![]);
@@ -1427,32 +1430,28 @@ fn the_copy_tells_the_trigger_its_shape_in_its_savepoint_and_leaves_no_hint_behi
             })
             .collect()
     };
-    // One record a tenant in a statement of costdb's neither: the trigger counts it.
-    let plain = |c: &mut PgConnection| one_record_each(c, [&a, &b], at);
-    let batch_rows = "SELECT count(*) AS n FROM cost_rollup_delta_batches WHERE tenant_id = $1";
-    let single_rows = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
     conn.transaction(|c| {
         // New request ids: the COPY, told three records a tenant (one batch row each).
         assert!(CostWriteDriver::new(c)
             .record_costs(&records("copy"))?
             .iter()
             .all(|r| r.inserted));
-        plain(c)?;
+        one_record_each(c, [&a, &b], at)?;
         // The same ids again: the COPY fails in its savepoint (its shape undone with
         // it) and the bulk insert skips them all, telling its own shape.
         assert!(CostWriteDriver::new(c)
             .record_costs(&records("copy"))?
             .iter()
             .all(|r| !r.inserted));
-        plain(c)?;
+        one_record_each(c, [&a, &b], at)?;
         Ok::<_, costdb::Error>(())
     })
     .unwrap();
     // Each tenant: three records in a batch row, two single ones in narrow rows (a hint
     // left behind would have made them batch rows).
     for tenant in [&a, &b] {
-        assert_eq!(tenant_rows(&mut conn, batch_rows, tenant), 1);
-        assert_eq!(tenant_rows(&mut conn, single_rows, tenant), 2);
+        assert_eq!(tenant_rows(&mut conn, BATCH_ROWS, tenant), 1);
+        assert_eq!(tenant_rows(&mut conn, SINGLE_ROWS, tenant), 2);
         assert_eq!(tenant_rows(&mut conn, PENDING, tenant), 5);
     }
     let hints: (String, String) = diesel::select((
@@ -1484,13 +1483,11 @@ fn a_small_statement_appends_deltas_by_tenant_or_by_record_and_a_large_one_folds
     conn.transaction(|c| CostWriteDriver::new(c).record_costs(&small))
         .unwrap();
     // Three records a tenant: one batch row each.
-    let batch_rows = "SELECT count(*) AS n FROM cost_rollup_delta_batches WHERE tenant_id = $1";
-    let single_rows = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
     let delta_records = PENDING;
     let hourly = "SELECT count(*) AS n FROM cost_rollup_hourly WHERE tenant_id = $1";
     for tenant in [&a, &b] {
-        assert_eq!(tenant_rows(&mut conn, batch_rows, tenant), 1);
-        assert_eq!(tenant_rows(&mut conn, single_rows, tenant), 0);
+        assert_eq!(tenant_rows(&mut conn, BATCH_ROWS, tenant), 1);
+        assert_eq!(tenant_rows(&mut conn, SINGLE_ROWS, tenant), 0);
         assert_eq!(tenant_rows(&mut conn, delta_records, tenant), 3);
         assert_eq!(tenant_rows(&mut conn, hourly, tenant), 0);
     }
@@ -1502,8 +1499,8 @@ fn a_small_statement_appends_deltas_by_tenant_or_by_record_and_a_large_one_folds
     conn.transaction(|c| CostWriteDriver::new(c).record_costs(&one_each))
         .unwrap();
     for tenant in [&a, &b] {
-        assert_eq!(tenant_rows(&mut conn, batch_rows, tenant), 1);
-        assert_eq!(tenant_rows(&mut conn, single_rows, tenant), 1);
+        assert_eq!(tenant_rows(&mut conn, BATCH_ROWS, tenant), 1);
+        assert_eq!(tenant_rows(&mut conn, SINGLE_ROWS, tenant), 1);
         assert_eq!(tenant_rows(&mut conn, delta_records, tenant), 4);
         assert_eq!(tenant_rows(&mut conn, hourly, tenant), 0);
     }
@@ -1634,8 +1631,7 @@ fn the_migration_to_delta_batches_keeps_the_single_deltas_and_its_revert_folds_t
         Ok::<_, diesel::result::Error>(())
     })
     .unwrap();
-    let single = "SELECT count(*) AS n FROM cost_rollup_deltas WHERE tenant_id = $1";
-    assert_eq!(tenant_rows(&mut conn, single, &tenant), 3);
+    assert_eq!(tenant_rows(&mut conn, SINGLE_ROWS, &tenant), 3);
     let day = TimeWindow::new(at - Duration::hours(10), at + Duration::hours(10)).unwrap();
     let spend = |conn: &mut PgConnection| day_spend(conn, &tenant, day);
     assert_eq!(spend(&mut conn), (3, 7.5));
@@ -1662,7 +1658,7 @@ fn the_migration_to_delta_batches_keeps_the_single_deltas_and_its_revert_folds_t
     .unwrap();
     assert_eq!(tenant_rows(&mut conn, PENDING, &tenant), 5);
     common::revert_through(&mut conn, "delta_batches");
-    assert_eq!(tenant_rows(&mut conn, single, &tenant), 0);
+    assert_eq!(tenant_rows(&mut conn, SINGLE_ROWS, &tenant), 0);
     assert_eq!(spend(&mut conn), (5, 9.5));
     assert_eq!(differences(&mut conn, None), vec![]);
     db::run_migrations(&mut conn).unwrap();
@@ -1688,11 +1684,10 @@ fn pending_batches_stay_pending_and_counted_across_the_migration_that_drops_thei
         conn.transaction(|c| CostWriteDriver::new(c).record_costs(&costs))
             .unwrap();
     };
-    let batch_rows = "SELECT count(*) AS n FROM cost_rollup_delta_batches WHERE tenant_id = $1";
     let day = TimeWindow::new(at - Duration::hours(10), at + Duration::hours(10)).unwrap();
     let spend = |conn: &mut PgConnection| day_spend(conn, &tenant, day);
     batch(&mut conn, 1.5);
-    assert_eq!(tenant_rows(&mut conn, batch_rows, &tenant), 1);
+    assert_eq!(tenant_rows(&mut conn, BATCH_ROWS, &tenant), 1);
 
     // Back to numbered batches: the pending one is kept and numbered, and so is the
     // next statement's.
@@ -1705,7 +1700,7 @@ fn pending_batches_stay_pending_and_counted_across_the_migration_that_drops_thei
 
     // Forward again: both stay pending, every read still adds them, and they fold.
     db::run_migrations(&mut conn).unwrap();
-    assert_eq!(tenant_rows(&mut conn, batch_rows, &tenant), 2);
+    assert_eq!(tenant_rows(&mut conn, BATCH_ROWS, &tenant), 2);
     assert_eq!(tenant_rows(&mut conn, PENDING, &tenant), 6);
     assert_eq!(spend(&mut conn), (6, 10.5));
     assert_eq!(differences(&mut conn, None), vec![]);

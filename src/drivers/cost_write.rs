@@ -373,18 +373,11 @@ impl<'c> CostWriteDriver<'c> {
         let out = &*out;
         // Only two counts are written into the text: no input ever is.
         let open = if order.len() <= BULK_CHUNK {
-            // `order` runs by tenant (within the records with a request id, then within
-            // those without): one tenant a run, then the few left sorted.
-            let mut tenants: Vec<&str> =
-                order.iter().map(|&i| costs[i].tenant_id.as_str()).collect();
-            tenants.dedup();
-            tenants.sort_unstable();
-            tenants.dedup();
             format!(
                 "SAVEPOINT costdb_copy; \
                  SELECT set_config('costdb.statement_shape', '{} {}', true)",
-                costs.len(),
-                tenants.len()
+                order.len(),
+                distinct_tenants(costs, order)
             )
         } else {
             // Chunks of a larger call fold as they land: the trigger counts them itself.
@@ -559,6 +552,17 @@ fn is_request_conflict(e: &Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error as DieselError};
     matches!(e, Error::Database(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
         if info.constraint_name().is_some_and(|name| name.starts_with("cost_request_keys_pkey")))
+}
+
+/// How many tenants `costs` holds. `order` runs by tenant (within the records with a
+/// request id, then within those without), so one tenant a run is kept before the few
+/// left are sorted.
+fn distinct_tenants(costs: &[CostInput], order: &[usize]) -> usize {
+    let mut tenants: Vec<&str> = order.iter().map(|&i| costs[i].tenant_id.as_str()).collect();
+    tenants.dedup();
+    tenants.sort_unstable();
+    tenants.dedup();
+    tenants.len()
 }
 
 /// The current transaction's `now()`, for rows that take it as `created_at`.
